@@ -1,0 +1,51 @@
+"""A flat tree of typed exceptions, so callers (and the HTTP layer) can map each
+failure to a precise answer instead of parsing messages."""
+
+from __future__ import annotations
+
+
+class ClaudeSessionsError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(ClaudeSessionsError, ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+class SessionLimitError(ClaudeSessionsError, RuntimeError):
+    """``SM_MAX_SESSIONS`` sessions are registered already."""
+
+
+class SessionExistsError(ClaudeSessionsError):
+    """The requested session id is taken."""
+
+
+class SessionNotFoundError(ClaudeSessionsError, KeyError):
+    """No session is registered under this id."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "session not found"
+
+
+class SessionBusyError(ClaudeSessionsError):
+    """Another turn of this session is running."""
+
+
+class TurnTimeoutError(ClaudeSessionsError, TimeoutError):
+    """A turn ran past ``OPT_MESSAGE_TIMEOUT``; it was interrupted."""
+
+
+class WorkerError(ClaudeSessionsError, ConnectionError):
+    """The CLI process behind a session failed (died, could not start or connect)."""
+
+
+class WorkerStartError(WorkerError):
+    """A CLI process could not be started and connected within ``OPT_CREATE_TIMEOUT``."""
+
+
+class WorkerDiedError(WorkerError):
+    """The CLI process exited mid-turn; the next message resumes the conversation."""
+
+
+class HandlerClosedError(ClaudeSessionsError, RuntimeError):
+    """The handler was closed; it accepts no more work."""

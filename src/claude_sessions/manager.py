@@ -1,0 +1,228 @@
+"""The session registry: limits, activity, cleanup, orphans, metrics and health.
+
+The seed's ``ClaudeCodeSessionManager``. It owns each session's record and, through
+the pool, the release of the worker a session holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from claude_agent_sdk import project_key_for_directory
+
+from .cli_options import session_cwd
+from .config import SessionConfig, SystemConfig
+from .errors import SessionNotFoundError
+from .metrics import CostMeter, SessionMetrics
+from .pool import WorkerPool
+from .worker import Worker
+
+log = structlog.get_logger("claude_sessions.manager")
+
+#: A session active within this many seconds counts as "recent" in the health report.
+RECENT_SECONDS = 300.0
+
+
+@dataclass(eq=False)
+class Session:
+    """One logical conversation: options, metrics, and the worker it holds, if any."""
+
+    id: str
+    config: SessionConfig
+    metadata: dict[str, Any] = field(default_factory=dict)
+    metrics: SessionMetrics = field(default_factory=SessionMetrics)
+    worker: Worker | None = None
+    #: The CLI's own conversation id, learned from its messages.
+    claude_session_id: str | None = None
+    #: Unregistered; a running turn releases the worker when it ends.
+    closed: bool = False
+    turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    cost: CostMeter = field(default_factory=CostMeter)
+
+    @property
+    def is_busy(self) -> bool:
+        return self.turn_lock.locked()
+
+    @property
+    def has_started(self) -> bool:
+        """The first prompt reached the CLI, so a transcript must exist."""
+        return self.claude_session_id is not None
+
+    @property
+    def state(self) -> str:
+        if self.is_busy:
+            return "busy"
+        return "active" if self.worker is not None else "idle"
+
+    def has_expired(self, timeout_seconds: float, now: float) -> bool:
+        return not self.is_busy and self.metrics.idle_seconds(now) > timeout_seconds
+
+
+class ClaudeCodeSessionManager:
+    """Registers sessions up to ``SM_MAX_SESSIONS`` and keeps the registry clean."""
+
+    def __init__(self, config: SystemConfig, pool: WorkerPool) -> None:
+        self.config = config
+        self.pool = pool
+        self._sessions: dict[str, Session] = {}
+
+    # -- registry ------------------------------------------------------------
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._sessions
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def is_full(self) -> bool:
+        return len(self._sessions) >= self.config.session_manager.MAX_SESSIONS
+
+    def register_session(
+        self, session_id: str, config: SessionConfig | None = None, metadata: dict[str, Any] | None = None
+    ) -> bool:
+        """Add a session; False at the limit or for a taken id. Synchronous, so atomic."""
+        if session_id in self._sessions or self.is_full():
+            return False
+        self._sessions[session_id] = Session(session_id, config or SessionConfig(), dict(metadata or {}))
+        return True
+
+    def unregister_session(self, session_id: str) -> bool:
+        """Remove a session; its worker goes back to the pool in the background."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        worker = self._detach(session)
+        if worker is not None:
+            self.pool.release_soon(worker)
+        return True
+
+    async def remove_session(self, session_id: str) -> Session:
+        """Remove a session and wait until its worker is back in the pool or closed."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            raise SessionNotFoundError(f"session {session_id!r} not found")
+        worker = self._detach(session)
+        if worker is not None:
+            await self.pool.release(worker)
+        return session
+
+    def _detach(self, session: Session) -> Worker | None:
+        """Mark a session closed and hand back its worker, unless a turn still uses it."""
+        session.closed = True
+        if session.is_busy or session.worker is None:
+            return None
+        worker, session.worker = session.worker, None
+        return worker
+
+    def get(self, session_id: str) -> Session:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise SessionNotFoundError(f"session {session_id!r} not found") from None
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def update_session_activity(self, session_id: str) -> None:
+        self.get(session_id).metrics.touch()
+
+    # -- cleanup --------------------------------------------------------------
+
+    async def cleanup_inactive_sessions(self) -> list[str]:
+        """Remove sessions idle longer than ``SM_TIMEOUT_MINUTES``; release their workers."""
+        timeout = self.config.session_manager.TIMEOUT_MINUTES * 60
+        now = time.time()
+        expired = [s.id for s in self._sessions.values() if s.has_expired(timeout, now)]
+        await self._remove_all(expired)
+        if expired:
+            log.info("inactive_sessions_removed", count=len(expired), session_ids=expired)
+        return expired
+
+    def transcript_path(self, session: Session) -> Path | None:
+        """Where the CLI writes this session's conversation (None before the first prompt)."""
+        if session.claude_session_id is None:
+            return None
+        project = project_key_for_directory(session_cwd(session.config, self.config))
+        return self.config.runtime.config_dir / "projects" / project / f"{session.claude_session_id}.jsonl"
+
+    def is_orphaned(self, session: Session) -> bool:
+        """Started, not mid-turn, and its transcript is gone."""
+        path = self.transcript_path(session)
+        return path is not None and not session.is_busy and not path.exists()
+
+    async def detect_orphaned_sessions(self) -> list[str]:
+        """Remove sessions whose transcript vanished, and end CLI processes nobody owns."""
+        orphans = [s.id for s in self._sessions.values() if self.is_orphaned(s)]
+        await self._remove_all(orphans)
+        owned = {s.worker.id for s in self._sessions.values() if s.worker is not None}
+        stray_pids = await self.pool.reap_unowned(owned)
+        if orphans or stray_pids:
+            log.warning("orphans_detected", count=len(orphans), session_ids=orphans, stray_cli_pids=stray_pids)
+        return orphans
+
+    async def _remove_all(self, session_ids: list[str]) -> None:
+        results = await asyncio.gather(*(self.remove_session(i) for i in session_ids), return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(result, SessionNotFoundError):
+                log.error("session_remove_failed", error=repr(result))
+
+    async def force_cleanup_all(self) -> int:
+        """Emergency stop: drop every session and close every CLI process."""
+        count = len(self._sessions)
+        for session in self._sessions.values():
+            session.closed = True
+            if session.worker is not None:
+                session.worker.reusable = False
+        self._sessions.clear()
+        await self.pool.shutdown()
+        log.warning("force_cleanup_all", sessions=count)
+        return count
+
+    # -- metrics and health ----------------------------------------------------
+
+    def get_session_metrics(self, session_id: str) -> SessionMetrics | None:
+        session = self._sessions.get(session_id)
+        return session.metrics if session else None
+
+    def get_all_session_metrics(self) -> dict[str, SessionMetrics]:
+        return {s.id: s.metrics for s in self._sessions.values()}
+
+    def get_session_health_report(self) -> dict[str, Any]:
+        """The seed's health report, plus states, errors and the pool's figures."""
+        now = time.time()
+        sessions = self.sessions()
+        metrics = [s.metrics for s in sessions]
+        half_timeout = self.config.session_manager.TIMEOUT_MINUTES * 30
+        pool = self.pool.status()
+        return {
+            "sessions": {
+                "active": len(sessions),
+                "recent": sum(1 for m in metrics if m.idle_seconds(now) <= RECENT_SECONDS),
+                "old": sum(1 for m in metrics if m.idle_seconds(now) > half_timeout),
+                "busy": sum(1 for s in sessions if s.is_busy),
+                "with_worker": sum(1 for s in sessions if s.worker is not None),
+                "max": self.config.session_manager.MAX_SESSIONS,
+            },
+            "pool": {
+                "size": pool["pool_size"],
+                "idle": pool["idle"],
+                "healthy": pool["healthy_connections"],
+                "max_size": pool["max_size"],
+                "min_size": pool["min_size"],
+            },
+            "totals": {
+                "messages": sum(m.message_count for m in metrics),
+                "tokens": sum(m.total_tokens for m in metrics),
+                "cost": round(sum(m.total_cost for m in metrics), 6),
+            },
+            "errors": {
+                "api": sum(m.api_errors for m in metrics),
+                "connection": sum(m.connection_errors for m in metrics),
+                "timeouts": sum(m.timeouts for m in metrics),
+            },
+        }

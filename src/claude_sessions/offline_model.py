@@ -1,0 +1,361 @@
+"""A loopback stand-in for the Anthropic Messages API.
+
+The real bundled Claude Code CLI talks to it through ``ANTHROPIC_BASE_URL``, so
+demos and tests exercise the genuine SDK and CLI without any network access or
+billing. Replies are deterministic (they echo the last user text), usage is
+derived from the text, and every request is logged so tests can see exactly
+what the CLI sent.
+
+Faults are injected per turn with markers in the last user text, so that
+concurrent tests never disturb each other:
+
+``[[fail:500]]`` (any status)  answer that HTTP status with an API error body
+``[[hang]]``                  accept the request and never answer
+``[[slow:1.5]]``              wait that many seconds before the first token
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import uvicorn
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_FAIL = re.compile(r"\[\[fail:(\d{3})\]\]")
+_SLOW = re.compile(r"\[\[slow:([0-9.]+)\]\]")
+_HANG = "[[hang]]"
+
+#: Test control: the last user text asks the model to call a tool.
+TOOL_MARKER = re.compile(r"\[\[tool:(\w+):(\{.*?\})\]\]")
+
+
+def count_tokens(text: str) -> int:
+    """Deterministic token count: words and punctuation marks."""
+    return len(_TOKEN.findall(text))
+
+
+def _text_of(content: Any) -> str:
+    """Flatten Messages-API content (str or blocks) into plain text."""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content or []:
+        if not isinstance(block, dict):
+            continue
+        if block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif block.get("type") == "tool_result":
+            parts.append(_text_of(block.get("content")))
+        elif block.get("type") == "tool_use":
+            parts.append(json.dumps(block.get("input", {})))
+    return "\n".join(parts)
+
+
+def last_user_text(body: dict[str, Any]) -> str:
+    """The text of the last user message, without system reminders."""
+    for message in reversed(body.get("messages") or []):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            texts = [
+                str(b.get("text", ""))
+                for b in content
+                if isinstance(b, dict)
+                and b.get("type") == "text"
+                and not str(b.get("text", "")).startswith("<system-reminder>")
+            ]
+            if texts:
+                return texts[-1]
+            return _text_of(content)
+        return _text_of(content)
+    return ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one request was charged, in the Messages API's own terms."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+@dataclass
+class LoggedRequest:
+    """One request as the model received it, and what it answered."""
+
+    seq: int
+    path: str
+    body: dict[str, Any]
+    received_at: float
+    status: int = 200
+    usage: Usage | None = None
+    reply: str = ""
+
+    @property
+    def user_texts(self) -> list[str]:
+        """Every user message's text, oldest first (what the model 'sees')."""
+        return [_text_of(m.get("content")) for m in self.body.get("messages") or [] if m.get("role") == "user"]
+
+    @property
+    def last_user_text(self) -> str:
+        return last_user_text(self.body)
+
+
+@dataclass
+class ModelSettings:
+    """Latency knobs; faults are per turn (see the module docstring)."""
+
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+
+
+@dataclass
+class OfflineModel:
+    """State of the stand-in: settings, the request log and the prompt cache."""
+
+    settings: ModelSettings = field(default_factory=ModelSettings)
+    requests: list[LoggedRequest] = field(default_factory=list)
+    _seen_prefixes: set[str] = field(default_factory=set)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def log(self, path: str, body: dict[str, Any]) -> LoggedRequest:
+        with self._lock:
+            entry = LoggedRequest(next(self._seq), path, body, time.time())
+            self.requests.append(entry)
+            return entry
+
+    def message_requests(self) -> list[LoggedRequest]:
+        """Logged ``/v1/messages`` calls (the billed ones)."""
+        with self._lock:
+            return [r for r in self.requests if r.path == "/v1/messages"]
+
+    def charge(self, body: dict[str, Any], reply: str) -> Usage:
+        """Usage for a request: the system prompt is 'cached' after first sight."""
+        system = _text_of(body.get("system"))
+        history = "\n".join(_text_of(m.get("content")) for m in body.get("messages") or [])
+        system_tokens = count_tokens(system)
+        with self._lock:
+            seen = system in self._seen_prefixes
+            self._seen_prefixes.add(system)
+        return Usage(
+            input_tokens=max(1, count_tokens(history)),
+            output_tokens=max(1, count_tokens(reply)),
+            cache_creation_input_tokens=0 if seen else system_tokens,
+            cache_read_input_tokens=system_tokens if seen else 0,
+        )
+
+
+def _reply_for(body: dict[str, Any]) -> str:
+    text = last_user_text(body)
+    if not text.strip():
+        return "(offline model) nothing to echo."
+    return f"(offline model) You said: {text.strip()}"
+
+
+def _error_body(status: int) -> dict[str, Any]:
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": f"offline model: injected {status}"}}
+
+
+def _tool_call(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """A tool the model should call: asked for in the last user text, not yet answered."""
+    messages = body.get("messages") or []
+    last = messages[-1].get("content") if messages else None
+    if isinstance(last, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in last):
+        return None
+    match = TOOL_MARKER.search(last_user_text(body))
+    if match is None:
+        return None
+    return match.group(1), json.loads(match.group(2))
+
+
+def build_app(model: OfflineModel) -> Starlette:
+    """The ASGI application serving ``model``."""
+
+    async def messages(request: Request) -> Response:
+        body = await request.json()
+        entry = model.log("/v1/messages", body)
+        text = last_user_text(body)
+        if _HANG in text:
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.05)
+            return Response(status_code=499)
+        if fail := _FAIL.search(text):
+            entry.status = int(fail.group(1))
+            return JSONResponse(_error_body(entry.status), status_code=entry.status)
+        delay = model.settings.first_token_delay
+        if slow := _SLOW.search(text):
+            delay = float(slow.group(1))
+        tool = _tool_call(body)
+        reply = _reply_for(body) if tool is None else json.dumps({"tool": tool[0], "input": tool[1]})
+        entry.reply = reply
+        entry.usage = model.charge(body, reply)
+        message_id = f"msg_offline_{entry.seq}"
+        content: dict[str, Any]
+        if tool is None:
+            content = {"type": "text", "text": reply}
+        else:
+            content = {"type": "tool_use", "id": f"toolu_offline_{entry.seq}", "name": tool[0], "input": tool[1]}
+        stop_reason = "end_turn" if tool is None else "tool_use"
+        if not body.get("stream"):
+            await asyncio.sleep(delay)
+            return JSONResponse(
+                {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": body.get("model", "offline"),
+                    "content": [content],
+                    "stop_reason": stop_reason,
+                    "stop_sequence": None,
+                    "usage": asdict(entry.usage),
+                }
+            )
+        return EventSourceResponse(
+            _stream(body, message_id, content, stop_reason, entry.usage, delay, model.settings.token_delay),
+            ping=600,
+        )
+
+    async def count(request: Request) -> Response:
+        body = await request.json()
+        model.log("/v1/messages/count_tokens", body)
+        text = _text_of(body.get("system")) + "\n".join(_text_of(m.get("content")) for m in body.get("messages") or [])
+        return JSONResponse({"input_tokens": count_tokens(text)})
+
+    async def other(request: Request) -> Response:
+        """Anything else the CLI may probe: answered, logged, never an error page."""
+        body: dict[str, Any] = {}
+        if request.method == "POST":
+            raw = await request.body()
+            try:
+                body = json.loads(raw) if raw else {}
+            except json.JSONDecodeError:
+                body = {"raw": raw.decode(errors="replace")}
+        model.log(request.url.path, body)
+        return JSONResponse({"data": [], "has_more": False})
+
+    return Starlette(
+        routes=[
+            Route("/v1/messages", messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", count, methods=["POST"]),
+            Route("/{path:path}", other, methods=["GET", "POST", "HEAD"]),
+        ]
+    )
+
+
+async def _stream(
+    body: dict[str, Any],
+    message_id: str,
+    content: dict[str, Any],
+    stop_reason: str,
+    usage: Usage,
+    first_token_delay: float,
+    token_delay: float,
+) -> AsyncIterator[dict[str, str]]:
+    """The Messages API's SSE sequence for one reply."""
+
+    def event(kind: str, payload: dict[str, Any]) -> dict[str, str]:
+        return {"event": kind, "data": json.dumps({"type": kind, **payload})}
+
+    start_usage = {**asdict(usage), "output_tokens": 1}
+    yield event(
+        "message_start",
+        {
+            "message": {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model", "offline"),
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": start_usage,
+            }
+        },
+    )
+    await asyncio.sleep(first_token_delay)
+    if content["type"] == "text":
+        yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        for piece in re.findall(r"\S+\s*", content["text"]):
+            yield event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
+            if token_delay:
+                await asyncio.sleep(token_delay)
+    else:
+        block = {**content, "input": {}}
+        yield event("content_block_start", {"index": 0, "content_block": block})
+        partial = json.dumps(content["input"])
+        yield event("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": partial}})
+    yield event("content_block_stop", {"index": 0})
+    yield event(
+        "message_delta",
+        {"delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": {"output_tokens": usage.output_tokens}},
+    )
+    yield event("message_stop", {})
+
+
+class OfflineModelServer:
+    """Runs the stand-in with uvicorn in a background thread, on 127.0.0.1."""
+
+    def __init__(self, port: int = 0, model: OfflineModel | None = None) -> None:
+        self.model = model or OfflineModel()
+        config = uvicorn.Config(build_app(self.model), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="offline-model", daemon=True)
+
+    @property
+    def port(self) -> int:
+        sockets = self._server.servers[0].sockets
+        return int(sockets[0].getsockname()[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> OfflineModelServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("offline model did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._server.force_exit = True
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> OfflineModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(port: int) -> None:
+    """Run the stand-in in the foreground (``claude-sessions offline-model``)."""
+    uvicorn.run(build_app(OfflineModel()), host="127.0.0.1", port=port, log_level="info")

@@ -1,0 +1,224 @@
+"""Warm CLI workers kept for reuse, keyed by an options fingerprint.
+
+State (which worker is idle, bound, closing) changes only in synchronous code
+between awaits, which asyncio runs atomically; all process I/O (connect,
+``/clear``, close) happens outside those sections, so one slow process never
+blocks the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+from claude_agent_sdk import ClaudeAgentOptions
+
+from .config import ConnectionPoolConfig, OptimizationConfig, SessionConfig
+from .worker import Worker, WorkerState
+
+log = structlog.get_logger("claude_sessions.pool")
+
+OptionsFactory = Callable[[SessionConfig, str | None], ClaudeAgentOptions]
+
+
+class WorkerPool:
+    """Hands out connected workers and takes them back.
+
+    ``CP_MIN_SIZE`` spares for the default options are kept ready; at most
+    ``CP_MAX_SIZE`` idle workers are kept; a returned worker is reset with
+    ``/clear`` and kept only if it is alive, young and little used enough.
+    """
+
+    def __init__(
+        self,
+        limits: ConnectionPoolConfig,
+        timeouts: OptimizationConfig,
+        options_for: OptionsFactory,
+        warm_config: SessionConfig | None = None,
+    ) -> None:
+        self.limits = limits
+        self.timeouts = timeouts
+        self.warm_config = warm_config or SessionConfig()
+        self._options_for = options_for
+        self._idle: dict[str, deque[Worker]] = {}
+        self._workers: dict[str, Worker] = {}  # every worker not yet closed
+        self._spawning: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.connect_seconds: list[float] = []
+
+    # -- predicates and figures -------------------------------------------
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(q) for q in self._idle.values())
+
+    def workers(self) -> list[Worker]:
+        return list(self._workers.values())
+
+    def _is_reusable(self, worker: Worker) -> bool:
+        return worker.is_healthy() and not worker.has_expired(self.limits.MAX_AGE_MINUTES * 60, self.limits.MAX_USES)
+
+    def _has_room(self) -> bool:
+        return self.idle_count < self.limits.MAX_SIZE
+
+    # -- taking and returning ---------------------------------------------
+
+    async def acquire(self, config: SessionConfig, resume: str | None = None) -> Worker:
+        """A worker bound to the caller: a warm one when possible, else a new one.
+
+        A worker resuming a conversation is always new: a live process cannot
+        switch to another existing conversation.
+        """
+        worker = self._take_idle(config.fingerprint) if resume is None else None
+        if worker is None:
+            worker = await self._spawn(config, resume)
+        worker.state = WorkerState.BOUND
+        self.refill_soon()
+        return worker
+
+    def _take_idle(self, fingerprint: str) -> Worker | None:
+        queue = self._idle.get(fingerprint)
+        while queue:
+            worker = queue.pop()  # most recently used first: its pages are warm
+            if self._is_reusable(worker):
+                return worker
+            self._spawn_task(self._close(worker))
+        return None
+
+    async def release(self, worker: Worker) -> None:
+        """Take a worker back: reset and keep it, or close it."""
+        if self._is_reusable(worker) and self._has_room():
+            worker.state = WorkerState.RESETTING
+            if await worker.reset(self.timeouts.DESTROY_TIMEOUT) and self._has_room() and worker.id in self._workers:
+                worker.state = WorkerState.IDLE
+                self._idle.setdefault(worker.fingerprint, deque()).append(worker)
+                return
+        await self._close(worker)
+
+    def release_soon(self, worker: Worker) -> None:
+        """``release`` from synchronous code; tracked so ``shutdown`` awaits it."""
+        self._spawn_task(self.release(worker))
+
+    async def discard(self, worker: Worker) -> None:
+        """Close a worker that must not be reused (died, timed out, in doubt)."""
+        worker.reusable = False
+        await self._close(worker)
+
+    # -- spawning and closing ----------------------------------------------
+
+    async def _spawn(self, config: SessionConfig, resume: str | None = None) -> Worker:
+        self._reserve(config.fingerprint, 1)
+        try:
+            return await self._connect(config, resume)
+        finally:
+            self._reserve(config.fingerprint, -1)
+
+    def _reserve(self, fingerprint: str, count: int) -> None:
+        """Count spawns in flight, so concurrent refills do not overshoot."""
+        self._spawning[fingerprint] = self._spawning.get(fingerprint, 0) + count
+
+    async def _connect(self, config: SessionConfig, resume: str | None) -> Worker:
+        began = time.perf_counter()
+        worker = await Worker.start(config.fingerprint, self._options_for(config, resume), self.timeouts.CREATE_TIMEOUT)
+        self.connect_seconds.append(time.perf_counter() - began)
+        self._workers[worker.id] = worker
+        return worker
+
+    async def _close(self, worker: Worker) -> None:
+        if worker.state in (WorkerState.CLOSING, WorkerState.CLOSED):
+            return
+        worker.state = WorkerState.CLOSING
+        try:
+            await worker.close(self.timeouts.DESTROY_TIMEOUT)
+        finally:
+            worker.state = WorkerState.CLOSED
+            self._workers.pop(worker.id, None)
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- keeping it warm and healthy ----------------------------------------
+
+    async def fill(self) -> int:
+        """Spawn spares for the default options up to ``CP_MIN_SIZE``; returns how many."""
+        fingerprint = self.warm_config.fingerprint
+        missing = self.limits.MIN_SIZE - len(self._idle.get(fingerprint, ())) - self._spawning.get(fingerprint, 0)
+        missing = min(missing, self.limits.MAX_SIZE - self.idle_count)
+        if missing <= 0:
+            return 0
+        self._reserve(fingerprint, missing)
+        try:
+            results = await asyncio.gather(*(self._add_spare() for _ in range(missing)), return_exceptions=True)
+        finally:
+            self._reserve(fingerprint, -missing)
+        for result in results:
+            if isinstance(result, BaseException):
+                log.warning("pool_fill_failed", error=repr(result))
+        return sum(1 for result in results if result is None)
+
+    async def _add_spare(self) -> None:
+        worker = await self._connect(self.warm_config, None)
+        worker.state = WorkerState.IDLE
+        self._idle.setdefault(worker.fingerprint, deque()).append(worker)
+
+    def refill_soon(self) -> None:
+        if self.limits.MIN_SIZE:
+            self._spawn_task(self.fill())
+
+    async def health_check(self) -> int:
+        """Retire idle workers that died or expired; returns how many."""
+        retired = 0
+        for fingerprint, queue in list(self._idle.items()):
+            keep = deque(w for w in queue if self._is_reusable(w))
+            for worker in queue:
+                if worker not in keep:
+                    self._spawn_task(self._close(worker))
+                    retired += 1
+            self._idle[fingerprint] = keep
+        if retired:
+            log.info("pool_workers_retired", count=retired)
+        return retired
+
+    async def reap_unowned(self, owned: set[str]) -> list[int]:
+        """End bound workers that no session owns any more; returns their pids."""
+        strays = [w for w in self._workers.values() if w.state is WorkerState.BOUND and w.id not in owned]
+        for worker in strays:
+            await self.discard(worker)
+        return [w.pid for w in strays]
+
+    async def shutdown(self) -> None:
+        """Close every worker, idle or bound, and stop pending spawns."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._idle.clear()
+        await asyncio.gather(*(self._close(w) for w in list(self._workers.values())))
+
+    def status(self) -> dict[str, Any]:
+        """The contract's pool status."""
+        now = time.monotonic()
+        workers = self.workers()
+        return {
+            "pool_size": len(workers),
+            "idle": self.idle_count,
+            "healthy_connections": sum(1 for w in workers if w.is_healthy()),
+            "max_size": self.limits.MAX_SIZE,
+            "min_size": self.limits.MIN_SIZE,
+            "connections": [
+                {
+                    "id": w.id,
+                    "pid": w.pid,
+                    "state": w.state.value,
+                    "age_seconds": round(w.age_seconds(now), 3),
+                    "uses": w.uses,
+                    "healthy": w.is_healthy(),
+                }
+                for w in workers
+            ],
+        }

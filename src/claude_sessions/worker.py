@@ -1,0 +1,123 @@
+"""One live Claude Code CLI process behind a connected ``ClaudeSDKClient``.
+
+A worker knows its process, its age and its use count, and owns the three
+pieces of I/O that touch the process: connect, reset (``/clear``) and close.
+Every one is bounded in time; a process that will not close is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage
+
+from .errors import WorkerStartError
+
+log = structlog.get_logger("claude_sessions.worker")
+_ids = itertools.count(1)
+
+
+class WorkerState(enum.StrEnum):
+    CONNECTING = "connecting"
+    IDLE = "idle"  # in the pool, ready to be taken
+    BOUND = "bound"  # serving a session
+    RESETTING = "resetting"  # /clear on its way back to the pool
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class Worker:
+    """A CLI process; state changes happen under the pool's lock, I/O outside it."""
+
+    fingerprint: str
+    client: ClaudeSDKClient
+    process: Any  # anyio Process of the CLI, kept so it can be killed after disconnect
+    id: str = field(default_factory=lambda: f"w{next(_ids)}")
+    created_at: float = field(default_factory=time.monotonic)
+    uses: int = 0
+    state: WorkerState = WorkerState.CONNECTING
+    #: False once a turn failed in a way that leaves the process in doubt.
+    reusable: bool = True
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    def is_alive(self) -> bool:
+        return self.process.returncode is None
+
+    def age_seconds(self, now: float | None = None) -> float:
+        return (now or time.monotonic()) - self.created_at
+
+    def has_expired(self, max_age_seconds: float, max_uses: int) -> bool:
+        return self.age_seconds() >= max_age_seconds or self.uses >= max_uses
+
+    def is_healthy(self) -> bool:
+        return self.reusable and self.is_alive()
+
+    @classmethod
+    async def start(cls, fingerprint: str, options: ClaudeAgentOptions, timeout: float) -> Worker:
+        """Spawn and connect a CLI process, or raise :class:`WorkerStartError`."""
+        client = ClaudeSDKClient(options)
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                await client.connect()
+        except BaseException as error:
+            # connect() disconnects on its own failure, but a timeout or a
+            # cancellation may cut that short: make sure no process survives.
+            _kill(_process_of(client))
+            if isinstance(error, TimeoutError):
+                raise WorkerStartError(f"CLI did not connect within {timeout:g}s") from None
+            if isinstance(error, Exception):
+                raise WorkerStartError(f"CLI could not start: {error}") from error
+            raise
+        worker = cls(fingerprint=fingerprint, client=client, process=_process_of(client))
+        log.debug("worker_connected", worker=worker.id, pid=worker.pid, seconds=round(time.perf_counter() - began, 3))
+        return worker
+
+    async def reset(self, timeout: float) -> bool:
+        """Start a new, empty conversation (``/clear``); False if that failed."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.client.query("/clear")
+                async for message in self.client.receive_response():
+                    if isinstance(message, ResultMessage):
+                        return not message.is_error and self.is_alive()
+        except Exception as error:
+            log.info("worker_reset_failed", worker=self.id, error=repr(error))
+        return False
+
+    async def close(self, timeout: float) -> None:
+        """Disconnect within ``timeout`` seconds, else kill the process. Never raises."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.client.disconnect()
+        except Exception as error:
+            log.warning("worker_close_forced", worker=self.id, pid=self.pid, error=repr(error))
+        finally:
+            # Also on cancellation: a SIGKILL needs no await, and asyncio reaps the child.
+            _kill(self.process)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await self.process.wait()
+
+
+def _process_of(client: ClaudeSDKClient) -> Any:
+    """The anyio ``Process`` behind a client (the SDK does not expose it publicly)."""
+    transport = client._transport
+    return getattr(transport, "_process", None)
+
+
+def _kill(process: Any) -> None:
+    if process is not None and process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()

@@ -1,0 +1,68 @@
+"""Shared fixtures: the offline model on loopback, handlers on the real CLI, leak checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_sessions import ClaudeHandler, SystemConfig
+from claude_sessions.offline_model import OfflineModel, OfflineModelServer
+from helpers import wait_no_cli
+
+MakeHandler = Callable[..., Awaitable[ClaudeHandler]]
+
+
+@pytest.fixture(scope="session")
+def offline_server() -> Iterator[OfflineModelServer]:
+    with OfflineModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def model(offline_server: OfflineModelServer) -> OfflineModel:
+    """The stand-in model, its request log emptied for this test."""
+    offline_server.model.requests.clear()
+    return offline_server.model
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, offline_server: OfflineModelServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point every CLI at the offline model with a private config dir (env and options)."""
+    env = {
+        "ANTHROPIC_BASE_URL": offline_server.base_url,
+        "ANTHROPIC_API_KEY": "sk-offline-test",
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CONFIG_DIR": str(tmp_path / "claude"),
+        "CLAUDE_SESSIONS_DATA_DIR": str(tmp_path / "data"),
+        "WORKSPACE_ROOT": str(tmp_path / "workspaces"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+async def make_handler(cli_env: dict[str, str]) -> AsyncIterator[MakeHandler]:
+    """Build started handlers from the environment plus overrides; prove no CLI is left."""
+    handlers: list[ClaudeHandler] = []
+    seen: set[int] = set()
+
+    async def make(**sections: dict[str, Any]) -> ClaudeHandler:
+        config = SystemConfig.from_env()
+        for section, values in sections.items():
+            for key, value in values.items():
+                setattr(getattr(config, section), key, value)
+        handler = ClaudeHandler(config)
+        handlers.append(handler)
+        await handler.start()
+        return handler
+
+    yield make
+    for handler in handlers:
+        seen.update(c["pid"] for c in handler.get_pool_status()["connections"])
+        await handler.close()
+    assert wait_no_cli(seen) == [], "CLI processes left behind"

@@ -1,0 +1,63 @@
+"""Helpers for tests that drive the real CLI."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
+
+from claude_sessions import ClaudeHandler
+
+
+def cli_processes() -> list[psutil.Process]:
+    """Live Claude Code CLI processes started (directly or not) by this test process."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "_bundled/claude" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def wait_no_cli(pids: set[int] | None = None, timeout: float = 10.0) -> list[int]:
+    """Pids still alive after ``timeout`` (all CLI children, plus ``pids``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = {p.pid for p in cli_processes()}
+        for pid in pids or ():
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.add(pid)
+            except psutil.NoSuchProcess:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return sorted(alive)
+        time.sleep(0.05)
+
+
+def pids_of(handler: ClaudeHandler) -> set[int]:
+    return {c["pid"] for c in handler.get_pool_status()["connections"]}
+
+
+async def turn(handler: ClaudeHandler, session_id: str, prompt: str) -> list[Message]:
+    """Every message of one turn."""
+    return [m async for m in handler.send_message(session_id, prompt)]
+
+
+def result_of(messages: list[Message]) -> ResultMessage:
+    last = messages[-1]
+    assert isinstance(last, ResultMessage), f"turn did not end with a ResultMessage: {last!r}"
+    return last
+
+
+def reply_text(messages: list[Message]) -> str:
+    return "".join(
+        block.text
+        for m in messages
+        if isinstance(m, AssistantMessage)
+        for block in m.content
+        if isinstance(block, TextBlock)
+    )

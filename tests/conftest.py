@@ -65,4 +65,5 @@ async def make_handler(cli_env: dict[str, str]) -> AsyncIterator[MakeHandler]:
     for handler in handlers:
         seen.update(c["pid"] for c in handler.get_pool_status()["connections"])
         await handler.close()
-    assert wait_no_cli(seen) == [], "CLI processes left behind"
+    assert wait_no_cli(seen) == [], "CLI processes of this test left behind"
+    assert wait_no_cli() == [], "CLI processes left behind"

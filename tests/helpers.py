@@ -23,19 +23,20 @@ def cli_processes() -> list[psutil.Process]:
 
 
 def wait_no_cli(pids: set[int] | None = None, timeout: float = 10.0) -> list[int]:
-    """Pids still alive after ``timeout`` (all CLI children, plus ``pids``)."""
+    """Which of ``pids`` (default: every CLI child of this process) are alive after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        alive = {p.pid for p in cli_processes()}
-        for pid in pids or ():
-            try:
-                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.add(pid)
-            except psutil.NoSuchProcess:
-                pass
+        alive = sorted(pid for pid in pids if _is_running(pid)) if pids is not None else [p.pid for p in cli_processes()]
         if not alive or time.monotonic() > deadline:
-            return sorted(alive)
+            return alive
         time.sleep(0.05)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def pids_of(handler: ClaudeHandler) -> set[int]:

@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+from claude_agent_sdk import AssistantMessage
 from helpers import reply_text, result_of, turn
 
+from claude_sessions import (
+    SessionBusyError,
+    SessionConfig,
+    SessionExistsError,
+    SessionNotFoundError,
+    TurnTimeoutError,
+    WorkerDiedError,
+)
+from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
 
 
@@ -17,3 +33,158 @@ async def test_create_send_destroy_round_trip(make_handler: MakeHandler) -> None
     assert metrics is not None and metrics.message_count == 1
     await handler.destroy_session(session_id)
     assert handler.session_manager.get_session_metrics(session_id) is None
+
+
+async def test_generated_id_and_bad_ids(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    generated = await handler.create_session()
+    assert len(generated) == 32
+    with pytest.raises(SessionExistsError):
+        await handler.create_session(generated)
+    for bad in ["", "a/b", "x" * 129, "sp ace", "../etc"]:
+        with pytest.raises(ValueError, match="session_id"):
+            await handler.create_session(bad)
+    with pytest.raises(ValueError, match="outside the workspace"):
+        await handler.create_session("escape", SessionConfig(cwd="../.."))
+
+
+async def test_unknown_session_and_empty_prompt_are_typed_errors(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    with pytest.raises(SessionNotFoundError):
+        await turn(handler, "nope", "hi")
+    with pytest.raises(SessionNotFoundError):
+        await handler.destroy_session("nope")
+    with pytest.raises(SessionNotFoundError):
+        await handler.interrupt("nope")
+    session_id = await handler.create_session("s")
+    with pytest.raises(ValueError, match="prompt"):
+        await turn(handler, session_id, "   ")
+
+
+async def test_second_turn_while_one_runs_is_busy(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    session_id = await handler.create_session("busy")
+    first = asyncio.create_task(turn(handler, session_id, "[[slow:1]] slow one"))
+    await asyncio.sleep(0.3)
+    with pytest.raises(SessionBusyError):
+        await turn(handler, session_id, "second")
+    assert "slow one" in reply_text(await first)
+    assert "again" in reply_text(await turn(handler, session_id, "again"))
+
+
+async def test_interrupt_stops_the_running_turn(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    session_id = await handler.create_session("interrupt")
+    running = asyncio.create_task(turn(handler, session_id, "[[hang]] forever"))
+    await asyncio.sleep(0.5)
+    began = time.monotonic()
+    await handler.interrupt(session_id)
+    result = result_of(await asyncio.wait_for(running, 5))
+    assert result.terminal_reason == "aborted_streaming"
+    assert time.monotonic() - began < 2
+    metrics = handler.session_manager.get_session_metrics(session_id)
+    assert metrics is not None and metrics.api_errors == 0  # an interrupt is not an API error
+    assert "still here" in reply_text(await turn(handler, session_id, "still here"))
+
+
+async def test_turn_timeout_interrupts_and_session_stays_usable(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1}, optimization={"MESSAGE_TIMEOUT": 1.5})
+    session_id = await handler.create_session("timeout")
+    began = time.monotonic()
+    with pytest.raises(TurnTimeoutError):
+        await turn(handler, session_id, "[[hang]] never answers")
+    assert time.monotonic() - began < 1.5 + 2
+    metrics = handler.session_manager.get_session_metrics(session_id)
+    assert metrics is not None and metrics.timeouts == 1
+    assert handler.session_manager.get(session_id).state == "active"
+    assert "after timeout" in reply_text(await turn(handler, session_id, "after timeout"))
+
+
+async def test_abandoned_stream_winds_down_and_frees_the_session(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    session_id = await handler.create_session("abandon")
+    stream = handler.send_message(session_id, "[[slow:30]] long answer")
+    first = await anext(stream)  # the turn is running
+    assert first is not None
+    await stream.aclose()
+    session = handler.session_manager.get(session_id)
+    assert not session.is_busy
+    assert "next" in reply_text(await turn(handler, session_id, "next"))
+
+
+async def test_api_error_is_counted_and_session_still_usable(make_handler: MakeHandler, model: OfflineModel) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    session_id = await handler.create_session("api-error")
+    result = result_of(await turn(handler, session_id, "[[fail:500]] boom"))
+    assert result.is_error
+    metrics = handler.session_manager.get_session_metrics(session_id)
+    assert metrics is not None and metrics.api_errors == 1
+    # CLAUDE_CODE_MAX_RETRIES bounds the CLI's retries: 1 try + 2 retries, not minutes of them.
+    assert len([r for r in model.message_requests() if "boom" in r.last_user_text]) == 3
+    assert "recovered" in reply_text(await turn(handler, session_id, "recovered"))
+    assert metrics.api_errors == 1 and metrics.message_count == 2
+
+
+async def test_killed_worker_fails_fast_then_next_message_resumes_with_history(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    session_id = await handler.create_session("phoenix")
+    await turn(handler, session_id, "remember the word avocado")
+    session = handler.session_manager.get(session_id)
+    assert session.worker is not None
+    old_pid, claude_id = session.worker.pid, session.claude_session_id
+
+    stream = handler.send_message(session_id, "[[slow:30]] this turn dies")
+    await anext(stream)
+    os.kill(old_pid, signal.SIGKILL)
+    began = time.monotonic()
+    with pytest.raises(WorkerDiedError):
+        async for _ in stream:
+            pass
+    assert time.monotonic() - began < 1.0
+    metrics = handler.session_manager.get_session_metrics(session_id)
+    assert metrics is not None and metrics.connection_errors == 1
+
+    messages = await turn(handler, session_id, "what was the word?")
+    assert "what was the word?" in reply_text(messages)
+    assert session.worker is not None and session.worker.pid != old_pid
+    assert session.claude_session_id == claude_id  # the same conversation, resumed
+    seen = model.message_requests()[-1].user_texts
+    assert any("avocado" in text for text in seen), seen
+
+
+async def test_worker_dead_between_turns_is_replaced_transparently(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    session_id = await handler.create_session("quiet-death")
+    await turn(handler, session_id, "first")
+    session = handler.session_manager.get(session_id)
+    assert session.worker is not None
+    os.kill(session.worker.pid, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    messages = await turn(handler, session_id, "second")
+    assert any(isinstance(m, AssistantMessage) for m in messages)
+    metrics = handler.session_manager.get_session_metrics(session_id)
+    assert metrics is not None and metrics.connection_errors == 1
+
+
+async def test_destroy_during_a_turn_interrupts_it(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    session_id = await handler.create_session("doomed")
+    running = asyncio.create_task(turn(handler, session_id, "[[hang]] wait"))
+    await asyncio.sleep(0.5)
+    await handler.destroy_session(session_id)
+    assert result_of(await asyncio.wait_for(running, 5)).terminal_reason == "aborted_streaming"
+    assert session_id not in handler.session_manager
+
+
+async def test_async_context_manager_closes_everything(cli_env: dict[str, str]) -> None:
+    from claude_sessions import ClaudeHandler
+    from helpers import pids_of, wait_no_cli
+
+    async with ClaudeHandler() as handler:
+        session_id = await handler.create_session()
+        await turn(handler, session_id, "hi")
+        pids = pids_of(handler)
+        assert pids
+    assert wait_no_cli(pids) == []

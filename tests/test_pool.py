@@ -1,0 +1,131 @@
+"""The warm pool on the real CLI: reuse, reset, limits, health and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+from helpers import pids_of, reply_text, turn, wait_no_cli
+
+from claude_sessions import SessionConfig, WorkerStartError
+from claude_sessions.offline_model import OfflineModel
+from conftest import MakeHandler
+
+
+async def test_spares_are_ready_before_the_first_session(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 2})
+    status = handler.get_pool_status()
+    assert status["idle"] == 2 and status["healthy_connections"] == 2
+    spare_pids = pids_of(handler)
+    session_id = await handler.create_session()
+    assert handler.session_manager.get(session_id).worker.pid in spare_pids  # type: ignore[union-attr]
+
+
+async def test_destroyed_sessions_worker_serves_the_next_session(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    first = await handler.create_session("first")
+    await turn(handler, first, "hello")
+    pid = handler.session_manager.get(first).worker.pid  # type: ignore[union-attr]
+    await handler.destroy_session(first)
+    second = await handler.create_session("second")
+    worker = handler.session_manager.get(second).worker
+    assert worker is not None and worker.pid == pid and worker.uses == 1
+
+
+async def test_reused_worker_carries_nothing_of_the_previous_conversation(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    first = await handler.create_session("alice")
+    await turn(handler, first, "my secret is platypus-4471")
+    pid = handler.session_manager.get(first).worker.pid  # type: ignore[union-attr]
+    await handler.destroy_session(first)
+    second = await handler.create_session("bob")
+    assert handler.session_manager.get(second).worker.pid == pid  # type: ignore[union-attr]
+    model.requests.clear()
+    messages = await turn(handler, second, "what do you know?")
+    assert "what do you know?" in reply_text(messages)
+    bodies = [str(r.body) for r in model.message_requests()]
+    assert bodies and not any("platypus-4471" in body for body in bodies)
+
+
+async def test_different_options_never_share_a_worker(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    plain = await handler.create_session("plain")
+    pid = handler.session_manager.get(plain).worker.pid  # type: ignore[union-attr]
+    await handler.destroy_session(plain)
+    custom = await handler.create_session("custom", SessionConfig(system_prompt="You are terse."))
+    assert handler.session_manager.get(custom).worker.pid != pid  # type: ignore[union-attr]
+    assert pid in pids_of(handler)  # still idle, kept for default-option sessions
+
+
+async def test_dead_idle_worker_is_never_handed_out(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    (spare,) = pids_of(handler)
+    os.kill(spare, signal.SIGKILL)
+    await asyncio.sleep(0.2)
+    session_id = await handler.create_session()
+    worker = handler.session_manager.get(session_id).worker
+    assert worker is not None and worker.pid != spare and worker.is_alive()
+    assert "alive" in reply_text(await turn(handler, session_id, "alive?"))
+
+
+async def test_worn_out_worker_is_closed_not_pooled(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0, "MAX_USES": 2})
+    session_id = await handler.create_session()
+    await turn(handler, session_id, "one")
+    await turn(handler, session_id, "two")
+    pid = handler.session_manager.get(session_id).worker.pid  # type: ignore[union-attr]
+    await handler.destroy_session(session_id)
+    assert handler.get_pool_status()["pool_size"] == 0
+    assert wait_no_cli({pid}) == []
+
+
+async def test_idle_workers_never_exceed_max_size(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0, "MAX_SIZE": 1})
+    ids = [await handler.create_session(f"s{i}") for i in range(3)]
+    await asyncio.gather(*(handler.destroy_session(i) for i in ids))
+    status = handler.get_pool_status()
+    assert status["idle"] == 1 and status["pool_size"] == 1
+
+
+async def test_expired_idle_workers_are_retired_by_health_check(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1, "MAX_AGE_MINUTES": 0.01})
+    (old,) = pids_of(handler)
+    await asyncio.sleep(0.7)
+    assert await handler.pool.health_check() == 1
+    await handler.pool.fill()
+    assert wait_no_cli({old}) == []
+    status = handler.get_pool_status()
+    assert status["idle"] == 1 and old not in pids_of(handler)
+
+
+async def test_connect_timeout_is_a_typed_error_and_leaves_no_process(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0}, optimization={"CREATE_TIMEOUT": 0.05})
+    with pytest.raises(WorkerStartError, match="did not connect"):
+        await handler.create_session("too-slow")
+    assert "too-slow" not in handler.session_manager
+    assert wait_no_cli() == []
+
+
+async def test_shutdown_pool_ends_every_process_and_sessions_resume(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 2})
+    session_id = await handler.create_session()
+    await turn(handler, session_id, "before shutdown")
+    pids = pids_of(handler)
+    await handler.shutdown_pool()
+    assert wait_no_cli(pids) == []
+    assert handler.get_pool_status()["pool_size"] == 0
+    assert "after shutdown" in reply_text(await turn(handler, session_id, "after shutdown"))
+
+
+async def test_pool_status_has_the_contract_shape(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1, "MAX_SIZE": 4})
+    status = handler.get_pool_status()
+    assert {"pool_size", "healthy_connections", "max_size", "min_size", "connections"} <= status.keys()
+    assert status["max_size"] == 4 and status["min_size"] == 1
+    (connection,) = status["connections"]
+    assert set(connection) == {"id", "pid", "state", "age_seconds", "uses", "healthy"}
+    assert connection["state"] == "idle" and connection["healthy"] is True

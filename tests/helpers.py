@@ -26,7 +26,9 @@ def wait_no_cli(pids: set[int] | None = None, timeout: float = 10.0) -> list[int
     """Which of ``pids`` (default: every CLI child of this process) are alive after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        alive = sorted(pid for pid in pids if _is_running(pid)) if pids is not None else [p.pid for p in cli_processes()]
+        alive = (
+            sorted(pid for pid in pids if _is_running(pid)) if pids is not None else [p.pid for p in cli_processes()]
+        )
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.05)
@@ -34,7 +36,7 @@ def wait_no_cli(pids: set[int] | None = None, timeout: float = 10.0) -> list[int
 
 def _is_running(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
 

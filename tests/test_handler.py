@@ -9,7 +9,6 @@ import time
 
 import pytest
 from claude_agent_sdk import AssistantMessage
-from helpers import reply_text, result_of, turn
 
 from claude_sessions import (
     SessionBusyError,
@@ -21,6 +20,7 @@ from claude_sessions import (
 )
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
+from helpers import reply_text, result_of, turn
 
 
 async def test_create_send_destroy_round_trip(make_handler: MakeHandler) -> None:

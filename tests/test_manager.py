@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import pids_of, result_of, turn, wait_no_cli
 from structlog.testing import capture_logs
 
 from claude_sessions import SessionConfig, SessionLimitError, WorkerDiedError
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
+from helpers import pids_of, result_of, turn, wait_no_cli
 
 
 async def test_limit_holds_under_a_storm_of_concurrent_creates(make_handler: MakeHandler) -> None:

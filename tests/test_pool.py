@@ -7,11 +7,11 @@ import os
 import signal
 
 import pytest
-from helpers import pids_of, reply_text, turn, wait_no_cli
 
 from claude_sessions import SessionConfig, WorkerStartError
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
+from helpers import pids_of, reply_text, turn, wait_no_cli
 
 
 async def test_spares_are_ready_before_the_first_session(make_handler: MakeHandler) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,52 +76,34 @@ class RuntimeConfig(_Section):
         return (self.WORKSPACE_ROOT or self.DATA_DIR / "workspaces").resolve()
 
 
-_SECTION_PREFIX = {
-    "session_manager": "SM_",
-    "connection_pool": "CP_",
-    "optimization": "OPT_",
-    "runtime": "",
-}
+SectionT = TypeVar("SectionT", bound=_Section)
 
 
-def _one_line(section: str, error: ValidationError) -> ConfigError:
-    """Turn pydantic's report into one line naming the environment variable."""
-    first = error.errors()[0]
-    field = str(first["loc"][0]) if first["loc"] else ""
-    variable = f"{_SECTION_PREFIX[section]}{field}" if field else _SECTION_PREFIX[section] + "*"
-    value = first.get("input")
-    message = str(first["msg"]).removeprefix("Value error, ")
-    return ConfigError(f"invalid {variable}={value!r}: {message}" if field else f"invalid configuration: {message}")
+def _load(section: type[SectionT]) -> SectionT:
+    """Read one section from the environment, or raise a one-line :class:`ConfigError`."""
+    try:
+        return section()
+    except ValidationError as error:
+        prefix = section.model_config.get("env_prefix", "")
+        first = error.errors()[0]
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:
+            raise ConfigError(f"invalid configuration: {message}") from None
+        field = str(first["loc"][0])
+        raise ConfigError(f"invalid {prefix}{field}={first.get('input')!r}: {message}") from None
 
 
 class SystemConfig(BaseModel):
     """All sections together; ``SystemConfig.from_env()`` reads the environment."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    session_manager: SessionManagerConfig = Field(default_factory=lambda: _load("session_manager"))
-    connection_pool: ConnectionPoolConfig = Field(default_factory=lambda: _load("connection_pool"))
-    optimization: OptimizationConfig = Field(default_factory=lambda: _load("optimization"))
-    runtime: RuntimeConfig = Field(default_factory=lambda: _load("runtime"))
+    session_manager: SessionManagerConfig = Field(default_factory=lambda: _load(SessionManagerConfig))
+    connection_pool: ConnectionPoolConfig = Field(default_factory=lambda: _load(ConnectionPoolConfig))
+    optimization: OptimizationConfig = Field(default_factory=lambda: _load(OptimizationConfig))
+    runtime: RuntimeConfig = Field(default_factory=lambda: _load(RuntimeConfig))
 
     @classmethod
     def from_env(cls) -> SystemConfig:
         return cls()
-
-
-_SECTIONS: dict[str, type[_Section]] = {
-    "session_manager": SessionManagerConfig,
-    "connection_pool": ConnectionPoolConfig,
-    "optimization": OptimizationConfig,
-    "runtime": RuntimeConfig,
-}
-
-
-def _load(section: str) -> _Section:
-    try:
-        return _SECTIONS[section]()
-    except ValidationError as error:
-        raise _one_line(section, error) from None
 
 
 class SessionConfig(BaseModel):

@@ -12,7 +12,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import structlog
@@ -79,7 +79,8 @@ class ClaudeHandler:
         await self.maintenance.stop()
         if self._started is not None and not self._started.done():
             self._started.cancel()
-        await self.session_manager.force_cleanup_all()
+        count = await self.session_manager.close_all()
+        log.info("handler_closed", sessions=count)
 
     async def shutdown_pool(self) -> None:
         """Close every pooled worker; sessions resume in new workers on their next message."""
@@ -154,7 +155,7 @@ class ClaudeHandler:
 
     # -- turns ------------------------------------------------------------------
 
-    async def send_message(self, session_id: str, prompt: str) -> AsyncIterator[Message]:
+    async def send_message(self, session_id: str, prompt: str) -> AsyncGenerator[Message, None]:
         """Run one turn and yield the SDK's messages, ending with the ``ResultMessage``."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
@@ -194,7 +195,7 @@ class ClaudeHandler:
             log.info("session_resumed", session_id=session.id, claude_session_id=session.claude_session_id)
         return worker
 
-    async def _turn(self, session: Session, worker: Worker, prompt: str) -> AsyncIterator[Message]:
+    async def _turn(self, session: Session, worker: Worker, prompt: str) -> AsyncGenerator[Message, None]:
         metrics = session.metrics
         began = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.config.optimization.MESSAGE_TIMEOUT

@@ -173,6 +173,12 @@ class ClaudeCodeSessionManager:
 
     async def force_cleanup_all(self) -> int:
         """Emergency stop: drop every session and close every CLI process."""
+        count = await self.close_all()
+        log.warning("force_cleanup_all", sessions=count)
+        return count
+
+    async def close_all(self) -> int:
+        """Drop every session and close every CLI process; returns the session count."""
         count = len(self._sessions)
         for session in self._sessions.values():
             session.closed = True
@@ -180,7 +186,6 @@ class ClaudeCodeSessionManager:
                 session.worker.reusable = False
         self._sessions.clear()
         await self.pool.shutdown()
-        log.warning("force_cleanup_all", sessions=count)
         return count
 
     # -- metrics and health ----------------------------------------------------

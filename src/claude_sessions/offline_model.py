@@ -163,10 +163,12 @@ class OfflineModel:
 
 
 def _reply_for(body: dict[str, Any]) -> str:
-    text = last_user_text(body)
-    if not text.strip():
+    """Echo the last user text and say how many user messages the model was shown."""
+    text = last_user_text(body).strip()
+    turns = sum(1 for m in body.get("messages") or [] if m.get("role") == "user")
+    if not text:
         return "(offline model) nothing to echo."
-    return f"(offline model) You said: {text.strip()}"
+    return f"(offline model) You said: {text} [user message {turns} of this conversation]"
 
 
 def _error_body(status: int) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""The ``claude-sessions`` console script."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Annotated
+
+import structlog
+import typer
+
+from .config import SystemConfig
+from .errors import ConfigError
+from .logs import configure_logging
+from .offline_model import OfflineModelServer
+from .offline_model import serve as serve_offline_model
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+log = structlog.get_logger("claude_sessions.cli")
+
+#: Any of these means real Anthropic credentials (or an endpoint) were given.
+CREDENTIAL_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL")
+
+OfflineOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--offline/--online",
+        help="Use the offline model on loopback (default: when no Anthropic credentials are set).",
+    ),
+]
+
+
+def wants_offline(flag: bool | None) -> bool:
+    return flag if flag is not None else not any(os.environ.get(v) for v in CREDENTIAL_VARIABLES)
+
+
+@contextlib.contextmanager
+def model_endpoint(offline: bool) -> Iterator[None]:
+    """Start the offline model and point the CLI at it, or leave the environment alone."""
+    if not offline:
+        yield
+        return
+    with OfflineModelServer() as server:
+        os.environ["ANTHROPIC_BASE_URL"] = server.base_url
+        os.environ["ANTHROPIC_API_KEY"] = "sk-offline-model"
+        os.environ.setdefault("DISABLE_TELEMETRY", "1")
+        os.environ.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        log.info("offline_model_started", base_url=server.base_url)
+        yield
+
+
+def load_config() -> SystemConfig:
+    try:
+        return SystemConfig.from_env()
+    except ConfigError as error:
+        typer.echo(f"claude-sessions: {error}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("offline-model")
+def offline_model(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765) -> None:
+    """Run the stand-in Anthropic Messages API alone."""
+    serve_offline_model(port)
+
+
+@app.command()
+def demo(offline: OfflineOption = None) -> None:
+    """The seed's demonstration: pool, metrics, limits and cleanup at work."""
+    from .demo import run_demo
+
+    configure_logging("WARNING")
+    with tempfile.TemporaryDirectory(prefix="claude-sessions-demo-") as scratch, model_endpoint(wants_offline(offline)):
+        os.environ.setdefault("CLAUDE_SESSIONS_DATA_DIR", scratch)
+        os.environ.setdefault("SM_MAX_SESSIONS", "6")
+        os.environ.setdefault("SM_TIMEOUT_MINUTES", "0.05")
+        os.environ.setdefault("CP_MIN_SIZE", "2")
+        config = load_config()
+        asyncio.run(run_demo(config))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

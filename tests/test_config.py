@@ -1,0 +1,106 @@
+"""Configuration from the environment: seed defaults, fractions, one-line errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from claude_sessions import ConfigError, SessionConfig, SystemConfig
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for prefix in ("SM_", "CP_", "OPT_"):
+        for key in list(os.environ):
+            if key.startswith(prefix):
+                monkeypatch.delenv(key)
+
+
+def test_seed_defaults() -> None:
+    config = SystemConfig.from_env()
+    assert config.session_manager.MAX_SESSIONS == 50
+    assert config.session_manager.TIMEOUT_MINUTES == 30
+    assert config.session_manager.CLEANUP_INTERVAL == 5
+    assert (config.connection_pool.MAX_SIZE, config.connection_pool.MIN_SIZE) == (10, 2)
+    assert (config.connection_pool.MAX_AGE_MINUTES, config.connection_pool.MAX_USES) == (60, 100)
+    assert config.optimization.CREATE_TIMEOUT == 30.0
+    assert config.optimization.DESTROY_TIMEOUT == 15.0
+    assert config.optimization.MESSAGE_TIMEOUT == 300.0
+
+
+def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "SM_MAX_SESSIONS": "7",
+        "SM_TIMEOUT_MINUTES": "0.05",
+        "SM_CLEANUP_INTERVAL": "0.5",
+        "CP_MAX_SIZE": "4",
+        "CP_MIN_SIZE": "1",
+        "CP_MAX_AGE_MINUTES": "2.5",
+        "CP_MAX_USES": "9",
+        "OPT_CREATE_TIMEOUT": "3",
+        "OPT_DESTROY_TIMEOUT": "4",
+        "OPT_MESSAGE_TIMEOUT": "5",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    config = SystemConfig.from_env()
+    assert config.session_manager.MAX_SESSIONS == 7
+    assert pytest.approx(3.0) == config.session_manager.TIMEOUT_MINUTES * 60  # fractional minutes
+    assert config.session_manager.CLEANUP_INTERVAL == 0.5
+    assert (config.connection_pool.MAX_SIZE, config.connection_pool.MIN_SIZE) == (4, 1)
+    assert (config.connection_pool.MAX_AGE_MINUTES, config.connection_pool.MAX_USES) == (2.5, 9)
+    assert (config.optimization.CREATE_TIMEOUT, config.optimization.DESTROY_TIMEOUT) == (3, 4)
+    assert config.optimization.MESSAGE_TIMEOUT == 5
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SM_MAX_SESSIONS", "lots"),
+        ("SM_MAX_SESSIONS", "0"),
+        ("SM_TIMEOUT_MINUTES", "-1"),
+        ("CP_MAX_SIZE", "2.5"),
+        ("OPT_MESSAGE_TIMEOUT", "soon"),
+        ("CP_MAX_USES", ""),
+    ],
+)
+def test_invalid_value_fails_with_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        SystemConfig.from_env()
+    message = str(caught.value)
+    assert variable in message and "\n" not in message
+
+
+def test_min_size_above_max_size_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CP_MIN_SIZE", "5")
+    monkeypatch.setenv("CP_MAX_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"CP_MIN_SIZE .* CP_MAX_SIZE") as caught:
+        SystemConfig.from_env()
+    assert "\n" not in str(caught.value)
+
+
+def test_programmatic_changes_are_validated() -> None:
+    config = SystemConfig.from_env()
+    config.session_manager.MAX_SESSIONS = 100
+    assert config.session_manager.MAX_SESSIONS == 100
+    with pytest.raises(ValueError):
+        config.session_manager.MAX_SESSIONS = -1
+
+
+def test_equal_session_options_share_a_fingerprint() -> None:
+    assert SessionConfig(system_prompt="x").fingerprint == SessionConfig(system_prompt="x").fingerprint
+    assert SessionConfig(system_prompt="x").fingerprint != SessionConfig(system_prompt="y").fingerprint
+    assert SessionConfig().fingerprint != SessionConfig(model="claude-haiku-4-5").fingerprint
+
+
+def test_session_options_reject_unknown_fields_and_bad_values() -> None:
+    with pytest.raises(ValueError):
+        SessionConfig(colour="blue")  # type: ignore[call-arg]
+    with pytest.raises(ValueError):
+        SessionConfig(max_turns=0)
+    with pytest.raises(ValueError):
+        SessionConfig(permission_mode="yolo")

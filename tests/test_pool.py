@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 
 import pytest
 
@@ -129,3 +130,16 @@ async def test_pool_status_has_the_contract_shape(make_handler: MakeHandler) -> 
     (connection,) = status["connections"]
     assert set(connection) == {"id", "pid", "state", "age_seconds", "uses", "healthy"}
     assert connection["state"] == "idle" and connection["healthy"] is True
+
+
+async def test_worker_that_will_not_close_in_time_is_killed(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0}, optimization={"DESTROY_TIMEOUT": 0.5})
+    session_id = await handler.create_session()
+    worker = handler.session_manager.get(session_id).worker
+    assert worker is not None
+    os.kill(worker.pid, signal.SIGSTOP)  # frozen: neither /clear nor a clean exit can happen
+    began = time.monotonic()
+    await handler.destroy_session(session_id)
+    assert time.monotonic() - began < 3
+    assert wait_no_cli({worker.pid}) == []
+    assert handler.get_pool_status()["pool_size"] == 0

@@ -15,7 +15,7 @@ import typer
 from .config import SystemConfig
 from .errors import ConfigError
 from .logs import configure_logging
-from .offline_model import OfflineModelServer
+from .offline_model import ModelSettings, OfflineModelServer
 from .offline_model import serve as serve_offline_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -61,9 +61,13 @@ def load_config() -> SystemConfig:
 
 
 @app.command("offline-model")
-def offline_model(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765) -> None:
+def offline_model(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8765,
+    first_token_delay: Annotated[float, typer.Option(min=0, help="Seconds before the first token.")] = 0.0,
+    token_delay: Annotated[float, typer.Option(min=0, help="Seconds between tokens.")] = 0.0,
+) -> None:
     """Run the stand-in Anthropic Messages API alone."""
-    serve_offline_model(port)
+    serve_offline_model(port, ModelSettings(first_token_delay, token_delay))
 
 
 @app.command()

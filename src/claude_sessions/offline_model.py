@@ -358,6 +358,7 @@ class OfflineModelServer:
         self.stop()
 
 
-def serve(port: int) -> None:
+def serve(port: int, settings: ModelSettings | None = None) -> None:
     """Run the stand-in in the foreground (``claude-sessions offline-model``)."""
-    uvicorn.run(build_app(OfflineModel()), host="127.0.0.1", port=port, log_level="info")
+    model = OfflineModel(settings=settings or ModelSettings())
+    uvicorn.run(build_app(model), host="127.0.0.1", port=port, log_level="info")

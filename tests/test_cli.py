@@ -1,0 +1,79 @@
+"""The console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from helpers import wait_no_cli
+
+SCRIPT = str(Path(sys.executable).with_name("claude-sessions"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def offline_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_", "SM_", "CP_", "OPT_"))}
+    env["CLAUDE_SESSIONS_DATA_DIR"] = str(tmp_path)
+    return env
+
+
+def test_demo_runs_offline_and_shows_every_feature(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [SCRIPT, "demo"], env=offline_env(tmp_path), capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "You said: Hello, I am alice." in out
+    assert "reused=True" in out
+    assert "refused: session limit reached (6)" in out
+    assert "removed 5 inactive sessions" in out
+    assert "alive after close: 0" in out
+    assert wait_no_cli() == []
+
+
+def test_invalid_config_is_one_line_naming_the_variable(tmp_path: Path) -> None:
+    env = {**offline_env(tmp_path), "CP_MIN_SIZE": "9", "CP_MAX_SIZE": "3"}
+    done = subprocess.run([SCRIPT, "demo"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "claude-sessions: invalid configuration: CP_MIN_SIZE (9) must not exceed CP_MAX_SIZE (3)"
+    ]
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_offline_model_command_serves_the_messages_api(tmp_path: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [SCRIPT, "offline-model", "--port", str(port), "--first-token-delay", "0.2"],
+        env=offline_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/messages"
+        body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                began = time.perf_counter()
+                reply = httpx.post(url, json=body, timeout=5).json()
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "offline model did not start"
+                time.sleep(0.1)
+        assert time.perf_counter() - began >= 0.2
+        assert reply["content"][0]["text"].startswith("(offline model) You said: hi")
+    finally:
+        server.terminate()
+        server.wait(10)

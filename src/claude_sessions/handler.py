@@ -12,6 +12,7 @@ import contextlib
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -29,9 +30,10 @@ from .errors import (
     WorkerDiedError,
 )
 from .maintenance import Maintenance
-from .manager import ClaudeCodeSessionManager, Session
+from .manager import ClaudeCodeSessionManager, Session, session_key
 from .metrics import record_result
 from .pool import WorkerPool
+from .telemetry import DEFAULT_TENANT, LiveState, Telemetry
 from .worker import Worker
 
 log = structlog.get_logger("claude_sessions.handler")
@@ -46,12 +48,15 @@ class ClaudeHandler:
 
     def __init__(self, config: SystemConfig | None = None) -> None:
         self.config = config or SystemConfig.from_env()
+        self.telemetry = Telemetry()
         self.pool = WorkerPool(
             self.config.connection_pool,
             self.config.optimization,
             lambda session, resume: build_options(session, self.config, resume),
+            on_connect=self.telemetry.connect_seconds.observe,
         )
-        self.session_manager = ClaudeCodeSessionManager(self.config, self.pool)
+        self.session_manager = ClaudeCodeSessionManager(self.config, self.pool, self.telemetry)
+        self.telemetry.watch(self._live_state)
         self.maintenance = Maintenance(self.config.session_manager.CLEANUP_INTERVAL * 60, self.run_maintenance)
         self._started: asyncio.Task[None] | None = None
         self._closed = False
@@ -103,8 +108,15 @@ class ClaudeHandler:
         session_id: str | None = None,
         config: SessionConfig | None = None,
         metadata: dict[str, Any] | None = None,
+        *,
+        owner: str | None = None,
+        owner_limit: int | None = None,
     ) -> str:
-        """Register a session and bind a worker to it; returns its id."""
+        """Register a session and bind a worker to it; returns its registry key.
+
+        Without ``owner`` the key is the id itself; a tenant's sessions live in
+        the tenant's own namespace (``session_key``), capped by ``owner_limit``.
+        """
         if session_id is not None and not (isinstance(session_id, str) and SESSION_ID.fullmatch(session_id)):
             raise ValueError("session_id must match [A-Za-z0-9._-]{1,128}")
         config = config or SessionConfig()
@@ -112,22 +124,28 @@ class ClaudeHandler:
         await self.start()
         session_id = session_id or uuid.uuid4().hex
         manager = self.session_manager
-        if not manager.register_session(session_id, config, metadata):
-            if session_id in manager:
+        key = session_key(session_id, owner)
+        tenant = owner or DEFAULT_TENANT
+        if not manager.register_session(session_id, config, metadata, owner, owner_limit):
+            if key in manager:
                 raise SessionExistsError(f"session {session_id!r} already exists")
-            raise SessionLimitError(f"session limit reached ({self.config.session_manager.MAX_SESSIONS})")
-        session = manager.get(session_id)
+            reason = "global" if manager.is_full() else "tenant"
+            self.telemetry.sessions_rejected.labels(tenant, reason).inc()
+            limit = self.config.session_manager.MAX_SESSIONS if reason == "global" else owner_limit
+            raise SessionLimitError(f"{'session' if reason == 'global' else 'tenant session'} limit reached ({limit})")
+        session = manager.get(key)
         try:
             worker = await self.pool.acquire(config)
         except BaseException:
-            manager.unregister_session(session_id)
+            manager.unregister_session(key)
             raise
         if session.closed:  # destroyed while its worker was starting
             await self.pool.release(worker)
         else:
             session.worker = worker
-        log.info("session_created", session_id=session_id, pool_size=len(self.pool.workers()))
-        return session_id
+        self.telemetry.sessions_created.labels(tenant).inc()
+        log.info("session_created", session_id=session_id, tenant=owner, pool_size=len(self.pool.workers()))
+        return key
 
     async def destroy_session(self, session_id: str) -> None:
         """Unregister a session; a running turn is interrupted, the worker returns to the pool."""
@@ -182,13 +200,13 @@ class ClaudeHandler:
         if worker is not None and worker.is_alive():
             return worker
         if worker is not None:  # died between turns
-            session.metrics.connection_errors += 1
+            self._count_connection_error(session)
             session.worker = None
             await self.pool.discard(worker)
         try:
             worker = await self.pool.acquire(session.config, resume=session.claude_session_id)
         except Exception:
-            session.metrics.connection_errors += 1
+            self._count_connection_error(session)
             raise
         session.worker = worker
         if session.claude_session_id is not None:
@@ -211,27 +229,36 @@ class ClaudeHandler:
                 _learn_conversation(session, message)
                 if isinstance(message, ResultMessage):
                     settled = True
-                    metrics.last_turn_ms = round((time.perf_counter() - began) * 1000, 3)
-                    record_result(metrics, session.cost, worker.pid, message)
+                    self._record(session, worker, message, time.perf_counter() - began)
                 yield message
         except TimeoutError:
             settled = True
             metrics.timeouts += 1
-            await self._wind_down(session, worker)
+            self.telemetry.turn_timeouts.labels(session.tenant).inc()
+            await self._wind_down(session, worker, began)
             raise TurnTimeoutError(
                 f"turn exceeded {self.config.optimization.MESSAGE_TIMEOUT:g}s and was interrupted"
             ) from None
         except (ClaudeSDKError, StopAsyncIteration, OSError) as error:
             settled = True
-            metrics.connection_errors += 1
+            self._count_connection_error(session)
             await self._drop_worker(session, worker)
             raise WorkerDiedError(f"the CLI process of session {session.id!r} failed: {error}") from error
         finally:
             if not settled and worker is session.worker and worker.is_alive():
                 # Abandoned by the caller (closed generator, cancellation).
-                await asyncio.shield(self._wind_down(session, worker))
+                await asyncio.shield(self._wind_down(session, worker, began))
 
-    async def _wind_down(self, session: Session, worker: Worker) -> None:
+    def _record(self, session: Session, worker: Worker, result: ResultMessage, seconds: float) -> None:
+        session.metrics.last_turn_ms = round(seconds * 1000, 3)
+        usage = record_result(session.metrics, session.cost, worker.pid, result)
+        self.telemetry.turn_finished(session.owner, usage, seconds)
+
+    def _count_connection_error(self, session: Session) -> None:
+        session.metrics.connection_errors += 1
+        self.telemetry.connection_errors.labels(session.tenant).inc()
+
+    async def _wind_down(self, session: Session, worker: Worker, began: float) -> None:
         """Interrupt the running turn and drain it; discard the worker if it will not stop."""
         try:
             async with asyncio.timeout(INTERRUPT_GRACE_SECONDS):
@@ -239,7 +266,7 @@ class ClaudeHandler:
                 async for message in worker.client.receive_response():
                     _learn_conversation(session, message)
                     if isinstance(message, ResultMessage):
-                        record_result(session.metrics, session.cost, worker.pid, message)
+                        self._record(session, worker, message, time.perf_counter() - began)
                         return
         except Exception as error:
             log.warning("turn_wind_down_failed", session_id=session.id, error=repr(error))
@@ -249,6 +276,13 @@ class ClaudeHandler:
         if session.worker is worker:
             session.worker = None
         await self.pool.discard(worker)
+
+    def _live_state(self) -> LiveState:
+        sessions = self.session_manager.sessions()
+        return LiveState(
+            sessions=Counter((s.tenant, s.state) for s in sessions),
+            workers=Counter(w.state.value for w in self.pool.workers()),
+        )
 
     # -- maintenance -------------------------------------------------------------
 

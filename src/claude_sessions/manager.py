@@ -20,6 +20,7 @@ from .config import SessionConfig, SystemConfig
 from .errors import SessionNotFoundError
 from .metrics import CostMeter, SessionMetrics
 from .pool import WorkerPool
+from .telemetry import DEFAULT_TENANT, Telemetry
 from .worker import Worker
 
 log = structlog.get_logger("claude_sessions.manager")
@@ -28,13 +29,19 @@ log = structlog.get_logger("claude_sessions.manager")
 RECENT_SECONDS = 300.0
 
 
+def session_key(public_id: str, owner: str | None = None) -> str:
+    """The registry key: tenants' ids live in their own namespace ("/" is not allowed in ids)."""
+    return public_id if owner is None else f"{owner}/{public_id}"
+
+
 @dataclass(eq=False)
 class Session:
     """One logical conversation: options, metrics, and the worker it holds, if any."""
 
-    id: str
+    id: str  # the registry key, see session_key()
     config: SessionConfig
     metadata: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None
     metrics: SessionMetrics = field(default_factory=SessionMetrics)
     worker: Worker | None = None
     #: The CLI's own conversation id, learned from its messages.
@@ -47,6 +54,14 @@ class Session:
     @property
     def is_busy(self) -> bool:
         return self.turn_lock.locked()
+
+    @property
+    def public_id(self) -> str:
+        return self.id if self.owner is None else self.id.removeprefix(f"{self.owner}/")
+
+    @property
+    def tenant(self) -> str:
+        return self.owner or DEFAULT_TENANT
 
     @property
     def has_started(self) -> bool:
@@ -66,9 +81,10 @@ class Session:
 class ClaudeCodeSessionManager:
     """Registers sessions up to ``SM_MAX_SESSIONS`` and keeps the registry clean."""
 
-    def __init__(self, config: SystemConfig, pool: WorkerPool) -> None:
+    def __init__(self, config: SystemConfig, pool: WorkerPool, telemetry: Telemetry | None = None) -> None:
         self.config = config
         self.pool = pool
+        self.telemetry = telemetry or Telemetry()
         self._sessions: dict[str, Session] = {}
 
     # -- registry ------------------------------------------------------------
@@ -82,13 +98,27 @@ class ClaudeCodeSessionManager:
     def is_full(self) -> bool:
         return len(self._sessions) >= self.config.session_manager.MAX_SESSIONS
 
+    def owned_by(self, owner: str | None) -> list[Session]:
+        return [s for s in self._sessions.values() if s.owner == owner]
+
     def register_session(
-        self, session_id: str, config: SessionConfig | None = None, metadata: dict[str, Any] | None = None
+        self,
+        session_id: str,
+        config: SessionConfig | None = None,
+        metadata: dict[str, Any] | None = None,
+        owner: str | None = None,
+        owner_limit: int | None = None,
     ) -> bool:
-        """Add a session; False at the limit or for a taken id. Synchronous, so atomic."""
-        if session_id in self._sessions or self.is_full():
+        """Add a session; False at a limit or for a taken id. Synchronous, so atomic.
+
+        ``owner_limit`` caps the sessions of ``owner`` below the global limit.
+        """
+        key = session_key(session_id, owner)
+        if key in self._sessions or self.is_full():
             return False
-        self._sessions[session_id] = Session(session_id, config or SessionConfig(), dict(metadata or {}))
+        if owner_limit is not None and len(self.owned_by(owner)) >= owner_limit:
+            return False
+        self._sessions[key] = Session(key, config or SessionConfig(), dict(metadata or {}), owner)
         return True
 
     def unregister_session(self, session_id: str) -> bool:
@@ -138,6 +168,8 @@ class ClaudeCodeSessionManager:
         timeout = self.config.session_manager.TIMEOUT_MINUTES * 60
         now = time.time()
         expired = [s.id for s in self._sessions.values() if s.has_expired(timeout, now)]
+        for session_id in expired:
+            self.telemetry.sessions_expired.labels(self._sessions[session_id].tenant).inc()
         await self._remove_all(expired)
         if expired:
             log.info("inactive_sessions_removed", count=len(expired), session_ids=expired)
@@ -158,6 +190,8 @@ class ClaudeCodeSessionManager:
     async def detect_orphaned_sessions(self) -> list[str]:
         """Remove sessions whose transcript vanished, and end CLI processes nobody owns."""
         orphans = [s.id for s in self._sessions.values() if self.is_orphaned(s)]
+        for session_id in orphans:
+            self.telemetry.sessions_orphaned.labels(self._sessions[session_id].tenant).inc()
         await self._remove_all(orphans)
         owned = {s.worker.id for s in self._sessions.values() if s.worker is not None}
         stray_pids = await self.pool.reap_unowned(owned)

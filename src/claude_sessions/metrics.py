@@ -62,13 +62,46 @@ class CostMeter:
         return spent
 
 
-def record_result(metrics: SessionMetrics, meter: CostMeter, worker_pid: int, result: ResultMessage) -> None:
-    """Add one turn's usage, cost and outcome to ``metrics``."""
-    usage = result.usage or {}
-    metrics.input_tokens += int(usage.get("input_tokens") or 0)
-    metrics.output_tokens += int(usage.get("output_tokens") or 0)
-    metrics.cache_read_tokens += int(usage.get("cache_read_input_tokens") or 0)
-    metrics.cache_creation_tokens += int(usage.get("cache_creation_input_tokens") or 0)
-    metrics.total_cost += meter.spend(worker_pid, result)
-    if result.is_error and not (result.terminal_reason or "").startswith("aborted"):
-        metrics.api_errors += 1
+@dataclass(frozen=True)
+class TurnUsage:
+    """What one turn used: tokens by kind, true spend, and whether the API failed."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost: float = 0.0
+    api_error: bool = False
+
+    @classmethod
+    def of(cls, result: ResultMessage, cost: float) -> TurnUsage:
+        usage = result.usage or {}
+        return cls(
+            input_tokens=int(usage.get("input_tokens") or 0),
+            output_tokens=int(usage.get("output_tokens") or 0),
+            cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+            cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+            cost=cost,
+            # An interrupted turn also ends with is_error; that is not an API error.
+            api_error=result.is_error and not (result.terminal_reason or "").startswith("aborted"),
+        )
+
+    def tokens(self) -> dict[str, int]:
+        return {
+            "input": self.input_tokens,
+            "output": self.output_tokens,
+            "cache_read": self.cache_read_tokens,
+            "cache_creation": self.cache_creation_tokens,
+        }
+
+
+def record_result(metrics: SessionMetrics, meter: CostMeter, worker_pid: int, result: ResultMessage) -> TurnUsage:
+    """Add one turn's usage, cost and outcome to ``metrics``; returns what was added."""
+    usage = TurnUsage.of(result, meter.spend(worker_pid, result))
+    metrics.input_tokens += usage.input_tokens
+    metrics.output_tokens += usage.output_tokens
+    metrics.cache_read_tokens += usage.cache_read_tokens
+    metrics.cache_creation_tokens += usage.cache_creation_tokens
+    metrics.total_cost += usage.cost
+    metrics.api_errors += usage.api_error
+    return usage

@@ -39,6 +39,7 @@ class WorkerPool:
         timeouts: OptimizationConfig,
         options_for: OptionsFactory,
         warm_config: SessionConfig | None = None,
+        on_connect: Callable[[float], None] | None = None,
     ) -> None:
         self.limits = limits
         self.timeouts = timeouts
@@ -48,7 +49,7 @@ class WorkerPool:
         self._workers: dict[str, Worker] = {}  # every worker not yet closed
         self._spawning: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.connect_seconds: list[float] = []
+        self._on_connect = on_connect
 
     # -- predicates and figures -------------------------------------------
 
@@ -124,7 +125,8 @@ class WorkerPool:
     async def _connect(self, config: SessionConfig, resume: str | None) -> Worker:
         began = time.perf_counter()
         worker = await Worker.start(config.fingerprint, self._options_for(config, resume), self.timeouts.CREATE_TIMEOUT)
-        self.connect_seconds.append(time.perf_counter() - began)
+        if self._on_connect is not None:
+            self._on_connect(time.perf_counter() - began)
         self._workers[worker.id] = worker
         return worker
 

@@ -71,6 +71,21 @@ def offline_model(
 
 
 @app.command()
+def serve(
+    offline: OfflineOption = None,
+    host: Annotated[str | None, typer.Option(help="Interface (default CLAUDE_SESSIONS_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default CLAUDE_SESSIONS_PORT or 8000).")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING...")] = "INFO",
+) -> None:
+    """The HTTP chat API."""
+    from .server import run_server
+
+    configure_logging(log_level)
+    with model_endpoint(wants_offline(offline)):
+        run_server(load_config(), host, port)
+
+
+@app.command()
 def demo(offline: OfflineOption = None) -> None:
     """The seed's demonstration: pool, metrics, limits and cleanup at work."""
     from .demo import run_demo

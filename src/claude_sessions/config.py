@@ -7,10 +7,11 @@ Every section is a pydantic-settings model, so a bad value fails early with
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -76,6 +77,57 @@ class RuntimeConfig(_Section):
         return (self.WORKSPACE_ROOT or self.DATA_DIR / "workspaces").resolve()
 
 
+_TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+class ServerConfig(_Section):
+    """The HTTP service: keys, tenants and what sessions may ask for."""
+
+    API_KEYS: SecretStr = Field(SecretStr(""), validation_alias="API_KEYS")
+    ADMIN_API_KEY: SecretStr | None = Field(None, validation_alias="ADMIN_API_KEY")
+    TENANT_MAX_SESSIONS: int | None = Field(None, ge=1, validation_alias="TENANT_MAX_SESSIONS")
+    TOOLS_ALLOWED: str = Field("", validation_alias="TOOLS_ALLOWED")
+    PERMISSION_MODES_ALLOWED: str = Field("default,plan", validation_alias="PERMISSION_MODES_ALLOWED")
+    HOST: str = Field("127.0.0.1", validation_alias="CLAUDE_SESSIONS_HOST")
+    PORT: int = Field(8000, ge=0, le=65535, validation_alias="CLAUDE_SESSIONS_PORT")
+    MAX_BODY_BYTES: int = Field(1_048_576, ge=1024, validation_alias="CLAUDE_SESSIONS_MAX_BODY_BYTES")
+
+    @field_validator("API_KEYS")
+    @classmethod
+    def _api_keys(cls, value: SecretStr) -> SecretStr:
+        for pair in _comma_list(value.get_secret_value()):
+            tenant, _, key = pair.partition(":")
+            if not _TENANT.fullmatch(tenant) or not key:
+                raise ValueError('expected "tenant:key,tenant2:key2" with tenants matching [A-Za-z0-9_-]{1,64}')
+        return value
+
+    @field_validator("PERMISSION_MODES_ALLOWED")
+    @classmethod
+    def _modes(cls, value: str) -> str:
+        known = set(get_args(PermissionMode))
+        unknown = [mode for mode in _comma_list(value) if mode not in known]
+        if unknown:
+            raise ValueError(f"unknown permission modes {unknown}; known: {sorted(known)}")
+        return value
+
+    def tenant_keys(self) -> list[tuple[str, str]]:
+        """(tenant, key) pairs; keys stay secret everywhere else (repr, logs)."""
+        pairs = (p.partition(":") for p in _comma_list(self.API_KEYS.get_secret_value()))
+        return [(tenant, key) for tenant, _, key in pairs]
+
+    @property
+    def tools_allowed(self) -> set[str]:
+        return set(_comma_list(self.TOOLS_ALLOWED))
+
+    @property
+    def permission_modes_allowed(self) -> set[str]:
+        return set(_comma_list(self.PERMISSION_MODES_ALLOWED))
+
+
 SectionT = TypeVar("SectionT", bound=_Section)
 
 
@@ -90,7 +142,8 @@ def _load(section: type[SectionT]) -> SectionT:
         if not first["loc"]:
             raise ConfigError(f"invalid configuration: {message}") from None
         field = str(first["loc"][0])
-        raise ConfigError(f"invalid {prefix}{field}={first.get('input')!r}: {message}") from None
+        shown = "<secret>" if "KEY" in field else repr(first.get("input"))  # never echo a key
+        raise ConfigError(f"invalid {prefix}{field}={shown}: {message}") from None
 
 
 class SystemConfig(BaseModel):
@@ -100,32 +153,48 @@ class SystemConfig(BaseModel):
     connection_pool: ConnectionPoolConfig = Field(default_factory=lambda: _load(ConnectionPoolConfig))
     optimization: OptimizationConfig = Field(default_factory=lambda: _load(OptimizationConfig))
     runtime: RuntimeConfig = Field(default_factory=lambda: _load(RuntimeConfig))
+    server: ServerConfig = Field(default_factory=lambda: _load(ServerConfig))
 
     @classmethod
     def from_env(cls) -> SystemConfig:
         return cls()
 
 
+_MODEL_NAME = r"^[A-Za-z0-9._:@/\[\]-]+$"
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.*:()\[\], /@-]{1,200}")
+
+
 class SessionConfig(BaseModel):
-    """Per-session options. Equal options share pooled workers."""
+    """Per-session options. Equal options share pooled workers.
+
+    Every value ends up on the CLI's command line, so control characters and
+    odd tool or model names are refused here rather than by a failing process.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     system_prompt: str | None = Field(None, max_length=100_000)
     max_turns: int | None = Field(None, ge=1, le=1000)
-    model: str | None = Field(None, min_length=1, max_length=200)
-    allowed_tools: tuple[str, ...] = ()
-    disallowed_tools: tuple[str, ...] = ()
+    model: str | None = Field(None, min_length=1, max_length=200, pattern=_MODEL_NAME)
+    allowed_tools: tuple[str, ...] = Field((), max_length=100)
+    disallowed_tools: tuple[str, ...] = Field((), max_length=100)
     permission_mode: PermissionMode | None = None
-    cwd: str | None = None
+    cwd: str | None = Field(None, min_length=1, max_length=1024)
 
     @field_validator("allowed_tools", "disallowed_tools")
     @classmethod
     def _tool_names(cls, tools: tuple[str, ...]) -> tuple[str, ...]:
         for tool in tools:
-            if not tool or len(tool) > 200:
-                raise ValueError("tool names must be 1-200 characters")
+            if not _TOOL_NAME.fullmatch(tool):
+                raise ValueError(f"invalid tool name {tool[:50]!r}")
         return tools
+
+    @field_validator("system_prompt", "cwd")
+    @classmethod
+    def _no_nul(cls, text: str | None) -> str | None:
+        if text is not None and "\x00" in text:
+            raise ValueError("must not contain NUL characters")
+        return text
 
     @property
     def fingerprint(self) -> str:

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import anyio
 import structlog
 from claude_agent_sdk import ClaudeSDKError, Message, ResultMessage, SystemMessage
 
@@ -192,7 +193,8 @@ class ClaudeHandler:
                 session.metrics.touch()
                 if session.closed and session.worker is not None:
                     worker, session.worker = session.worker, None
-                    await self.pool.release(worker)
+                    with anyio.CancelScope(shield=True):
+                        await self.pool.release(worker)
 
     async def _bind(self, session: Session) -> Worker:
         """The session's worker; a new one (resuming the conversation) if it has none."""
@@ -246,8 +248,10 @@ class ClaudeHandler:
             raise WorkerDiedError(f"the CLI process of session {session.id!r} failed: {error}") from error
         finally:
             if not settled and worker is session.worker and worker.is_alive():
-                # Abandoned by the caller (closed generator, cancellation).
-                await asyncio.shield(self._wind_down(session, worker, began))
+                # Abandoned by the caller (closed generator, cancelled stream): the
+                # shield lets the wind-down finish before the session is free again.
+                with anyio.CancelScope(shield=True):
+                    await self._wind_down(session, worker, began)
 
     def _record(self, session: Session, worker: Worker, result: ResultMessage, seconds: float) -> None:
         session.metrics.last_turn_ms = round(seconds * 1000, 3)

@@ -42,3 +42,5 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The SDK says "Using bundled Claude Code CLI" at every spawn: keep that for DEBUG.
+    logging.getLogger("claude_agent_sdk").setLevel(max(root.level, logging.WARNING))

@@ -7,6 +7,7 @@ the pool, the release of the worker a session holds.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,29 @@ class ClaudeCodeSessionManager:
             return None
         project = project_key_for_directory(session_cwd(session.config, self.config))
         return self.config.runtime.config_dir / "projects" / project / f"{session.claude_session_id}.jsonl"
+
+    def read_transcript(self, session: Session) -> list[dict[str, Any]]:
+        """The conversation as the CLI recorded it: user and assistant entries, oldest first."""
+        path = self.transcript_path(session)
+        if path is None or not path.exists():
+            return []
+        messages = []
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line being written right now
+                if entry.get("type") in ("user", "assistant") and not entry.get("isMeta"):
+                    messages.append(
+                        {
+                            "type": entry["type"],
+                            "uuid": entry.get("uuid"),
+                            "timestamp": entry.get("timestamp"),
+                            "message": entry.get("message"),
+                        }
+                    )
+        return messages
 
     def is_orphaned(self, session: Session) -> bool:
         """Started, not mid-turn, and its transcript is gone."""

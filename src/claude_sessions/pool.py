@@ -78,7 +78,7 @@ class WorkerPool:
         if worker is None:
             worker = await self._spawn(config, resume)
         worker.state = WorkerState.BOUND
-        self.refill_soon()
+        self.refill_soon(config)
         return worker
 
     def _take_idle(self, fingerprint: str) -> Worker | None:
@@ -147,16 +147,21 @@ class WorkerPool:
 
     # -- keeping it warm and healthy ----------------------------------------
 
-    async def fill(self) -> int:
-        """Spawn spares for the default options up to ``CP_MIN_SIZE``; returns how many."""
-        fingerprint = self.warm_config.fingerprint
+    async def fill(self, config: SessionConfig | None = None) -> int:
+        """Spawn spares up to ``CP_MIN_SIZE`` for ``config`` (default: the default options).
+
+        Spares follow demand: every acquire tops up its own options, within the
+        ``CP_MAX_SIZE`` bound on idle workers. Returns how many were spawned.
+        """
+        config = config or self.warm_config
+        fingerprint = config.fingerprint
         missing = self.limits.MIN_SIZE - len(self._idle.get(fingerprint, ())) - self._spawning.get(fingerprint, 0)
         missing = min(missing, self.limits.MAX_SIZE - self.idle_count)
         if missing <= 0:
             return 0
         self._reserve(fingerprint, missing)
         try:
-            results = await asyncio.gather(*(self._add_spare() for _ in range(missing)), return_exceptions=True)
+            results = await asyncio.gather(*(self._add_spare(config) for _ in range(missing)), return_exceptions=True)
         finally:
             self._reserve(fingerprint, -missing)
         for result in results:
@@ -164,14 +169,14 @@ class WorkerPool:
                 log.warning("pool_fill_failed", error=repr(result))
         return sum(1 for result in results if result is None)
 
-    async def _add_spare(self) -> None:
-        worker = await self._connect(self.warm_config, None)
+    async def _add_spare(self, config: SessionConfig) -> None:
+        worker = await self._connect(config, None)
         worker.state = WorkerState.IDLE
         self._idle.setdefault(worker.fingerprint, deque()).append(worker)
 
-    def refill_soon(self) -> None:
+    def refill_soon(self, config: SessionConfig) -> None:
         if self.limits.MIN_SIZE:
-            self._spawn_task(self.fill())
+            self._spawn_task(self.fill(config))
 
     async def health_check(self) -> int:
         """Retire idle workers that died or expired; returns how many."""

@@ -1,0 +1,104 @@
+"""A real ``claude-sessions serve`` process on a loopback port, for HTTP tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+SCRIPT = str(Path(sys.executable).with_name("claude-sessions"))
+KEYS = {"alice": "key-alice", "bob": "key-bob"}
+ADMIN_KEY = "key-admin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def client(self, tenant: str) -> httpx.Client:
+        """A client holding ``tenant``'s key ("admin" holds the admin key)."""
+        key = ADMIN_KEY if tenant == "admin" else KEYS[tenant]
+        return httpx.Client(base_url=self.base_url, headers=bearer(key), timeout=30)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return lines
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_server(tmp: Path, model_url: str, **env: str) -> ServerProcess:
+    """Start the server against ``model_url`` and wait until it answers."""
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "CP_", "OPT_", "API_KEYS", "ADMIN_"))}
+    full_env = {
+        **base,
+        "ANTHROPIC_BASE_URL": model_url,
+        "ANTHROPIC_API_KEY": "sk-offline-test",
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CONFIG_DIR": str(tmp / "claude"),
+        "CLAUDE_SESSIONS_DATA_DIR": str(tmp / "data"),
+        "WORKSPACE_ROOT": str(tmp / "workspaces"),
+        "API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
+        "ADMIN_API_KEY": ADMIN_KEY,
+        "CP_MIN_SIZE": "1",
+        **env,
+    }
+    log_path = tmp / f"server-{port}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [SCRIPT, "serve", "--online", "--port", str(port)], env=full_env, stdout=log_file, stderr=log_file
+        )
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"{server.base_url}/v1/health", headers=bearer(ADMIN_KEY), timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.1)
+
+
+def sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs of a streamed response, as they arrive."""
+    event = ""
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            event = line.partition(":")[2].strip()
+        elif line.startswith("data:") and event:
+            yield event, json.loads(line.partition(":")[2].strip())
+            event = ""

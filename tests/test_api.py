@@ -16,7 +16,7 @@ import pytest
 
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from helpers import wait_no_cli
-from server_process import ADMIN_KEY, ServerProcess, bearer, sse, start_server
+from server_process import ADMIN_KEY, ServerProcess, bearer, free_port, sse, start_server
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +281,15 @@ def test_sigterm_lets_the_running_turn_finish_and_leaves_no_process(
         assert rest[-1][0] == "result" and rest[-1][1]["is_error"] is False
     assert server.stop() in (0, -signal.SIGTERM)
     assert wait_no_cli(workers) == []
+
+
+def test_health_is_degraded_when_the_model_endpoint_is_unreachable(tmp_path: Path) -> None:
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    server = start_server(tmp_path, dead_url)
+    try:
+        with server.client("bob") as bob:
+            body = bob.get("/v1/health").json()
+        assert body["status"] == "degraded"
+        assert any("unreachable" in reason for reason in body["reasons"])
+    finally:
+        server.stop()

@@ -41,7 +41,9 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 async def handler_with(min_size: int, max_size: int) -> ClaudeHandler:
+    """A handler with its own data directory (one handler per directory)."""
     config = SystemConfig.from_env()
+    config.runtime.DATA_DIR = Path(tempfile.mkdtemp(prefix="handler-", dir=config.runtime.DATA_DIR))
     config.connection_pool = ConnectionPoolConfig(MIN_SIZE=min_size, MAX_SIZE=max_size)
     handler = ClaudeHandler(config)
     await handler.start()

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from claude_sessions import SessionConfig, SessionLimitError, WorkerDiedError
+from claude_sessions import SessionConfig, SessionLimitError, SessionOrphanedError, WorkerDiedError
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
 from helpers import pids_of, result_of, turn, wait_no_cli
@@ -85,8 +85,15 @@ async def test_session_with_deleted_transcript_is_an_orphan(make_handler: MakeHa
     path.unlink()
     with capture_logs() as logs:
         assert await manager.detect_orphaned_sessions() == ["talked"]
-    assert talked not in manager and silent in manager  # no message yet: not an orphan
     assert any(e["event"] == "orphans_detected" and e["log_level"] == "warning" for e in logs)
+    orphan = manager.get(talked)
+    assert orphan.state == "orphaned" and orphan.worker is None  # reported, worker given back
+    assert manager.get(silent).state == "active"  # no message yet: not an orphan
+    assert await manager.detect_orphaned_sessions() == []  # reported once
+    with pytest.raises(SessionOrphanedError):  # never a silent new conversation
+        await turn(handler, talked, "are you there?")
+    await handler.destroy_session(talked)
+    assert talked not in manager
 
 
 async def test_cli_process_no_session_owns_is_ended(make_handler: MakeHandler) -> None:

@@ -2,6 +2,7 @@
 
 from .config import SessionConfig, SystemConfig
 from .errors import (
+    CapacityError,
     ClaudeSessionsError,
     ConfigError,
     HandlerClosedError,
@@ -9,6 +10,7 @@ from .errors import (
     SessionExistsError,
     SessionLimitError,
     SessionNotFoundError,
+    SessionOrphanedError,
     TurnTimeoutError,
     WorkerDiedError,
     WorkerError,
@@ -19,6 +21,7 @@ from .manager import ClaudeCodeSessionManager
 from .metrics import SessionMetrics
 
 __all__ = [
+    "CapacityError",
     "ClaudeCodeSessionManager",
     "ClaudeHandler",
     "ClaudeSessionsError",
@@ -30,6 +33,7 @@ __all__ = [
     "SessionLimitError",
     "SessionMetrics",
     "SessionNotFoundError",
+    "SessionOrphanedError",
     "SystemConfig",
     "TurnTimeoutError",
     "WorkerDiedError",

@@ -12,15 +12,15 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import structlog
-from claude_agent_sdk import AssistantMessage, Message, ResultMessage, StreamEvent, TextBlock, UserMessage
-from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from claude_agent_sdk import AssistantMessage, Message, ResultMessage, StreamEvent, UserMessage
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -35,12 +35,14 @@ from starlette.types import Message as AsgiMessage
 from .auth import Authenticator, Principal
 from .config import SessionConfig
 from .errors import (
+    CapacityError,
     ClaudeSessionsError,
     HandlerClosedError,
     SessionBusyError,
     SessionExistsError,
     SessionLimitError,
     SessionNotFoundError,
+    SessionOrphanedError,
     TurnTimeoutError,
     WorkerDiedError,
     WorkerStartError,
@@ -96,10 +98,12 @@ def _api_error(error: ClaudeSessionsError, retry_after: int) -> ApiError:
         (SessionNotFoundError, 404, "not_found", None),
         (SessionExistsError, 409, "session_exists", None),
         (SessionBusyError, 409, "session_busy", None),
+        (SessionOrphanedError, 410, "session_orphaned", None),
         (SessionLimitError, 429, "session_limit", retry),
         (TurnTimeoutError, 504, "turn_timeout", None),
         (WorkerDiedError, 502, "worker_died", None),
         (WorkerStartError, 503, "worker_unavailable", retry),
+        (CapacityError, 503, "at_capacity", retry),
         (HandlerClosedError, 503, "shutting_down", retry),
     ]
     for kind, status, name, headers in table:
@@ -164,14 +168,38 @@ def session_json(session: Session, with_metrics: bool = False) -> dict[str, Any]
     return body
 
 
-def _reply_text(messages: list[Message]) -> str:
-    return "".join(
-        block.text
+def turn_json(session_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``?stream=false`` answer: the reply's text, its result and every message."""
+    text = "".join(
+        str(block.get("text", ""))
         for m in messages
-        if isinstance(m, AssistantMessage)
-        for block in m.content
-        if isinstance(block, TextBlock)
+        if m["type"] == "assistant"
+        for block in m.get("content", [])
+        if block.get("type") == "text"
     )
+    result = messages[-1] if messages and messages[-1]["type"] == "result" else None
+    return {"session_id": session_id, "text": text, "result": result, "messages": messages}
+
+
+async def _as_json(
+    first: Message, turn: AsyncGenerator[Message, None], on_result: Callable[[list[dict[str, Any]]], None]
+) -> AsyncIterator[dict[str, Any]]:
+    """A turn's messages as JSON; ``on_result`` keeps the whole turn before its result is sent."""
+    seen: list[dict[str, Any]] = []
+    async with contextlib.aclosing(turn):
+        message: Message | None = first
+        while message is not None:
+            data = message_json(message)
+            seen.append(data)
+            if isinstance(message, ResultMessage):
+                on_result(seen)
+            yield data
+            message = await anext(turn, None)
+
+
+async def _replay(messages: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    for data in messages:
+        yield data
 
 
 # -- middleware -------------------------------------------------------------------
@@ -368,8 +396,10 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
         return session_json(own_session(principal, session_id), with_metrics=True)
 
     @app.delete("/v1/sessions/{session_id}", status_code=204, tags=["sessions"])
-    async def delete_session(session_id: SessionIdPath, principal: Caller) -> Response:
-        await handler.destroy_session(own_session(principal, session_id).id)
+    async def delete_session(
+        session_id: SessionIdPath, principal: Caller, purge: Annotated[bool, Query()] = False
+    ) -> Response:
+        await handler.destroy_session(own_session(principal, session_id).id, purge=purge)
         return Response(status_code=204)
 
     @app.post("/v1/sessions/{session_id}/interrupt", status_code=202, tags=["sessions"])
@@ -393,29 +423,32 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
         body: MessageBody,
         principal: Caller,
         stream: Annotated[bool, Query()] = True,
+        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
     ) -> Response:
         if AppStatus.should_exit:
             raise ApiError(503, "shutting_down", "the server is shutting down", {"Retry-After": str(retry_after)})
         session = own_session(principal, session_id)
-        turn = handler.send_message(session.id, body.content)
-        first = await anext(turn)  # errors before the first message keep their HTTP status
+        stored = handler.store.reply(session.id, idempotency_key) if idempotency_key else None
+        if stored is not None:  # already accepted: replay, never a second turn
+            messages: AsyncIterator[dict[str, Any]] = _replay(stored)
+            turn = None
+        else:
+            turn = handler.send_message(session.id, body.content)
+            first = await anext(turn)  # errors before the first message keep their HTTP status
+
+            def keep(turn_messages: list[dict[str, Any]]) -> None:
+                if idempotency_key:
+                    handler.store.save_reply(session.id, idempotency_key, turn_messages)
+
+            messages = _as_json(first, turn, keep)
         if not stream:
-            async with contextlib.aclosing(turn):
-                messages = [first, *[m async for m in turn]]
-            result = messages[-1]
-            return JSONResponse(
-                {
-                    "session_id": session.public_id,
-                    "text": _reply_text(messages),
-                    "result": message_json(result) if isinstance(result, ResultMessage) else None,
-                    "messages": [message_json(m) for m in messages],
-                }
-            )
+            return JSONResponse(turn_json(session.public_id, [m async for m in messages]))
         return EventSourceResponse(
-            _events(first, turn),
+            _events(messages),
             ping=15,
             shutdown_grace_period=config.optimization.DESTROY_TIMEOUT,
-            background=BackgroundTask(turn.aclose),  # frees the session even if never streamed
+            # Frees the session even if the stream never starts (client gone at once).
+            background=BackgroundTask(turn.aclose) if turn is not None else None,
         )
 
     @app.get("/v1/health", tags=["service"])
@@ -441,16 +474,14 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     return app
 
 
-async def _events(first: Message, turn: AsyncGenerator[Message, None]) -> AsyncIterator[dict[str, str]]:
+async def _events(messages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, str]]:
     """SSE events of one turn; a failure ends the stream with an ``error`` event."""
-    async with contextlib.aclosing(turn):
-        try:
-            yield {"event": message_kind(first), "data": _dumps(message_json(first))}
-            async for message in turn:
-                yield {"event": message_kind(message), "data": _dumps(message_json(message))}
-        except ClaudeSessionsError as error:
-            mapped = _api_error(error, 1)
-            yield {"event": "error", "data": _dumps({"error": {"type": mapped.kind, "message": mapped.message}})}
+    try:
+        async for data in messages:
+            yield {"event": data["type"], "data": _dumps(data)}
+    except ClaudeSessionsError as error:
+        mapped = _api_error(error, 1)
+        yield {"event": "error", "data": _dumps({"error": {"type": mapped.kind, "message": mapped.message}})}
 
 
 async def _degradations(handler: ClaudeHandler) -> list[str]:

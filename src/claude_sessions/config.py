@@ -31,6 +31,8 @@ class SessionManagerConfig(_Section):
     MAX_SESSIONS: int = Field(50, ge=1)
     TIMEOUT_MINUTES: float = Field(30.0, gt=0)
     CLEANUP_INTERVAL: float = Field(5.0, gt=0, description="minutes between maintenance runs")
+    IDLE_RELEASE_MINUTES: float = Field(5.0, gt=0, description="idle time after which a session's worker is freed")
+    TRANSCRIPT_RETENTION_DAYS: float = Field(30.0, ge=0, description="how long removed sessions' transcripts stay")
 
 
 class ConnectionPoolConfig(_Section):
@@ -40,6 +42,8 @@ class ConnectionPoolConfig(_Section):
     MIN_SIZE: int = Field(2, ge=0)
     MAX_AGE_MINUTES: float = Field(60.0, gt=0)
     MAX_USES: int = Field(100, ge=1)
+    #: CLI processes alive at once (idle and bound); None: as many as SM_MAX_SESSIONS.
+    MAX_LIVE: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _min_within_max(self) -> ConnectionPoolConfig:

@@ -31,6 +31,10 @@ class SessionBusyError(ClaudeSessionsError):
     """Another turn of this session is running."""
 
 
+class SessionOrphanedError(ClaudeSessionsError):
+    """The session's transcript is gone: its conversation cannot be continued."""
+
+
 class TurnTimeoutError(ClaudeSessionsError, TimeoutError):
     """A turn ran past ``OPT_MESSAGE_TIMEOUT``; it was interrupted."""
 
@@ -45,6 +49,10 @@ class WorkerStartError(WorkerError):
 
 class WorkerDiedError(WorkerError):
     """The CLI process exited mid-turn; the next message resumes the conversation."""
+
+
+class CapacityError(WorkerError):
+    """Every live worker (``CP_MAX_LIVE``) stayed mid-turn for ``OPT_CREATE_TIMEOUT``."""
 
 
 class HandlerClosedError(ClaudeSessionsError, RuntimeError):

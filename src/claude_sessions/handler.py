@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -23,17 +24,22 @@ from claude_agent_sdk import ClaudeSDKError, Message, ResultMessage, SystemMessa
 from .cli_options import build_options, session_cwd
 from .config import SessionConfig, SystemConfig
 from .errors import (
+    CapacityError,
     HandlerClosedError,
     SessionBusyError,
     SessionExistsError,
     SessionLimitError,
+    SessionOrphanedError,
     TurnTimeoutError,
     WorkerDiedError,
+    WorkerStartError,
 )
 from .maintenance import Maintenance
 from .manager import ClaudeCodeSessionManager, Session, session_key
 from .metrics import record_result
-from .pool import WorkerPool
+from .pool import NoLiveRoom, WorkerPool
+from .processes import end_stray_processes, process_started_at
+from .store import SessionStore
 from .telemetry import DEFAULT_TENANT, LiveState, Telemetry
 from .worker import Worker
 
@@ -42,6 +48,10 @@ log = structlog.get_logger("claude_sessions.handler")
 SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 #: How long an interrupted turn may take to wind down before its worker is discarded.
 INTERRUPT_GRACE_SECONDS = 5.0
+#: How often a turn waiting for a live worker looks again.
+CAPACITY_POLL_SECONDS = 0.05
+#: How long a turn submitted with an Idempotency-Key can be replayed.
+REPLAY_SECONDS = 24 * 3600.0
 
 
 class ClaudeHandler:
@@ -50,13 +60,16 @@ class ClaudeHandler:
     def __init__(self, config: SystemConfig | None = None) -> None:
         self.config = config or SystemConfig.from_env()
         self.telemetry = Telemetry()
+        self.store = SessionStore(self.config.runtime.DATA_DIR.resolve() / "sessions.db")
+        limits = self.config.connection_pool
         self.pool = WorkerPool(
-            self.config.connection_pool,
+            limits,
             self.config.optimization,
             lambda session, resume: build_options(session, self.config, resume),
-            on_connect=self.telemetry.connect_seconds.observe,
+            max_live=limits.MAX_LIVE or self.config.session_manager.MAX_SESSIONS,
+            events=self,
         )
-        self.session_manager = ClaudeCodeSessionManager(self.config, self.pool, self.telemetry)
+        self.session_manager = ClaudeCodeSessionManager(self.config, self.pool, self.store, self.telemetry)
         self.telemetry.watch(self._live_state)
         self.maintenance = Maintenance(self.config.session_manager.CLEANUP_INTERVAL * 60, self.run_maintenance)
         self._started: asyncio.Task[None] | None = None
@@ -75,18 +88,37 @@ class ClaudeHandler:
     async def _start(self) -> None:
         self.config.runtime.config_dir.mkdir(parents=True, exist_ok=True)
         self.config.runtime.workspace_root.mkdir(parents=True, exist_ok=True)
+        ended = end_stray_processes(self.store.take_workers())
         spares = await self.pool.fill()
         self.maintenance.start()
-        log.info("handler_started", warm_workers=spares, max_sessions=self.config.session_manager.MAX_SESSIONS)
+        log.info(
+            "handler_started",
+            warm_workers=spares,
+            sessions=len(self.session_manager),
+            stray_cli_ended=ended,
+            max_sessions=self.config.session_manager.MAX_SESSIONS,
+        )
 
     async def close(self) -> None:
-        """Stop maintenance, close every session's worker and the pool."""
+        """Stop maintenance and close every CLI process; sessions stay in the store."""
+        if self._closed:
+            return
         self._closed = True
         await self.maintenance.stop()
         if self._started is not None and not self._started.done():
             self._started.cancel()
-        count = await self.session_manager.close_all()
+        count = await self.session_manager.close()
         log.info("handler_closed", sessions=count)
+
+    # -- pool events: metrics and the ledger of live CLI processes ---------------------
+
+    def worker_started(self, worker: Worker, seconds: float) -> None:
+        self.telemetry.connect_seconds.observe(seconds)
+        self.store.add_worker(worker.pid, process_started_at(worker.pid))
+
+    def worker_closed(self, worker: Worker) -> None:
+        with contextlib.suppress(sqlite3.ProgrammingError):  # a late close after shutdown
+            self.store.remove_worker(worker.pid)
 
     async def shutdown_pool(self) -> None:
         """Close every pooled worker; sessions resume in new workers on their next message."""
@@ -136,7 +168,7 @@ class ClaudeHandler:
             raise SessionLimitError(f"{'session' if reason == 'global' else 'tenant session'} limit reached ({limit})")
         session = manager.get(key)
         try:
-            worker = await self.pool.acquire(config)
+            worker = await self._acquire(config)
         except BaseException:
             manager.unregister_session(key)
             raise
@@ -148,9 +180,12 @@ class ClaudeHandler:
         log.info("session_created", session_id=session_id, tenant=owner, pool_size=len(self.pool.workers()))
         return key
 
-    async def destroy_session(self, session_id: str) -> None:
-        """Unregister a session; a running turn is interrupted, the worker returns to the pool."""
-        session = await self.session_manager.remove_session(session_id)
+    async def destroy_session(self, session_id: str, purge: bool = False) -> None:
+        """Unregister a session; a running turn is interrupted, the worker returns to the pool.
+
+        ``purge`` deletes the transcript now instead of after the retention period.
+        """
+        session = await self.session_manager.remove_session(session_id, purge)
         if session.is_busy and session.worker is not None:
             await self._interrupt_worker(session.worker)
         log.info("session_destroyed", session_id=session_id)
@@ -191,13 +226,24 @@ class ClaudeHandler:
                         yield message
             finally:
                 session.metrics.touch()
+                self.session_manager.persist(session)
                 if session.closed and session.worker is not None:
                     worker, session.worker = session.worker, None
                     with anyio.CancelScope(shield=True):
                         await self.pool.release(worker)
 
     async def _bind(self, session: Session) -> Worker:
-        """The session's worker; a new one (resuming the conversation) if it has none."""
+        """The session's worker; a new one (resuming the conversation) if it has none.
+
+        A conversation whose transcript vanished is never silently restarted.
+        """
+        manager = self.session_manager
+        if not session.orphaned and session.worker is None and manager.is_orphaned(session):
+            stray = manager.mark_orphaned(session)
+            if stray is not None:
+                await self.pool.release(stray)
+        if session.orphaned:
+            raise SessionOrphanedError(f"session {session.public_id!r} lost its transcript; delete it")
         worker = session.worker
         if worker is not None and worker.is_alive():
             return worker
@@ -206,14 +252,35 @@ class ClaudeHandler:
             session.worker = None
             await self.pool.discard(worker)
         try:
-            worker = await self.pool.acquire(session.config, resume=session.claude_session_id)
-        except Exception:
+            worker = await self._acquire(session.config, resume=session.claude_session_id)
+        except WorkerStartError:
             self._count_connection_error(session)
             raise
         session.worker = worker
         if session.claude_session_id is not None:
             log.info("session_resumed", session_id=session.id, claude_session_id=session.claude_session_id)
         return worker
+
+    async def _acquire(self, config: SessionConfig, resume: str | None = None) -> Worker:
+        """A worker within ``CP_MAX_LIVE``: past it, free the idle pool's oldest worker,
+        then the least recently used idle session's; if every live worker is mid-turn,
+        wait up to ``OPT_CREATE_TIMEOUT`` and raise :class:`CapacityError`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.optimization.CREATE_TIMEOUT
+        while True:
+            try:
+                return await self.pool.acquire(config, resume)
+            except NoLiveRoom:
+                pass
+            if await self.pool.evict_idle():
+                continue
+            victim = self.session_manager.least_recently_used_worker()
+            if victim is not None:
+                await self.pool.discard(victim)
+                continue
+            if loop.time() >= deadline:
+                raise CapacityError(f"all {self.pool.max_live} live workers are mid-turn; try again shortly") from None
+            await asyncio.sleep(CAPACITY_POLL_SECONDS)
 
     async def _turn(self, session: Session, worker: Worker, prompt: str) -> AsyncGenerator[Message, None]:
         metrics = session.metrics
@@ -294,7 +361,9 @@ class ClaudeHandler:
         """One maintenance pass: inactive and orphan cleanup, pool health, refill."""
         manager = self.session_manager
         inactive = await manager.cleanup_inactive_sessions()
+        released = await manager.release_idle_workers()
         orphans = await manager.detect_orphaned_sessions()
+        purged = self._purge_transcripts()
         retired = await self.pool.health_check()
         spawned = await self.pool.fill()
         log.info(
@@ -303,10 +372,22 @@ class ClaudeHandler:
             pool_size=len(self.pool.workers()),
             orphans=len(orphans),
             inactive_removed=len(inactive),
+            idle_released=len(released),
+            transcripts_purged=purged,
             workers_retired=retired,
             workers_spawned=spawned,
         )
-        return {"inactive": inactive, "orphaned": orphans, "retired": retired, "spawned": spawned}
+        return {"inactive": inactive, "orphaned": orphans, "released": released, "retired": retired, "spawned": spawned}
+
+    def _purge_transcripts(self) -> int:
+        """Delete removed sessions' transcripts past ``SM_TRANSCRIPT_RETENTION_DAYS``; forget old replies."""
+        now = time.time()
+        days = self.config.session_manager.TRANSCRIPT_RETENTION_DAYS
+        paths = self.store.take_retired_transcripts(retired_before=now - days * 86400)
+        for path in paths:
+            path.unlink(missing_ok=True)
+        self.store.forget_replies(older_than=now - REPLAY_SECONDS)
+        return len(paths)
 
 
 def _learn_conversation(session: Session, message: Message) -> None:

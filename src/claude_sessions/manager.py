@@ -21,6 +21,7 @@ from .config import SessionConfig, SystemConfig
 from .errors import SessionNotFoundError
 from .metrics import CostMeter, SessionMetrics
 from .pool import WorkerPool
+from .store import SessionRecord, SessionStore
 from .telemetry import DEFAULT_TENANT, Telemetry
 from .worker import Worker
 
@@ -49,6 +50,8 @@ class Session:
     claude_session_id: str | None = None
     #: Unregistered; a running turn releases the worker when it ends.
     closed: bool = False
+    #: Its transcript vanished: it answers an error instead of starting afresh.
+    orphaned: bool = False
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     cost: CostMeter = field(default_factory=CostMeter)
 
@@ -71,9 +74,28 @@ class Session:
 
     @property
     def state(self) -> str:
+        if self.orphaned:
+            return "orphaned"
         if self.is_busy:
             return "busy"
         return "active" if self.worker is not None else "idle"
+
+    def record(self) -> SessionRecord:
+        return SessionRecord(
+            self.id, self.owner, self.config, self.metadata, self.metrics, self.claude_session_id, self.orphaned
+        )
+
+    @classmethod
+    def restore(cls, record: SessionRecord) -> Session:
+        return cls(
+            id=record.key,
+            config=record.config,
+            metadata=record.metadata,
+            owner=record.owner,
+            metrics=record.metrics,
+            claude_session_id=record.claude_session_id,
+            orphaned=record.orphaned,
+        )
 
     def has_expired(self, timeout_seconds: float, now: float) -> bool:
         return not self.is_busy and self.metrics.idle_seconds(now) > timeout_seconds
@@ -82,11 +104,15 @@ class Session:
 class ClaudeCodeSessionManager:
     """Registers sessions up to ``SM_MAX_SESSIONS`` and keeps the registry clean."""
 
-    def __init__(self, config: SystemConfig, pool: WorkerPool, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self, config: SystemConfig, pool: WorkerPool, store: SessionStore, telemetry: Telemetry | None = None
+    ) -> None:
         self.config = config
         self.pool = pool
+        self.store = store
         self.telemetry = telemetry or Telemetry()
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, Session] = {r.key: Session.restore(r) for r in store.load()}
+        self._closing = False
 
     # -- registry ------------------------------------------------------------
 
@@ -119,32 +145,55 @@ class ClaudeCodeSessionManager:
             return False
         if owner_limit is not None and len(self.owned_by(owner)) >= owner_limit:
             return False
-        self._sessions[key] = Session(key, config or SessionConfig(), dict(metadata or {}), owner)
+        session = Session(key, config or SessionConfig(), dict(metadata or {}), owner)
+        self.store.save(session.record())
+        self._sessions[key] = session
         return True
+
+    def persist(self, session: Session) -> None:
+        """Commit a live session's state (metrics, conversation id) to the store."""
+        if not (session.closed or self._closing):
+            self.store.save(session.record())
 
     def unregister_session(self, session_id: str) -> bool:
         """Remove a session; its worker goes back to the pool in the background."""
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
-        worker = self._detach(session)
+        worker = self._forget(session)
         if worker is not None:
             self.pool.release_soon(worker)
         return True
 
-    async def remove_session(self, session_id: str) -> Session:
-        """Remove a session and wait until its worker is back in the pool or closed."""
+    async def remove_session(self, session_id: str, purge: bool = False) -> Session:
+        """Remove a session and wait until its worker is back in the pool or closed.
+
+        ``purge`` also deletes its transcript now; otherwise the transcript is kept
+        for ``SM_TRANSCRIPT_RETENTION_DAYS``.
+        """
         session = self._sessions.pop(session_id, None)
         if session is None:
             raise SessionNotFoundError(f"session {session_id!r} not found")
-        worker = self._detach(session)
+        worker = self._forget(session, purge)
         if worker is not None:
             await self.pool.release(worker)
         return session
 
-    def _detach(self, session: Session) -> Worker | None:
-        """Mark a session closed and hand back its worker, unless a turn still uses it."""
+    def _forget(self, session: Session, purge: bool = False) -> Worker | None:
+        """Drop a session from the store, schedule or do its transcript's purge, detach its worker."""
+        self.store.delete(session.id)
+        path = self.transcript_path(session)
+        if path is not None and path.exists():
+            if purge:
+                path.unlink(missing_ok=True)
+            else:
+                self.store.retire_transcript(path)
         session.closed = True
+        return self._detach(session)
+
+    @staticmethod
+    def _detach(session: Session) -> Worker | None:
+        """Take a session's worker, unless a turn still uses it (the turn hands it back)."""
         if session.is_busy or session.worker is None:
             return None
         worker, session.worker = session.worker, None
@@ -160,7 +209,9 @@ class ClaudeCodeSessionManager:
         return list(self._sessions.values())
 
     def update_session_activity(self, session_id: str) -> None:
-        self.get(session_id).metrics.touch()
+        session = self.get(session_id)
+        session.metrics.touch()
+        self.persist(session)
 
     # -- cleanup --------------------------------------------------------------
 
@@ -207,16 +258,28 @@ class ClaudeCodeSessionManager:
         return messages
 
     def is_orphaned(self, session: Session) -> bool:
-        """Started, not mid-turn, and its transcript is gone."""
+        """The conversation started, but its transcript is gone."""
         path = self.transcript_path(session)
-        return path is not None and not session.is_busy and not path.exists()
+        return path is not None and not path.exists()
+
+    def mark_orphaned(self, session: Session) -> Worker | None:
+        """Record that a session lost its transcript; returns the worker to release."""
+        session.orphaned = True
+        self.persist(session)
+        self.telemetry.sessions_orphaned.labels(session.tenant).inc()
+        return self._detach(session)
 
     async def detect_orphaned_sessions(self) -> list[str]:
-        """Remove sessions whose transcript vanished, and end CLI processes nobody owns."""
-        orphans = [s.id for s in self._sessions.values() if self.is_orphaned(s)]
-        for session_id in orphans:
-            self.telemetry.sessions_orphaned.labels(self._sessions[session_id].tenant).inc()
-        await self._remove_all(orphans)
+        """Find sessions whose transcript vanished, and end CLI processes nobody owns.
+
+        An orphan keeps its record (state ``orphaned``, its messages answer
+        :class:`SessionOrphanedError`, never a silent new conversation) but gives
+        back its worker; it goes when deleted or expired.
+        """
+        found = [s for s in self._sessions.values() if not (s.orphaned or s.is_busy) and self.is_orphaned(s)]
+        workers = [w for w in (self.mark_orphaned(s) for s in found) if w is not None]
+        await asyncio.gather(*(self.pool.release(w) for w in workers))
+        orphans = [s.id for s in found]
         owned = {s.worker.id for s in self._sessions.values() if s.worker is not None}
         stray_pids = await self.pool.reap_unowned(owned)
         if orphans or stray_pids:
@@ -229,21 +292,43 @@ class ClaudeCodeSessionManager:
             if isinstance(result, Exception) and not isinstance(result, SessionNotFoundError):
                 log.error("session_remove_failed", error=repr(result))
 
-    async def force_cleanup_all(self) -> int:
-        """Emergency stop: drop every session and close every CLI process."""
-        count = await self.close_all()
-        log.warning("force_cleanup_all", sessions=count)
-        return count
+    async def release_idle_workers(self) -> list[str]:
+        """Give back the workers of sessions idle ``SM_IDLE_RELEASE_MINUTES``; they stay registered."""
+        threshold = self.config.session_manager.IDLE_RELEASE_MINUTES * 60
+        now = time.time()
+        idle = [s for s in self._sessions.values() if s.worker is not None and s.has_expired(threshold, now)]
+        workers = [w for w in (self._detach(s) for s in idle) if w is not None]
+        await asyncio.gather(*(self.pool.release(w) for w in workers))
+        if idle:
+            log.info("idle_workers_released", count=len(idle), session_ids=[s.id for s in idle])
+        return [s.id for s in idle]
 
-    async def close_all(self) -> int:
-        """Drop every session and close every CLI process; returns the session count."""
-        count = len(self._sessions)
-        for session in self._sessions.values():
-            session.closed = True
+    def least_recently_used_worker(self) -> Worker | None:
+        """Detach the worker of the least recently active session not mid-turn (None if all are)."""
+        candidates = [s for s in self._sessions.values() if s.worker is not None and not s.is_busy]
+        if not candidates:
+            return None
+        return self._detach(min(candidates, key=lambda s: s.metrics.last_activity))
+
+    async def force_cleanup_all(self) -> int:
+        """Emergency stop: delete every session (store included) and close every CLI process."""
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        for session in sessions:
+            self._forget(session)
             if session.worker is not None:
                 session.worker.reusable = False
+        await self.pool.shutdown()
+        log.warning("force_cleanup_all", sessions=len(sessions))
+        return len(sessions)
+
+    async def close(self) -> int:
+        """Shut down: close every CLI process; sessions stay in the store for the next start."""
+        count = len(self._sessions)
+        self._closing = True
         self._sessions.clear()
         await self.pool.shutdown()
+        self.store.close()
         return count
 
     # -- metrics and health ----------------------------------------------------

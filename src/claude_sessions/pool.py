@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from claude_agent_sdk import ClaudeAgentOptions
@@ -25,12 +25,25 @@ log = structlog.get_logger("claude_sessions.pool")
 OptionsFactory = Callable[[SessionConfig, str | None], ClaudeAgentOptions]
 
 
+class NoLiveRoom(Exception):
+    """No idle worker fits and ``CP_MAX_LIVE`` processes are alive: make room first."""
+
+
+class PoolEvents(Protocol):
+    """What the pool tells its owner (metrics, the crash-hygiene ledger)."""
+
+    def worker_started(self, worker: Worker, seconds: float) -> None: ...
+
+    def worker_closed(self, worker: Worker) -> None: ...
+
+
 class WorkerPool:
     """Hands out connected workers and takes them back.
 
     ``CP_MIN_SIZE`` spares for the default options are kept ready; at most
-    ``CP_MAX_SIZE`` idle workers are kept; a returned worker is reset with
-    ``/clear`` and kept only if it is alive, young and little used enough.
+    ``CP_MAX_SIZE`` idle workers are kept, and at most ``max_live`` processes
+    live at all; a returned worker is reset with ``/clear`` and kept only if it
+    is alive, young and little used enough.
     """
 
     def __init__(
@@ -38,8 +51,9 @@ class WorkerPool:
         limits: ConnectionPoolConfig,
         timeouts: OptimizationConfig,
         options_for: OptionsFactory,
+        max_live: int,
+        events: PoolEvents,
         warm_config: SessionConfig | None = None,
-        on_connect: Callable[[float], None] | None = None,
     ) -> None:
         self.limits = limits
         self.timeouts = timeouts
@@ -49,7 +63,8 @@ class WorkerPool:
         self._workers: dict[str, Worker] = {}  # every worker not yet closed
         self._spawning: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._on_connect = on_connect
+        self.max_live = max_live
+        self._events = events
 
     # -- predicates and figures -------------------------------------------
 
@@ -66,6 +81,10 @@ class WorkerPool:
     def _has_room(self) -> bool:
         return self.idle_count < self.limits.MAX_SIZE
 
+    def live_count(self) -> int:
+        """CLI processes alive or starting (closing ones count until they are gone)."""
+        return len(self._workers) + sum(self._spawning.values())
+
     # -- taking and returning ---------------------------------------------
 
     async def acquire(self, config: SessionConfig, resume: str | None = None) -> Worker:
@@ -76,6 +95,8 @@ class WorkerPool:
         """
         worker = self._take_idle(config.fingerprint) if resume is None else None
         if worker is None:
+            if self.live_count() >= self.max_live:
+                raise NoLiveRoom
             worker = await self._spawn(config, resume)
         worker.state = WorkerState.BOUND
         self.refill_soon(config)
@@ -104,6 +125,15 @@ class WorkerPool:
         """``release`` from synchronous code; tracked so ``shutdown`` awaits it."""
         self._spawn_task(self.release(worker))
 
+    async def evict_idle(self) -> bool:
+        """Close the idle worker that waited longest, to free a live slot; False if none."""
+        queues = [q for q in self._idle.values() if q]
+        if not queues:
+            return False
+        oldest = min(queues, key=lambda q: q[0].created_at).popleft()
+        await self._close(oldest)
+        return True
+
     async def discard(self, worker: Worker) -> None:
         """Close a worker that must not be reused (died, timed out, in doubt)."""
         worker.reusable = False
@@ -125,9 +155,8 @@ class WorkerPool:
     async def _connect(self, config: SessionConfig, resume: str | None) -> Worker:
         began = time.perf_counter()
         worker = await Worker.start(config.fingerprint, self._options_for(config, resume), self.timeouts.CREATE_TIMEOUT)
-        if self._on_connect is not None:
-            self._on_connect(time.perf_counter() - began)
         self._workers[worker.id] = worker
+        self._events.worker_started(worker, time.perf_counter() - began)
         return worker
 
     async def _close(self, worker: Worker) -> None:
@@ -139,6 +168,7 @@ class WorkerPool:
         finally:
             worker.state = WorkerState.CLOSED
             self._workers.pop(worker.id, None)
+            self._events.worker_closed(worker)
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -156,7 +186,7 @@ class WorkerPool:
         config = config or self.warm_config
         fingerprint = config.fingerprint
         missing = self.limits.MIN_SIZE - len(self._idle.get(fingerprint, ())) - self._spawning.get(fingerprint, 0)
-        missing = min(missing, self.limits.MAX_SIZE - self.idle_count)
+        missing = min(missing, self.limits.MAX_SIZE - self.idle_count, self.max_live - self.live_count())
         if missing <= 0:
             return 0
         self._reserve(fingerprint, missing)

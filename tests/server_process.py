@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 SCRIPT = str(Path(sys.executable).with_name("claude-sessions"))
 KEYS = {"alice": "key-alice", "bob": "key-bob"}
@@ -36,6 +37,14 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    root: Path  # holds claude/ (CLAUDE_CONFIG_DIR), data/ and workspaces/
+
+    def transcript(self, claude_session_id: str) -> Path:
+        (path,) = (self.root / "claude" / "projects").glob(f"*/{claude_session_id}.jsonl")
+        return path
+
+    def cli_pids(self) -> set[int]:
+        return {p.pid for p in psutil.Process(self.process.pid).children(recursive=True)}
 
     def client(self, tenant: str) -> httpx.Client:
         """A client holding ``tenant``'s key ("admin" holds the admin key)."""
@@ -80,7 +89,7 @@ def start_server(tmp: Path, model_url: str, **env: str) -> ServerProcess:
         process = subprocess.Popen(
             [SCRIPT, "serve", "--online", "--port", str(port)], env=full_env, stdout=log_file, stderr=log_file
         )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path, tmp)
     deadline = time.monotonic() + 60
     while True:
         assert process.poll() is None, log_path.read_text()

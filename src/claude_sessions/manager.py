@@ -177,17 +177,23 @@ class ClaudeCodeSessionManager:
         worker = self._forget(session, purge)
         if worker is not None:
             await self.pool.release(worker)
+        path = self.transcript_path(session)
+        if purge and path is not None and not session.is_busy:
+            # Only now: the CLI writes the transcript until it lets go of the conversation.
+            path.unlink(missing_ok=True)
+            self.store.unretire_transcript(path)
         return session
 
     def _forget(self, session: Session, purge: bool = False) -> Worker | None:
-        """Drop a session from the store, schedule or do its transcript's purge, detach its worker."""
+        """Drop a session from the store and detach its worker.
+
+        Its transcript is kept for the retention period; a purge marks it due at once
+        (the caller deletes it after the worker let go; maintenance catches the rest).
+        """
         self.store.delete(session.id)
         path = self.transcript_path(session)
-        if path is not None and path.exists():
-            if purge:
-                path.unlink(missing_ok=True)
-            else:
-                self.store.retire_transcript(path)
+        if path is not None:
+            self.store.retire_transcript(path, at=0.0 if purge else None)
         session.closed = True
         return self._detach(session)
 

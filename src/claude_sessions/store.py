@@ -170,9 +170,15 @@ class SessionStore:
 
     # -- transcripts of removed sessions, purged after the retention period -------------
 
-    def retire_transcript(self, path: Path) -> None:
+    def retire_transcript(self, path: Path, at: float | None = None) -> None:
+        """Remember a removed session's transcript; ``at=0`` makes it due for purge now."""
+        retired_at = time.time() if at is None else at
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO retired_transcripts VALUES (?, ?)", (str(path), time.time()))
+            db.execute("INSERT OR REPLACE INTO retired_transcripts VALUES (?, ?)", (str(path), retired_at))
+
+    def unretire_transcript(self, path: Path) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM retired_transcripts WHERE path = ?", (str(path),))
 
     def take_retired_transcripts(self, retired_before: float) -> list[Path]:
         with self._transaction() as db:

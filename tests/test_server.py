@@ -1,0 +1,74 @@
+"""The server process: signals, restarts after a crash, degraded health."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import psutil
+
+from claude_sessions.offline_model import OfflineModel, OfflineModelServer
+from helpers import wait_no_cli
+from server_process import free_port, sse, start_server
+
+
+def test_sigterm_lets_the_running_turn_finish_and_leaves_no_process(
+    offline_server: OfflineModelServer, tmp_path: Path
+) -> None:
+    server = start_server(tmp_path, offline_server.base_url)
+    with server.client("alice") as alice:
+        assert alice.post("/v1/sessions", json={"session_id": "last"}).status_code == 201
+        with alice.stream("POST", "/v1/sessions/last/messages", json={"content": "[[slow:2]] finish me"}) as stream:
+            events = sse(stream)
+            assert next(events)[0] == "system"
+            workers = {p.pid for p in psutil.Process(server.process.pid).children(recursive=True)}
+            assert workers
+            server.process.send_signal(signal.SIGTERM)
+            rest = list(events)
+        assert rest[-1][0] == "result" and rest[-1][1]["is_error"] is False
+    assert server.stop() in (0, -signal.SIGTERM)
+    assert wait_no_cli(workers) == []
+
+
+def test_health_is_degraded_when_the_model_endpoint_is_unreachable(tmp_path: Path) -> None:
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    server = start_server(tmp_path, dead_url)
+    try:
+        with server.client("bob") as bob:
+            body = bob.get("/v1/health").json()
+        assert body["status"] == "degraded"
+        assert any("unreachable" in reason for reason in body["reasons"])
+    finally:
+        server.stop()
+
+
+def test_kill_9_then_restart_loses_no_session_metric_or_conversation(
+    offline_server: OfflineModelServer, model: OfflineModel, tmp_path: Path
+) -> None:
+    server = start_server(tmp_path, offline_server.base_url)
+    with server.client("alice") as alice:
+        for name in ("keep", "also"):
+            assert alice.post("/v1/sessions", json={"session_id": name, "metadata": {"n": name}}).status_code == 201
+        alice.post("/v1/sessions/keep/messages?stream=false", json={"content": "the secret is mango"})
+        before = alice.get("/v1/sessions/keep").json()
+    strays = server.cli_pids()
+    assert strays
+    server.stop(signal.SIGKILL)
+
+    restarted = start_server(tmp_path, offline_server.base_url)
+    try:
+        assert wait_no_cli(strays) == []  # the killed run's CLI processes were ended
+        with restarted.client("alice") as alice:
+            listed = {s["session_id"]: s for s in alice.get("/v1/sessions").json()["sessions"]}
+            assert set(listed) == {"keep", "also"} and listed["also"]["metadata"] == {"n": "also"}
+            after = alice.get("/v1/sessions/keep").json()
+            assert after["state"] == "idle" and after["metrics"] == before["metrics"]
+            model.requests.clear()
+            reply = alice.post("/v1/sessions/keep/messages?stream=false", json={"content": "what is the secret?"})
+            assert reply.status_code == 200
+            assert any("mango" in text for text in model.message_requests()[-1].user_texts)
+            assert alice.get("/v1/sessions/keep").json()["metrics"]["message_count"] == 2
+        workers = restarted.cli_pids()
+    finally:
+        restarted.stop()
+    assert wait_no_cli(strays | workers) == []

@@ -31,7 +31,8 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	cd bench && ../$(BIN)/python run.py
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

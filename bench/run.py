@@ -1,10 +1,10 @@
-"""Benchmarks against the offline model on loopback: what the warm pool buys.
+"""Benchmarks against the offline model on loopback: what the pool and the manager buy.
 
-Each comparison runs both sides in the same process, interleaved, and reports
-median, p95 and the ratio. Results print as a table and are written to
-``bench/results/latest.json``.
+Every comparison runs both sides in this one process, interleaved, and reports
+median, p95 and the ratio. Prints a table, writes bench/results/latest.json and
+draws bench/results/latest.png.
 
-    python bench/run.py [--rounds N]
+    python bench/run.py [--quick]
 """
 
 from __future__ import annotations
@@ -14,168 +14,150 @@ import asyncio
 import json
 import os
 import platform
-import statistics
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
-from claude_agent_sdk import AssistantMessage
 from rich.console import Console
 from rich.table import Table
 
-from claude_sessions import ClaudeHandler, SessionConfig, SystemConfig
-from claude_sessions.config import ConnectionPoolConfig
+import scenarios
 from claude_sessions.logs import configure_logging
-from claude_sessions.offline_model import OfflineModelServer
+from common import Comparison, offline_environment
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"median_ms": statistics.median(ordered) * 1000, "p95_ms": p95 * 1000, "n": len(ordered)}
-
-
-async def handler_with(min_size: int, max_size: int) -> ClaudeHandler:
-    """A handler with its own data directory (one handler per directory)."""
-    config = SystemConfig.from_env()
-    config.runtime.DATA_DIR = Path(tempfile.mkdtemp(prefix="handler-", dir=config.runtime.DATA_DIR))
-    config.connection_pool = ConnectionPoolConfig(MIN_SIZE=min_size, MAX_SIZE=max_size)
-    handler = ClaudeHandler(config)
-    await handler.start()
-    return handler
-
-
-async def settle(handler: ClaudeHandler) -> None:
-    """Wait until the pool has its spares again (steady state between samples)."""
-    for _ in range(200):
-        if handler.get_pool_status()["idle"] >= handler.config.connection_pool.MIN_SIZE:
-            return
-        await asyncio.sleep(0.02)
-
-
-async def first_token(handler: ClaudeHandler) -> float:
-    """Seconds from asking for a new session to its first assistant message."""
-    began = time.perf_counter()
-    session_id = await handler.create_session()
-    elapsed = 0.0
-    async for message in handler.send_message(session_id, "hello"):
-        if isinstance(message, AssistantMessage) and not elapsed:
-            elapsed = time.perf_counter() - began
-    await handler.destroy_session(session_id)
-    return elapsed
-
-
-async def take_worker(handler: ClaudeHandler) -> float:
-    """Seconds to get a connected worker from the pool (spawned when none is idle)."""
-    began = time.perf_counter()
-    worker = await handler.pool.acquire(SessionConfig())
-    elapsed = time.perf_counter() - began
-    await handler.pool.discard(worker)
-    return elapsed
-
-
-async def interleaved(
-    rounds: int, bare: Callable[[], Awaitable[float]], pooled: Callable[[], Awaitable[float]]
-) -> tuple[list[float], list[float]]:
-    a: list[float] = []
-    b: list[float] = []
-    for _ in range(rounds):
-        a.append(await bare())
-        b.append(await pooled())
-    return a, b
-
-
-def cli_rss_mb(handler: ClaudeHandler) -> list[float]:
-    sizes = []
-    for connection in handler.get_pool_status()["connections"]:
-        process = psutil.Process(connection["pid"])
-        tree = [process, *process.children(recursive=True)]
-        sizes.append(sum(p.memory_info().rss for p in tree) / 2**20)
-    return sizes
-
-
-async def main(rounds: int) -> dict[str, Any]:
-    cold = await handler_with(min_size=0, max_size=0)
-    warm = await handler_with(min_size=2, max_size=4)
-    results: dict[str, Any] = {}
-    try:
-
-        async def warm_take() -> float:
-            await settle(warm)
-            return await take_worker(warm)
-
-        async def warm_first_token() -> float:
-            await settle(warm)
-            return await first_token(warm)
-
-        spawn, take = await interleaved(rounds, lambda: take_worker(cold), warm_take)
-        results["worker: cold connect vs warm take"] = (summary(spawn), summary(take))
-        bare, pooled = await interleaved(rounds, lambda: first_token(cold), warm_first_token)
-        results["new session: time to first token"] = (summary(bare), summary(pooled))
-        await settle(warm)
-        rss = cli_rss_mb(warm)
-        results["rss_per_worker_mb"] = {"median": statistics.median(rss), "max": max(rss), "n": len(rss)}
-    finally:
-        await cold.close()
-        await warm.close()
-    return results
-
-
-def report(results: dict[str, Any], console: Console) -> None:
-    table = Table(title="claude-sessions vs a CLI spawned per session (offline model, loopback)")
-    for column in ("comparison", "without pool median", "p95", "with pool median", "p95", "ratio"):
-        table.add_column(column, justify="right" if column != "comparison" else "left")
-    for name, value in results.items():
-        if isinstance(value, tuple):
-            without, with_pool = value
-            table.add_row(
-                name,
-                f"{without['median_ms']:.1f} ms",
-                f"{without['p95_ms']:.1f} ms",
-                f"{with_pool['median_ms']:.1f} ms",
-                f"{with_pool['p95_ms']:.1f} ms",
-                f"{with_pool['median_ms'] / without['median_ms']:.3f}",
-            )
-    console.print(table)
-    rss = results["rss_per_worker_mb"]
-    console.print(f"RSS per idle CLI worker: median {rss['median']:.0f} MB, max {rss['max']:.0f} MB (n={rss['n']})")
+async def run_all(quick: bool) -> dict[str, Any]:
+    rounds = 5 if quick else 15
+    comparisons: list[Comparison] = []
+    comparisons += await scenarios.session_start(rounds)
+    comparisons.append(await scenarios.manager_overhead(10 if quick else 40))
+    comparisons.append(await scenarios.http_overhead(rounds))
+    return {
+        "comparisons": [c.as_dict() for c in comparisons],
+        "concurrency": await scenarios.concurrency([1, 10] if quick else [1, 10, 50], 10),
+        "memory": await scenarios.memory([10] if quick else [10, 50]),
+        "maintenance": await scenarios.maintenance_cost([1_000] if quick else [1_000, 10_000, 100_000]),
+    }
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    python = platform.python_version()
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), Python {python}"
+    return (
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"claude-agent-sdk {__import__('claude_agent_sdk').__version__}"
+    )
 
 
-def run() -> None:
+def report(results: dict[str, Any], console: Console) -> None:
+    table = Table(title="Comparisons (median / p95, ms)")
+    for column in ("comparison", "baseline", "", "claude-sessions", "", "ratio", "target"):
+        table.add_column(column)
+    for c in results["comparisons"]:
+        table.add_row(
+            c["name"],
+            c["baseline_label"],
+            f"{c['baseline']['median_ms']:.1f} / {c['baseline']['p95_ms']:.1f}",
+            c["ours_label"],
+            f"{c['ours']['median_ms']:.1f} / {c['ours']['p95_ms']:.1f}",
+            f"{c['ratio']:.3f}",
+            c["target"],
+        )
+    console.print(table)
+    table = Table(title="Concurrency: N sessions x 10 turns")
+    for column in ("N", "bare turns/s", "bare p95 ms", "ours turns/s", "ours p95 ms", "throughput ratio"):
+        table.add_column(column, justify="right")
+    for r in results["concurrency"]:
+        table.add_row(
+            str(r["sessions"]),
+            f"{r['bare_turns_per_s']:.1f}",
+            f"{r['bare_p95_ms']:.0f}",
+            f"{r['ours_turns_per_s']:.1f}",
+            f"{r['ours_p95_ms']:.0f}",
+            f"{r['throughput_ratio']:.3f}",
+        )
+    console.print(table)
+    table = Table(title="Memory (this process + every CLI) and resume latency")
+    for column in ("N", "live MB", "MB/live session", "idle MB", "KB/idle session", "live turn ms", "resumed turn ms"):
+        table.add_column(column, justify="right")
+    for r in results["memory"]:
+        table.add_row(
+            str(r["sessions"]),
+            f"{r['live_total_mb']:.0f}",
+            f"{r['live_per_session_mb']:.0f}",
+            f"{r['idle_total_mb']:.0f}",
+            f"{r['idle_per_session_kb']:.0f}",
+            f"{r['live_turn']['median_ms']:.0f}",
+            f"{r['first_turn_after_release']['median_ms']:.0f}",
+        )
+    console.print(table)
+    table = Table(title="Maintenance pass over a registry without processes")
+    for column in ("sessions", "pass ms", "register us/session"):
+        table.add_column(column, justify="right")
+    for r in results["maintenance"]:
+        table.add_row(f"{r['sessions']:,}", f"{r['pass_ms']:.1f}", f"{r['register_us']:.0f}")
+    console.print(table)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    comparisons = results["comparisons"]
+    names = [c["name"] for c in comparisons]
+    y = range(len(names))
+    axes[0].barh([i + 0.2 for i in y], [c["baseline"]["median_ms"] for c in comparisons], 0.4, label="baseline")
+    axes[0].barh([i - 0.2 for i in y], [c["ours"]["median_ms"] for c in comparisons], 0.4, label="claude-sessions")
+    axes[0].set_yticks(list(y), names, fontsize=8)
+    axes[0].set_xlabel("median ms")
+    axes[0].legend()
+    axes[0].set_title("Comparisons")
+    conc = results["concurrency"]
+    labels = [str(r["sessions"]) for r in conc]
+    x = range(len(labels))
+    axes[1].bar([i - 0.2 for i in x], [r["bare_turns_per_s"] for r in conc], 0.4, label="bare SDK")
+    axes[1].bar([i + 0.2 for i in x], [r["ours_turns_per_s"] for r in conc], 0.4, label="claude-sessions")
+    axes[1].set_xticks(list(x), labels)
+    axes[1].set_xlabel("concurrent sessions")
+    axes[1].set_ylabel("turns/s")
+    axes[1].legend()
+    axes[1].set_title("Throughput")
+    mem = results["memory"]
+    labels = [str(r["sessions"]) for r in mem]
+    x = range(len(labels))
+    axes[2].bar([i - 0.2 for i in x], [r["live_total_mb"] for r in mem], 0.4, label="live sessions")
+    axes[2].bar([i + 0.2 for i in x], [r["idle_total_mb"] for r in mem], 0.4, label="idle (released)")
+    axes[2].set_xticks(list(x), labels)
+    axes[2].set_xlabel("sessions")
+    axes[2].set_ylabel("RSS MB (process + CLIs)")
+    axes[2].legend()
+    axes[2].set_title("Memory")
+    fig.suptitle(f"claude-sessions benchmarks — {results['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and levels (about a minute)")
     args = parser.parse_args()
     configure_logging("WARNING")
-    console = Console(width=120)
-    with tempfile.TemporaryDirectory(prefix="claude-sessions-bench-") as scratch, OfflineModelServer() as model:
-        os.environ.update(
-            {
-                "ANTHROPIC_BASE_URL": model.base_url,
-                "ANTHROPIC_API_KEY": "sk-offline-bench",
-                "DISABLE_TELEMETRY": "1",
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-                "CLAUDE_CONFIG_DIR": f"{scratch}/claude",
-                "CLAUDE_SESSIONS_DATA_DIR": scratch,
-            }
-        )
-        results = asyncio.run(main(args.rounds))
+    console = Console(width=140)
+    began = time.monotonic()
+    with offline_environment():
+        results = asyncio.run(run_all(args.quick))
+    results["machine"] = machine()
+    results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    results["seconds"] = round(time.monotonic() - began, 1)
     report(results, console)
     RESULTS.mkdir(exist_ok=True)
-    payload = {"machine": machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "results": results}
-    (RESULTS / "latest.json").write_text(json.dumps(payload, indent=2) + "\n")
-    console.print(f"machine: {payload['machine']}; written to {RESULTS / 'latest.json'}")
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    chart(results, RESULTS / "latest.png")
+    console.print(f"{results['machine']}; {results['seconds']} s; written to {RESULTS}/latest.json and latest.png")
 
 
 if __name__ == "__main__":
-    run()
+    main()

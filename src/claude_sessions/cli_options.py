@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import structlog
@@ -12,14 +14,26 @@ from .config import SessionConfig, SystemConfig
 _cli_log = structlog.get_logger("claude_sessions.cli")
 
 
-def cli_env(config: SystemConfig) -> dict[str, str]:
-    """The environment every CLI process gets on top of the server's own.
+#: What a CLI process may inherit from the server; every other variable is blanked,
+#: so no server secret (API_KEYS, database or Redis URLs, ...) reaches a session's tools.
+CLI_ENV_ALLOWED = re.compile(
+    r"PATH|HOME|USER|LOGNAME|SHELL|LANG|LANGUAGE|TERM|TZ|TMPDIR|LC_\w+|XDG_\w+"
+    r"|ANTHROPIC_\w+|CLAUDE_CODE_\w+|CLAUDE_CONFIG_DIR|DISABLE_\w+"
+    r"|(?i:https?_proxy|no_proxy)|SSL_CERT_\w+|NODE_EXTRA_CA_CERTS"
+)
 
-    Retries and the per-request timeout are bounded here so that an API outage
-    ends a turn with an error instead of hanging it for minutes.
+
+def cli_env(config: SystemConfig) -> dict[str, str]:
+    """The CLI's environment: the server's, minus what it must not see, plus ours.
+
+    The SDK starts the CLI with the server's whole environment and lets these
+    values override it, so variables outside ``CLI_ENV_ALLOWED`` are set empty.
+    Retries and the per-request timeout are bounded so that an API outage ends
+    a turn with an error instead of hanging it for minutes.
     """
     runtime, opt = config.runtime, config.optimization
-    env = {
+    env = {name: "" for name in os.environ if not CLI_ENV_ALLOWED.fullmatch(name)}
+    env |= {
         "CLAUDE_CONFIG_DIR": str(runtime.config_dir),
         "DISABLE_TELEMETRY": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -49,10 +63,19 @@ def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
     return resolved
 
 
+def make_private_dirs(root: Path, path: Path) -> None:
+    """Create ``root`` and ``path`` below it, each new folder readable by its owner only."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        current.mkdir(mode=0o700, exist_ok=True)
+
+
 def build_options(session: SessionConfig, config: SystemConfig, resume: str | None = None) -> ClaudeAgentOptions:
     """SDK options for one worker; ``resume`` continues an existing conversation."""
     cwd = session_cwd(session, config)
-    cwd.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(config.runtime.workspace_root, cwd)
     return ClaudeAgentOptions(
         env=cli_env(config),
         cwd=str(cwd),

@@ -80,6 +80,20 @@ class RuntimeConfig(_Section):
     def workspace_root(self) -> Path:
         return (self.WORKSPACE_ROOT or self.DATA_DIR / "workspaces").resolve()
 
+    @model_validator(mode="after")
+    def _workspaces_hold_nothing_of_ours(self) -> RuntimeConfig:
+        """A session's tools reach its workspace: keys, registry and code must lie elsewhere."""
+        root = self.workspace_root
+        ours = {
+            "CLAUDE_CONFIG_DIR": self.config_dir,
+            "CLAUDE_SESSIONS_DATA_DIR": self.DATA_DIR.resolve(),
+            "the claude-sessions package": Path(__file__).resolve().parent,
+        }
+        for name, path in ours.items():
+            if path.is_relative_to(root):
+                raise ValueError(f"WORKSPACE_ROOT ({root}) must not contain {name} ({path})")
+        return self
+
 
 _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

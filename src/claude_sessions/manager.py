@@ -98,7 +98,8 @@ class Session:
         )
 
     def has_expired(self, timeout_seconds: float, now: float) -> bool:
-        return not self.is_busy and self.metrics.idle_seconds(now) > timeout_seconds
+        # Cheapest test first: maintenance runs this over every registered session.
+        return self.metrics.last_activity < now - timeout_seconds and not self.is_busy
 
 
 class ClaudeCodeSessionManager:
@@ -282,7 +283,11 @@ class ClaudeCodeSessionManager:
         :class:`SessionOrphanedError`, never a silent new conversation) but gives
         back its worker; it goes when deleted or expired.
         """
-        found = [s for s in self._sessions.values() if not (s.orphaned or s.is_busy) and self.is_orphaned(s)]
+        found = [
+            s
+            for s in self._sessions.values()
+            if s.claude_session_id is not None and not (s.orphaned or s.is_busy) and self.is_orphaned(s)
+        ]
         workers = [w for w in (self.mark_orphaned(s) for s in found) if w is not None]
         await asyncio.gather(*(self.pool.release(w) for w in workers))
         orphans = [s.id for s in found]

@@ -1,0 +1,123 @@
+"""What every benchmark needs: figures, a private environment, both sides' clients."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ClaudeSDKClient
+
+from claude_sessions import ClaudeHandler, SystemConfig
+from claude_sessions.cli_options import cli_env
+from claude_sessions.config import ConnectionPoolConfig
+from claude_sessions.offline_model import OfflineModelServer
+
+
+def summary(seconds: list[float]) -> dict[str, float]:
+    """Median and p95 in milliseconds."""
+    ordered = sorted(seconds)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"median_ms": statistics.median(ordered) * 1000, "p95_ms": p95 * 1000, "n": len(ordered)}
+
+
+@dataclass
+class Comparison:
+    """Both sides of one comparison, measured in the same run."""
+
+    name: str
+    baseline_label: str
+    baseline: dict[str, float]
+    ours_label: str
+    ours: dict[str, float]
+    target: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.ours["median_ms"] / self.baseline["median_ms"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "baseline_label": self.baseline_label,
+            "baseline": self.baseline,
+            "ours_label": self.ours_label,
+            "ours": self.ours,
+            "ratio": self.ratio,
+            "target": self.target,
+        }
+
+
+@contextmanager
+def offline_environment() -> Iterator[OfflineModelServer]:
+    """The offline model on loopback and a private CLAUDE_CONFIG_DIR, in os.environ."""
+    with tempfile.TemporaryDirectory(prefix="claude-sessions-bench-") as scratch, OfflineModelServer() as model:
+        os.environ.update(
+            {
+                "ANTHROPIC_BASE_URL": model.base_url,
+                "ANTHROPIC_API_KEY": "sk-offline-bench",
+                "DISABLE_TELEMETRY": "1",
+                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                "CLAUDE_CONFIG_DIR": f"{scratch}/claude",
+                "CLAUDE_SESSIONS_DATA_DIR": scratch,
+            }
+        )
+        yield model
+
+
+def make_handler(min_size: int = 2, max_size: int = 10, max_sessions: int = 100) -> ClaudeHandler:
+    """A handler with its own data directory (one handler per directory)."""
+    config = SystemConfig.from_env()
+    config.runtime.DATA_DIR = Path(tempfile.mkdtemp(prefix="handler-", dir=config.runtime.DATA_DIR))
+    config.session_manager.MAX_SESSIONS = max_sessions
+    config.connection_pool = ConnectionPoolConfig(MIN_SIZE=min_size, MAX_SIZE=max_size)
+    return ClaudeHandler(config)
+
+
+def bare_client() -> ClaudeSDKClient:
+    """What a service without claude-sessions does: one SDK client per session."""
+    config = SystemConfig.from_env()
+    cwd = config.runtime.workspace_root
+    cwd.mkdir(parents=True, exist_ok=True)
+    return ClaudeSDKClient(ClaudeAgentOptions(env=cli_env(config), cwd=str(cwd)))
+
+
+async def bare_turn(client: ClaudeSDKClient, prompt: str) -> tuple[float, float]:
+    """(seconds to the first assistant message, seconds to the result) of one turn."""
+    began = time.perf_counter()
+    first = 0.0
+    await client.query(prompt)
+    async for message in client.receive_response():
+        if isinstance(message, AssistantMessage) and not first:
+            first = time.perf_counter() - began
+    return first, time.perf_counter() - began
+
+
+async def managed_turn(handler: ClaudeHandler, session_id: str, prompt: str) -> tuple[float, float]:
+    began = time.perf_counter()
+    first = 0.0
+    async for message in handler.send_message(session_id, prompt):
+        if isinstance(message, AssistantMessage) and not first:
+            first = time.perf_counter() - began
+    return first, time.perf_counter() - began
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
+
+
+def cli_pids() -> list[int]:
+    return [p.pid for p in psutil.Process().children(recursive=True) if "_bundled/claude" in " ".join(p.cmdline())]

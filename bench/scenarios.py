@@ -1,0 +1,267 @@
+"""The comparisons. Both sides of each run in the same process, interleaved."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from claude_sessions import ClaudeHandler, SessionConfig
+from claude_sessions.worker import Worker
+from common import (
+    Comparison,
+    bare_client,
+    bare_turn,
+    cli_pids,
+    make_handler,
+    managed_turn,
+    rss_mb,
+    summary,
+)
+
+
+async def settle(handler: ClaudeHandler) -> None:
+    """Wait until the pool has its spares again (steady state between samples)."""
+    for _ in range(400):
+        if handler.get_pool_status()["idle"] >= handler.config.connection_pool.MIN_SIZE:
+            return
+        await asyncio.sleep(0.025)
+
+
+async def session_start(rounds: int) -> list[Comparison]:
+    """1. New session to first reply; 2. first turn of a fresh spare vs a later turn."""
+    handler = make_handler(min_size=2, max_size=4)
+    await handler.start()
+    bare, pooled, fresh_first, later = [], [], [], []
+    try:
+        for i in range(rounds):
+            began = time.perf_counter()
+            client = bare_client()
+            await client.connect()
+            connected = time.perf_counter()
+            first, _ = await bare_turn(client, f"hello {i}")
+            bare.append(connected - began + first)
+            await client.disconnect()
+
+            await settle(handler)
+            began = time.perf_counter()
+            session_id = await handler.create_session()
+            created = time.perf_counter()
+            first, _ = await managed_turn(handler, session_id, f"hello {i}")
+            pooled.append(created - began + first)
+            await handler.destroy_session(session_id)
+
+        # A spare spawned just now (never used) against later turns on it.
+        for i in range(rounds):
+            worker = await Worker.start("bench", handler.pool._options_for(SessionConfig(), None), 30)
+            try:
+                await asyncio.sleep(0.3)
+                fresh_first.append((await bare_turn(worker.client, f"first {i}"))[1])
+                later.extend([(await bare_turn(worker.client, f"later {i}.{j}"))[1] for j in range(3)])
+            finally:
+                await worker.close(5)
+    finally:
+        await handler.close()
+    return [
+        Comparison(
+            "new session: create + first token",
+            "bare SDK (connect per session)",
+            summary(bare),
+            "claude-sessions, warm pool",
+            summary(pooled),
+            "<= 0.10",
+        ),
+        Comparison(
+            "fresh CLI: first turn vs later turn",
+            "later turn",
+            summary(later),
+            "first turn of a fresh spare",
+            summary(fresh_first),
+            "<= 1.5",
+        ),
+    ]
+
+
+async def manager_overhead(rounds: int) -> Comparison:
+    """3. The same turn on the same worker: SDK client directly vs ClaudeHandler.send_message."""
+    handler = make_handler(min_size=0, max_size=1)
+    session_id = await handler.create_session()
+    worker = handler.session_manager.get(session_id).worker
+    assert worker is not None
+    bare, managed = [], []
+    try:
+        for i in range(5):  # warm both paths
+            await bare_turn(worker.client, f"warm {i}")
+            await managed_turn(handler, session_id, f"warm {i}")
+        for i in range(rounds):
+            bare.append((await bare_turn(worker.client, f"bare {i}"))[1])
+            managed.append((await managed_turn(handler, session_id, f"managed {i}"))[1])
+    finally:
+        await handler.close()
+    return Comparison(
+        "one turn: manager overhead", "ClaudeSDKClient", summary(bare), "ClaudeHandler", summary(managed), "+<= 1 ms"
+    )
+
+
+async def _load(users: int, messages: int, turn: Callable[[int, str], Awaitable[float]]) -> tuple[float, list[float]]:
+    """``users`` concurrent users each sending ``messages`` turns: (wall seconds, turn latencies)."""
+    latencies: list[float] = []
+
+    async def user(index: int) -> None:
+        for j in range(messages):
+            latencies.append(await turn(index, f"u{index} m{j}"))
+
+    began = time.perf_counter()
+    await asyncio.gather(*(user(i) for i in range(users)))
+    return time.perf_counter() - began, latencies
+
+
+async def concurrency(levels: list[int], messages: int) -> list[dict[str, Any]]:
+    """4. N sessions at once, each sending ``messages`` turns: throughput and p95 latency."""
+    rows = []
+    for n in levels:
+        clients = [bare_client() for _ in range(n)]
+        await asyncio.gather(*(c.connect() for c in clients))
+
+        async def bare(index: int, prompt: str, clients: list[Any] = clients) -> float:
+            return (await bare_turn(clients[index], prompt))[1]
+
+        bare_wall, bare_latencies = await _load(n, messages, bare)
+        await asyncio.gather(*(c.disconnect() for c in clients))
+
+        handler = make_handler(min_size=0, max_size=n, max_sessions=n)
+        ids = await asyncio.gather(*(handler.create_session() for _ in range(n)))
+
+        async def managed(index: int, prompt: str, handler: ClaudeHandler = handler, ids: list[str] = ids) -> float:
+            return (await managed_turn(handler, ids[index], prompt))[1]
+
+        ours_wall, ours_latencies = await _load(n, messages, managed)
+        await handler.close()
+        rows.append(
+            {
+                "sessions": n,
+                "turns": n * messages,
+                "bare_turns_per_s": n * messages / bare_wall,
+                "bare_p95_ms": summary(bare_latencies)["p95_ms"],
+                "ours_turns_per_s": n * messages / ours_wall,
+                "ours_p95_ms": summary(ours_latencies)["p95_ms"],
+                "throughput_ratio": bare_wall / ours_wall,
+            }
+        )
+    return rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def http_overhead(rounds: int) -> Comparison:
+    """5. Time to the first SSE byte through the API vs to the first message from the library."""
+    port = _free_port()
+    data_dir = Path(os.environ["CLAUDE_SESSIONS_DATA_DIR"]) / "server"
+    env = {**os.environ, "CLAUDE_SESSIONS_DATA_DIR": str(data_dir), "CP_MIN_SIZE": "1"}
+    script = str(Path(sys.executable).with_name("claude-sessions"))
+    server = await asyncio.create_subprocess_exec(
+        *[script, "serve", "--online", "--port", str(port), "--log-level", "WARNING"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    handler = make_handler(min_size=0, max_size=1)
+    http, library = [], []
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(200):
+                try:
+                    if (await client.get("/v1/health")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            await client.post("/v1/sessions", json={"session_id": "bench"})
+            session_id = await handler.create_session()
+            for i in range(rounds + 3):
+                began = time.perf_counter()
+                async with client.stream("POST", "/v1/sessions/bench/messages", json={"content": f"h{i}"}) as r:
+                    chunks = r.aiter_bytes()
+                    await anext(chunks)
+                    elapsed = time.perf_counter() - began
+                    async for _ in chunks:
+                        pass
+                began = time.perf_counter()
+                turn = handler.send_message(session_id, f"l{i}")
+                await anext(turn)
+                lib_elapsed = time.perf_counter() - began
+                async for _ in turn:
+                    pass
+                if i >= 3:  # the first rounds warm both paths
+                    http.append(elapsed)
+                    library.append(lib_elapsed)
+    finally:
+        await handler.close()
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 30)
+    return Comparison(
+        "first event of a turn", "library (send_message)", summary(library), "HTTP API (SSE)", summary(http)
+    )
+
+
+async def memory(levels: list[int]) -> list[dict[str, Any]]:
+    """6. RSS of this process plus every CLI, live vs idle (released) sessions; resume latency."""
+    rows = []
+    me = os.getpid()
+    for n in levels:
+        handler = make_handler(min_size=0, max_size=0, max_sessions=n)
+        before = rss_mb([me])
+        ids = [await handler.create_session() for _ in range(n)]
+        live_turn = [(await managed_turn(handler, s, "hello"))[1] for s in ids]
+        live_turn = [(await managed_turn(handler, s, "again"))[1] for s in ids]
+        live = rss_mb([me, *cli_pids()])
+        handler.config.session_manager.IDLE_RELEASE_MINUTES = 1e-9
+        await handler.session_manager.release_idle_workers()
+        await asyncio.sleep(0.5)
+        idle = rss_mb([me, *cli_pids()])
+        resumed = [(await managed_turn(handler, s, "after release"))[1] for s in ids[: min(n, 10)]]
+        await handler.close()
+        rows.append(
+            {
+                "sessions": n,
+                "live_total_mb": live,
+                "live_per_session_mb": (live - before) / n,
+                "idle_total_mb": idle,
+                "idle_per_session_kb": max(0.0, idle - before) * 1024 / n,
+                "live_turn": summary(live_turn),
+                "first_turn_after_release": summary(resumed),
+            }
+        )
+    return rows
+
+
+async def maintenance_cost(levels: list[int]) -> list[dict[str, Any]]:
+    """7. One cleanup pass over N registered sessions (registry only, no processes)."""
+    rows = []
+    for n in levels:
+        handler = make_handler(min_size=0, max_size=0, max_sessions=n)
+        manager = handler.session_manager
+        began = time.perf_counter()
+        for i in range(n):
+            manager.register_session(f"s{i}")
+        register = time.perf_counter() - began
+        began = time.perf_counter()
+        await manager.cleanup_inactive_sessions()
+        await manager.release_idle_workers()
+        await manager.detect_orphaned_sessions()
+        await handler.pool.health_check()
+        rows.append({"sessions": n, "pass_ms": (time.perf_counter() - began) * 1000, "register_us": register / n * 1e6})
+        await handler.close()
+    return rows

@@ -106,35 +106,41 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+
+    def pairs(
+        ax: Any, title: str, labels: list[str], left: tuple[str, list[float]], right: tuple[str, list[float]]
+    ) -> None:
+        x = range(len(labels))
+        ax.bar([i - 0.2 for i in x], left[1], 0.4, label=left[0])
+        ax.bar([i + 0.2 for i in x], right[1], 0.4, label=right[0])
+        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.legend()
+        ax.set_title(title)
+
     comparisons = results["comparisons"]
-    names = [c["name"] for c in comparisons]
-    y = range(len(names))
-    axes[0].barh([i + 0.2 for i in y], [c["baseline"]["median_ms"] for c in comparisons], 0.4, label="baseline")
-    axes[0].barh([i - 0.2 for i in y], [c["ours"]["median_ms"] for c in comparisons], 0.4, label="claude-sessions")
-    axes[0].set_yticks(list(y), names, fontsize=8)
-    axes[0].set_xlabel("median ms")
-    axes[0].legend()
-    axes[0].set_title("Comparisons")
+    pairs(
+        axes[0],
+        "Comparisons (median ms)",
+        [c["name"].replace(": ", ":\n") for c in comparisons],
+        ("baseline", [c["baseline"]["median_ms"] for c in comparisons]),
+        ("claude-sessions", [c["ours"]["median_ms"] for c in comparisons]),
+    )
     conc = results["concurrency"]
-    labels = [str(r["sessions"]) for r in conc]
-    x = range(len(labels))
-    axes[1].bar([i - 0.2 for i in x], [r["bare_turns_per_s"] for r in conc], 0.4, label="bare SDK")
-    axes[1].bar([i + 0.2 for i in x], [r["ours_turns_per_s"] for r in conc], 0.4, label="claude-sessions")
-    axes[1].set_xticks(list(x), labels)
-    axes[1].set_xlabel("concurrent sessions")
-    axes[1].set_ylabel("turns/s")
-    axes[1].legend()
-    axes[1].set_title("Throughput")
+    pairs(
+        axes[1],
+        "Throughput (turns/s) by concurrent sessions",
+        [str(r["sessions"]) for r in conc],
+        ("bare SDK", [r["bare_turns_per_s"] for r in conc]),
+        ("claude-sessions", [r["ours_turns_per_s"] for r in conc]),
+    )
     mem = results["memory"]
-    labels = [str(r["sessions"]) for r in mem]
-    x = range(len(labels))
-    axes[2].bar([i - 0.2 for i in x], [r["live_total_mb"] for r in mem], 0.4, label="live sessions")
-    axes[2].bar([i + 0.2 for i in x], [r["idle_total_mb"] for r in mem], 0.4, label="idle (released)")
-    axes[2].set_xticks(list(x), labels)
-    axes[2].set_xlabel("sessions")
-    axes[2].set_ylabel("RSS MB (process + CLIs)")
-    axes[2].legend()
-    axes[2].set_title("Memory")
+    pairs(
+        axes[2],
+        "RSS MB (process + CLIs) by sessions",
+        [str(r["sessions"]) for r in mem],
+        ("live sessions", [r["live_total_mb"] for r in mem]),
+        ("idle (released)", [r["idle_total_mb"] for r in mem]),
+    )
     fig.suptitle(f"claude-sessions benchmarks — {results['machine']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -10,7 +10,7 @@ import pytest
 
 from claude_sessions import ClaudeHandler, SystemConfig
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from helpers import wait_no_cli
+from helpers import offline_env, wait_no_cli
 
 MakeHandler = Callable[..., Awaitable[ClaudeHandler]]
 
@@ -31,15 +31,7 @@ def model(offline_server: OfflineModelServer) -> OfflineModel:
 @pytest.fixture
 def cli_env(tmp_path: Path, offline_server: OfflineModelServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Point every CLI at the offline model with a private config dir (env and options)."""
-    env = {
-        "ANTHROPIC_BASE_URL": offline_server.base_url,
-        "ANTHROPIC_API_KEY": "sk-offline-test",
-        "DISABLE_TELEMETRY": "1",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CONFIG_DIR": str(tmp_path / "claude"),
-        "CLAUDE_SESSIONS_DATA_DIR": str(tmp_path / "data"),
-        "WORKSPACE_ROOT": str(tmp_path / "workspaces"),
-    }
+    env = offline_env(offline_server.base_url, tmp_path)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import psutil
 from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
@@ -43,6 +44,19 @@ def _is_running(pid: int) -> bool:
 
 def pids_of(handler: ClaudeHandler) -> set[int]:
     return {c["pid"] for c in handler.get_pool_status()["connections"]}
+
+
+def offline_env(model_url: str, root: Path) -> dict[str, str]:
+    """What points a CLI at the offline model, with private config, data and workspaces under ``root``."""
+    return {
+        "ANTHROPIC_BASE_URL": model_url,
+        "ANTHROPIC_API_KEY": "sk-offline-test",
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CONFIG_DIR": str(root / "claude"),
+        "CLAUDE_SESSIONS_DATA_DIR": str(root / "data"),
+        "WORKSPACE_ROOT": str(root / "workspaces"),
+    }
 
 
 async def turn(handler: ClaudeHandler, session_id: str, prompt: str) -> list[Message]:

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import psutil
 
+from helpers import offline_env
+
 SCRIPT = str(Path(sys.executable).with_name("claude-sessions"))
 KEYS = {"alice": "key-alice", "bob": "key-bob"}
 ADMIN_KEY = "key-admin"
@@ -72,13 +74,7 @@ def start_server(tmp: Path, model_url: str, **env: str) -> ServerProcess:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "CP_", "OPT_", "API_KEYS", "ADMIN_"))}
     full_env = {
         **base,
-        "ANTHROPIC_BASE_URL": model_url,
-        "ANTHROPIC_API_KEY": "sk-offline-test",
-        "DISABLE_TELEMETRY": "1",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CONFIG_DIR": str(tmp / "claude"),
-        "CLAUDE_SESSIONS_DATA_DIR": str(tmp / "data"),
-        "WORKSPACE_ROOT": str(tmp / "workspaces"),
+        **offline_env(model_url, tmp),
         "API_KEYS": ",".join(f"{t}:{k}" for t, k in KEYS.items()),
         "ADMIN_API_KEY": ADMIN_KEY,
         "CP_MIN_SIZE": "1",

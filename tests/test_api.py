@@ -32,20 +32,22 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
     assert wait_no_cli() == []
 
 
-@pytest.fixture
-def alice(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client("alice") as client:
+def tenant(server: ServerProcess, name: str) -> Iterator[httpx.Client]:
+    """A tenant's client; the sessions it made are deleted afterwards."""
+    with server.client(name) as client:
         yield client
         for session in client.get("/v1/sessions").json()["sessions"]:
             client.delete(f"/v1/sessions/{session['session_id']}")
+
+
+@pytest.fixture
+def alice(server: ServerProcess) -> Iterator[httpx.Client]:
+    yield from tenant(server, "alice")
 
 
 @pytest.fixture
 def bob(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client("bob") as client:
-        yield client
-        for session in client.get("/v1/sessions").json()["sessions"]:
-            client.delete(f"/v1/sessions/{session['session_id']}")
+    yield from tenant(server, "bob")
 
 
 @pytest.fixture

@@ -119,6 +119,12 @@ def test_errors_have_one_shape(alice: httpx.Client, server: ServerProcess) -> No
         assert set(error) == {"type", "message"} and error["message"]
     unknown = alice.post("/v1/sessions", json={"colour": "blue"}).json()["error"]["message"]
     assert "colour" in unknown
+    chunked = alice.post(  # no Content-Length: counted as it arrives
+        "/v1/sessions",
+        content=iter([b'{"system_prompt": "', b"x" * 1_100_000, b'"}']),
+        headers={"content-type": "application/json"},
+    )
+    assert chunked.status_code == 413 and chunked.json()["error"]["type"] == "body_too_large"
 
 
 def test_auth_keys_and_admin_routes(server: ServerProcess, alice: httpx.Client, admin: httpx.Client) -> None:
@@ -278,6 +284,8 @@ def test_idempotent_submission_replays_instead_of_running_again(alice: httpx.Cli
     assert [data for _, data in replayed] == first.json()["messages"]
     assert sum(1 for r in model.message_requests() if r.last_user_text == "charge once") == 1
     assert alice.get("/v1/sessions/idem").json()["metrics"]["message_count"] == 1
+    reused = alice.post("/v1/sessions/idem/messages", json={"content": "charge twice"}, headers=key)
+    assert reused.status_code == 422 and "Idempotency-Key" in reused.json()["error"]["message"]
 
 
 def test_session_whose_transcript_vanished_answers_410(alice: httpx.Client, server: ServerProcess) -> None:

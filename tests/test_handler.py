@@ -188,3 +188,19 @@ async def test_async_context_manager_closes_everything(cli_env: dict[str, str]) 
         pids = pids_of(handler)
         assert pids
     assert wait_no_cli(pids) == []
+
+
+async def test_a_users_own_clear_starts_afresh_and_is_no_orphan(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    session_id = await handler.create_session("clearing")
+    await turn(handler, session_id, "before the clear")
+    session = handler.session_manager.get(session_id)
+    before = session.claude_session_id
+    await turn(handler, session_id, "/clear")
+    assert await handler.session_manager.detect_orphaned_sessions() == []
+    assert session.state == "active"
+    reply = reply_text(await turn(handler, session_id, "after the clear"))
+    assert "[user message 1 of this conversation]" in reply
+    assert session.claude_session_id != before
+    path = handler.session_manager.transcript_path(session)
+    assert path is not None and path.exists()

@@ -36,8 +36,8 @@ def test_workers_replies_and_retired_transcripts(tmp_path: Path) -> None:
     store = SessionStore(tmp_path / "sessions.db")
     store.add_worker(123, 1000.5)
     assert store.take_workers() == [(123, 1000.5)] and store.take_workers() == []
-    store.save_reply("s", "key-1", [{"type": "result"}])
-    assert store.reply("s", "key-1") == [{"type": "result"}] and store.reply("s", "other") is None
+    store.save_reply("s", "key-1", "hello", [{"type": "result"}])
+    assert store.reply("s", "key-1") == ("hello", [{"type": "result"}]) and store.reply("s", "other") is None
     store.retire_transcript(tmp_path / "t.jsonl")
     assert store.take_retired_transcripts(retired_before=0) == []
     assert store.take_retired_transcripts(retired_before=9e12) == [tmp_path / "t.jsonl"]

@@ -207,12 +207,12 @@ async def _replay(messages: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
 class RequestContext:
-    """X-Request-ID on every response, a size cap on bodies, one access-log line per request."""
+    """X-Request-ID on every response, a size cap on bodies, one access-log line per request.
+
+    (FastAPI's own ``max_body_size`` answers plain text when Content-Length is too
+    large; this keeps the contract's JSON error shape in both cases.)
+    """
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
         self.app = app
@@ -241,8 +241,8 @@ class RequestContext:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_body:
-                raise BodyTooLarge
+            if received > self.max_body:  # an HTTPException passes FastAPI's body parsing as is
+                raise HTTPException(413, f"request body exceeds {self.max_body} bytes")
             return message
 
         async def send_with_id(message: AsgiMessage) -> None:
@@ -320,13 +320,9 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     async def _on_value_error(_: Request, error: ValueError) -> JSONResponse:
         return _error_response(422, "invalid_request", str(error))
 
-    @app.exception_handler(BodyTooLarge)
-    async def _on_too_large(_: Request, error: BodyTooLarge) -> JSONResponse:
-        return _error_response(413, "body_too_large", f"request body exceeds {server.MAX_BODY_BYTES} bytes")
-
     @app.exception_handler(HTTPException)
     async def _on_http(_: Request, error: HTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(error.status_code, "http_error")
         return _error_response(error.status_code, kind, str(error.detail), getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
@@ -430,7 +426,10 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
         session = own_session(principal, session_id)
         stored = handler.store.reply(session.id, idempotency_key) if idempotency_key else None
         if stored is not None:  # already accepted: replay, never a second turn
-            messages: AsyncIterator[dict[str, Any]] = _replay(stored)
+            request, replies = stored
+            if request != body.content:
+                raise ApiError(422, "invalid_request", "Idempotency-Key was already used with another content")
+            messages: AsyncIterator[dict[str, Any]] = _replay(replies)
             turn = None
         else:
             turn = handler.send_message(session.id, body.content)
@@ -438,7 +437,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
 
             def keep(turn_messages: list[dict[str, Any]]) -> None:
                 if idempotency_key:
-                    handler.store.save_reply(session.id, idempotency_key, turn_messages)
+                    handler.store.save_reply(session.id, idempotency_key, body.content, turn_messages)
 
             messages = _as_json(first, turn, keep)
         if not stream:

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import structlog
-from claude_agent_sdk import ClaudeSDKError, Message, ResultMessage, SystemMessage
+from claude_agent_sdk import AssistantMessage, ClaudeSDKError, Message, ResultMessage
 
 from .cli_options import build_options, session_cwd
 from .config import SessionConfig, SystemConfig
@@ -391,10 +391,13 @@ class ClaudeHandler:
 
 
 def _learn_conversation(session: Session, message: Message) -> None:
-    """Track the CLI's conversation id (it changes on ``/clear``, not on resume)."""
-    if isinstance(message, SystemMessage):
-        claude_id = message.data.get("session_id") if message.subtype == "init" else None
-    else:
-        claude_id = getattr(message, "session_id", None)
-    if isinstance(claude_id, str) and claude_id:
-        session.claude_session_id = claude_id
+    """Track the CLI's conversation id (it changes on ``/clear``, not on resume).
+
+    Only from messages that prove a transcript exists: a model reply, or a result
+    of a turn that reached the API. A local command such as ``/clear`` names a
+    new conversation whose transcript appears only with its first prompt.
+    """
+    if isinstance(message, AssistantMessage) or (isinstance(message, ResultMessage) and message.duration_api_ms > 0):
+        claude_id = message.session_id
+        if claude_id:
+            session.claude_session_id = claude_id

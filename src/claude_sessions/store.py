@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS workers (
 CREATE TABLE IF NOT EXISTS replies (
     session_key TEXT NOT NULL,
     idempotency_key TEXT NOT NULL,
+    request TEXT NOT NULL,
     messages TEXT NOT NULL,
     created_at REAL NOT NULL,
     PRIMARY KEY (session_key, idempotency_key)
@@ -150,18 +151,19 @@ class SessionStore:
 
     # -- replayable turns (Idempotency-Key) ----------------------------------------
 
-    def reply(self, session_key: str, idempotency_key: str) -> list[dict[str, Any]] | None:
+    def reply(self, session_key: str, idempotency_key: str) -> tuple[str, list[dict[str, Any]]] | None:
+        """(the request it answered, the turn's messages) stored under a key, if any."""
         row = self._db.execute(
-            "SELECT messages FROM replies WHERE session_key = ? AND idempotency_key = ?",
+            "SELECT request, messages FROM replies WHERE session_key = ? AND idempotency_key = ?",
             (session_key, idempotency_key),
         ).fetchone()
-        return None if row is None else list(json.loads(row[0]))
+        return None if row is None else (row[0], list(json.loads(row[1])))
 
-    def save_reply(self, session_key: str, idempotency_key: str, messages: list[dict[str, Any]]) -> None:
+    def save_reply(self, session_key: str, idempotency_key: str, request: str, messages: list[dict[str, Any]]) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?)",
-                (session_key, idempotency_key, json.dumps(messages, default=str), time.time()),
+                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?)",
+                (session_key, idempotency_key, request, json.dumps(messages, default=str), time.time()),
             )
 
     def forget_replies(self, older_than: float) -> None:

@@ -72,3 +72,21 @@ def test_kill_9_then_restart_loses_no_session_metric_or_conversation(
     finally:
         restarted.stop()
     assert wait_no_cli(strays | workers) == []
+
+
+def test_each_tenant_finds_warm_workers_in_its_own_workspace(
+    offline_server: OfflineModelServer, tmp_path: Path
+) -> None:
+    server = start_server(tmp_path, offline_server.base_url)
+    try:
+        with server.client("admin") as admin:
+            spares = admin.get("/v1/pool").json()["connections"]
+        assert len(spares) == 3  # CP_MIN_SIZE=1 for alice, bob and admin
+        with server.client("alice") as alice:
+            assert alice.post("/v1/sessions", json={"session_id": "first"}).status_code == 201
+            bound = [c["pid"] for c in alice.get("/v1/pool").json()["connections"] if c["state"] == "bound"]
+            assert bound and set(bound) <= {c["pid"] for c in spares}  # taken warm, not spawned
+            reply = alice.post("/v1/sessions/first/messages?stream=false", json={"content": "where?"}).json()
+        assert reply["messages"][0]["data"]["cwd"] == str(tmp_path / "workspaces" / "alice")
+    finally:
+        server.stop()

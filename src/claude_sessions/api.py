@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import pathlib
 import re
 import time
 import uuid
@@ -282,6 +283,10 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     manager = handler.session_manager
     retry_after = max(1, min(60, round(config.session_manager.CLEANUP_INTERVAL * 60)))
 
+    if not authenticator.is_open:  # every session runs in a tenant's workspace: warm those
+        root = config.runtime.workspace_root
+        handler.pool.warm_configs = [SessionConfig(cwd=workspace_of(root, p, None)) for p in authenticator.principals()]
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         AppStatus.should_exit = False
@@ -360,17 +365,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
         mode = body.permission_mode
         if mode is not None and mode not in server.permission_modes_allowed:
             raise ApiError(422, "invalid_request", f"permission_mode: {mode!r} is not permitted on this server")
-        return body.options(cwd=workspace_of(principal, body.cwd))
-
-    def workspace_of(principal: Principal, requested: str | None) -> str | None:
-        """A tenant's sessions run in ``WORKSPACE_ROOT/<tenant>``; ``cwd`` may only go deeper."""
-        if principal.tenant is None:
-            return requested
-        root = config.runtime.workspace_root / principal.tenant
-        target = (root / requested).resolve() if requested else root
-        if not target.is_relative_to(root):
-            raise ApiError(422, "invalid_request", "cwd: must stay inside the tenant's workspace")
-        return str(target)
+        return body.options(cwd=workspace_of(config.runtime.workspace_root, principal, body.cwd))
 
     @app.post("/v1/sessions", status_code=201, tags=["sessions"])
     async def create_session(body: CreateSessionBody, principal: Caller) -> dict[str, Any]:
@@ -481,6 +476,17 @@ async def _events(messages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict
     except ClaudeSessionsError as error:
         mapped = _api_error(error, 1)
         yield {"event": "error", "data": _dumps({"error": {"type": mapped.kind, "message": mapped.message}})}
+
+
+def workspace_of(root: pathlib.Path, principal: Principal, requested: str | None) -> str | None:
+    """A tenant's sessions run in ``WORKSPACE_ROOT/<tenant>``; ``cwd`` may only go deeper."""
+    if principal.tenant is None:
+        return requested
+    home = root / principal.tenant
+    target = (home / requested).resolve() if requested else home
+    if not target.is_relative_to(home):
+        raise ApiError(422, "invalid_request", "cwd: must stay inside the tenant's workspace")
+    return str(target)
 
 
 async def _degradations(handler: ClaudeHandler) -> list[str]:

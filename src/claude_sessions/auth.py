@@ -35,6 +35,10 @@ class Authenticator:
         if server.ADMIN_API_KEY is not None and server.ADMIN_API_KEY.get_secret_value():
             self._keys.append((server.ADMIN_API_KEY.get_secret_value().encode(), Principal(ADMIN_TENANT, True)))
 
+    def principals(self) -> list[Principal]:
+        """Everyone who holds a key."""
+        return [principal for _, principal in self._keys]
+
     @property
     def is_open(self) -> bool:
         """No keys configured: the server must only listen on loopback."""

@@ -22,7 +22,6 @@ class Maintenance:
         self.interval = interval
         self._job = job
         self._task: asyncio.Task[None] | None = None
-        self.runs = 0
         self.failures = 0
 
     @property

@@ -53,11 +53,11 @@ class WorkerPool:
         options_for: OptionsFactory,
         max_live: int,
         events: PoolEvents,
-        warm_config: SessionConfig | None = None,
     ) -> None:
         self.limits = limits
         self.timeouts = timeouts
-        self.warm_config = warm_config or SessionConfig()
+        #: Options kept warm from the start: the default ones, or each tenant's.
+        self.warm_configs: list[SessionConfig] = [SessionConfig()]
         self._options_for = options_for
         self._idle: dict[str, deque[Worker]] = {}
         self._workers: dict[str, Worker] = {}  # every worker not yet closed
@@ -178,12 +178,13 @@ class WorkerPool:
     # -- keeping it warm and healthy ----------------------------------------
 
     async def fill(self, config: SessionConfig | None = None) -> int:
-        """Spawn spares up to ``CP_MIN_SIZE`` for ``config`` (default: the default options).
+        """Spawn spares up to ``CP_MIN_SIZE`` for ``config`` (default: every warm config).
 
         Spares follow demand: every acquire tops up its own options, within the
         ``CP_MAX_SIZE`` bound on idle workers. Returns how many were spawned.
         """
-        config = config or self.warm_config
+        if config is None:
+            return sum(await asyncio.gather(*(self.fill(warm) for warm in self.warm_configs)))
         fingerprint = config.fingerprint
         missing = self.limits.MIN_SIZE - len(self._idle.get(fingerprint, ())) - self._spawning.get(fingerprint, 0)
         missing = min(missing, self.limits.MAX_SIZE - self.idle_count, self.max_live - self.live_count())

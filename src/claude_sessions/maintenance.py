@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,15 +36,17 @@ class Maintenance:
             await asyncio.sleep(self.interval)
             try:
                 await self._job()
-            except Exception:
+            except Exception:  # one bad run must not stop maintenance
                 self.failures += 1
                 log.exception("maintenance_failed")
-            finally:
-                self.runs += 1
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a broken loop must not keep close() from closing the rest
+                log.exception("maintenance_crashed")
             self._task = None

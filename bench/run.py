@@ -32,7 +32,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
     rounds = 5 if quick else 15
     comparisons: list[Comparison] = []
     comparisons += await scenarios.session_start(rounds)
-    comparisons.append(await scenarios.manager_overhead(10 if quick else 40))
+    comparisons.append(await scenarios.manager_overhead(10 if quick else 150))
     comparisons.append(await scenarios.http_overhead(rounds))
     return {
         "comparisons": [c.as_dict() for c in comparisons],
@@ -64,7 +64,7 @@ def report(results: dict[str, Any], console: Console) -> None:
             c["target"],
         )
     console.print(table)
-    table = Table(title="Concurrency: N sessions x 10 turns")
+    table = Table(title="Concurrency: N sessions x 10 turns, each side twice, alternating")
     for column in ("N", "bare turns/s", "bare p95 ms", "ours turns/s", "ours p95 ms", "throughput ratio"):
         table.add_column(column, justify="right")
     for r in results["concurrency"]:
@@ -91,12 +91,54 @@ def report(results: dict[str, Any], console: Console) -> None:
             f"{r['first_turn_after_release']['median_ms']:.0f}",
         )
     console.print(table)
-    table = Table(title="Maintenance pass over a registry without processes")
-    for column in ("sessions", "pass ms", "register us/session"):
+    table = Table(title="Maintenance pass over a registry without processes (5 passes)")
+    for column in ("sessions", "median pass ms", "slowest pass ms", "register us/session"):
         table.add_column(column, justify="right")
     for r in results["maintenance"]:
-        table.add_row(f"{r['sessions']:,}", f"{r['pass_ms']:.1f}", f"{r['register_us']:.0f}")
+        table.add_row(
+            f"{r['sessions']:,}", f"{r['pass_ms']:.1f}", f"{r['slowest_pass_ms']:.1f}", f"{r['register_us']:.0f}"
+        )
     console.print(table)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The README's tables, from one run."""
+    lines = [
+        "| comparison (median / p95 ms) | baseline | claude-sessions | ratio | target |",
+        "|---|---|---|---|---|",
+    ]
+    for c in results["comparisons"]:
+        b, o = c["baseline"], c["ours"]
+        lines.append(
+            f"| {c['name']} | {c['baseline_label']}: {b['median_ms']:.1f} / {b['p95_ms']:.1f} "
+            f"| {c['ours_label']}: {o['median_ms']:.1f} / {o['p95_ms']:.1f} | {c['ratio']:.3f} | {c['target']} |"
+        )
+    lines += [
+        "",
+        "| concurrent sessions x 10 turns (each side twice) | bare SDK turns/s (p95 ms) "
+        "| claude-sessions turns/s (p95 ms) | throughput ratio (target >= 0.95) |",
+        "|---|---|---|---|",
+    ]
+    for r in results["concurrency"]:
+        lines.append(
+            f"| {r['sessions']} | {r['bare_turns_per_s']:.1f} ({r['bare_p95_ms']:.0f}) "
+            f"| {r['ours_turns_per_s']:.1f} ({r['ours_p95_ms']:.0f}) | {r['throughput_ratio']:.3f} |"
+        )
+    lines += [
+        "",
+        "| sessions | live: process + CLIs | idle (workers released) | turn, live session | first turn after release |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results["memory"]:
+        lines.append(
+            f"| {r['sessions']} | {r['live_total_mb']:.0f} MB ({r['live_per_session_mb']:.0f} MB each) "
+            f"| {r['idle_total_mb']:.0f} MB (~{r['idle_per_session_kb']:.0f} KB each) "
+            f"| {r['live_turn']['median_ms']:.0f} ms | {r['first_turn_after_release']['median_ms']:.0f} ms |"
+        )
+    lines += ["", "| registered sessions (no processes) | maintenance pass, median of 5 | slowest |", "|---|---|---|"]
+    for r in results["maintenance"]:
+        lines.append(f"| {r['sessions']:,} | {r['pass_ms']:.1f} ms | {r['slowest_pass_ms']:.1f} ms |")
+    return "\n".join(lines) + "\n"
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -162,7 +204,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     chart(results, RESULTS / "latest.png")
-    console.print(f"{results['machine']}; {results['seconds']} s; written to {RESULTS}/latest.json and latest.png")
+    (RESULTS / "latest.md").write_text(markdown(results))
+    console.print(f"{results['machine']}; {results['seconds']} s; written to {RESULTS}/latest.json, .md and .png")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -125,36 +126,47 @@ async def _load(users: int, messages: int, turn: Callable[[int, str], Awaitable[
     return time.perf_counter() - began, latencies
 
 
-async def concurrency(levels: list[int], messages: int) -> list[dict[str, Any]]:
-    """4. N sessions at once, each sending ``messages`` turns: throughput and p95 latency."""
+async def concurrency(levels: list[int], messages: int, repeats: int = 2) -> list[dict[str, Any]]:
+    """4. N sessions at once, each sending ``messages`` turns: throughput and p95 latency.
+
+    Each side runs ``repeats`` times, alternating, so that drift of the machine hits both.
+    """
     rows = []
     for n in levels:
-        clients = [bare_client() for _ in range(n)]
-        await asyncio.gather(*(c.connect() for c in clients))
+        walls = {"bare": 0.0, "ours": 0.0}
+        latencies: dict[str, list[float]] = {"bare": [], "ours": []}
+        for _ in range(repeats):
+            clients = [bare_client() for _ in range(n)]
+            await asyncio.gather(*(c.connect() for c in clients))
 
-        async def bare(index: int, prompt: str, clients: list[Any] = clients) -> float:
-            return (await bare_turn(clients[index], prompt))[1]
+            async def bare(index: int, prompt: str, clients: list[Any] = clients) -> float:
+                return (await bare_turn(clients[index], prompt))[1]
 
-        bare_wall, bare_latencies = await _load(n, messages, bare)
-        await asyncio.gather(*(c.disconnect() for c in clients))
+            wall, seen = await _load(n, messages, bare)
+            walls["bare"] += wall
+            latencies["bare"] += seen
+            await asyncio.gather(*(c.disconnect() for c in clients))
 
-        handler = make_handler(min_size=0, max_size=n, max_sessions=n)
-        ids = await asyncio.gather(*(handler.create_session() for _ in range(n)))
+            handler = make_handler(min_size=0, max_size=n, max_sessions=n)
+            ids = await asyncio.gather(*(handler.create_session() for _ in range(n)))
 
-        async def managed(index: int, prompt: str, handler: ClaudeHandler = handler, ids: list[str] = ids) -> float:
-            return (await managed_turn(handler, ids[index], prompt))[1]
+            async def managed(index: int, prompt: str, handler: ClaudeHandler = handler, ids: list[str] = ids) -> float:
+                return (await managed_turn(handler, ids[index], prompt))[1]
 
-        ours_wall, ours_latencies = await _load(n, messages, managed)
-        await handler.close()
+            wall, seen = await _load(n, messages, managed)
+            walls["ours"] += wall
+            latencies["ours"] += seen
+            await handler.close()
+        turns = n * messages * repeats
         rows.append(
             {
                 "sessions": n,
-                "turns": n * messages,
-                "bare_turns_per_s": n * messages / bare_wall,
-                "bare_p95_ms": summary(bare_latencies)["p95_ms"],
-                "ours_turns_per_s": n * messages / ours_wall,
-                "ours_p95_ms": summary(ours_latencies)["p95_ms"],
-                "throughput_ratio": bare_wall / ours_wall,
+                "turns": turns,
+                "bare_turns_per_s": turns / walls["bare"],
+                "bare_p95_ms": summary(latencies["bare"])["p95_ms"],
+                "ours_turns_per_s": turns / walls["ours"],
+                "ours_p95_ms": summary(latencies["ours"])["p95_ms"],
+                "throughput_ratio": walls["bare"] / walls["ours"],
             }
         )
     return rows
@@ -257,11 +269,21 @@ async def maintenance_cost(levels: list[int]) -> list[dict[str, Any]]:
         for i in range(n):
             manager.register_session(f"s{i}")
         register = time.perf_counter() - began
-        began = time.perf_counter()
-        await manager.cleanup_inactive_sessions()
-        await manager.release_idle_workers()
-        await manager.detect_orphaned_sessions()
-        await handler.pool.health_check()
-        rows.append({"sessions": n, "pass_ms": (time.perf_counter() - began) * 1000, "register_us": register / n * 1e6})
+        passes = []
+        for _ in range(5):
+            began = time.perf_counter()
+            await manager.cleanup_inactive_sessions()
+            await manager.release_idle_workers()
+            await manager.detect_orphaned_sessions()
+            await handler.pool.health_check()
+            passes.append(time.perf_counter() - began)
+        rows.append(
+            {
+                "sessions": n,
+                "pass_ms": statistics.median(passes) * 1000,
+                "slowest_pass_ms": max(passes) * 1000,
+                "register_us": register / n * 1e6,
+            }
+        )
         await handler.close()
     return rows

@@ -239,9 +239,7 @@ class ClaudeHandler:
         """
         manager = self.session_manager
         if not session.orphaned and session.worker is None and manager.is_orphaned(session):
-            stray = manager.mark_orphaned(session)
-            if stray is not None:
-                await self.pool.release(stray)
+            manager.mark_orphaned(session)  # it holds no worker to give back
         if session.orphaned:
             raise SessionOrphanedError(f"session {session.public_id!r} lost its transcript; delete it")
         worker = session.worker

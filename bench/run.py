@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.markdown import Markdown
 
 import scenarios
 from claude_sessions.logs import configure_logging
@@ -47,58 +47,6 @@ def machine() -> str:
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"claude-agent-sdk {__import__('claude_agent_sdk').__version__}"
     )
-
-
-def report(results: dict[str, Any], console: Console) -> None:
-    table = Table(title="Comparisons (median / p95, ms)")
-    for column in ("comparison", "baseline", "", "claude-sessions", "", "ratio", "target"):
-        table.add_column(column)
-    for c in results["comparisons"]:
-        table.add_row(
-            c["name"],
-            c["baseline_label"],
-            f"{c['baseline']['median_ms']:.1f} / {c['baseline']['p95_ms']:.1f}",
-            c["ours_label"],
-            f"{c['ours']['median_ms']:.1f} / {c['ours']['p95_ms']:.1f}",
-            f"{c['ratio']:.3f}",
-            c["target"],
-        )
-    console.print(table)
-    table = Table(title="Concurrency: N sessions x 10 turns, each side twice, alternating")
-    for column in ("N", "bare turns/s", "bare p95 ms", "ours turns/s", "ours p95 ms", "throughput ratio"):
-        table.add_column(column, justify="right")
-    for r in results["concurrency"]:
-        table.add_row(
-            str(r["sessions"]),
-            f"{r['bare_turns_per_s']:.1f}",
-            f"{r['bare_p95_ms']:.0f}",
-            f"{r['ours_turns_per_s']:.1f}",
-            f"{r['ours_p95_ms']:.0f}",
-            f"{r['throughput_ratio']:.3f}",
-        )
-    console.print(table)
-    table = Table(title="Memory (this process + every CLI) and resume latency")
-    for column in ("N", "live MB", "MB/live session", "idle MB", "KB/idle session", "live turn ms", "resumed turn ms"):
-        table.add_column(column, justify="right")
-    for r in results["memory"]:
-        table.add_row(
-            str(r["sessions"]),
-            f"{r['live_total_mb']:.0f}",
-            f"{r['live_per_session_mb']:.0f}",
-            f"{r['idle_total_mb']:.0f}",
-            f"{r['idle_per_session_kb']:.0f}",
-            f"{r['live_turn']['median_ms']:.0f}",
-            f"{r['first_turn_after_release']['median_ms']:.0f}",
-        )
-    console.print(table)
-    table = Table(title="Maintenance pass over a registry without processes (5 passes)")
-    for column in ("sessions", "median pass ms", "slowest pass ms", "register us/session"):
-        table.add_column(column, justify="right")
-    for r in results["maintenance"]:
-        table.add_row(
-            f"{r['sessions']:,}", f"{r['pass_ms']:.1f}", f"{r['slowest_pass_ms']:.1f}", f"{r['register_us']:.0f}"
-        )
-    console.print(table)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -200,7 +148,7 @@ def main() -> None:
     results["machine"] = machine()
     results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["seconds"] = round(time.monotonic() - began, 1)
-    report(results, console)
+    console.print(Markdown(markdown(results)))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
     chart(results, RESULTS / "latest.png")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
+import httpx
 import psutil
 
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
@@ -24,6 +26,12 @@ def test_sigterm_lets_the_running_turn_finish_and_leaves_no_process(
             workers = {p.pid for p in psutil.Process(server.process.pid).children(recursive=True)}
             assert workers
             server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            try:  # no new turn is taken while the running one drains
+                late = alice.post("/v1/sessions/other/messages", json={"content": "too late"}, timeout=5)
+                assert late.status_code == 503, late.text
+            except httpx.TransportError:
+                pass  # the listener is closed already: not taken either
             rest = list(events)
         assert rest[-1][0] == "result" and rest[-1][1]["is_error"] is False
     assert server.stop() in (0, -signal.SIGTERM)

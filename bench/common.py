@@ -18,7 +18,7 @@ from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ClaudeSDKClie
 from claude_sessions import ClaudeHandler, SystemConfig
 from claude_sessions.cli_options import cli_env
 from claude_sessions.config import ConnectionPoolConfig
-from claude_sessions.offline_model import OfflineModelServer
+from claude_sessions.offline_model import OfflineModelServer, loopback_env
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
@@ -61,10 +61,7 @@ def offline_environment() -> Iterator[OfflineModelServer]:
     with tempfile.TemporaryDirectory(prefix="claude-sessions-bench-") as scratch, OfflineModelServer() as model:
         os.environ.update(
             {
-                "ANTHROPIC_BASE_URL": model.base_url,
-                "ANTHROPIC_API_KEY": "sk-offline-bench",
-                "DISABLE_TELEMETRY": "1",
-                "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                **loopback_env(model.base_url),
                 "CLAUDE_CONFIG_DIR": f"{scratch}/claude",
                 "CLAUDE_SESSIONS_DATA_DIR": scratch,
             }

@@ -9,6 +9,7 @@ import psutil
 from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
 
 from claude_sessions import ClaudeHandler
+from claude_sessions.offline_model import loopback_env
 
 
 def cli_processes() -> list[psutil.Process]:
@@ -46,13 +47,17 @@ def pids_of(handler: ClaudeHandler) -> set[int]:
     return {c["pid"] for c in handler.get_pool_status()["connections"]}
 
 
+def worker_pid(handler: ClaudeHandler, session_id: str) -> int:
+    """The pid of the CLI a session holds now."""
+    worker = handler.session_manager.get(session_id).worker
+    assert worker is not None, f"session {session_id!r} holds no worker"
+    return worker.pid
+
+
 def offline_env(model_url: str, root: Path) -> dict[str, str]:
     """What points a CLI at the offline model, with private config, data and workspaces under ``root``."""
     return {
-        "ANTHROPIC_BASE_URL": model_url,
-        "ANTHROPIC_API_KEY": "sk-offline-test",
-        "DISABLE_TELEMETRY": "1",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        **loopback_env(model_url),
         "CLAUDE_CONFIG_DIR": str(root / "claude"),
         "CLAUDE_SESSIONS_DATA_DIR": str(root / "data"),
         "WORKSPACE_ROOT": str(root / "workspaces"),

@@ -9,7 +9,7 @@ import pytest
 from claude_sessions import CapacityError, ClaudeHandler, SystemConfig
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
-from helpers import cli_processes, reply_text, turn, wait_no_cli
+from helpers import cli_processes, reply_text, turn, wait_no_cli, worker_pid
 
 
 async def test_idle_release_then_resume_with_history(make_handler: MakeHandler, model: OfflineModel) -> None:
@@ -17,7 +17,7 @@ async def test_idle_release_then_resume_with_history(make_handler: MakeHandler, 
     session_id = await handler.create_session("sleeper")
     await turn(handler, session_id, "remember the fruit kiwi")
     session = handler.session_manager.get(session_id)
-    first_pid = session.worker.pid  # type: ignore[union-attr]
+    first_pid = worker_pid(handler, session_id)
     await asyncio.sleep(0.5)
     assert await handler.session_manager.release_idle_workers() == [session_id]
     assert session.state == "idle" and session.worker is None

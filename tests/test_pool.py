@@ -12,7 +12,7 @@ import pytest
 from claude_sessions import SessionConfig, WorkerStartError
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
-from helpers import pids_of, reply_text, turn, wait_no_cli
+from helpers import pids_of, reply_text, turn, wait_no_cli, worker_pid
 
 
 async def test_spares_are_ready_before_the_first_session(make_handler: MakeHandler) -> None:
@@ -21,14 +21,14 @@ async def test_spares_are_ready_before_the_first_session(make_handler: MakeHandl
     assert status["idle"] == 2 and status["healthy_connections"] == 2
     spare_pids = pids_of(handler)
     session_id = await handler.create_session()
-    assert handler.session_manager.get(session_id).worker.pid in spare_pids  # type: ignore[union-attr]
+    assert worker_pid(handler, session_id) in spare_pids
 
 
 async def test_destroyed_sessions_worker_serves_the_next_session(make_handler: MakeHandler) -> None:
     handler = await make_handler(connection_pool={"MIN_SIZE": 1})
     first = await handler.create_session("first")
     await turn(handler, first, "hello")
-    pid = handler.session_manager.get(first).worker.pid  # type: ignore[union-attr]
+    pid = worker_pid(handler, first)
     await handler.destroy_session(first)
     second = await handler.create_session("second")
     worker = handler.session_manager.get(second).worker
@@ -41,10 +41,10 @@ async def test_reused_worker_carries_nothing_of_the_previous_conversation(
     handler = await make_handler(connection_pool={"MIN_SIZE": 1})
     first = await handler.create_session("alice")
     await turn(handler, first, "my secret is platypus-4471")
-    pid = handler.session_manager.get(first).worker.pid  # type: ignore[union-attr]
+    pid = worker_pid(handler, first)
     await handler.destroy_session(first)
     second = await handler.create_session("bob")
-    assert handler.session_manager.get(second).worker.pid == pid  # type: ignore[union-attr]
+    assert worker_pid(handler, second) == pid
     model.requests.clear()
     messages = await turn(handler, second, "what do you know?")
     assert "what do you know?" in reply_text(messages)
@@ -55,10 +55,10 @@ async def test_reused_worker_carries_nothing_of_the_previous_conversation(
 async def test_different_options_never_share_a_worker(make_handler: MakeHandler) -> None:
     handler = await make_handler(connection_pool={"MIN_SIZE": 1})
     plain = await handler.create_session("plain")
-    pid = handler.session_manager.get(plain).worker.pid  # type: ignore[union-attr]
+    pid = worker_pid(handler, plain)
     await handler.destroy_session(plain)
     custom = await handler.create_session("custom", SessionConfig(system_prompt="You are terse."))
-    assert handler.session_manager.get(custom).worker.pid != pid  # type: ignore[union-attr]
+    assert worker_pid(handler, custom) != pid
     assert pid in pids_of(handler)  # still idle, kept for default-option sessions
 
 
@@ -78,7 +78,7 @@ async def test_worn_out_worker_is_closed_not_pooled(make_handler: MakeHandler) -
     session_id = await handler.create_session()
     await turn(handler, session_id, "one")
     await turn(handler, session_id, "two")
-    pid = handler.session_manager.get(session_id).worker.pid  # type: ignore[union-attr]
+    pid = worker_pid(handler, session_id)
     await handler.destroy_session(session_id)
     assert handler.get_pool_status()["pool_size"] == 0
     assert wait_no_cli({pid}) == []

@@ -15,7 +15,7 @@ import typer
 from .config import SystemConfig
 from .errors import ConfigError
 from .logs import configure_logging
-from .offline_model import ModelSettings, OfflineModelServer
+from .offline_model import ModelSettings, OfflineModelServer, loopback_env
 from .offline_model import serve as serve_offline_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -44,10 +44,7 @@ def model_endpoint(offline: bool) -> Iterator[None]:
         yield
         return
     with OfflineModelServer() as server:
-        os.environ["ANTHROPIC_BASE_URL"] = server.base_url
-        os.environ["ANTHROPIC_API_KEY"] = "sk-offline-model"
-        os.environ.setdefault("DISABLE_TELEMETRY", "1")
-        os.environ.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        os.environ.update(loopback_env(server.base_url))
         log.info("offline_model_started", base_url=server.base_url)
         yield
 

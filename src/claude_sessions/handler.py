@@ -162,10 +162,12 @@ class ClaudeHandler:
         if not manager.register_session(session_id, config, metadata, owner, owner_limit):
             if key in manager:
                 raise SessionExistsError(f"session {session_id!r} already exists")
-            reason = "global" if manager.is_full() else "tenant"
+            if manager.is_full():
+                reason, message = "global", f"session limit reached ({self.config.session_manager.MAX_SESSIONS})"
+            else:
+                reason, message = "tenant", f"tenant session limit reached ({owner_limit})"
             self.telemetry.sessions_rejected.labels(tenant, reason).inc()
-            limit = self.config.session_manager.MAX_SESSIONS if reason == "global" else owner_limit
-            raise SessionLimitError(f"{'session' if reason == 'global' else 'tenant session'} limit reached ({limit})")
+            raise SessionLimitError(message)
         session = manager.get(key)
         try:
             worker = await self._acquire(config)

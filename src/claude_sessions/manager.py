@@ -114,6 +114,7 @@ class ClaudeCodeSessionManager:
         self.telemetry = telemetry or Telemetry()
         self._sessions: dict[str, Session] = {r.key: Session.restore(r) for r in store.load()}
         self._closing = False
+        self._projects: dict[str, Path] = {}
 
     # -- registry ------------------------------------------------------------
 
@@ -238,8 +239,15 @@ class ClaudeCodeSessionManager:
         """Where the CLI writes this session's conversation (None before the first prompt)."""
         if session.claude_session_id is None:
             return None
-        project = project_key_for_directory(session_cwd(session.config, self.config))
-        return self.config.runtime.config_dir / "projects" / project / f"{session.claude_session_id}.jsonl"
+        return self._project_dir(session.config) / f"{session.claude_session_id}.jsonl"
+
+    def _project_dir(self, options: SessionConfig) -> Path:
+        """The CLI's folder for a working directory; resolved once per options (scans ask often)."""
+        project = self._projects.get(options.fingerprint)
+        if project is None:
+            key = project_key_for_directory(session_cwd(options, self.config))
+            project = self._projects[options.fingerprint] = self.config.runtime.config_dir / "projects" / key
+        return project
 
     def read_transcript(self, session: Session) -> list[dict[str, Any]]:
         """The conversation as the CLI recorded it: user and assistant entries, oldest first."""

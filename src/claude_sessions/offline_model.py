@@ -319,6 +319,16 @@ async def _stream(
     yield event("message_stop", {})
 
 
+def loopback_env(base_url: str) -> dict[str, str]:
+    """What points a CLI at the offline model, with nothing sent anywhere else."""
+    return {
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_API_KEY": "sk-offline-model",
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+    }
+
+
 class OfflineModelServer:
     """Runs the stand-in with uvicorn in a background thread, on 127.0.0.1."""
 

@@ -63,7 +63,7 @@ async def session_start(rounds: int) -> list[Comparison]:
 
         # A spare spawned just now (never used) against later turns on it.
         for i in range(rounds):
-            worker = await Worker.start("bench", handler.pool._options_for(SessionConfig(), None), 30)
+            worker = await Worker.start(SessionConfig(), handler.pool._options_for(SessionConfig(), None), 30)
             try:
                 await asyncio.sleep(0.3)
                 fresh_first.append((await bare_turn(worker.client, f"first {i}"))[1])

@@ -110,6 +110,7 @@ class ServerConfig(_Section):
     TENANT_MAX_SESSIONS: int | None = Field(None, ge=1, validation_alias="TENANT_MAX_SESSIONS")
     TOOLS_ALLOWED: str = Field("", validation_alias="TOOLS_ALLOWED")
     PERMISSION_MODES_ALLOWED: str = Field("default,plan", validation_alias="PERMISSION_MODES_ALLOWED")
+    SLASH_COMMANDS_ALLOWED: str = Field("compact", validation_alias="SLASH_COMMANDS_ALLOWED")
     HOST: str = Field("127.0.0.1", validation_alias="CLAUDE_SESSIONS_HOST")
     PORT: int = Field(8000, ge=0, le=65535, validation_alias="CLAUDE_SESSIONS_PORT")
     MAX_BODY_BYTES: int = Field(1_048_576, ge=1024, validation_alias="CLAUDE_SESSIONS_MAX_BODY_BYTES")
@@ -144,6 +145,10 @@ class ServerConfig(_Section):
     @property
     def permission_modes_allowed(self) -> set[str]:
         return set(_comma_list(self.PERMISSION_MODES_ALLOWED))
+
+    @property
+    def slash_commands_allowed(self) -> set[str]:
+        return {name.removeprefix("/") for name in _comma_list(self.SLASH_COMMANDS_ALLOWED)}
 
 
 SectionT = TypeVar("SectionT", bound=_Section)

@@ -27,6 +27,18 @@ class SessionNotFoundError(ClaudeSessionsError, KeyError):
         return str(self.args[0]) if self.args else "session not found"
 
 
+class SlashCommandRefusedError(ClaudeSessionsError, ValueError):
+    """A message starts with a CLI command outside ``SLASH_COMMANDS_ALLOWED``.
+
+    Commands such as ``/config`` or ``/model`` change the CLI's settings, which
+    must stay the operator's; ``command`` names the refused one (without ``/``).
+    """
+
+    def __init__(self, command: str) -> None:
+        super().__init__(f"slash command /{command} is not permitted on this server")
+        self.command = command
+
+
 class SessionBusyError(ClaudeSessionsError):
     """Another turn of this session is running."""
 

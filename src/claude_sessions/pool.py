@@ -154,7 +154,7 @@ class WorkerPool:
 
     async def _connect(self, config: SessionConfig, resume: str | None) -> Worker:
         began = time.perf_counter()
-        worker = await Worker.start(config.fingerprint, self._options_for(config, resume), self.timeouts.CREATE_TIMEOUT)
+        worker = await Worker.start(config, self._options_for(config, resume), self.timeouts.CREATE_TIMEOUT)
         self._workers[worker.id] = worker
         self._events.worker_started(worker, time.perf_counter() - began)
         return worker

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage
 
+from .config import SessionConfig
 from .errors import WorkerStartError
 
 log = structlog.get_logger("claude_sessions.worker")
@@ -37,7 +38,8 @@ class WorkerState(enum.StrEnum):
 class Worker:
     """A CLI process; state changes happen under the pool's lock, I/O outside it."""
 
-    fingerprint: str
+    #: The options it runs with; a worker serves only sessions with exactly these.
+    config: SessionConfig
     client: ClaudeSDKClient
     process: Any  # anyio Process of the CLI, kept so it can be killed after disconnect
     id: str = field(default_factory=lambda: f"w{next(_ids)}")
@@ -46,6 +48,10 @@ class Worker:
     state: WorkerState = WorkerState.CONNECTING
     #: False once a turn failed in a way that leaves the process in doubt.
     reusable: bool = True
+
+    @property
+    def fingerprint(self) -> str:
+        return self.config.fingerprint
 
     @property
     def pid(self) -> int:
@@ -64,7 +70,7 @@ class Worker:
         return self.reusable and self.is_alive()
 
     @classmethod
-    async def start(cls, fingerprint: str, options: ClaudeAgentOptions, timeout: float) -> Worker:
+    async def start(cls, config: SessionConfig, options: ClaudeAgentOptions, timeout: float) -> Worker:
         """Spawn and connect a CLI process, or raise :class:`WorkerStartError`."""
         client = ClaudeSDKClient(options)
         began = time.perf_counter()
@@ -80,7 +86,7 @@ class Worker:
             if isinstance(error, Exception):
                 raise WorkerStartError(f"CLI could not start: {error}") from error
             raise
-        worker = cls(fingerprint=fingerprint, client=client, process=_process_of(client))
+        worker = cls(config=config, client=client, process=_process_of(client))
         log.debug("worker_connected", worker=worker.id, pid=worker.pid, seconds=round(time.perf_counter() - began, 3))
         return worker
 

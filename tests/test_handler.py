@@ -18,9 +18,10 @@ from claude_sessions import (
     TurnTimeoutError,
     WorkerDiedError,
 )
+from claude_sessions.handler import INTERRUPT_GRACE_SECONDS
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
-from helpers import reply_text, result_of, turn
+from helpers import reply_text, result_of, turn, wait_no_cli, worker_pid
 
 
 async def test_create_send_destroy_round_trip(make_handler: MakeHandler) -> None:
@@ -191,7 +192,7 @@ async def test_async_context_manager_closes_everything(cli_env: dict[str, str]) 
 
 
 async def test_a_users_own_clear_starts_afresh_and_is_no_orphan(make_handler: MakeHandler) -> None:
-    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0}, server={"SLASH_COMMANDS_ALLOWED": "clear"})
     session_id = await handler.create_session("clearing")
     await turn(handler, session_id, "before the clear")
     session = handler.session_manager.get(session_id)
@@ -204,3 +205,61 @@ async def test_a_users_own_clear_starts_afresh_and_is_no_orphan(make_handler: Ma
     assert session.claude_session_id != before
     path = handler.session_manager.transcript_path(session)
     assert path is not None and path.exists()
+
+
+async def test_destroy_while_the_turn_binds_its_worker_stops_the_turn(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    session_id = await handler.create_session("binding")
+    await turn(handler, session_id, "first")
+    await handler.shutdown_pool()  # the next turn must start a CLI (about half a second)
+    session = handler.session_manager.get(session_id)
+    model.requests.clear()
+    running = asyncio.create_task(turn(handler, session_id, "never billed"))
+    await asyncio.sleep(0.1)
+    assert session.is_busy and session.worker is None  # still binding
+    await handler.destroy_session(session_id)
+    with pytest.raises(SessionNotFoundError):
+        await running
+    assert model.message_requests() == []
+    assert handler.get_pool_status()["pool_size"] <= 1 and session.worker is None
+
+
+async def test_the_deadline_covers_writing_the_prompt(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0}, optimization={"MESSAGE_TIMEOUT": 1.0})
+    session_id = await handler.create_session("stuck-write")
+    pid = worker_pid(handler, session_id)
+    os.kill(pid, signal.SIGSTOP)  # it reads nothing: a large prompt fills the pipe and the write blocks
+    began = time.monotonic()
+    with pytest.raises(TurnTimeoutError):
+        await turn(handler, session_id, "x" * 400_000)
+    assert time.monotonic() - began < 1.0 + INTERRUPT_GRACE_SECONDS + 2
+    assert wait_no_cli({pid}) == []
+    assert "unstuck" in reply_text(await turn(handler, session_id, "unstuck"))
+
+
+async def test_a_worn_out_worker_is_replaced_between_turns_of_a_long_session(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0, "MAX_USES": 2})
+    session_id = await handler.create_session("long")
+    await turn(handler, session_id, "one")
+    first = worker_pid(handler, session_id)
+    await turn(handler, session_id, "two")
+    reply = reply_text(await turn(handler, session_id, "three"))
+    assert worker_pid(handler, session_id) != first
+    assert "[user message 3 of this conversation]" in reply  # resumed, not restarted
+    assert wait_no_cli({first}) == []
+
+
+async def test_an_old_worker_is_replaced_between_turns_of_a_long_session(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0, "MAX_AGE_MINUTES": 0.02})
+    session_id = await handler.create_session("aging")
+    await turn(handler, session_id, "one")
+    first = worker_pid(handler, session_id)
+    await asyncio.sleep(1.3)
+    reply = reply_text(await turn(handler, session_id, "two"))
+    assert worker_pid(handler, session_id) != first
+    assert "[user message 2 of this conversation]" in reply
+    assert wait_no_cli({first}) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -12,6 +13,9 @@ from claude_agent_sdk import ClaudeAgentOptions
 from .config import SessionConfig, SystemConfig
 
 _cli_log = structlog.get_logger("claude_sessions.cli")
+
+#: The longest file name Linux accepts; a longer folder name is bad input, not a server error.
+NAME_MAX = 255
 
 
 #: What a CLI process may inherit from the server; every other variable is blanked,
@@ -43,7 +47,7 @@ def cli_env(config: SystemConfig) -> dict[str, str]:
     if runtime.ANTHROPIC_BASE_URL:
         env["ANTHROPIC_BASE_URL"] = runtime.ANTHROPIC_BASE_URL
     if runtime.ANTHROPIC_API_KEY:
-        env["ANTHROPIC_API_KEY"] = runtime.ANTHROPIC_API_KEY
+        env["ANTHROPIC_API_KEY"] = runtime.ANTHROPIC_API_KEY.get_secret_value()
     return env
 
 
@@ -57,9 +61,13 @@ def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
     if session.cwd is None:
         return root
     candidate = Path(session.cwd)
+    if any(len(os.fsencode(part)) > NAME_MAX for part in candidate.parts):
+        raise ValueError(f"cwd: a folder name is longer than {NAME_MAX} bytes")
     resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
     if not resolved.is_relative_to(root):
         raise ValueError(f"cwd {session.cwd!r} is outside the workspace root")
+    if resolved.exists() and not resolved.is_dir():
+        raise ValueError(f"cwd {session.cwd!r} names a file, not a folder")
     return resolved
 
 
@@ -72,8 +80,26 @@ def make_private_dirs(root: Path, path: Path) -> None:
         current.mkdir(mode=0o700, exist_ok=True)
 
 
+def operator_settings(config: SystemConfig) -> str:
+    """The settings every CLI runs with, given on its command line (the highest user layer).
+
+    Whatever the tools allow, the CLI's config directory (every tenant's transcripts)
+    and the data directory stay unreadable and unwritable, and no hook runs.
+    """
+    private = (config.runtime.config_dir, config.runtime.DATA_DIR.resolve())
+    deny = [f"{tool}(/{path}/**)" for path in private for tool in ("Read", "Edit")]
+    return json.dumps({"permissions": {"deny": deny}, "disableAllHooks": True})
+
+
 def build_options(session: SessionConfig, config: SystemConfig, resume: str | None = None) -> ClaudeAgentOptions:
-    """SDK options for one worker; ``resume`` continues an existing conversation."""
+    """SDK options for one worker; ``resume`` continues an existing conversation.
+
+    Everything that decides what the CLI may do is pinned here: model, permission
+    mode and tools explicitly, and no settings file is read (``setting_sources=[]``,
+    no ``.mcp.json``). So neither a settings file a CLI wrote (``/config``) nor one
+    a tenant put in its workspace (``.claude/settings.json``, hooks, MCP servers)
+    reaches any CLI.
+    """
     cwd = session_cwd(session, config)
     make_private_dirs(config.runtime.workspace_root, cwd)
     return ClaudeAgentOptions(
@@ -84,7 +110,10 @@ def build_options(session: SessionConfig, config: SystemConfig, resume: str | No
         model=session.model,
         allowed_tools=list(session.allowed_tools),
         disallowed_tools=list(session.disallowed_tools),
-        permission_mode=session.permission_mode,
+        permission_mode=session.permission_mode or "default",
+        setting_sources=[],
+        settings=operator_settings(config),
+        strict_mcp_config=True,
         resume=resume,
         stderr=lambda line: _cli_log.debug("cli_stderr", line=line.rstrip()),
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 import structlog
-from claude_agent_sdk import AssistantMessage, ClaudeSDKError, Message, ResultMessage
+from claude_agent_sdk import AssistantMessage, ClaudeSDKError, Message, ResultMessage, SystemMessage
 
 from .cli_options import build_options, session_cwd
 from .config import SessionConfig, SystemConfig
@@ -29,7 +29,9 @@ from .errors import (
     SessionBusyError,
     SessionExistsError,
     SessionLimitError,
+    SessionNotFoundError,
     SessionOrphanedError,
+    SlashCommandRefusedError,
     TurnTimeoutError,
     WorkerDiedError,
     WorkerStartError,
@@ -74,6 +76,8 @@ class ClaudeHandler:
         self.maintenance = Maintenance(self.config.session_manager.CLEANUP_INTERVAL * 60, self.run_maintenance)
         self._started: asyncio.Task[None] | None = None
         self._closed = False
+        #: CLI processes an earlier run recorded; read now, before this run records its own.
+        self._earlier_workers = self.store.take_workers()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -88,7 +92,7 @@ class ClaudeHandler:
     async def _start(self) -> None:
         self.config.runtime.config_dir.mkdir(parents=True, exist_ok=True)
         self.config.runtime.workspace_root.mkdir(parents=True, exist_ok=True)
-        ended = end_stray_processes(self.store.take_workers())
+        ended = await asyncio.to_thread(end_stray_processes, self._earlier_workers)
         spares = await self.pool.fill()
         self.maintenance.start()
         log.info(
@@ -172,7 +176,7 @@ class ClaudeHandler:
         try:
             worker = await self._acquire(config)
         except BaseException:
-            manager.unregister_session(key)
+            manager.drop(session)
             raise
         if session.closed:  # destroyed while its worker was starting
             await self.pool.release(worker)
@@ -212,18 +216,29 @@ class ClaudeHandler:
     # -- turns ------------------------------------------------------------------
 
     async def send_message(self, session_id: str, prompt: str) -> AsyncGenerator[Message, None]:
-        """Run one turn and yield the SDK's messages, ending with the ``ResultMessage``."""
+        """Run one turn and yield the SDK's messages, ending with the ``ResultMessage``.
+
+        A message starting with a CLI command outside ``SLASH_COMMANDS_ALLOWED``
+        raises :class:`SlashCommandRefusedError`: commands such as ``/config`` or
+        ``/model`` would change settings that belong to the operator.
+        """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
+        command = slash_command(prompt)
+        if command is not None and command not in self.config.server.slash_commands_allowed:
+            raise SlashCommandRefusedError(command)
+        await self.start()
         session = self.session_manager.get(session_id)
         if session.is_busy:
-            raise SessionBusyError(f"session {session_id!r} is running a turn")
+            raise SessionBusyError(f"session {session.public_id!r} is running a turn")
         async with session.turn_lock:
             session.metrics.touch()
             worker = await self._bind(session)
             try:
+                if session.closed:  # destroyed while its worker was being bound: no billed turn
+                    raise SessionNotFoundError(f"session {session.public_id!r} not found")
                 # aclosing: an abandoned turn winds down before the lock is released.
-                async with contextlib.aclosing(self._turn(session, worker, prompt)) as turn:
+                async with contextlib.aclosing(self._turn(session, worker, prompt, command)) as turn:
                     async for message in turn:
                         yield message
             finally:
@@ -245,14 +260,18 @@ class ClaudeHandler:
         if session.orphaned:
             raise SessionOrphanedError(f"session {session.public_id!r} lost its transcript; delete it")
         worker = session.worker
-        if worker is not None and worker.is_alive():
+        if worker is not None and worker.is_alive() and not self.pool.is_expired(worker):
             return worker
-        if worker is not None:  # died between turns
+        if worker is not None and worker.is_alive():  # too old or too used: retire it between turns
+            log.info("session_worker_retired", session_id=session.id, worker=worker.id, uses=worker.uses)
+            session.worker = None
+            self.pool.release_soon(worker)
+        elif worker is not None:  # died between turns
             self._count_connection_error(session)
             session.worker = None
             await self.pool.discard(worker)
         try:
-            worker = await self._acquire(session.config, resume=session.claude_session_id)
+            worker = await self._acquire(session.config, resume=manager.conversation_to_resume(session))
         except WorkerStartError:
             self._count_connection_error(session)
             raise
@@ -282,29 +301,44 @@ class ClaudeHandler:
                 raise CapacityError(f"all {self.pool.max_live} live workers are mid-turn; try again shortly") from None
             await asyncio.sleep(CAPACITY_POLL_SECONDS)
 
-    async def _turn(self, session: Session, worker: Worker, prompt: str) -> AsyncGenerator[Message, None]:
+    async def _turn(
+        self, session: Session, worker: Worker, prompt: str, command: str | None
+    ) -> AsyncGenerator[Message, None]:
+        """One turn on ``worker``, bounded as a whole (prompt written, every reply read).
+
+        What a caller was told is committed first: the turn's count when it
+        starts, the conversation id when first seen, the usage before the result.
+        """
         metrics = session.metrics
         began = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.config.optimization.MESSAGE_TIMEOUT
         settled = False  # the turn ended, or its worker was dealt with
+        asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
         worker.uses += 1
         metrics.message_count += 1
+        self.session_manager.persist(session)
         try:
-            await worker.client.query(prompt)
+            async with asyncio.timeout_at(deadline):
+                await worker.ask(prompt, verbatim=command is None)
+            asked = True
             replies = worker.client.receive_response()
             while not settled:
                 async with asyncio.timeout_at(deadline):
                     message = await anext(replies)
-                _learn_conversation(session, message)
+                if not worker.runs_as_launched(message):
+                    log.warning("session_worker_drifted", session_id=session.id)
+                if _learn_conversation(session, message):
+                    self.session_manager.persist(session)
                 if isinstance(message, ResultMessage):
                     settled = True
                     self._record(session, worker, message, time.perf_counter() - began)
+                    self.session_manager.persist(session)
                 yield message
         except TimeoutError:
             settled = True
             metrics.timeouts += 1
             self.telemetry.turn_timeouts.labels(session.tenant).inc()
-            await self._wind_down(session, worker, began)
+            await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
             raise TurnTimeoutError(
                 f"turn exceeded {self.config.optimization.MESSAGE_TIMEOUT:g}s and was interrupted"
             ) from None
@@ -312,13 +346,13 @@ class ClaudeHandler:
             settled = True
             self._count_connection_error(session)
             await self._drop_worker(session, worker)
-            raise WorkerDiedError(f"the CLI process of session {session.id!r} failed: {error}") from error
+            raise WorkerDiedError(f"the CLI process of session {session.public_id!r} failed: {error}") from error
         finally:
             if not settled and worker is session.worker and worker.is_alive():
                 # Abandoned by the caller (closed generator, cancelled stream): the
                 # shield lets the wind-down finish before the session is free again.
                 with anyio.CancelScope(shield=True):
-                    await self._wind_down(session, worker, began)
+                    await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
 
     def _record(self, session: Session, worker: Worker, result: ResultMessage, seconds: float) -> None:
         session.metrics.last_turn_ms = round(seconds * 1000, 3)
@@ -344,9 +378,10 @@ class ClaudeHandler:
         await self._drop_worker(session, worker)
 
     async def _drop_worker(self, session: Session, worker: Worker) -> None:
+        """Kill a worker that failed this turn (died, stuck, or cut mid-prompt)."""
         if session.worker is worker:
             session.worker = None
-        await self.pool.discard(worker)
+        await self.pool.discard(worker, graceful=False)
 
     def _live_state(self) -> LiveState:
         sessions = self.session_manager.sessions()
@@ -390,14 +425,33 @@ class ClaudeHandler:
         return len(paths)
 
 
-def _learn_conversation(session: Session, message: Message) -> None:
-    """Track the CLI's conversation id (it changes on ``/clear``, not on resume).
+def slash_command(prompt: str) -> str | None:
+    """The CLI command a message starts with (``"/model x"`` -> ``"model"``), or None."""
+    text = prompt.lstrip()
+    if not text.startswith("/"):
+        return None
+    return text[1:].split(maxsplit=1)[0] if text[1:].strip() else ""
 
-    Only from messages that prove a transcript exists: a model reply, or a result
-    of a turn that reached the API. A local command such as ``/clear`` names a
-    new conversation whose transcript appears only with its first prompt.
+
+def _learn_conversation(session: Session, message: Message) -> bool:
+    """Track the CLI's conversation id; True when something new was learned.
+
+    The id is known from a turn's ``init`` message, before the CLI writes the
+    transcript (it changes on ``/clear``, not on resume); a model reply, or the
+    result of a turn that reached the API, proves the transcript exists.
     """
-    if isinstance(message, AssistantMessage) or (isinstance(message, ResultMessage) and message.duration_api_ms > 0):
-        claude_id = message.session_id
-        if claude_id:
-            session.claude_session_id = claude_id
+    if isinstance(message, SystemMessage) and message.subtype == "init":
+        claude_id, recorded = message.data.get("session_id"), False
+    elif isinstance(message, AssistantMessage) or (isinstance(message, ResultMessage) and message.duration_api_ms > 0):
+        claude_id, recorded = message.session_id, True
+    else:
+        return False
+    if not claude_id:
+        return False
+    if claude_id != session.claude_session_id:
+        session.claude_session_id, session.recorded = claude_id, recorded
+        return True
+    if recorded and not session.recorded:
+        session.recorded = True
+        return True
+    return False

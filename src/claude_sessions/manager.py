@@ -36,6 +36,11 @@ def session_key(public_id: str, owner: str | None = None) -> str:
     return public_id if owner is None else f"{owner}/{public_id}"
 
 
+def public_id(key: str) -> str:
+    """The id a caller knows for a registry key (the tenant's prefix removed)."""
+    return key.rpartition("/")[2]
+
+
 @dataclass(eq=False)
 class Session:
     """One logical conversation: options, metrics, and the worker it holds, if any."""
@@ -46,8 +51,11 @@ class Session:
     owner: str | None = None
     metrics: SessionMetrics = field(default_factory=SessionMetrics)
     worker: Worker | None = None
-    #: The CLI's own conversation id, learned from its messages.
+    #: The CLI's own conversation id, learned when a turn starts.
     claude_session_id: str | None = None
+    #: The CLI has written that conversation's transcript (a reply was seen): from
+    #: now on a missing transcript means the conversation was lost (an orphan).
+    recorded: bool = False
     #: Unregistered; a running turn releases the worker when it ends.
     closed: bool = False
     #: Its transcript vanished: it answers an error instead of starting afresh.
@@ -61,16 +69,11 @@ class Session:
 
     @property
     def public_id(self) -> str:
-        return self.id if self.owner is None else self.id.removeprefix(f"{self.owner}/")
+        return public_id(self.id)
 
     @property
     def tenant(self) -> str:
         return self.owner or DEFAULT_TENANT
-
-    @property
-    def has_started(self) -> bool:
-        """The first prompt reached the CLI, so a transcript must exist."""
-        return self.claude_session_id is not None
 
     @property
     def state(self) -> str:
@@ -82,7 +85,14 @@ class Session:
 
     def record(self) -> SessionRecord:
         return SessionRecord(
-            self.id, self.owner, self.config, self.metadata, self.metrics, self.claude_session_id, self.orphaned
+            self.id,
+            self.owner,
+            self.config,
+            self.metadata,
+            self.metrics,
+            self.claude_session_id,
+            self.orphaned,
+            self.recorded,
         )
 
     @classmethod
@@ -94,6 +104,7 @@ class Session:
             owner=record.owner,
             metrics=record.metrics,
             claude_session_id=record.claude_session_id,
+            recorded=record.recorded,
             orphaned=record.orphaned,
         )
 
@@ -159,9 +170,14 @@ class ClaudeCodeSessionManager:
 
     def unregister_session(self, session_id: str) -> bool:
         """Remove a session; its worker goes back to the pool in the background."""
-        session = self._sessions.pop(session_id, None)
-        if session is None:
+        session = self._sessions.get(session_id)
+        return session is not None and self.drop(session)
+
+    def drop(self, session: Session) -> bool:
+        """Remove exactly ``session``, never a newer one registered under the same key since."""
+        if self._sessions.get(session.id) is not session:
             return False
+        del self._sessions[session.id]
         worker = self._forget(session)
         if worker is not None:
             self.pool.release_soon(worker)
@@ -175,7 +191,7 @@ class ClaudeCodeSessionManager:
         """
         session = self._sessions.pop(session_id, None)
         if session is None:
-            raise SessionNotFoundError(f"session {session_id!r} not found")
+            raise SessionNotFoundError(f"session {public_id(session_id)!r} not found")
         worker = self._forget(session, purge)
         if worker is not None:
             await self.pool.release(worker)
@@ -211,7 +227,7 @@ class ClaudeCodeSessionManager:
         try:
             return self._sessions[session_id]
         except KeyError:
-            raise SessionNotFoundError(f"session {session_id!r} not found") from None
+            raise SessionNotFoundError(f"session {public_id(session_id)!r} not found") from None
 
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
@@ -273,9 +289,22 @@ class ClaudeCodeSessionManager:
         return messages
 
     def is_orphaned(self, session: Session) -> bool:
-        """The conversation started, but its transcript is gone."""
+        """The conversation was recorded, but its transcript is gone."""
         path = self.transcript_path(session)
-        return path is not None and not path.exists()
+        return session.recorded and path is not None and not path.exists()
+
+    def conversation_to_resume(self, session: Session) -> str | None:
+        """The conversation a new worker must continue, if any.
+
+        A conversation id seen only at a turn's start, whose transcript never got
+        written (the process died first), names nothing to continue: it is dropped.
+        """
+        path = self.transcript_path(session)
+        if path is None or session.recorded or path.exists():
+            return session.claude_session_id
+        log.info("conversation_never_recorded", session_id=session.id, claude_session_id=session.claude_session_id)
+        session.claude_session_id = None
+        return None
 
     def mark_orphaned(self, session: Session) -> Worker | None:
         """Record that a session lost its transcript; returns the worker to release."""
@@ -292,9 +321,7 @@ class ClaudeCodeSessionManager:
         back its worker; it goes when deleted or expired.
         """
         found = [
-            s
-            for s in self._sessions.values()
-            if s.claude_session_id is not None and not (s.orphaned or s.is_busy) and self.is_orphaned(s)
+            s for s in self._sessions.values() if s.recorded and not (s.orphaned or s.is_busy) and self.is_orphaned(s)
         ]
         workers = [w for w in (self.mark_orphaned(s) for s in found) if w is not None]
         await asyncio.gather(*(self.pool.release(w) for w in workers))
@@ -359,13 +386,17 @@ class ClaudeCodeSessionManager:
     def get_all_session_metrics(self) -> dict[str, SessionMetrics]:
         return {s.id: s.metrics for s in self._sessions.values()}
 
-    def get_session_health_report(self) -> dict[str, Any]:
-        """The seed's health report, plus states, errors and the pool's figures."""
+    def get_session_health_report(self, tenant: str | None = None) -> dict[str, Any]:
+        """The seed's health report, plus states, errors and the pool's figures.
+
+        With ``tenant``, that tenant's view: its own sessions, and the workers of its
+        workspace (``WORKSPACE_ROOT/<tenant>``) only.
+        """
         now = time.time()
-        sessions = self.sessions()
+        sessions = self.sessions() if tenant is None else self.owned_by(tenant)
         metrics = [s.metrics for s in sessions]
         half_timeout = self.config.session_manager.TIMEOUT_MINUTES * 30
-        pool = self.pool.status()
+        pool = self.pool.status(None if tenant is None else self.config.runtime.workspace_root / tenant)
         return {
             "sessions": {
                 "active": len(sessions),

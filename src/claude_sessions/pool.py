@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 from claude_agent_sdk import ClaudeAgentOptions
 
 from .config import ConnectionPoolConfig, OptimizationConfig, SessionConfig
+from .errors import WorkerStartError
 from .worker import Worker, WorkerState
 
 log = structlog.get_logger("claude_sessions.pool")
@@ -65,6 +67,10 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.max_live = max_live
         self._events = events
+        #: Option sets acquired lately, most recent last: only these get spares on demand.
+        self._demand: OrderedDict[str, SessionConfig] = OrderedDict()
+        #: Bumped by ``shutdown``: a CLI that finishes connecting afterwards closes itself.
+        self._generation = 0
 
     # -- predicates and figures -------------------------------------------
 
@@ -76,7 +82,7 @@ class WorkerPool:
         return list(self._workers.values())
 
     def _is_reusable(self, worker: Worker) -> bool:
-        return worker.is_healthy() and not worker.has_expired(self.limits.MAX_AGE_MINUTES * 60, self.limits.MAX_USES)
+        return worker.is_healthy() and not self.is_expired(worker)
 
     def _has_room(self) -> bool:
         return self.idle_count < self.limits.MAX_SIZE
@@ -84,6 +90,15 @@ class WorkerPool:
     def live_count(self) -> int:
         """CLI processes alive or starting (closing ones count until they are gone)."""
         return len(self._workers) + sum(self._spawning.values())
+
+    def is_expired(self, worker: Worker) -> bool:
+        """Past ``CP_MAX_AGE_MINUTES`` or ``CP_MAX_USES``: retire it at the next chance."""
+        return worker.has_expired(self.limits.MAX_AGE_MINUTES * 60, self.limits.MAX_USES)
+
+    @property
+    def demand_limit(self) -> int:
+        """How many option sets get spares on demand: ``CP_MAX_SIZE`` idle workers shared out."""
+        return max(1, self.limits.MAX_SIZE // max(1, self.limits.MIN_SIZE))
 
     # -- taking and returning ---------------------------------------------
 
@@ -115,7 +130,8 @@ class WorkerPool:
         """Take a worker back: reset and keep it, or close it."""
         if self._is_reusable(worker) and self._has_room():
             worker.state = WorkerState.RESETTING
-            if await worker.reset(self.timeouts.DESTROY_TIMEOUT) and self._has_room() and worker.id in self._workers:
+            reset = await worker.reset(self.timeouts.DESTROY_TIMEOUT)
+            if reset and self._has_room() and worker.state is WorkerState.RESETTING:  # not closed meanwhile
                 worker.state = WorkerState.IDLE
                 self._idle.setdefault(worker.fingerprint, deque()).append(worker)
                 return
@@ -134,10 +150,10 @@ class WorkerPool:
         await self._close(oldest)
         return True
 
-    async def discard(self, worker: Worker) -> None:
+    async def discard(self, worker: Worker, graceful: bool = True) -> None:
         """Close a worker that must not be reused (died, timed out, in doubt)."""
         worker.reusable = False
-        await self._close(worker)
+        await self._close(worker, graceful)
 
     # -- spawning and closing ----------------------------------------------
 
@@ -153,18 +169,27 @@ class WorkerPool:
         self._spawning[fingerprint] = self._spawning.get(fingerprint, 0) + count
 
     async def _connect(self, config: SessionConfig, resume: str | None) -> Worker:
-        began = time.perf_counter()
+        """Start a CLI and register it; it never outlives a failure or a shutdown meanwhile."""
+        began, generation = time.perf_counter(), self._generation
         worker = await Worker.start(config, self._options_for(config, resume), self.timeouts.CREATE_TIMEOUT)
         self._workers[worker.id] = worker
-        self._events.worker_started(worker, time.perf_counter() - began)
+        try:
+            if generation != self._generation:
+                raise WorkerStartError("the pool was shut down while this CLI was starting")
+            self._events.worker_started(worker, time.perf_counter() - began)
+        except BaseException as error:
+            await self._close(worker)
+            if isinstance(error, Exception) and not isinstance(error, WorkerStartError):
+                raise WorkerStartError(f"CLI started but could not be registered: {error!r}") from error
+            raise
         return worker
 
-    async def _close(self, worker: Worker) -> None:
+    async def _close(self, worker: Worker, graceful: bool = True) -> None:
         if worker.state in (WorkerState.CLOSING, WorkerState.CLOSED):
             return
         worker.state = WorkerState.CLOSING
         try:
-            await worker.close(self.timeouts.DESTROY_TIMEOUT)
+            await worker.close(self.timeouts.DESTROY_TIMEOUT, graceful)
         finally:
             worker.state = WorkerState.CLOSED
             self._workers.pop(worker.id, None)
@@ -191,10 +216,20 @@ class WorkerPool:
         if missing <= 0:
             return 0
         self._reserve(fingerprint, missing)
+        ended = 0
+
+        async def add_spare() -> None:
+            nonlocal ended
+            try:
+                await self._add_spare(config)
+            finally:  # at once: a registered spare must not also count as starting
+                ended += 1
+                self._reserve(fingerprint, -1)
+
         try:
-            results = await asyncio.gather(*(self._add_spare(config) for _ in range(missing)), return_exceptions=True)
+            results = await asyncio.gather(*(add_spare() for _ in range(missing)), return_exceptions=True)
         finally:
-            self._reserve(fingerprint, -missing)
+            self._reserve(fingerprint, ended - missing)  # spares cancelled before they began
         for result in results:
             if isinstance(result, BaseException):
                 log.warning("pool_fill_failed", error=repr(result))
@@ -206,8 +241,18 @@ class WorkerPool:
         self._idle.setdefault(worker.fingerprint, deque()).append(worker)
 
     def refill_soon(self, config: SessionConfig) -> None:
-        if self.limits.MIN_SIZE:
-            self._spawn_task(self.fill(config))
+        """Top up spares for ``config``; only the ``demand_limit`` latest option sets keep theirs."""
+        if not self.limits.MIN_SIZE:
+            return
+        self._demand[config.fingerprint] = config
+        self._demand.move_to_end(config.fingerprint)
+        warm = {c.fingerprint for c in self.warm_configs}
+        while len(self._demand) > self.demand_limit:
+            stale, _ = self._demand.popitem(last=False)
+            if stale not in warm:
+                for worker in self._idle.pop(stale, ()):
+                    self._spawn_task(self._close(worker))
+        self._spawn_task(self.fill(config))
 
     async def health_check(self) -> int:
         """Retire idle workers that died or expired; returns how many."""
@@ -231,32 +276,47 @@ class WorkerPool:
         return [w.pid for w in strays]
 
     async def shutdown(self) -> None:
-        """Close every worker, idle or bound, and stop pending spawns."""
+        """Close every worker, idle or bound, and stop pending spawns.
+
+        A CLI still connecting for a caller closes itself when it is done
+        (``_connect`` sees the new generation); this waits for those too.
+        """
+        self._generation += 1
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._idle.clear()
+        self._demand.clear()
         await asyncio.gather(*(self._close(w) for w in list(self._workers.values())))
+        deadline = time.monotonic() + self.timeouts.CREATE_TIMEOUT + self.timeouts.DESTROY_TIMEOUT
+        while (any(self._spawning.values()) or self._workers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
-    def status(self) -> dict[str, Any]:
-        """The contract's pool status."""
+    def status(self, workspace: Path | None = None) -> dict[str, Any]:
+        """The contract's pool status.
+
+        With ``workspace``, a tenant's view: only the workers whose working directory
+        lies inside it (a worker serves one workspace only), and no pids.
+        """
         now = time.monotonic()
         workers = self.workers()
+        if workspace is not None:
+            workers = [w for w in workers if w.config.cwd is not None and Path(w.config.cwd).is_relative_to(workspace)]
+        connections = []
+        for w in workers:
+            connection: dict[str, Any] = {"id": w.id, "pid": w.pid} if workspace is None else {"id": w.id}
+            connection |= {
+                "state": w.state.value,
+                "age_seconds": round(w.age_seconds(now), 3),
+                "uses": w.uses,
+                "healthy": w.is_healthy(),
+            }
+            connections.append(connection)
         return {
             "pool_size": len(workers),
-            "idle": self.idle_count,
+            "idle": self.idle_count if workspace is None else sum(w.state is WorkerState.IDLE for w in workers),
             "healthy_connections": sum(1 for w in workers if w.is_healthy()),
             "max_size": self.limits.MAX_SIZE,
             "min_size": self.limits.MIN_SIZE,
-            "connections": [
-                {
-                    "id": w.id,
-                    "pid": w.pid,
-                    "state": w.state.value,
-                    "age_seconds": round(w.age_seconds(now), 3),
-                    "uses": w.uses,
-                    "healthy": w.is_healthy(),
-                }
-                for w in workers
-            ],
+            "connections": connections,
         }

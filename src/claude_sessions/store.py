@@ -21,7 +21,9 @@ from .config import SessionConfig
 from .errors import ConfigError
 from .metrics import SessionMetrics
 
-_SCHEMA = """
+#: Schema versions in order; ``PRAGMA user_version`` says how many a database has had.
+_MIGRATIONS = [
+    """
 CREATE TABLE IF NOT EXISTS sessions (
     key TEXT PRIMARY KEY,
     owner TEXT,
@@ -47,7 +49,11 @@ CREATE TABLE IF NOT EXISTS retired_transcripts (
     path TEXT PRIMARY KEY,
     retired_at REAL NOT NULL
 );
-"""
+""",
+    # The conversation id is now learned when a turn starts, before the CLI has
+    # written its transcript; rows from before were learned from replies.
+    "ALTER TABLE sessions ADD COLUMN recorded INTEGER NOT NULL DEFAULT 1;",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class SessionRecord:
     metrics: SessionMetrics
     claude_session_id: str | None
     orphaned: bool
+    #: The CLI has written the conversation's transcript (a reply was seen).
+    recorded: bool = False
 
 
 class SessionStore:
@@ -79,7 +87,12 @@ class SessionStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash
-        self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
+            self._db.executescript(f"BEGIN IMMEDIATE; {script} PRAGMA user_version = {number}; COMMIT;")
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -100,7 +113,9 @@ class SessionStore:
     def save(self, record: SessionRecord) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO sessions"
+                " (key, owner, config, metadata, metrics, claude_session_id, orphaned, recorded)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.key,
                     record.owner,
@@ -109,6 +124,7 @@ class SessionStore:
                     json.dumps(asdict(record.metrics)),
                     record.claude_session_id,
                     int(record.orphaned),
+                    int(record.recorded),
                 ),
             )
 
@@ -118,7 +134,10 @@ class SessionStore:
             db.execute("DELETE FROM replies WHERE session_key = ?", (key,))
 
     def load(self) -> list[SessionRecord]:
-        rows = self._db.execute("SELECT * FROM sessions ORDER BY rowid").fetchall()
+        rows = self._db.execute(
+            "SELECT key, owner, config, metadata, metrics, claude_session_id, orphaned, recorded"
+            " FROM sessions ORDER BY rowid"
+        ).fetchall()
         return [
             SessionRecord(
                 key=key,
@@ -128,8 +147,9 @@ class SessionStore:
                 metrics=SessionMetrics(**json.loads(metrics)),
                 claude_session_id=claude_id,
                 orphaned=bool(orphaned),
+                recorded=bool(recorded),
             )
-            for key, owner, config, metadata, metrics, claude_id, orphaned in rows
+            for key, owner, config, metadata, metrics, claude_id, orphaned, recorded in rows
         ]
 
     # -- CLI processes, for crash hygiene ----------------------------------------
@@ -160,10 +180,12 @@ class SessionStore:
         return None if row is None else (row[0], list(json.loads(row[1])))
 
     def save_reply(self, session_key: str, idempotency_key: str, request: str, messages: list[dict[str, Any]]) -> None:
+        """Keep a turn for replay, unless its session was deleted meanwhile (nothing outlives it)."""
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?)",
-                (session_key, idempotency_key, request, json.dumps(messages, default=str), time.time()),
+                "INSERT OR REPLACE INTO replies SELECT ?, ?, ?, ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM sessions WHERE key = ?)",
+                (session_key, idempotency_key, request, json.dumps(messages, default=str), time.time(), session_key),
             )
 
     def forget_replies(self, older_than: float) -> None:

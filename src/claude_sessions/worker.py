@@ -12,11 +12,12 @@ import contextlib
 import enum
 import itertools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, Message, ResultMessage, SystemMessage
 
 from .config import SessionConfig
 from .errors import WorkerStartError
@@ -48,6 +49,8 @@ class Worker:
     state: WorkerState = WorkerState.CONNECTING
     #: False once a turn failed in a way that leaves the process in doubt.
     reusable: bool = True
+    #: The model the process reported first (its launch model, resolved by the CLI).
+    model: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -68,6 +71,24 @@ class Worker:
 
     def is_healthy(self) -> bool:
         return self.reusable and self.is_alive()
+
+    def runs_as_launched(self, message: Message) -> bool:
+        """Check a turn's ``init`` message: False if the model or permission mode drifted.
+
+        Every turn (``/clear`` included) starts with one, naming the process's live
+        model and mode; a worker that drifted (``/model``, ...) is never handed on.
+        """
+        if not (isinstance(message, SystemMessage) and message.subtype == "init"):
+            return True
+        model, mode = message.data.get("model"), message.data.get("permissionMode")
+        if self.model is None:
+            self.model = model
+        expected_mode = self.config.permission_mode or "default"
+        if model == self.model and mode == expected_mode:
+            return True
+        log.warning("worker_drifted", worker=self.id, model=model, expected_model=self.model, permission_mode=mode)
+        self.reusable = False
+        return False
 
     @classmethod
     async def start(cls, config: SessionConfig, options: ClaudeAgentOptions, timeout: float) -> Worker:
@@ -90,20 +111,48 @@ class Worker:
         log.debug("worker_connected", worker=worker.id, pid=worker.pid, seconds=round(time.perf_counter() - began, 3))
         return worker
 
+    async def ask(self, prompt: str, verbatim: bool) -> None:
+        """Send a user message; ``verbatim`` makes the CLI take it as plain text.
+
+        Marked ``client_composed``, a message is never dispatched as a CLI command
+        nor expanded (``@/path`` would make the CLI read a file of the host).
+        """
+        if not verbatim:
+            await self.client.query(prompt)
+            return
+
+        async def composed() -> AsyncIterator[dict[str, Any]]:
+            yield {
+                "type": "user",
+                "message": {"role": "user", "content": prompt},
+                "parent_tool_use_id": None,
+                "client_composed": True,
+            }
+
+        await self.client.query(composed())
+
     async def reset(self, timeout: float) -> bool:
-        """Start a new, empty conversation (``/clear``); False if that failed."""
+        """Start a new, empty conversation (``/clear``); False if that failed or the
+        process no longer runs with its launch model and permission mode."""
         try:
             async with asyncio.timeout(timeout):
                 await self.client.query("/clear")
                 async for message in self.client.receive_response():
+                    self.runs_as_launched(message)
                     if isinstance(message, ResultMessage):
-                        return not message.is_error and self.is_alive()
+                        return not message.is_error and self.is_healthy()
         except Exception as error:
             log.info("worker_reset_failed", worker=self.id, error=repr(error))
         return False
 
-    async def close(self, timeout: float) -> None:
-        """Disconnect within ``timeout`` seconds, else kill the process. Never raises."""
+    async def close(self, timeout: float, graceful: bool = True) -> None:
+        """Disconnect within ``timeout`` seconds, else kill the process. Never raises.
+
+        Not ``graceful``: kill first (a process in doubt, e.g. half a prompt written),
+        then let the SDK clean up its side.
+        """
+        if not graceful:
+            _kill(self.process)
         try:
             async with asyncio.timeout(timeout):
                 await self.client.disconnect()

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
 
+import psutil
 import pytest
 
 from claude_sessions import CapacityError, ClaudeHandler, SystemConfig
-from claude_sessions.offline_model import OfflineModel
+from claude_sessions import handler as handler_module
+from claude_sessions.offline_model import OfflineModel, OfflineModelServer
+from claude_sessions.processes import process_started_at
+from claude_sessions.store import SessionStore
 from conftest import MakeHandler
 from helpers import cli_processes, reply_text, turn, wait_no_cli, worker_pid
+from server_process import sse, start_server
 
 
 async def test_idle_release_then_resume_with_history(make_handler: MakeHandler, model: OfflineModel) -> None:
@@ -99,3 +110,81 @@ async def test_purge_deletes_the_transcript_and_retention_purges_later(make_hand
     assert kept_path.exists()  # kept until the retention period passes
     await handler.run_maintenance()  # retention 0 days: due now
     assert not kept_path.exists()
+
+
+def test_kill_9_during_the_first_turn_keeps_the_conversation(
+    offline_server: OfflineModelServer, model: OfflineModel, tmp_path: Path
+) -> None:
+    server = start_server(tmp_path, offline_server.base_url)
+    with server.client("alice") as alice:
+        assert alice.post("/v1/sessions", json={"session_id": "early"}).status_code == 201
+        body = {"content": "[[slow:30]] remember the word kiwi"}
+        with alice.stream("POST", "/v1/sessions/early/messages", json=body) as stream:
+            kind, init = next(sse(stream))
+            assert kind == "system"
+            deadline = time.monotonic() + 10  # the CLI writes the transcript as it calls the model
+            while not list((tmp_path / "claude" / "projects").glob(f"*/{init['data']['session_id']}.jsonl")):
+                assert time.monotonic() < deadline, "no transcript"
+                time.sleep(0.05)
+            strays = server.cli_pids()
+            server.stop(signal.SIGKILL)  # mid-turn: no reply, no result
+
+    restarted = start_server(tmp_path, offline_server.base_url)
+    try:
+        with restarted.client("alice") as alice:
+            assert alice.get("/v1/sessions/early").json()["metrics"]["message_count"] == 1
+            model.requests.clear()
+            reply = alice.post("/v1/sessions/early/messages?stream=false", json={"content": "which word?"})
+            assert reply.status_code == 200, reply.text
+            assert "[user message 2 of this conversation]" in reply.json()["text"]
+            assert any("kiwi" in text for text in model.message_requests()[-1].user_texts)
+        workers = restarted.cli_pids()
+    finally:
+        restarted.stop()
+    assert wait_no_cli(strays | workers) == []
+
+
+async def test_a_conversation_never_recorded_starts_afresh_and_is_no_orphan(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    session_id = await handler.create_session("unwritten")
+    session = handler.session_manager.get(session_id)
+    session.claude_session_id = str(uuid.uuid4())  # seen at a turn's start; the CLI died before writing
+    await handler.shutdown_pool()
+    assert await handler.session_manager.detect_orphaned_sessions() == []
+    reply = reply_text(await turn(handler, session_id, "hello again"))
+    assert "[user message 1 of this conversation]" in reply and session.state == "active"
+
+
+async def test_an_earlier_runs_stray_is_ended_before_this_run_spawns(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CP_MIN_SIZE", "0")
+    first = ClaudeHandler(SystemConfig.from_env())
+    session_id = await first.create_session("kept")
+    await first.close()
+    stray = subprocess.Popen(["sleep", "60"])
+    store = SessionStore(SystemConfig.from_env().runtime.DATA_DIR.resolve() / "sessions.db")
+    store.add_worker(stray.pid, process_started_at(stray.pid))  # as if a crashed run left it
+    store.close()
+    sweeps: list[threading.Thread] = []
+    real_sweep = handler_module.end_stray_processes
+
+    def sweep(recorded: list[tuple[int, float]]) -> list[int]:
+        sweeps.append(threading.current_thread())
+        return real_sweep(recorded)
+
+    monkeypatch.setattr(handler_module, "end_stray_processes", sweep)
+    second = ClaudeHandler(SystemConfig.from_env())
+    try:
+        await turn(second, session_id, "a turn before anything else starts the handler")
+        pid = worker_pid(second, session_id)
+        await second.create_session("another")
+        assert stray.wait(5) is not None and psutil.pid_exists(pid)
+        assert "same worker" in reply_text(await turn(second, session_id, "same worker"))
+        assert worker_pid(second, session_id) == pid
+        assert len(sweeps) == 1 and sweeps[0] is not threading.main_thread()  # never on the event loop
+    finally:
+        await second.close()
+        stray.kill()
+        stray.wait()
+    assert wait_no_cli() == []

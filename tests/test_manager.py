@@ -171,3 +171,13 @@ async def test_force_cleanup_all_leaves_no_cli_process(make_handler: MakeHandler
     assert len(handler.session_manager) == 0
     with pytest.raises(WorkerDiedError):
         await asyncio.wait_for(running, 5)
+
+
+async def test_dropping_a_session_never_removes_a_newer_one_of_the_same_id(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    manager = handler.session_manager
+    assert manager.register_session("x")
+    older = manager.get("x")  # say its create is still starting a CLI, and will fail
+    assert manager.unregister_session("x") and manager.register_session("x")
+    assert not manager.drop(older)
+    assert "x" in manager and manager.get("x") is not older

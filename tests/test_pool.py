@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import time
 
 import pytest
 
 from claude_sessions import SessionConfig, WorkerStartError
 from claude_sessions.offline_model import OfflineModel
+from claude_sessions.worker import WorkerState
 from conftest import MakeHandler
 from helpers import pids_of, reply_text, turn, wait_no_cli, worker_pid
 
@@ -143,3 +145,71 @@ async def test_worker_that_will_not_close_in_time_is_killed(make_handler: MakeHa
     assert time.monotonic() - began < 3
     assert wait_no_cli({worker.pid}) == []
     assert handler.get_pool_status()["pool_size"] == 0
+
+
+async def test_close_while_a_cli_is_starting_leaves_no_process(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    creating = asyncio.create_task(handler.create_session("late"))
+    await asyncio.sleep(0.15)
+    assert handler.pool.live_count() == 1 and not handler.pool.workers()  # connecting
+    await handler.close()
+    with pytest.raises(WorkerStartError):
+        await creating
+    assert wait_no_cli(timeout=1) == []
+
+
+async def test_a_registry_failure_after_spawn_leaks_no_cli_nor_its_slot(
+    make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+
+    def broken(pid: int, started_at: float) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(handler.store, "add_worker", broken)
+    with pytest.raises(WorkerStartError, match="disk I/O error"):
+        await handler.create_session("s")
+    assert handler.pool.live_count() == 0 and "s" not in handler.session_manager
+    assert wait_no_cli(timeout=2) == []
+
+
+async def test_filling_spares_never_counts_one_twice(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0, "MAX_SIZE": 4})
+    handler.pool.limits.MIN_SIZE = 3
+    filling = asyncio.create_task(handler.pool.fill())
+    peak = 0
+    while not filling.done():
+        peak = max(peak, handler.pool.live_count())
+        await asyncio.sleep(0.002)
+    assert await filling == 3
+    assert peak == 3 and handler.pool.live_count() == 3
+
+
+async def test_a_worker_closed_during_its_reset_is_not_pooled(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    session_id = await handler.create_session()
+    await turn(handler, session_id, "hello")
+    session = handler.session_manager.get(session_id)
+    worker, session.worker = session.worker, None
+    assert worker is not None
+    releasing = asyncio.create_task(handler.pool.release(worker))
+    await asyncio.sleep(0.01)
+    assert worker.state is WorkerState.RESETTING
+    await handler.pool.discard(worker)
+    await releasing
+    assert worker.state is WorkerState.CLOSED and handler.pool.idle_count == 0
+    assert wait_no_cli({worker.pid}) == []
+
+
+async def test_spares_follow_only_the_latest_option_sets(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 2, "MAX_SIZE": 4})  # spares for 2 option sets
+    pool = handler.pool
+    configs = [SessionConfig(system_prompt=name) for name in ("a", "b", "c")]
+    for config in configs:
+        await handler.create_session(config=config)
+        while pool._tasks:  # let the top-ups finish
+            await asyncio.gather(*list(pool._tasks))
+    spares = [w.fingerprint for w in pool.workers() if w.state is WorkerState.IDLE]
+    assert configs[0].fingerprint not in spares  # the oldest demand gave its spares back
+    assert configs[2].fingerprint in spares  # so the newest found room for its own
+    assert len(spares) <= 4

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -162,7 +161,7 @@ async def test_an_earlier_runs_stray_is_ended_before_this_run_spawns(
     first = ClaudeHandler(SystemConfig.from_env())
     session_id = await first.create_session("kept")
     await first.close()
-    stray = subprocess.Popen(["sleep", "60"])
+    stray = await asyncio.create_subprocess_exec("sleep", "60")
     store = SessionStore(SystemConfig.from_env().runtime.DATA_DIR.resolve() / "sessions.db")
     store.add_worker(stray.pid, process_started_at(stray.pid))  # as if a crashed run left it
     store.close()
@@ -179,12 +178,13 @@ async def test_an_earlier_runs_stray_is_ended_before_this_run_spawns(
         await turn(second, session_id, "a turn before anything else starts the handler")
         pid = worker_pid(second, session_id)
         await second.create_session("another")
-        assert stray.wait(5) is not None and psutil.pid_exists(pid)
+        assert await asyncio.wait_for(stray.wait(), 5) is not None and psutil.pid_exists(pid)
         assert "same worker" in reply_text(await turn(second, session_id, "same worker"))
         assert worker_pid(second, session_id) == pid
         assert len(sweeps) == 1 and sweeps[0] is not threading.main_thread()  # never on the event loop
     finally:
         await second.close()
-        stray.kill()
-        stray.wait()
+        if stray.returncode is None:
+            stray.kill()
+        await stray.wait()
     assert wait_no_cli() == []

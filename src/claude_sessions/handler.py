@@ -14,12 +14,12 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Generator
 from typing import Any
 
 import anyio
 import structlog
-from claude_agent_sdk import AssistantMessage, ClaudeSDKError, Message, ResultMessage, SystemMessage
+from claude_agent_sdk import AssistantMessage, ClaudeSDKClient, ClaudeSDKError, Message, ResultMessage, SystemMessage
 
 from .cli_options import build_options, session_cwd
 from .config import SessionConfig, SystemConfig
@@ -43,7 +43,7 @@ from .pool import NoLiveRoom, WorkerPool
 from .processes import end_stray_processes, process_started_at
 from .store import SessionStore
 from .telemetry import DEFAULT_TENANT, LiveState, Telemetry
-from .worker import Worker
+from .worker import Worker, WorkerState
 
 log = structlog.get_logger("claude_sessions.handler")
 
@@ -76,6 +76,8 @@ class ClaudeHandler:
         self.maintenance = Maintenance(self.config.session_manager.CLEANUP_INTERVAL * 60, self.run_maintenance)
         self._started: asyncio.Task[None] | None = None
         self._closed = False
+        #: Workers whose client a caller holds (``_get_or_create_pooled_client``), by client.
+        self._lent: dict[int, Worker] = {}
         #: CLI processes an earlier run recorded; read now, before this run records its own.
         self._earlier_workers = self.store.take_workers()
 
@@ -111,6 +113,7 @@ class ClaudeHandler:
         await self.maintenance.stop()
         if self._started is not None and not self._started.done():
             self._started.cancel()
+        self._lent.clear()  # the pool closes them with every other worker
         count = await self.session_manager.close()
         log.info("handler_closed", sessions=count)
 
@@ -212,6 +215,31 @@ class ClaudeHandler:
 
     def get_pool_status(self) -> dict[str, Any]:
         return self.pool.status()
+
+    def _get_or_create_pooled_client(self, config: SessionConfig | None = None) -> PooledClient:
+        """The seed's pool call: a connected ``ClaudeSDKClient`` for ``config``, warm when one is idle.
+
+        ``client = await handler._get_or_create_pooled_client(config)`` lends it until
+        ``await handler._return_pooled_client(client)``; ``async with`` on the same call
+        returns it by itself. Lent clients count in ``get_pool_status()`` (state
+        ``lent``), stay within ``CP_MAX_LIVE``, and are closed by ``close()`` if the
+        caller never gave them back.
+        """
+        return PooledClient(self, config or SessionConfig())
+
+    async def _lend(self, config: SessionConfig) -> ClaudeSDKClient:
+        await self.start()
+        worker = await self._acquire(config)
+        worker.state = WorkerState.LENT
+        self._lent[id(worker.client)] = worker
+        return worker.client
+
+    async def _return_pooled_client(self, client: ClaudeSDKClient) -> None:
+        """Take back a lent client: reset with ``/clear`` and pooled, or closed."""
+        worker = self._lent.pop(id(client), None)
+        if worker is None:
+            raise ValueError("this client was not lent by this handler")
+        await self.pool.release(worker)
 
     # -- turns ------------------------------------------------------------------
 
@@ -423,6 +451,26 @@ class ClaudeHandler:
             path.unlink(missing_ok=True)
         self.store.forget_replies(older_than=now - REPLAY_SECONDS)
         return len(paths)
+
+
+class PooledClient:
+    """What ``_get_or_create_pooled_client`` returns: await it for a lent client, or
+    use it with ``async with`` to have the client handed back at the end."""
+
+    def __init__(self, handler: ClaudeHandler, config: SessionConfig) -> None:
+        self._handler, self._config = handler, config
+        self._client: ClaudeSDKClient | None = None
+
+    def __await__(self) -> Generator[Any, None, ClaudeSDKClient]:
+        return self.__aenter__().__await__()
+
+    async def __aenter__(self) -> ClaudeSDKClient:
+        self._client = await self._handler._lend(self._config)
+        return self._client
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._handler._return_pooled_client(self._client)
 
 
 def slash_command(prompt: str) -> str | None:

@@ -30,6 +30,7 @@ class WorkerState(enum.StrEnum):
     CONNECTING = "connecting"
     IDLE = "idle"  # in the pool, ready to be taken
     BOUND = "bound"  # serving a session
+    LENT = "lent"  # its client handed to a caller (the seed's ``_get_or_create_pooled_client``)
     RESETTING = "resetting"  # /clear on its way back to the pool
     CLOSING = "closing"
     CLOSED = "closed"

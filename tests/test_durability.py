@@ -13,9 +13,8 @@ import psutil
 import pytest
 
 from claude_sessions import CapacityError, ClaudeHandler, SystemConfig
-from claude_sessions import handler as handler_module
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from claude_sessions.processes import process_started_at
+from claude_sessions.processes import end_stray_processes, process_started_at
 from claude_sessions.store import SessionStore
 from conftest import MakeHandler
 from helpers import cli_processes, reply_text, turn, wait_no_cli, worker_pid
@@ -166,13 +165,12 @@ async def test_an_earlier_runs_stray_is_ended_before_this_run_spawns(
     store.add_worker(stray.pid, process_started_at(stray.pid))  # as if a crashed run left it
     store.close()
     sweeps: list[threading.Thread] = []
-    real_sweep = handler_module.end_stray_processes
 
     def sweep(recorded: list[tuple[int, float]]) -> list[int]:
         sweeps.append(threading.current_thread())
-        return real_sweep(recorded)
+        return end_stray_processes(recorded)
 
-    monkeypatch.setattr(handler_module, "end_stray_processes", sweep)
+    monkeypatch.setattr("claude_sessions.handler.end_stray_processes", sweep)
     second = ClaudeHandler(SystemConfig.from_env())
     try:
         await turn(second, session_id, "a turn before anything else starts the handler")

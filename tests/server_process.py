@@ -68,8 +68,11 @@ class ServerProcess:
         return self.process.wait(timeout)
 
 
-def start_server(tmp: Path, model_url: str, **env: str) -> ServerProcess:
-    """Start the server against ``model_url`` and wait until it answers."""
+def start_server(tmp: Path, model_url: str, *, offline: bool = False, **env: str) -> ServerProcess:
+    """Start the server against ``model_url`` and wait until it answers.
+
+    ``offline`` runs the server's own in-process offline model instead (``--offline``).
+    """
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "CP_", "OPT_", "API_KEYS", "ADMIN_"))}
     full_env = {
@@ -83,7 +86,10 @@ def start_server(tmp: Path, model_url: str, **env: str) -> ServerProcess:
     log_path = tmp / f"server-{port}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [SCRIPT, "serve", "--online", "--port", str(port)], env=full_env, stdout=log_file, stderr=log_file
+            [SCRIPT, "serve", "--offline" if offline else "--online", "--port", str(port)],
+            env=full_env,
+            stdout=log_file,
+            stderr=log_file,
         )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path, tmp)
     deadline = time.monotonic() + 60
@@ -96,6 +102,24 @@ def start_server(tmp: Path, model_url: str, **env: str) -> ServerProcess:
             pass
         assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.1)
+
+
+def raw_request(
+    base_url: str, method: str, target: str, headers: dict[str, str] | None = None, body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte (no client normalises its path or body): status, headers, body."""
+    host, _, port = base_url.removeprefix("http://").partition(":")
+    head = {"Host": host, "Content-Length": str(len(body)), "Connection": "close", **(headers or {})}
+    request = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in head.items()) + "\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(request.encode() + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    header_block, _, payload = data.partition(b"\r\n\r\n")
+    status_line, *lines = header_block.decode("latin-1").split("\r\n")
+    fields = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), fields, payload
 
 
 def sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:

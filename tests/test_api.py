@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+import claude_sessions
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from helpers import wait_no_cli
-from server_process import ADMIN_KEY, ServerProcess, bearer, sse, start_server
+from server_process import ADMIN_KEY, KEYS, ServerProcess, bearer, raw_request, sse, start_server
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +31,7 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
         SM_MAX_SESSIONS="5",
         TENANT_MAX_SESSIONS="3",
         OPT_MESSAGE_TIMEOUT="3",
+        OPT_CLI_MAX_RETRIES="0",  # a model error ends its turn at once
     )
     yield process
     assert process.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
@@ -249,14 +255,17 @@ def test_openapi_schema_is_served(server: ServerProcess) -> None:
     assert "/v1/sessions/{session_id}/messages" in schema["paths"]
 
 
-def test_schemathesis_finds_no_server_error(server: ServerProcess) -> None:
+def test_schemathesis_finds_no_server_error(server: ServerProcess, admin: httpx.Client) -> None:
+    """Every check: no 500, every status and content type documented, answers as described."""
     done = subprocess.run(
         [
             str(Path(sys.executable).with_name("schemathesis")),
+            "--config-file",
+            str(Path(__file__).with_name("schemathesis.toml")),
             "run",
             f"{server.base_url}/openapi.json",
             "--checks",
-            "not_a_server_error",
+            "all",
             "--max-examples",
             "25",
             "--header",
@@ -269,6 +278,8 @@ def test_schemathesis_finds_no_server_error(server: ServerProcess) -> None:
         timeout=400,
         check=False,
     )
+    for session in admin.get("/v1/sessions").json()["sessions"]:  # what it created holds the session limit
+        admin.delete(f"/v1/sessions/{session['session_id']}")
     assert done.returncode == 0, done.stdout[-4000:]
 
 
@@ -310,3 +321,189 @@ def test_delete_with_purge_removes_the_transcript(alice: httpx.Client, server: S
     with pytest.raises(ValueError):
         server.transcript(purged["result"]["session_id"])
     assert server.transcript(kept["result"]["session_id"]).exists()
+
+
+def test_tool_lists_are_json_arrays_and_the_policy_names_what_is_refused(alice: httpx.Client) -> None:
+    narrowed = alice.post(
+        "/v1/sessions", json={"session_id": "narrow", "allowed_tools": [], "disallowed_tools": ["Bash"]}
+    )
+    assert narrowed.status_code == 201, narrowed.text
+    assert narrowed.json()["options"]["disallowed_tools"] == ["Bash"]
+    widened = alice.post("/v1/sessions", json={"allowed_tools": ["Bash"]})  # TOOLS_ALLOWED is empty here
+    assert widened.status_code == 422
+    assert widened.json()["error"]["message"] == "allowed_tools: not permitted on this server: ['Bash']"
+    still_strict = alice.post("/v1/sessions", json={"allowed_tools": "Bash"})
+    assert still_strict.status_code == 422 and "allowed_tools" in still_strict.json()["error"]["message"]
+
+
+def test_omitted_permission_mode_is_stored_resolved(alice: httpx.Client) -> None:
+    created = alice.post("/v1/sessions", json={"session_id": "mode"}).json()
+    assert created["options"]["permission_mode"] == "default"
+    assert alice.get("/v1/sessions/mode").json()["options"]["permission_mode"] == "default"
+    events = stream_turn(alice, "mode", "which mode?")
+    init = next(data for kind, data in events if kind == "system" and data["subtype"] == "init")
+    assert init["data"]["permissionMode"] == "default"  # type: ignore[index]
+
+
+def test_model_error_ends_the_stream_with_an_error_event_and_json_with_502(
+    alice: httpx.Client, model: OfflineModel
+) -> None:
+    assert alice.post("/v1/sessions", json={"session_id": "overloaded"}).status_code == 201
+    events = stream_turn(alice, "overloaded", "[[fail:529]] streamed")
+    kind, data = events[-1]
+    assert kind == "error" and "result" not in [k for k, _ in events]
+    error: dict[str, Any] = data["error"]  # type: ignore[assignment]
+    assert error["type"] == "model_error" and error["status"] == 529 and "529" in error["message"]
+    assert not any("API Error" in json.dumps(d) for k, d in events if k == "assistant")  # no synthetic reply
+
+    key = {"Idempotency-Key": "retry-me"}
+    for _ in range(2):  # a failed turn is not kept for replay: the same key runs it again
+        answer = alice.post(
+            "/v1/sessions/overloaded/messages?stream=false", json={"content": "[[fail:529]] j"}, headers=key
+        )
+        assert answer.status_code == 502
+        assert answer.json()["error"]["type"] == "model_error" and answer.json()["error"]["status"] == 529
+    assert sum(1 for r in model.message_requests() if r.last_user_text == "[[fail:529]] j") == 2
+
+    assert stream_turn(alice, "overloaded", "fine again")[-1][0] == "result"  # the session stays usable
+    metrics = alice.get("/v1/sessions/overloaded").json()["metrics"]
+    assert metrics["api_errors"] == 3 and metrics["message_count"] == 4
+
+
+def test_slash_command_outside_the_allow_list_is_422(alice: httpx.Client, model: OfflineModel) -> None:
+    assert alice.post("/v1/sessions", json={"session_id": "slash"}).status_code == 201
+    answer = alice.post("/v1/sessions/slash/messages", json={"content": "/config permissionMode=acceptEdits"})
+    assert answer.status_code == 422
+    assert answer.json()["error"]["type"] == "slash_command_refused" and "/config" in answer.json()["error"]["message"]
+    assert alice.get("/v1/sessions/slash").json()["metrics"]["message_count"] == 0
+
+
+def test_bad_input_is_4xx_never_500(alice: httpx.Client, server: ServerProcess) -> None:
+    auth = {"Authorization": f"Bearer {KEYS['alice']}", "Content-Type": "application/json"}
+    for dots in (".", "..", "..."):
+        created = alice.post("/v1/sessions", json={"session_id": dots})
+        assert created.status_code == 422 and "session_id" in created.json()["error"]["message"]
+        for method, suffix in [("GET", ""), ("DELETE", ""), ("GET", "/history"), ("POST", "/interrupt")]:
+            status, _, _ = raw_request(server.base_url, method, f"/v1/sessions/{dots}{suffix}", auth)
+            assert 400 <= status < 500, (method, dots, suffix, status)
+        status, _, _ = raw_request(server.base_url, "POST", f"/v1/sessions/{dots}/messages", auth, b'{"content": "x"}')
+        assert 400 <= status < 500
+    assert alice.post("/v1/sessions", json={"session_id": "s1"}).status_code == 201
+    for path in ["/v1/sessions/s1%0A", "/v1/sessions/s1%0A/history", "/v1/sessions/%20s1"]:
+        answer = alice.get(path)
+        assert answer.status_code == 422 and answer.json()["error"]["type"] == "invalid_request", path
+    bodies = {
+        b'{"session_id": "\xff\xfe"}': "UTF-8",
+        b"[" * 100_000 + b"]" * 100_000: "nested",
+        b'{"metadata": {"deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}": "nested",
+    }
+    for body, problem in bodies.items():
+        status, _, payload = raw_request(server.base_url, "POST", "/v1/sessions", auth, body)
+        assert status == 422 and problem in json.loads(payload)["error"]["message"], payload[:200]
+    status, _, payload = raw_request(server.base_url, "POST", "/v1/sessions/s1/messages", auth, b'{"content": "\xc3"}')
+    assert status == 422 and json.loads(payload)["error"]["type"] == "invalid_request"
+
+
+def test_405_lists_every_allowed_method(alice: httpx.Client) -> None:
+    for method, path, allowed in [
+        ("PUT", "/v1/sessions", "GET, POST"),
+        ("PATCH", "/v1/sessions/x", "GET, DELETE"),
+        ("GET", "/v1/sessions/x/messages", "POST"),
+        ("DELETE", "/v1/health", "GET"),
+    ]:
+        answer = alice.request(method, path)
+        assert answer.status_code == 405 and answer.headers["Allow"] == allowed, (method, path, answer.headers)
+        assert answer.json()["error"]["type"] == "method_not_allowed"
+
+
+def _forbidden_in(text: str, server: ServerProcess, offline_server: OfflineModelServer) -> list[str]:
+    """What a tenant must not see, found in ``text``."""
+    address = offline_server.base_url.removeprefix("http://")
+    secrets = {
+        "server root": str(server.root),
+        "server root, resolved": str(server.root.resolve()),
+        "virtualenv": sys.prefix,
+        "package": str(Path(claude_sessions.__file__).parent),
+        "model address": address,
+        "registry key": "alice/",
+    }
+    found = [name for name, secret in secrets.items() if secret in text]
+    if re.search(r'"pid"\s*:\s*\d', text) or re.search(r"/\d+\.sock", text):
+        found.append("pid")
+    return found
+
+
+def test_tenant_views_carry_no_pid_path_address_or_key(
+    alice: httpx.Client,
+    bob: httpx.Client,
+    admin: httpx.Client,
+    server: ServerProcess,
+    offline_server: OfflineModelServer,
+) -> None:
+    answers: list[str] = []
+    answers.append(alice.post("/v1/sessions", json={"session_id": "seen", "cwd": "sub"}).text)
+    assert bob.post("/v1/sessions", json={"session_id": "other"}).status_code == 201
+    with alice.stream("POST", "/v1/sessions/seen/messages", json={"content": "hello"}) as response:
+        answers.append(response.read().decode())
+    assert '"cwd":"<workspace>/sub"' in answers[-1]  # the system/init event, its path neutral
+    slow = threading.Thread(target=stream_turn, args=(alice, "seen", "[[slow:1.5]] busy now"))
+    slow.start()
+    time.sleep(0.5)
+    busy = alice.post("/v1/sessions/seen/messages", json={"content": "me too"})
+    slow.join()
+    assert busy.status_code == 409 and busy.json()["error"]["message"] == "session 'seen' is running a turn"
+    model_error = alice.post("/v1/sessions/seen/messages?stream=false", json={"content": "[[fail:529]] x"})
+    assert model_error.status_code == 502 and "(<model-endpoint>)" in model_error.json()["error"]["message"]
+    with alice.stream("POST", "/v1/sessions/seen/messages", json={"content": "[[fail:529]] y"}) as response:
+        answers.append(response.read().decode())
+    answers += [model_error.text, busy.text]
+    answers += [alice.get(p).text for p in ["/v1/sessions/seen", "/v1/sessions", "/v1/sessions/seen/history"]]
+    health, pool = alice.get("/v1/health").json(), alice.get("/v1/pool").json()
+    answers += [json.dumps(health), json.dumps(pool)]
+    for text in answers:
+        assert _forbidden_in(text, server, offline_server) == [], text[:2000]
+
+    # Only alice's own: her session, the workers of her workspace.
+    assert health["sessions"]["active"] == 1 and health["totals"]["messages"] == 4
+    everything = admin.get("/v1/pool").json()["connections"]
+    bobs = {c["id"] for c in bob.get("/v1/pool").json()["connections"]}
+    alices = {c["id"] for c in pool["connections"]}
+    assert alices and bobs and not alices & bobs and alices | bobs <= {c["id"] for c in everything}
+    assert health["pool"]["size"] == pool["pool_size"] == len(alices)
+    # The admin sees everything as it is, pids included.
+    assert {c["pid"] for c in everything} <= server.cli_pids()
+    assert admin.get("/v1/health").json()["sessions"]["active"] >= 2
+
+
+def test_a_client_that_stops_reading_frees_the_session_at_the_turn_deadline(
+    alice: httpx.Client, admin: httpx.Client, server: ServerProcess
+) -> None:
+    assert alice.post("/v1/sessions", json={"session_id": "stalled"}).status_code == 201
+    body = json.dumps({"content": "[[big:1024]] more than the socket buffers hold"}).encode()
+    head = (
+        "POST /v1/sessions/stalled/messages HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: Bearer {KEYS['alice']}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    host, _, port = server.base_url.removeprefix("http://").partition(":")
+    with socket.socket() as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect((host, int(port)))
+        stalled.sendall(head.encode() + body)  # and never reads a byte
+        began = time.monotonic()
+        states: list[tuple[float, str]] = []
+        while (state := alice.get("/v1/sessions/stalled").json()["state"]) == "busy" or not states:
+            states.append((round(time.monotonic() - began, 1), state))
+            assert time.monotonic() - began < 3 + 2.5, f"the stalled client held the session: {states}"
+            time.sleep(0.1)
+        held = time.monotonic() - began
+        assert held > 2, f"the turn was not held by the stalled client at all: {states}"  # it was, until...
+        reply = alice.post("/v1/sessions/stalled/messages?stream=false", json={"content": "next"})
+        assert reply.status_code == 200 and "You said: next" in reply.json()["text"]
+    time.sleep(0.3)
+    assert any(e.get("event") == "sse_client_stalled" for e in server.log_lines())
+    # No CLI is left behind: every CLI process of the server is a worker the pool knows.
+    deadline = time.monotonic() + 5
+    while (known := {c["pid"] for c in admin.get("/v1/pool").json()["connections"]}) != server.cli_pids():
+        assert time.monotonic() < deadline, (known, server.cli_pids())
+        time.sleep(0.1)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from claude_sessions import ConfigError, SessionConfig, SystemConfig
+from claude_sessions.cli_options import cli_env
 
 
 @pytest.fixture(autouse=True)
@@ -104,3 +106,32 @@ def test_session_options_reject_unknown_fields_and_bad_values() -> None:
         SessionConfig(max_turns=0)
     with pytest.raises(ValueError):
         SessionConfig(permission_mode="yolo")
+
+
+@pytest.mark.parametrize("tenant", ["admin", "Admin", "ADMIN"])
+def test_a_tenant_named_admin_is_refused(monkeypatch: pytest.MonkeyPatch, tenant: str) -> None:
+    monkeypatch.setenv("API_KEYS", f"acme:k1,{tenant}:tenant-secret")
+    with pytest.raises(ConfigError) as caught:
+        SystemConfig.from_env()
+    message = str(caught.value)
+    assert message.startswith("invalid API_KEYS=<secret>: ") and "admin" in message.lower() and "\n" not in message
+    assert "tenant-secret" not in message
+
+
+def test_the_anthropic_api_key_is_secret(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-very-secret")
+    monkeypatch.setenv("CLAUDE_SESSIONS_DATA_DIR", str(tmp_path))
+    config = SystemConfig.from_env()
+    assert "sk-ant-very-secret" not in repr(config) and "sk-ant-very-secret" not in str(config.model_dump())
+    assert cli_env(config)["ANTHROPIC_API_KEY"] == "sk-ant-very-secret"  # the CLI still gets it
+
+
+def test_permission_modes_need_one_and_the_default_is_default_or_the_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert SystemConfig.from_env().server.default_permission_mode == "default"
+    monkeypatch.setenv("PERMISSION_MODES_ALLOWED", "plan,default")
+    assert SystemConfig.from_env().server.default_permission_mode == "default"
+    monkeypatch.setenv("PERMISSION_MODES_ALLOWED", "plan,acceptEdits")
+    assert SystemConfig.from_env().server.default_permission_mode == "plan"
+    monkeypatch.setenv("PERMISSION_MODES_ALLOWED", " , ")
+    with pytest.raises(ConfigError, match="PERMISSION_MODES_ALLOWED"):
+        SystemConfig.from_env()

@@ -93,6 +93,15 @@ def test_latency_injection(client: httpx.Client, model: OfflineModel) -> None:
         model.settings.first_token_delay = 0.0
 
 
+def test_big_reply_on_request(client: httpx.Client) -> None:
+    text = client.post("/v1/messages", json=body("[[big:64]] large")).json()["content"][0]["text"]
+    assert text.startswith("(offline model) You said: [[big:64]] large [")
+    assert 64 * 1024 <= len(text.encode()) < 65 * 1024
+    streamed = sse_events(client.post("/v1/messages", json=body("[[big:3]]", stream=True)).text)
+    pieces = [str(d["delta"]["text"]).encode() for k, d in streamed if k == "content_block_delta"]  # type: ignore[index]
+    assert sum(map(len, pieces)) >= 3 * 1024 and max(map(len, pieces)) <= 1025
+
+
 def test_hung_response_never_answers(client: httpx.Client) -> None:
     with pytest.raises(httpx.ReadTimeout):
         client.post("/v1/messages", json=body("[[hang]]"), timeout=0.5)

@@ -6,34 +6,52 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
-import psutil
-
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from helpers import wait_no_cli
 from server_process import free_port, sse, start_server
 
 
-def test_sigterm_lets_the_running_turn_finish_and_leaves_no_process(
+def test_sigterm_drains_refusing_new_requests_while_the_running_turn_finishes(
     offline_server: OfflineModelServer, tmp_path: Path
 ) -> None:
-    server = start_server(tmp_path, offline_server.base_url)
+    # --offline: the server's own in-process model must keep serving the turn while it drains.
+    server = start_server(tmp_path, offline_server.base_url, offline=True)
     with server.client("alice") as alice:
         assert alice.post("/v1/sessions", json={"session_id": "last"}).status_code == 201
-        with alice.stream("POST", "/v1/sessions/last/messages", json={"content": "[[slow:2]] finish me"}) as stream:
+        with alice.stream("POST", "/v1/sessions/last/messages", json={"content": "[[slow:3]] finish me"}) as stream:
             events = sse(stream)
             assert next(events)[0] == "system"
-            workers = {p.pid for p in psutil.Process(server.process.pid).children(recursive=True)}
+            workers = server.cli_pids()
             assert workers
             server.process.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
-            try:  # no new turn is taken while the running one drains
-                late = alice.post("/v1/sessions/other/messages", json={"content": "too late"}, timeout=5)
-                assert late.status_code == 503, late.text
-            except httpx.TransportError:
-                pass  # the listener is closed already: not taken either
+            time.sleep(0.5)
+            with server.client("bob") as bob:  # a new connection: the socket still accepts
+                late = [bob.post("/v1/sessions", json={}), bob.get("/v1/health")]
+            for answer in late:
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["error"]["type"] == "shutting_down" and int(answer.headers["Retry-After"]) > 0
             rest = list(events)
         assert rest[-1][0] == "result" and rest[-1][1]["is_error"] is False
+        assert any("finish me" in str(data) for kind, data in rest if kind == "assistant")
+    assert server.stop() in (0, -signal.SIGTERM)
+    assert wait_no_cli(workers) == []
+    drained = [e["event"] for e in server.log_lines() if e.get("event", "").startswith(("server_drain", "drain_"))]
+    assert drained[:2] == ["server_draining", "drain_started"] and "drain_interrupting_turns" not in drained
+
+
+def test_sigterm_interrupts_a_turn_that_outlasts_the_drain(offline_server: OfflineModelServer, tmp_path: Path) -> None:
+    server = start_server(tmp_path, offline_server.base_url, OPT_DESTROY_TIMEOUT="1")
+    with server.client("alice") as alice:
+        assert alice.post("/v1/sessions", json={"session_id": "long"}).status_code == 201
+        with alice.stream("POST", "/v1/sessions/long/messages", json={"content": "[[slow:60]] too long"}) as stream:
+            events = sse(stream)
+            assert next(events)[0] == "system"
+            workers = server.cli_pids()
+            began = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            rest = list(events)
+        assert rest[-1][0] in ("result", "error"), rest[-1]  # the stream ends with an event, not a cut
+        assert time.monotonic() - began < 10
     assert server.stop() in (0, -signal.SIGTERM)
     assert wait_no_cli(workers) == []
 
@@ -92,9 +110,11 @@ def test_each_tenant_finds_warm_workers_in_its_own_workspace(
         assert len(spares) == 3  # CP_MIN_SIZE=1 for alice, bob and admin
         with server.client("alice") as alice:
             assert alice.post("/v1/sessions", json={"session_id": "first"}).status_code == 201
-            bound = [c["pid"] for c in alice.get("/v1/pool").json()["connections"] if c["state"] == "bound"]
-            assert bound and set(bound) <= {c["pid"] for c in spares}  # taken warm, not spawned
+            bound = [c["id"] for c in alice.get("/v1/pool").json()["connections"] if c["state"] == "bound"]
+            assert bound and set(bound) <= {c["id"] for c in spares}  # taken warm, not spawned
             reply = alice.post("/v1/sessions/first/messages?stream=false", json={"content": "where?"}).json()
-        assert reply["messages"][0]["data"]["cwd"] == str(tmp_path / "workspaces" / "alice")
+        init = next(m for m in reply["messages"] if m.get("subtype") == "init")
+        assert init["data"]["cwd"] == "<workspace>"  # exactly the tenant's workspace, not shown to it
+        assert init["data"]["permissionMode"] == "default"  # the resolved mode, pinned on the spare too
     finally:
         server.stop()

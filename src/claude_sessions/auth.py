@@ -5,9 +5,9 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from .config import ServerConfig
+from .config import RESERVED_TENANT, ServerConfig
 
-ADMIN_TENANT = "admin"
+ADMIN_TENANT = RESERVED_TENANT
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Literal, TypeVar, get_args
+from typing import Literal, TypeVar, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,7 +70,7 @@ class RuntimeConfig(_Section):
     CLAUDE_CONFIG_DIR: Path | None = Field(None, validation_alias="CLAUDE_CONFIG_DIR")
     WORKSPACE_ROOT: Path | None = Field(None, validation_alias="WORKSPACE_ROOT")
     ANTHROPIC_BASE_URL: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
-    ANTHROPIC_API_KEY: str | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
+    ANTHROPIC_API_KEY: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
 
     @property
     def config_dir(self) -> Path:
@@ -96,6 +96,8 @@ class RuntimeConfig(_Section):
 
 
 _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: The admin key's tenant name (sessions, workspace): no API_KEYS tenant may use it, in any case.
+RESERVED_TENANT = "admin"
 
 
 def _comma_list(value: str) -> list[str]:
@@ -122,6 +124,8 @@ class ServerConfig(_Section):
             tenant, _, key = pair.partition(":")
             if not _TENANT.fullmatch(tenant) or not key:
                 raise ValueError('expected "tenant:key,tenant2:key2" with tenants matching [A-Za-z0-9_-]{1,64}')
+            if tenant.lower() == RESERVED_TENANT:  # the admin's namespace and workspace are its own
+                raise ValueError(f"tenant name {tenant!r} is reserved for ADMIN_API_KEY")
         return value
 
     @field_validator("PERMISSION_MODES_ALLOWED")
@@ -131,6 +135,8 @@ class ServerConfig(_Section):
         unknown = [mode for mode in _comma_list(value) if mode not in known]
         if unknown:
             raise ValueError(f"unknown permission modes {unknown}; known: {sorted(known)}")
+        if not _comma_list(value):
+            raise ValueError("name at least one permission mode (a session runs in one)")
         return value
 
     def tenant_keys(self) -> list[tuple[str, str]]:
@@ -145,6 +151,12 @@ class ServerConfig(_Section):
     @property
     def permission_modes_allowed(self) -> set[str]:
         return set(_comma_list(self.PERMISSION_MODES_ALLOWED))
+
+    @property
+    def default_permission_mode(self) -> PermissionMode:
+        """The mode of a session that names none: ``default`` if allowed, else the first allowed."""
+        modes = _comma_list(self.PERMISSION_MODES_ALLOWED)
+        return cast(PermissionMode, "default" if "default" in modes else modes[0])
 
     @property
     def slash_commands_allowed(self) -> set[str]:

@@ -185,6 +185,7 @@ class ClaudeHandler:
             await self.pool.release(worker)
         else:
             session.worker = worker
+            session.metrics.touch()  # inactivity counts from when the session is ready, not from the request
         self.telemetry.sessions_created.labels(tenant).inc()
         log.info("session_created", session_id=session_id, tenant=owner, pool_size=len(self.pool.workers()))
         return key

@@ -12,6 +12,9 @@ concurrent tests never disturb each other:
 ``[[fail:500]]`` (any status)  answer that HTTP status with an API error body
 ``[[hang]]``                  accept the request and never answer
 ``[[slow:1.5]]``              wait that many seconds before the first token
+``[[big:64]]``                add that many KiB (UTF-8) to the reply, in words of 1 KiB of a
+                              4-byte character: one character against the SDK's line limit,
+                              12 bytes once JSON-escaped (a surrogate pair)
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 _FAIL = re.compile(r"\[\[fail:(\d{3})\]\]")
 _SLOW = re.compile(r"\[\[slow:([0-9.]+)\]\]")
 _HANG = "[[hang]]"
+_BIG = re.compile(r"\[\[big:(\d{1,5})\]\]")
+_BIG_WORD = "\U0001d465" * 256  # 1 KiB of UTF-8: a mathematical italic x, outside the BMP
 
 #: Test control: the last user text asks the model to call a tool.
 TOOL_MARKER = re.compile(r"\[\[tool:(\w+):(\{.*?\})\]\]")
@@ -168,7 +173,10 @@ def _reply_for(body: dict[str, Any]) -> str:
     turns = sum(1 for m in body.get("messages") or [] if m.get("role") == "user")
     if not text:
         return "(offline model) nothing to echo."
-    return f"(offline model) You said: {text} [user message {turns} of this conversation]"
+    reply = f"(offline model) You said: {text} [user message {turns} of this conversation]"
+    if big := _BIG.search(text):
+        reply += " " + " ".join(_BIG_WORD for _ in range(int(big.group(1))))
+    return reply
 
 
 def _error_body(status: int) -> dict[str, Any]:

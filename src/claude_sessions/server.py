@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import signal
+from collections.abc import Callable, Coroutine
+from types import FrameType
+from typing import Any
 
 import structlog
 import uvicorn
 
 from .api import create_app
+from .api_common import Service
 from .auth import Authenticator
 from .config import SystemConfig
 from .handler import ClaudeHandler
@@ -27,6 +33,41 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that drains before it stops.
+
+    uvicorn closes its listener as soon as a signal arrives, so a client learns of
+    the shutdown by a refused connection. Here the first SIGTERM/SIGINT starts
+    ``drain`` instead: the socket keeps accepting, every new request answers 503
+    ``shutting_down``, and the running turns end (each stream with its ``result``
+    or ``error``); only then does uvicorn's own shutdown run. A second signal
+    skips the rest of the drain.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._signal: int | None = None
+        self._draining: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._signal is None:
+            self._signal = sig  # picked up by on_tick, on the event loop
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._signal is not None and self._draining is None:
+            log.info("server_draining", signal=signal.Signals(self._signal).name)
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+        if self._draining is not None and self._draining.done() and not self.should_exit:
+            if not self._draining.cancelled() and (error := self._draining.exception()) is not None:
+                log.error("server_drain_failed", error=repr(error))
+            assert self._signal is not None
+            super().handle_exit(self._signal, None)  # now uvicorn (and sse-starlette) shut down
+        return await super().on_tick(counter)
+
+
 def run_server(config: SystemConfig, host: str | None = None, port: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then let running turns finish and close every worker."""
     host = host or config.server.HOST
@@ -37,12 +78,18 @@ def run_server(config: SystemConfig, host: str | None = None, port: int | None =
     elif Authenticator(config.server).is_open:
         log.warning("no_api_keys", detail="no API_KEYS or ADMIN_API_KEY: listening on loopback only", host=host)
     app = create_app(ClaudeHandler(config))
+    service: Service = app.state.service
+    drain_seconds = config.optimization.DESTROY_TIMEOUT
     log.info("server_starting", host=host, port=port)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(config.optimization.DESTROY_TIMEOUT + SHUTDOWN_MARGIN),
+    server = DrainingServer(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=int(drain_seconds + SHUTDOWN_MARGIN),
+        ),
+        drain=lambda: service.lifecycle.drain(drain_seconds),
     )
+    server.run()

@@ -1,0 +1,147 @@
+"""The service surface of the HTTP API: health, pool, metrics, admin cleanup.
+
+``/v1/health`` and ``/v1/pool`` answer a tenant with its own sessions, workers and
+totals only (and no pids); the admin and the keyless operator see everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from .api_common import Admin, Caller, ServiceDep, error_responses
+from .auth import Principal
+from .handler import ClaudeHandler
+
+router = APIRouter()
+
+
+class Connection(BaseModel):
+    id: str
+    pid: int | None = Field(None, description="the admin's view only")
+    state: str
+    age_seconds: float
+    uses: int
+    healthy: bool
+
+
+class PoolStatus(BaseModel):
+    pool_size: int
+    idle: int
+    healthy_connections: int
+    max_size: int
+    min_size: int
+    connections: list[Connection]
+
+
+class HealthReport(BaseModel):
+    status: Literal["ok", "degraded"]
+    reasons: list[str]
+    sessions: dict[str, int]
+    pool: dict[str, int]
+    totals: dict[str, float]
+    errors: dict[str, int]
+
+
+class CleanupAnswer(BaseModel):
+    inactive: list[str]
+    orphaned: list[str]
+
+
+_TENANT_VIEW = " A tenant sees its own sessions and workers only; the admin sees everything."
+
+
+def _view(principal: Principal) -> str | None:
+    """Whose view: None for the admin and the operator (everything), else the tenant's."""
+    return None if principal.is_admin else principal.tenant
+
+
+def _workspace(handler: ClaudeHandler, tenant: str | None) -> Path | None:
+    return None if tenant is None else handler.config.runtime.workspace_root / tenant
+
+
+@router.get(
+    "/v1/health",
+    tags=["service"],
+    response_model=None,
+    responses={
+        200: {"model": HealthReport, "description": "The health report." + _TENANT_VIEW},
+        **error_responses(401),
+    },
+)
+async def health(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+    report = service.manager.get_session_health_report(_view(principal))
+    reasons = await _degradations(service.handler)
+    return {"status": "degraded" if reasons else "ok", "reasons": reasons, **report}
+
+
+@router.get(
+    "/v1/pool",
+    tags=["service"],
+    response_model=None,
+    responses={200: {"model": PoolStatus, "description": "The worker pool." + _TENANT_VIEW}, **error_responses(401)},
+)
+async def pool(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+    return service.handler.pool.status(_workspace(service.handler, _view(principal)))
+
+
+@router.get(
+    "/metrics",
+    tags=["service"],
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}},
+        **error_responses(401, 403),
+    },
+)
+async def metrics(_: Admin, service: ServiceDep) -> Response:
+    return Response(generate_latest(service.handler.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post(
+    "/v1/admin/cleanup",
+    tags=["admin"],
+    response_model=None,
+    responses={200: {"model": CleanupAnswer, "description": "What was removed."}, **error_responses(401, 403)},
+)
+async def cleanup(_: Admin, service: ServiceDep) -> dict[str, Any]:
+    inactive = await service.manager.cleanup_inactive_sessions()
+    orphaned = await service.manager.detect_orphaned_sessions()
+    return {"inactive": inactive, "orphaned": orphaned}
+
+
+async def _degradations(handler: ClaudeHandler) -> list[str]:
+    """Why the service is not fully healthy (empty when it is)."""
+    reasons = []
+    pool = handler.get_pool_status()
+    if handler.config.connection_pool.MIN_SIZE and not pool["healthy_connections"]:
+        reasons.append("pool has no healthy worker")
+    if handler.session_manager.is_full():
+        reasons.append("session limit reached")
+    if not handler.maintenance.is_running:
+        reasons.append("maintenance task is not running")
+    base_url = handler.config.runtime.ANTHROPIC_BASE_URL
+    if base_url and not await _reachable(base_url):
+        reasons.append(f"model endpoint {base_url} is unreachable")
+    return reasons
+
+
+async def _reachable(url: str, timeout: float = 1.0) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(parts.hostname, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -7,6 +7,7 @@ Each attack runs on the real CLI; the offline model answers ``[[tool:Name:{input
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,71 @@ async def test_the_cli_config_dir_stays_unreadable_even_with_read_allowed(
     await turn(handler, session_id, tool("Read", file_path=str(target)))
     (result,) = tool_results(model)
     assert result.get("is_error") and "TRANSCRIPT-OF-SOMEONE-ELSE" not in json.dumps(result)
+
+
+async def test_no_tool_reaches_another_sessions_cli(make_handler: MakeHandler, model: OfflineModel) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    alice = await handler.create_session("alice", SessionConfig(cwd=str(workspace(handler, "alice"))))
+    bob = await handler.create_session("bob", SessionConfig(cwd=str(workspace(handler, "bob"))))
+    await turn(handler, bob, "bob is here")
+    model.requests.clear()
+    await turn(handler, alice, tool("ListAgents"))
+    await turn(handler, alice, tool("SendMessage", to="bob", message="INJECTED-BY-ALICE"))
+    assert [block.get("is_error") for block in tool_results(model)] == [True, True]
+    model.requests.clear()
+    reply = reply_text(await turn(handler, bob, "bob again"))
+    assert "You said: bob again" in reply
+    assert not any("INJECTED-BY-ALICE" in json.dumps(r.body) for r in model.requests)
+
+
+async def test_no_scheduled_or_background_work_outlives_its_session(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    first = await handler.create_session("first")
+    model.requests.clear()
+    await turn(handler, first, tool("CronCreate", cron="* * * * *", prompt="CRON-FROM-FIRST", recurring=True))
+    background = {"command": "sleep 1; echo BG-FROM-FIRST", "description": "w", "run_in_background": True}
+    await turn(handler, first, tool("Bash", **background))
+    cron_result = tool_results(model)[0]
+    assert cron_result.get("is_error"), cron_result
+    pid = worker_pid(handler, first)
+    await handler.destroy_session(first)
+    second = await handler.create_session("second")
+    assert worker_pid(handler, second) == pid  # the same CLI, reset and pooled
+    await asyncio.sleep(2)  # past the background command
+    model.requests.clear()
+    assert "You said: mine [user message 1" in reply_text(await turn(handler, second, "mine"))
+    assert not any("FIRST" in r.last_user_text for r in model.requests)
+
+
+async def test_a_worker_that_spoke_unasked_is_never_handed_on(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    client = await handler._get_or_create_pooled_client()
+    pid = handler._lent[id(client)].pid
+    await client.query("a reply nobody reads")
+    await asyncio.sleep(1)
+    await handler._return_pooled_client(client)
+    assert wait_no_cli({pid}) == []
+    session_id = await handler.create_session("victim")
+    assert "You said: mine" in reply_text(await turn(handler, session_id, "mine"))
+
+
+async def test_a_model_changed_on_a_lent_client_never_reaches_a_session(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    async with handler._get_or_create_pooled_client() as client:
+        pid = handler._lent[id(client)].pid
+        await client.set_model("claude-haiku-4-5")
+    assert wait_no_cli({pid}) == []
+    session_id = await handler.create_session("victim")
+    model.requests.clear()
+    await turn(handler, session_id, "which model?")
+    assert "haiku" not in model.message_requests()[-1].body["model"]
+
+
+def test_a_model_or_tool_name_cannot_look_like_a_flag() -> None:
+    for options in ({"model": "--dangerously-skip-permissions"}, {"allowed_tools": ("--verbose",)}):
+        with pytest.raises(ValueError):
+            SessionConfig(**options)  # type: ignore[arg-type]

@@ -27,6 +27,18 @@ CLI_ENV_ALLOWED = re.compile(
 )
 
 
+#: Features that let work outlive its session on a pooled worker or reach another CLI:
+#: every CLI on a host listens on a socket other CLIs can message (ListAgents, SendMessage),
+#: and scheduled or background work answers later, in another session's turns.
+SESSION_BOUND = {
+    "CLAUDE_CODE_HARBOR_KITE": "0",
+    "CLAUDE_CODE_DISABLE_CRON": "1",
+    "CLAUDE_CODE_DISABLE_BACKGROUND_TASKS": "1",
+}
+#: The same tools, denied again by rule (depth, should a CLI version ignore a variable).
+UNBOUND_TOOLS = ("ListAgents", "SendMessage", "CronCreate", "ScheduleWakeup", "Monitor", "Workflow")
+
+
 def cli_env(config: SystemConfig) -> dict[str, str]:
     """The CLI's environment: the server's, minus what it must not see, plus ours.
 
@@ -43,6 +55,7 @@ def cli_env(config: SystemConfig) -> dict[str, str]:
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "CLAUDE_CODE_MAX_RETRIES": str(opt.CLI_MAX_RETRIES),
         "API_TIMEOUT_MS": str(int(opt.CLI_API_TIMEOUT * 1000)),
+        **SESSION_BOUND,
     }
     if runtime.ANTHROPIC_BASE_URL:
         env["ANTHROPIC_BASE_URL"] = runtime.ANTHROPIC_BASE_URL
@@ -84,10 +97,11 @@ def operator_settings(config: SystemConfig) -> str:
     """The settings every CLI runs with, given on its command line (the highest user layer).
 
     Whatever the tools allow, the CLI's config directory (every tenant's transcripts)
-    and the data directory stay unreadable and unwritable, and no hook runs.
+    and the data directory stay unreadable and unwritable, no hook runs, and no tool
+    reaches beyond its own session (``UNBOUND_TOOLS``).
     """
     private = (config.runtime.config_dir, config.runtime.DATA_DIR.resolve())
-    deny = [f"{tool}(/{path}/**)" for path in private for tool in ("Read", "Edit")]
+    deny = [f"{tool}(/{path}/**)" for path in private for tool in ("Read", "Edit")] + list(UNBOUND_TOOLS)
     return json.dumps({"permissions": {"deny": deny}, "disableAllHooks": True})
 
 

@@ -195,8 +195,9 @@ class SystemConfig(BaseModel):
         return cls()
 
 
-_MODEL_NAME = r"^[A-Za-z0-9._:@/\[\]-]+$"
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_.*:()\[\], /@-]{1,200}")
+#: Never a leading "-": every value ends up on the CLI's command line, after its flag.
+_MODEL_NAME = r"^[A-Za-z0-9._:@/\[\]][A-Za-z0-9._:@/\[\]-]*$"
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.*:()\[\]/@][A-Za-z0-9_.*:()\[\], /@-]{0,199}")
 
 
 class SessionConfig(BaseModel):

@@ -231,12 +231,19 @@ class ClaudeHandler:
     async def _lend(self, config: SessionConfig) -> ClaudeSDKClient:
         await self.start()
         worker = await self._acquire(config)
+        if worker.model is None and not await worker.reset(self.config.optimization.DESTROY_TIMEOUT):
+            await self.pool.discard(worker)  # a /clear on a fresh CLI names its launch model; it failed
+            raise WorkerStartError("a pooled CLI could not be reset")
         worker.state = WorkerState.LENT
         self._lent[id(worker.client)] = worker
         return worker.client
 
     async def _return_pooled_client(self, client: ClaudeSDKClient) -> None:
-        """Take back a lent client: reset with ``/clear`` and pooled, or closed."""
+        """Take back a lent client: reset with ``/clear`` and pooled, or closed.
+
+        The reset proves the worker as it was launched (model, permission mode, no
+        reply left unread); otherwise it is closed.
+        """
         worker = self._lent.pop(id(client), None)
         if worker is None:
             raise ValueError("this client was not lent by this handler")
@@ -289,9 +296,9 @@ class ClaudeHandler:
         if session.orphaned:
             raise SessionOrphanedError(f"session {session.public_id!r} lost its transcript; delete it")
         worker = session.worker
-        if worker is not None and worker.is_alive() and not self.pool.is_expired(worker):
+        if worker is not None and worker.is_alive() and not self.pool.is_expired(worker) and worker.settle():
             return worker
-        if worker is not None and worker.is_alive():  # too old or too used: retire it between turns
+        if worker is not None and worker.is_alive():  # too old, too used, or it acted on its own
             log.info("session_worker_retired", session_id=session.id, worker=worker.id, uses=worker.uses)
             session.worker = None
             self.pool.release_soon(worker)

@@ -121,14 +121,14 @@ class WorkerPool:
         queue = self._idle.get(fingerprint)
         while queue:
             worker = queue.pop()  # most recently used first: its pages are warm
-            if self._is_reusable(worker):
+            if self._is_reusable(worker) and worker.settle():
                 return worker
             self._spawn_task(self._close(worker))
         return None
 
     async def release(self, worker: Worker) -> None:
         """Take a worker back: reset and keep it, or close it."""
-        if self._is_reusable(worker) and self._has_room():
+        if self._is_reusable(worker) and worker.settle() and self._has_room():
             worker.state = WorkerState.RESETTING
             reset = await worker.reset(self.timeouts.DESTROY_TIMEOUT)
             if reset and self._has_room() and worker.state is WorkerState.RESETTING:  # not closed meanwhile
@@ -258,7 +258,7 @@ class WorkerPool:
         """Retire idle workers that died or expired; returns how many."""
         retired = 0
         for fingerprint, queue in list(self._idle.items()):
-            keep = deque(w for w in queue if self._is_reusable(w))
+            keep = deque(w for w in queue if self._is_reusable(w) and w.settle())
             for worker in queue:
                 if worker not in keep:
                     self._spawn_task(self._close(worker))

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import structlog
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, Message, ResultMessage, SystemMessage
 
@@ -23,6 +24,9 @@ from .config import SessionConfig
 from .errors import WorkerStartError
 
 log = structlog.get_logger("claude_sessions.worker")
+
+#: System messages a CLI sends between turns without doing anything (seen: at start-up).
+QUIET_NOTICES = frozenset({"ui_invalidate"})
 _ids = itertools.count(1)
 
 
@@ -72,6 +76,28 @@ class Worker:
 
     def is_healthy(self) -> bool:
         return self.reusable and self.is_alive()
+
+    def settle(self) -> bool:
+        """Drain what arrived while no turn was reading; False if the CLI acted on its own.
+
+        Anything but a repaint notice (a reply left unread, a turn the CLI started by
+        itself, the end of its output) would be taken for the next turn's replies, so
+        such a worker must serve no further turn.
+        """
+        query = self.client._query
+        if query is None:
+            return False
+        while True:
+            try:
+                message = query._message_receive.receive_nowait()
+            except anyio.WouldBlock:
+                return True
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                return False
+            if not (message.get("type") == "system" and message.get("subtype") in QUIET_NOTICES):
+                log.warning("worker_acted_unasked", worker=self.id, message_type=message.get("type"))
+                self.reusable = False
+                return False
 
     def runs_as_launched(self, message: Message) -> bool:
         """Check a turn's ``init`` message: False if the model or permission mode drifted.
@@ -140,8 +166,8 @@ class Worker:
                 await self.client.query("/clear")
                 async for message in self.client.receive_response():
                     self.runs_as_launched(message)
-                    if isinstance(message, ResultMessage):
-                        return not message.is_error and self.is_healthy()
+                    if isinstance(message, ResultMessage):  # /clear's own: no model turn in it
+                        return not message.is_error and message.num_turns == 0 and self.is_healthy()
         except Exception as error:
             log.info("worker_reset_failed", worker=self.id, error=repr(error))
         return False

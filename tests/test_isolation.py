@@ -227,4 +227,4 @@ async def test_a_model_changed_on_a_lent_client_never_reaches_a_session(
 def test_a_model_or_tool_name_cannot_look_like_a_flag() -> None:
     for options in ({"model": "--dangerously-skip-permissions"}, {"allowed_tools": ("--verbose",)}):
         with pytest.raises(ValueError):
-            SessionConfig(**options)  # type: ignore[arg-type]
+            SessionConfig(**options)

@@ -20,6 +20,7 @@ from .errors import (
 from .handler import ClaudeHandler
 from .manager import ClaudeCodeSessionManager
 from .metrics import SessionMetrics
+from .transcripts import PostgresTranscriptStore
 
 __all__ = [
     "CapacityError",
@@ -28,6 +29,7 @@ __all__ = [
     "ClaudeSessionsError",
     "ConfigError",
     "HandlerClosedError",
+    "PostgresTranscriptStore",
     "SessionBusyError",
     "SessionConfig",
     "SessionExistsError",

@@ -95,6 +95,7 @@ async def session_start(rounds: int) -> list[Comparison]:
 async def manager_overhead(rounds: int) -> Comparison:
     """3. The same turn on the same worker: SDK client directly vs ClaudeHandler.send_message."""
     handler = make_handler(min_size=0, max_size=1)
+    handler.config.connection_pool.MAX_USES = 10 * rounds  # one worker for the whole comparison
     session_id = await handler.create_session()
     worker = handler.session_manager.get(session_id).worker
     assert worker is not None

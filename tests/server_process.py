@@ -46,7 +46,13 @@ class ServerProcess:
         return path
 
     def cli_pids(self) -> set[int]:
+        """Every process the server started, directly or not (CLIs and their helpers)."""
         return {p.pid for p in psutil.Process(self.process.pid).children(recursive=True)}
+
+    def cli_worker_pids(self) -> set[int]:
+        """The CLI processes themselves (a sandboxed CLI has helpers of its own)."""
+        children = psutil.Process(self.process.pid).children()
+        return {p.pid for p in children if "_bundled/claude" in " ".join(p.cmdline())}
 
     def client(self, tenant: str) -> httpx.Client:
         """A client holding ``tenant``'s key ("admin" holds the admin key)."""

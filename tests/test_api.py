@@ -504,6 +504,6 @@ def test_a_client_that_stops_reading_frees_the_session_at_the_turn_deadline(
     assert any(e.get("event") == "sse_client_stalled" for e in server.log_lines())
     # No CLI is left behind: every CLI process of the server is a worker the pool knows.
     deadline = time.monotonic() + 5
-    while (known := {c["pid"] for c in admin.get("/v1/pool").json()["connections"]}) != server.cli_pids():
-        assert time.monotonic() < deadline, (known, server.cli_pids())
+    while (known := {c["pid"] for c in admin.get("/v1/pool").json()["connections"]}) != server.cli_worker_pids():
+        assert time.monotonic() < deadline, (known, server.cli_worker_pids())
         time.sleep(0.1)

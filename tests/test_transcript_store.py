@@ -255,11 +255,12 @@ async def test_after_the_server_drops_every_connection_one_retry_suffices(dsn: s
     """What a restart does to the pool: the SDK retries a failed batch (3 attempts) and must not run out."""
     async with PostgresTranscriptStore(dsn, max_size=4) as store:
         await asyncio.gather(*(store.load(KEY) for _ in range(8)))  # several idle connections, all about to die
+        others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
         with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
+            admin.execute(f"SELECT pg_terminate_backend(pid) {others}")
+            # A backend ends a moment after it is told to: wait, as a restart has them all gone at once.
+            while admin.execute(f"SELECT count(*) {others}").fetchone() != (0,):
+                await asyncio.sleep(0.02)
         failures = 0
         for _ in range(3):
             try:

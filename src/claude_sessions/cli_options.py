@@ -11,6 +11,7 @@ import structlog
 from claude_agent_sdk import ClaudeAgentOptions
 
 from .config import SessionConfig, SystemConfig
+from .sandbox import scoped_tools, session_env, session_settings
 
 _cli_log = structlog.get_logger("claude_sessions.cli")
 
@@ -93,16 +94,18 @@ def make_private_dirs(root: Path, path: Path) -> None:
         current.mkdir(mode=0o700, exist_ok=True)
 
 
-def operator_settings(config: SystemConfig) -> str:
-    """The settings every CLI runs with, given on its command line (the highest user layer).
+def operator_settings(config: SystemConfig, cwd: Path) -> str:
+    """The settings a CLI working in ``cwd`` runs with, given on its command line (the highest user layer).
 
-    Whatever the tools allow, the CLI's config directory (every tenant's transcripts)
-    and the data directory stay unreadable and unwritable, no hook runs, and no tool
-    reaches beyond its own session (``UNBOUND_TOOLS``).
+    Whatever the tools allow, the CLI's config directory (every tenant's transcripts), the
+    data directory, the server's code, the operator's home and other tenants' workspaces
+    stay unreadable and unwritable (``sandbox.permission_deny``), no hook runs, no tool
+    reaches beyond its own session (``UNBOUND_TOOLS``), and with ``SANDBOX`` on, commands
+    run in bubblewrap (``sandbox.sandbox_settings``).
     """
-    private = (config.runtime.config_dir, config.runtime.DATA_DIR.resolve())
-    deny = [f"{tool}(/{path}/**)" for path in private for tool in ("Read", "Edit")] + list(UNBOUND_TOOLS)
-    return json.dumps({"permissions": {"deny": deny}, "disableAllHooks": True})
+    settings = session_settings(config, cwd)
+    settings["permissions"]["deny"] += list(UNBOUND_TOOLS)
+    return json.dumps({**settings, "disableAllHooks": True})
 
 
 def build_options(session: SessionConfig, config: SystemConfig, resume: str | None = None) -> ClaudeAgentOptions:
@@ -117,16 +120,16 @@ def build_options(session: SessionConfig, config: SystemConfig, resume: str | No
     cwd = session_cwd(session, config)
     make_private_dirs(config.runtime.workspace_root, cwd)
     return ClaudeAgentOptions(
-        env=cli_env(config),
+        env=cli_env(config) | session_env(config, cwd),
         cwd=str(cwd),
         system_prompt=session.system_prompt,
         max_turns=session.max_turns,
         model=session.model,
-        allowed_tools=list(session.allowed_tools),
+        allowed_tools=scoped_tools(session.allowed_tools, cwd),
         disallowed_tools=list(session.disallowed_tools),
         permission_mode=session.permission_mode or "default",
         setting_sources=[],
-        settings=operator_settings(config),
+        settings=operator_settings(config, cwd),
         strict_mcp_config=True,
         resume=resume,
         stderr=lambda line: _cli_log.debug("cli_stderr", line=line.rstrip()),

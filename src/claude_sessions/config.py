@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .sandbox import bubblewrap_usable, tools_needing_sandbox
 
 PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"]
 
@@ -71,6 +72,19 @@ class RuntimeConfig(_Section):
     WORKSPACE_ROOT: Path | None = Field(None, validation_alias="WORKSPACE_ROOT")
     ANTHROPIC_BASE_URL: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
     ANTHROPIC_API_KEY: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
+    #: The CLI's OS sandbox (bubblewrap) for every session; ``auto``: on when it runs here.
+    SANDBOX: Literal["auto", "on", "off"] = Field("auto", validation_alias="SANDBOX")
+
+    @field_validator("SANDBOX")
+    @classmethod
+    def _sandbox_usable(cls, value: str) -> str:
+        if value == "on" and not bubblewrap_usable():
+            raise ValueError("the sandbox cannot run here: it needs bwrap and socat on PATH and user namespaces")
+        return value
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.SANDBOX == "on" or (self.SANDBOX == "auto" and bubblewrap_usable())
 
     @property
     def config_dir(self) -> Path:
@@ -190,9 +204,21 @@ class SystemConfig(BaseModel):
     runtime: RuntimeConfig = Field(default_factory=lambda: _load(RuntimeConfig))
     server: ServerConfig = Field(default_factory=lambda: _load(ServerConfig))
 
+    @model_validator(mode="after")
+    def _tools_that_write_need_the_sandbox(self) -> SystemConfig:
+        """Bash and the editing tools reach the whole host unless the sandbox holds them."""
+        unsafe = tools_needing_sandbox(self.server.tools_allowed)
+        if unsafe and not self.runtime.sandboxed:
+            sandbox = self.runtime.SANDBOX
+            raise ValueError(f"invalid TOOLS_ALLOWED: {unsafe} need the sandbox, which is off (SANDBOX={sandbox})")
+        return self
+
     @classmethod
     def from_env(cls) -> SystemConfig:
-        return cls()
+        try:
+            return cls()
+        except ValidationError as error:  # a check across sections; each section raises its own
+            raise ConfigError(str(error.errors()[0]["msg"]).removeprefix("Value error, ")) from None
 
 
 #: Never a leading "-": every value ends up on the CLI's command line, after its flag.

@@ -75,6 +75,8 @@ def make_handler(min_size: int = 2, max_size: int = 10, max_sessions: int = 100)
     config.runtime.DATA_DIR = Path(tempfile.mkdtemp(prefix="handler-", dir=config.runtime.DATA_DIR))
     config.session_manager.MAX_SESSIONS = max_sessions
     config.connection_pool = ConnectionPoolConfig(MIN_SIZE=min_size, MAX_SIZE=max_size)
+    # 50 sandboxed CLIs starting at once on 2 cores take longer than the default 30 s.
+    config.optimization.CREATE_TIMEOUT = 180
     return ClaudeHandler(config)
 
 

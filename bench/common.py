@@ -16,7 +16,6 @@ import psutil
 from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ClaudeSDKClient
 
 from claude_sessions import ClaudeHandler, SystemConfig
-from claude_sessions.cli_options import cli_env
 from claude_sessions.config import ConnectionPoolConfig
 from claude_sessions.offline_model import OfflineModelServer, loopback_env
 
@@ -81,11 +80,12 @@ def make_handler(min_size: int = 2, max_size: int = 10, max_sessions: int = 100)
 
 
 def bare_client() -> ClaudeSDKClient:
-    """What a service without claude-sessions does: one SDK client per session."""
+    """What a service without claude-sessions does: one SDK client per session, straight to the model."""
     config = SystemConfig.from_env()
     cwd = config.runtime.workspace_root
     cwd.mkdir(parents=True, exist_ok=True)
-    return ClaudeSDKClient(ClaudeAgentOptions(env=cli_env(config), cwd=str(cwd)))
+    env = {**loopback_env(os.environ["ANTHROPIC_BASE_URL"]), "CLAUDE_CONFIG_DIR": str(config.runtime.config_dir)}
+    return ClaudeSDKClient(ClaudeAgentOptions(env=env, cwd=str(cwd)))
 
 
 async def bare_turn(client: ClaudeSDKClient, prompt: str) -> tuple[float, float]:

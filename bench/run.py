@@ -34,6 +34,7 @@ async def run_all(quick: bool) -> dict[str, Any]:
     comparisons += await scenarios.session_start(rounds)
     comparisons.append(await scenarios.manager_overhead(10 if quick else 150))
     comparisons.append(await scenarios.http_overhead(rounds))
+    comparisons += await scenarios.gateway_overhead(100 if quick else 500)
     return {
         "comparisons": [c.as_dict() for c in comparisons],
         "concurrency": await scenarios.concurrency([1, 10] if quick else [1, 10, 50], 10),

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from claude_sessions import ClaudeHandler, SessionConfig
-from claude_sessions.worker import Worker
+from claude_sessions.gateway import ModelGateway
 from common import (
     Comparison,
     bare_client,
@@ -42,7 +42,11 @@ async def session_start(rounds: int) -> list[Comparison]:
     """1. New session to first reply; 2. first turn of a fresh spare vs a later turn."""
     handler = make_handler(min_size=2, max_size=4)
     await handler.start()
-    bare, pooled, fresh_first, later = [], [], [], []
+    bare: list[float] = []
+    pooled: list[float] = []
+    cold_first: list[float] = []
+    fresh_first: list[float] = []
+    later: list[float] = []
     try:
         for i in range(rounds):
             began = time.perf_counter()
@@ -61,15 +65,17 @@ async def session_start(rounds: int) -> list[Comparison]:
             pooled.append(created - began + first)
             await handler.destroy_session(session_id)
 
-        # A spare spawned just now (never used) against later turns on it.
+        # A spare just made (never used by a session) against later turns on it: as the
+        # pool makes them (warmed up on a turn the gateway answers), and not warmed up.
         for i in range(rounds):
-            worker = await Worker.start(SessionConfig(), handler.pool._options_for(SessionConfig(), None), 30)
-            try:
-                await asyncio.sleep(0.3)
-                fresh_first.append((await bare_turn(worker.client, f"first {i}"))[1])
-                later.extend([(await bare_turn(worker.client, f"later {i}.{j}"))[1] for j in range(3)])
-            finally:
-                await worker.close(5)
+            for warm, firsts in ((True, fresh_first), (False, cold_first)):
+                worker = await handler.pool._connect(SessionConfig(), None, warm=warm)
+                try:
+                    await asyncio.sleep(0.3)
+                    firsts.append((await bare_turn(worker.client, f"first {i}"))[1])
+                    later.extend([(await bare_turn(worker.client, f"later {i}.{j}"))[1] for j in range(3)])
+                finally:
+                    await handler.pool.discard(worker)
     finally:
         await handler.close()
     return [
@@ -85,9 +91,17 @@ async def session_start(rounds: int) -> list[Comparison]:
             "fresh CLI: first turn vs later turn",
             "later turn",
             summary(later),
-            "first turn of a fresh spare",
+            "first turn of a fresh spare (warmed up)",
             summary(fresh_first),
             "<= 1.5",
+        ),
+        Comparison(
+            "fresh CLI not warmed up: first turn vs later turn",
+            "later turn",
+            summary(later),
+            "first turn of a CLI never warmed up",
+            summary(cold_first),
+            "(reference)",
         ),
     ]
 
@@ -171,6 +185,56 @@ async def concurrency(levels: list[int], messages: int, repeats: int = 2) -> lis
             }
         )
     return rows
+
+
+async def gateway_overhead(rounds: int) -> list[Comparison]:
+    """6. A streamed model call through the gateway (token check, key swap, metering) vs straight to the model.
+
+    The client runs in a thread of its own, as the CLI is a process of its own.
+    """
+    gateway = ModelGateway(os.environ["ANTHROPIC_BASE_URL"], {"x-api-key": "sk-offline-model"}, timeout=30)
+    await gateway.start()
+    grant = gateway.issue("bench")
+    hello = [{"role": "user", "content": "hi"}]
+    body = {"model": "claude-opus-5-5", "max_tokens": 64, "stream": True, "messages": hello}
+    sides = {
+        "direct": (os.environ["ANTHROPIC_BASE_URL"], "sk-offline-model"),
+        "gateway": (gateway.base_url, grant.token),
+    }
+    first: dict[str, list[float]] = {side: [] for side in sides}
+    whole: dict[str, list[float]] = {side: [] for side in sides}
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            for i in range(rounds + 20):
+                for side, (base, key) in sides.items():
+                    began = time.perf_counter()
+                    with http.stream("POST", f"{base}/v1/messages", json=body, headers={"x-api-key": key}) as r:
+                        chunks = r.iter_bytes()
+                        next(chunks)
+                        first_byte = time.perf_counter() - began
+                        for _ in chunks:
+                            pass
+                    if i >= 20:  # connections and code paths warm first
+                        first[side].append(first_byte)
+                        whole[side].append(time.perf_counter() - began)
+
+    try:
+        await asyncio.to_thread(client)
+    finally:
+        await gateway.close()
+    target = "+2 ms or less at p50"
+    return [
+        Comparison(
+            f"model call, {what}",
+            "straight to the model",
+            summary(times["direct"]),
+            "through the model gateway",
+            summary(times["gateway"]),
+            target,
+        )
+        for what, times in (("first byte", first), ("whole streamed answer (10 events)", whole))
+    ]
 
 
 def _free_port() -> int:

@@ -123,7 +123,9 @@ def test_the_anthropic_api_key_is_secret(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("CLAUDE_SESSIONS_DATA_DIR", str(tmp_path))
     config = SystemConfig.from_env()
     assert "sk-ant-very-secret" not in repr(config) and "sk-ant-very-secret" not in str(config.model_dump())
-    assert cli_env(config)["ANTHROPIC_API_KEY"] == "sk-ant-very-secret"  # the CLI still gets it
+    env = cli_env(config, "http://127.0.0.1:1", "csg-worker-token")
+    assert env["ANTHROPIC_API_KEY"] == "csg-worker-token"  # the CLI gets its own token, never the key
+    assert "sk-ant-very-secret" not in env.values()
 
 
 def test_permission_modes_need_one_and_the_default_is_default_or_the_first(monkeypatch: pytest.MonkeyPatch) -> None:

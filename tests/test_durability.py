@@ -166,9 +166,9 @@ async def test_an_earlier_runs_stray_is_ended_before_this_run_spawns(
     store.close()
     sweeps: list[threading.Thread] = []
 
-    def sweep(recorded: list[tuple[int, float]]) -> list[int]:
+    def sweep(recorded: list[tuple[int, float]], owner: str) -> list[int]:
         sweeps.append(threading.current_thread())
-        return end_stray_processes(recorded)
+        return end_stray_processes(recorded, owner)
 
     monkeypatch.setattr("claude_sessions.handler.end_stray_processes", sweep)
     second = ClaudeHandler(SystemConfig.from_env())

@@ -1,47 +1,47 @@
-"""Cost and usage accounting from ResultMessage figures."""
+"""Usage accounting: what the gateway metered, added to a session's metrics."""
 
 from __future__ import annotations
 
 import pytest
 from claude_agent_sdk import ResultMessage
 
-from claude_sessions.metrics import CostMeter, SessionMetrics, record_result
+from claude_sessions.metrics import SessionMetrics, TurnUsage, add_usage, is_api_error
 
 
-def result(cost: float, session: str = "c1", is_error: bool = False, reason: str | None = "completed") -> ResultMessage:
+def result(is_error: bool = False, reason: str | None = "completed") -> ResultMessage:
     return ResultMessage(
         subtype="success",
         duration_ms=1,
         duration_api_ms=1,
         is_error=is_error,
         num_turns=1,
-        session_id=session,
-        total_cost_usd=cost,
-        usage={"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 3, "cache_creation_input_tokens": 4},
+        session_id="c1",
         terminal_reason=reason,
     )
 
 
-def test_cumulative_cost_becomes_true_spend() -> None:
-    metrics, meter = SessionMetrics(), CostMeter()
-    for cumulative in (0.01, 0.03, 0.06):
-        record_result(metrics, meter, 100, result(cumulative))
-    assert metrics.total_cost == pytest.approx(0.06)  # not 0.10, the sum of cumulative figures
-    assert (metrics.input_tokens, metrics.output_tokens) == (30, 6)
-    assert (metrics.cache_read_tokens, metrics.cache_creation_tokens) == (9, 12)
-    assert metrics.total_tokens == 57
+def test_usage_objects_of_the_messages_api_become_token_counts() -> None:
+    api = {"input_tokens": 10, "output_tokens": 2, "cache_read_input_tokens": 3, "cache_creation_input_tokens": None}
+    usage = TurnUsage.from_api(api, 0.5)
+    assert usage.tokens() == {"input": 10, "output": 2, "cache_read": 3, "cache_creation": 0}
+    assert usage.cost == 0.5
 
 
-def test_new_process_or_new_conversation_restarts_the_baseline() -> None:
-    metrics, meter = SessionMetrics(), CostMeter()
-    record_result(metrics, meter, 100, result(0.05))
-    record_result(metrics, meter, 200, result(0.02))  # resumed in another process
-    record_result(metrics, meter, 200, result(0.01, session="c2"))  # after /clear
-    assert metrics.total_cost == pytest.approx(0.08)
+def test_usage_adds_and_subtracts_field_by_field() -> None:
+    a, b = TurnUsage(1, 2, 3, 4, 0.25), TurnUsage(10, 20, 30, 40, 1.0)
+    assert a + b - a == b
+    assert (a + TurnUsage(api_error=True)).api_error
+
+
+def test_turns_add_up_in_the_metrics() -> None:
+    metrics = SessionMetrics()
+    for _ in range(3):
+        add_usage(metrics, TurnUsage(10, 2, 3, 4, 0.01))
+    assert (metrics.input_tokens, metrics.output_tokens, metrics.total_tokens) == (30, 6, 57)
+    assert metrics.total_cost == pytest.approx(0.03)
 
 
 def test_api_errors_count_but_interrupts_do_not() -> None:
-    metrics, meter = SessionMetrics(), CostMeter()
-    record_result(metrics, meter, 1, result(0.0, is_error=True, reason=None))
-    record_result(metrics, meter, 1, result(0.0, is_error=True, reason="aborted_streaming"))
-    assert metrics.api_errors == 1
+    assert is_api_error(result(is_error=True, reason=None))
+    assert not is_api_error(result(is_error=True, reason="aborted_streaming"))
+    assert not is_api_error(result())

@@ -130,14 +130,26 @@ def test_workspaces_are_per_tenant_and_owner_only(alice: httpx.Client, server: S
 
 def test_cli_environment_carries_no_server_secret(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CLAUDE_SESSIONS_DATA_DIR", str(tmp_path))
-    for name in ("API_KEYS", "ADMIN_API_KEY", "DATABASE_URL", "REDIS_URL", "SOME_SECRET"):
+    secrets: tuple[str, ...] = (
+        "API_KEYS",
+        "ADMIN_API_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SOME_SECRET",
+        "ANTHROPIC_API_KEY",
+    )
+    secrets += ("ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_CUSTOM_HEADERS")
+    secrets += ("CLAUDE_CODE_USE_BEDROCK",)
+    for name in secrets:
         monkeypatch.setenv(name, "value-that-must-not-leak")
     monkeypatch.setenv("API_KEYS", "t:k")
-    env = cli_env(SystemConfig.from_env())
+    monkeypatch.setenv("CLAUDE_CODE_MAX_OUTPUT_TOKENS", "4096")  # a setting, not a credential
+    env = cli_env(SystemConfig.from_env(), "http://127.0.0.1:1", "csg-worker-token")
     merged = {**os.environ, **env}  # what the SDK hands the CLI
     leaked = [k for k, v in merged.items() if "must-not-leak" in v or v == "t:k"]
     assert leaked == []
-    assert merged["PATH"] and merged["HOME"]
+    assert merged["PATH"] and merged["HOME"] and merged["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] == "4096"
+    assert (merged["ANTHROPIC_BASE_URL"], merged["ANTHROPIC_API_KEY"]) == ("http://127.0.0.1:1", "csg-worker-token")
 
 
 @pytest.mark.parametrize("inside", ["CLAUDE_CONFIG_DIR", "CLAUDE_SESSIONS_DATA_DIR"])

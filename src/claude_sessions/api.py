@@ -268,7 +268,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(RedactingMiddleware, redactor=Redactor(config))
+    app.add_middleware(RedactingMiddleware, redactor=Redactor(config, [handler.gateway.base_url]))
     app.add_middleware(RequestContext, max_body=server.MAX_BODY_BYTES, lifecycle=lifecycle, retry_after=retry_after)
     _install_error_handlers(app, retry_after)
     app.include_router(api_sessions.router)

@@ -11,7 +11,9 @@ import structlog
 from claude_agent_sdk import ClaudeAgentOptions
 
 from .config import SessionConfig, SystemConfig
+from .processes import OWNER_VARIABLE, owner_mark
 from .sandbox import scoped_tools, session_env, session_settings
+from .telemetry import DEFAULT_TENANT
 
 _cli_log = structlog.get_logger("claude_sessions.cli")
 
@@ -21,11 +23,14 @@ NAME_MAX = 255
 
 #: What a CLI process may inherit from the server; every other variable is blanked,
 #: so no server secret (API_KEYS, database or Redis URLs, ...) reaches a session's tools.
+#: Of Anthropic's variables only model choices pass: the endpoint and the key are the gateway's.
 CLI_ENV_ALLOWED = re.compile(
     r"PATH|HOME|USER|LOGNAME|SHELL|LANG|LANGUAGE|TERM|TZ|TMPDIR|LC_\w+|XDG_\w+"
-    r"|ANTHROPIC_\w+|CLAUDE_CODE_\w+|CLAUDE_CONFIG_DIR|DISABLE_\w+"
+    r"|ANTHROPIC_\w*MODEL\w*|CLAUDE_CODE_\w+|CLAUDE_CONFIG_DIR|DISABLE_\w+"
     r"|(?i:https?_proxy|no_proxy)|SSL_CERT_\w+|NODE_EXTRA_CA_CERTS"
 )
+#: Never inherited, whatever the allow-list says: credentials, and ways around the gateway.
+CLI_ENV_DENIED = re.compile(r"(?:\w+_)?(?:KEY|TOKEN|SECRET|PASSWORD)(?:_\w+)?|CLAUDE_CODE_USE_\w+|CLAUDE_CODE_API_\w+")
 
 
 #: Features that let work outlive its session on a pooled worker or reach another CLI:
@@ -40,17 +45,22 @@ SESSION_BOUND = {
 UNBOUND_TOOLS = ("ListAgents", "SendMessage", "CronCreate", "ScheduleWakeup", "Monitor", "Workflow")
 
 
-def cli_env(config: SystemConfig) -> dict[str, str]:
+def cli_env(config: SystemConfig, gateway_url: str, token: str) -> dict[str, str]:
     """The CLI's environment: the server's, minus what it must not see, plus ours.
 
     The SDK starts the CLI with the server's whole environment and lets these
     values override it, so variables outside ``CLI_ENV_ALLOWED`` are set empty.
-    Retries and the per-request timeout are bounded so that an API outage ends
-    a turn with an error instead of hanging it for minutes.
+    The model is reached through the gateway with the worker's own ``token``; the
+    operator's credentials never reach a CLI. Retries and the per-request timeout
+    are bounded so that an API outage ends a turn with an error instead of hanging
+    it for minutes.
     """
     runtime, opt = config.runtime, config.optimization
-    env = {name: "" for name in os.environ if not CLI_ENV_ALLOWED.fullmatch(name)}
+    env = {name: "" for name in os.environ if not CLI_ENV_ALLOWED.fullmatch(name) or CLI_ENV_DENIED.fullmatch(name)}
     env |= {
+        "ANTHROPIC_BASE_URL": gateway_url,
+        "ANTHROPIC_API_KEY": token,
+        OWNER_VARIABLE: owner_mark(runtime.DATA_DIR),
         "CLAUDE_CONFIG_DIR": str(runtime.config_dir),
         "DISABLE_TELEMETRY": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -58,10 +68,6 @@ def cli_env(config: SystemConfig) -> dict[str, str]:
         "API_TIMEOUT_MS": str(int(opt.CLI_API_TIMEOUT * 1000)),
         **SESSION_BOUND,
     }
-    if runtime.ANTHROPIC_BASE_URL:
-        env["ANTHROPIC_BASE_URL"] = runtime.ANTHROPIC_BASE_URL
-    if runtime.ANTHROPIC_API_KEY:
-        env["ANTHROPIC_API_KEY"] = runtime.ANTHROPIC_API_KEY.get_secret_value()
     return env
 
 
@@ -83,6 +89,12 @@ def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
     if resolved.exists() and not resolved.is_dir():
         raise ValueError(f"cwd {session.cwd!r} names a file, not a folder")
     return resolved
+
+
+def tenant_of(session: SessionConfig, config: SystemConfig) -> str:
+    """The tenant whose workspace a session's CLI works in (a worker serves one workspace only)."""
+    inside = session_cwd(session, config).relative_to(config.runtime.workspace_root).parts
+    return inside[0] if inside else DEFAULT_TENANT
 
 
 def make_private_dirs(root: Path, path: Path) -> None:
@@ -108,7 +120,9 @@ def operator_settings(config: SystemConfig, cwd: Path) -> str:
     return json.dumps({**settings, "disableAllHooks": True})
 
 
-def build_options(session: SessionConfig, config: SystemConfig, resume: str | None = None) -> ClaudeAgentOptions:
+def build_options(
+    session: SessionConfig, config: SystemConfig, gateway_url: str, token: str, resume: str | None = None
+) -> ClaudeAgentOptions:
     """SDK options for one worker; ``resume`` continues an existing conversation.
 
     Everything that decides what the CLI may do is pinned here: model, permission
@@ -120,7 +134,7 @@ def build_options(session: SessionConfig, config: SystemConfig, resume: str | No
     cwd = session_cwd(session, config)
     make_private_dirs(config.runtime.workspace_root, cwd)
     return ClaudeAgentOptions(
-        env=cli_env(config) | session_env(config, cwd),
+        env=cli_env(config, gateway_url, token) | session_env(config, cwd),
         cwd=str(cwd),
         system_prompt=session.system_prompt,
         max_turns=session.max_turns,

@@ -71,7 +71,9 @@ class RuntimeConfig(_Section):
     CLAUDE_CONFIG_DIR: Path | None = Field(None, validation_alias="CLAUDE_CONFIG_DIR")
     WORKSPACE_ROOT: Path | None = Field(None, validation_alias="WORKSPACE_ROOT")
     ANTHROPIC_BASE_URL: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
+    #: The operator's credentials: only the model gateway holds them, never a CLI.
     ANTHROPIC_API_KEY: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
+    ANTHROPIC_AUTH_TOKEN: SecretStr | None = Field(None, validation_alias="ANTHROPIC_AUTH_TOKEN")
     #: The CLI's OS sandbox (bubblewrap) for every session; ``auto``: on when it runs here.
     SANDBOX: Literal["auto", "on", "off"] = Field("auto", validation_alias="SANDBOX")
 
@@ -191,7 +193,7 @@ def _load(section: type[SectionT]) -> SectionT:
         if not first["loc"]:
             raise ConfigError(f"invalid configuration: {message}") from None
         field = str(first["loc"][0])
-        shown = "<secret>" if "KEY" in field else repr(first.get("input"))  # never echo a key
+        shown = "<secret>" if "KEY" in field or "TOKEN" in field else repr(first.get("input"))  # never echo a key
         raise ConfigError(f"invalid {prefix}{field}={shown}: {message}") from None
 
 

@@ -21,7 +21,7 @@ import anyio
 import structlog
 from claude_agent_sdk import AssistantMessage, ClaudeSDKClient, ClaudeSDKError, Message, ResultMessage, SystemMessage
 
-from .cli_options import build_options, session_cwd
+from .cli_options import build_options, session_cwd, tenant_of
 from .config import SessionConfig, SystemConfig
 from .errors import (
     CapacityError,
@@ -36,11 +36,12 @@ from .errors import (
     WorkerDiedError,
     WorkerStartError,
 )
+from .gateway import Grant, ModelGateway, credentials_of
 from .maintenance import Maintenance
 from .manager import ClaudeCodeSessionManager, Session, session_key
-from .metrics import record_result
+from .metrics import TurnUsage, add_usage, is_api_error
 from .pool import NoLiveRoom, WorkerPool
-from .processes import end_stray_processes, process_started_at
+from .processes import end_stray_processes, owner_mark, process_started_at
 from .store import SessionStore
 from .telemetry import DEFAULT_TENANT, LiveState, Telemetry
 from .worker import Worker, WorkerState
@@ -63,11 +64,17 @@ class ClaudeHandler:
         self.config = config or SystemConfig.from_env()
         self.telemetry = Telemetry()
         self.store = SessionStore(self.config.runtime.DATA_DIR.resolve() / "sessions.db")
+        runtime = self.config.runtime
+        self.gateway = ModelGateway(
+            runtime.ANTHROPIC_BASE_URL,
+            credentials_of(runtime),
+            timeout=self.config.optimization.CLI_API_TIMEOUT,
+        )
         limits = self.config.connection_pool
         self.pool = WorkerPool(
             limits,
             self.config.optimization,
-            lambda session, resume: build_options(session, self.config, resume),
+            lambda session, resume, token: build_options(session, self.config, self.gateway.base_url, token, resume),
             max_live=limits.MAX_LIVE or self.config.session_manager.MAX_SESSIONS,
             events=self,
         )
@@ -94,7 +101,10 @@ class ClaudeHandler:
     async def _start(self) -> None:
         self.config.runtime.config_dir.mkdir(parents=True, exist_ok=True)
         self.config.runtime.workspace_root.mkdir(parents=True, exist_ok=True)
-        ended = await asyncio.to_thread(end_stray_processes, self._earlier_workers)
+        ended = await asyncio.to_thread(
+            end_stray_processes, self._earlier_workers, owner_mark(self.config.runtime.DATA_DIR)
+        )
+        await self.gateway.start()
         spares = await self.pool.fill()
         self.maintenance.start()
         log.info(
@@ -115,9 +125,20 @@ class ClaudeHandler:
             self._started.cancel()
         self._lent.clear()  # the pool closes them with every other worker
         count = await self.session_manager.close()
+        await self.gateway.close()
         log.info("handler_closed", sessions=count)
 
-    # -- pool events: metrics and the ledger of live CLI processes ---------------------
+    # -- pool events: gateway tokens, metrics and the ledger of live CLI processes ------
+
+    def grant_for(self, config: SessionConfig) -> Grant:
+        return self.gateway.issue(tenant_of(config, self.config))
+
+    def worker_warmed(self, worker: Worker) -> None:
+        """A warm-up conversation is nobody's: its transcript goes at once."""
+        if worker.warmed_conversation:
+            self.session_manager.project_dir(worker.config).joinpath(f"{worker.warmed_conversation}.jsonl").unlink(
+                missing_ok=True
+            )
 
     def worker_started(self, worker: Worker, seconds: float) -> None:
         self.telemetry.connect_seconds.observe(seconds)
@@ -351,6 +372,7 @@ class ClaudeHandler:
         settled = False  # the turn ended, or its worker was dealt with
         asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
         worker.uses += 1
+        worker.grant.take()  # calls made between turns (none expected) are no turn's
         metrics.message_count += 1
         self.session_manager.persist(session)
         try:
@@ -391,9 +413,17 @@ class ClaudeHandler:
                     await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
 
     def _record(self, session: Session, worker: Worker, result: ResultMessage, seconds: float) -> None:
+        """A finished turn: what the gateway metered for its calls, and its outcome."""
         session.metrics.last_turn_ms = round(seconds * 1000, 3)
-        usage = record_result(session.metrics, session.cost, worker.pid, result)
+        usage = worker.grant.take() + TurnUsage(api_error=is_api_error(result))
+        add_usage(session.metrics, usage)
         self.telemetry.turn_finished(session.owner, usage, seconds)
+
+    def _bill_unfinished(self, session: Session, worker: Worker) -> None:
+        """Calls of a turn that never finished (its CLI died or was killed) were billed all the same."""
+        usage = worker.grant.take()
+        add_usage(session.metrics, usage)
+        self.telemetry.usage(session.owner, usage)
 
     def _count_connection_error(self, session: Session) -> None:
         session.metrics.connection_errors += 1
@@ -418,6 +448,7 @@ class ClaudeHandler:
         if session.worker is worker:
             session.worker = None
         await self.pool.discard(worker, graceful=False)
+        self._bill_unfinished(session, worker)
 
     def _live_state(self) -> LiveState:
         sessions = self.session_manager.sessions()

@@ -19,7 +19,7 @@ from claude_agent_sdk import project_key_for_directory
 from .cli_options import session_cwd
 from .config import SessionConfig, SystemConfig
 from .errors import SessionNotFoundError
-from .metrics import CostMeter, SessionMetrics
+from .metrics import SessionMetrics
 from .pool import WorkerPool
 from .store import SessionRecord, SessionStore
 from .telemetry import DEFAULT_TENANT, Telemetry
@@ -61,7 +61,6 @@ class Session:
     #: Its transcript vanished: it answers an error instead of starting afresh.
     orphaned: bool = False
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    cost: CostMeter = field(default_factory=CostMeter)
 
     @property
     def is_busy(self) -> bool:
@@ -255,9 +254,9 @@ class ClaudeCodeSessionManager:
         """Where the CLI writes this session's conversation (None before the first prompt)."""
         if session.claude_session_id is None:
             return None
-        return self._project_dir(session.config) / f"{session.claude_session_id}.jsonl"
+        return self.project_dir(session.config) / f"{session.claude_session_id}.jsonl"
 
-    def _project_dir(self, options: SessionConfig) -> Path:
+    def project_dir(self, options: SessionConfig) -> Path:
         """The CLI's folder for a working directory; resolved once per options (scans ask often)."""
         project = self._projects.get(options.fingerprint)
         if project is None:
@@ -277,7 +276,7 @@ class ClaudeCodeSessionManager:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line being written right now
-                if entry.get("type") in ("user", "assistant") and not entry.get("isMeta"):
+                if entry.get("type") in ("user", "assistant") and not entry.get("isMeta") and not _is_command(entry):
                     messages.append(
                         {
                             "type": entry["type"],
@@ -424,3 +423,9 @@ class ClaudeCodeSessionManager:
                 "timeouts": sum(m.timeouts for m in metrics),
             },
         }
+
+
+def _is_command(entry: dict[str, Any]) -> bool:
+    """The CLI's record of a command it ran itself (the ``/clear`` that readied a pooled worker)."""
+    content = (entry.get("message") or {}).get("content")
+    return isinstance(content, str) and content.startswith(("<command-name>", "<local-command-stdout>"))

@@ -1,4 +1,4 @@
-"""Per-session usage metrics, fed from the SDK's ``ResultMessage``."""
+"""Per-session usage metrics, fed by what the model gateway metered."""
 
 from __future__ import annotations
 
@@ -40,50 +40,43 @@ class SessionMetrics:
         return {**asdict(self), "total_tokens": self.total_tokens}
 
 
-@dataclass
-class CostMeter:
-    """Turns the CLI's cumulative cost into per-turn spend.
-
-    ``total_cost_usd`` accumulates per conversation *within one CLI process*: it
-    restarts at zero after ``/clear`` and in a process that resumed the
-    conversation. So the baseline is keyed by (process, conversation).
-    """
-
-    _key: tuple[int, str] | None = None
-    _last: float = 0.0
-
-    def spend(self, worker_pid: int, result: ResultMessage) -> float:
-        key = (worker_pid, result.session_id)
-        if key != self._key:
-            self._key, self._last = key, 0.0
-        cumulative = result.total_cost_usd or 0.0
-        spent = max(0.0, cumulative - self._last)
-        self._last = max(self._last, cumulative)
-        return spent
-
-
 @dataclass(frozen=True)
 class TurnUsage:
-    """What one turn used: tokens by kind, true spend, and whether the API failed."""
+    """Tokens by kind and dollars: what calls to the model used, as the upstream billed them."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_creation_tokens: int = 0
     cost: float = 0.0
+    #: The turn ended in a model error after the CLI's retries.
     api_error: bool = False
 
     @classmethod
-    def of(cls, result: ResultMessage, cost: float) -> TurnUsage:
-        usage = result.usage or {}
+    def from_api(cls, usage: dict[str, Any], cost: float) -> TurnUsage:
+        """From a Messages API ``usage`` object and its price."""
         return cls(
             input_tokens=int(usage.get("input_tokens") or 0),
             output_tokens=int(usage.get("output_tokens") or 0),
             cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
             cache_creation_tokens=int(usage.get("cache_creation_input_tokens") or 0),
             cost=cost,
-            # An interrupted turn also ends with is_error; that is not an API error.
-            api_error=result.is_error and not (result.terminal_reason or "").startswith("aborted"),
+        )
+
+    def __add__(self, other: TurnUsage) -> TurnUsage:
+        return self._combine(other, 1)
+
+    def __sub__(self, other: TurnUsage) -> TurnUsage:
+        return self._combine(other, -1)
+
+    def _combine(self, other: TurnUsage, sign: int) -> TurnUsage:
+        return TurnUsage(
+            self.input_tokens + sign * other.input_tokens,
+            self.output_tokens + sign * other.output_tokens,
+            self.cache_read_tokens + sign * other.cache_read_tokens,
+            self.cache_creation_tokens + sign * other.cache_creation_tokens,
+            self.cost + sign * other.cost,
+            self.api_error or other.api_error,
         )
 
     def tokens(self) -> dict[str, int]:
@@ -95,13 +88,16 @@ class TurnUsage:
         }
 
 
-def record_result(metrics: SessionMetrics, meter: CostMeter, worker_pid: int, result: ResultMessage) -> TurnUsage:
-    """Add one turn's usage, cost and outcome to ``metrics``; returns what was added."""
-    usage = TurnUsage.of(result, meter.spend(worker_pid, result))
+def is_api_error(result: ResultMessage) -> bool:
+    """A turn the model call failed (an interrupted turn also ends with ``is_error``: not this)."""
+    return result.is_error and not (result.terminal_reason or "").startswith("aborted")
+
+
+def add_usage(metrics: SessionMetrics, usage: TurnUsage) -> None:
+    """Add what the gateway billed, and the turn's outcome, to a session's metrics."""
     metrics.input_tokens += usage.input_tokens
     metrics.output_tokens += usage.output_tokens
     metrics.cache_read_tokens += usage.cache_read_tokens
     metrics.cache_creation_tokens += usage.cache_creation_tokens
     metrics.total_cost += usage.cost
     metrics.api_errors += usage.api_error
-    return usage

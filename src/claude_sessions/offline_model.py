@@ -108,6 +108,8 @@ class LoggedRequest:
     path: str
     body: dict[str, Any]
     received_at: float
+    #: Request headers, lower-case names (tests check which credentials reached the model).
+    headers: dict[str, str] = field(default_factory=dict)
     status: int = 200
     usage: Usage | None = None
     reply: str = ""
@@ -140,9 +142,9 @@ class OfflineModel:
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def log(self, path: str, body: dict[str, Any]) -> LoggedRequest:
+    def log(self, path: str, body: dict[str, Any], headers: dict[str, str] | None = None) -> LoggedRequest:
         with self._lock:
-            entry = LoggedRequest(next(self._seq), path, body, time.time())
+            entry = LoggedRequest(next(self._seq), path, body, time.time(), dict(headers or {}))
             self.requests.append(entry)
             return entry
 
@@ -208,7 +210,7 @@ def build_app(model: OfflineModel) -> Starlette:
 
     async def messages(request: Request) -> Response:
         body = await request.json()
-        entry = model.log("/v1/messages", body)
+        entry = model.log("/v1/messages", body, dict(request.headers))
         text = last_user_text(body)
         if _HANG in text:
             while not await request.is_disconnected():
@@ -252,7 +254,7 @@ def build_app(model: OfflineModel) -> Starlette:
 
     async def count(request: Request) -> Response:
         body = await request.json()
-        model.log("/v1/messages/count_tokens", body)
+        model.log("/v1/messages/count_tokens", body, dict(request.headers))
         text = _text_of(body.get("system")) + "\n".join(_text_of(m.get("content")) for m in body.get("messages") or [])
         return JSONResponse({"input_tokens": count_tokens(text)})
 
@@ -265,7 +267,7 @@ def build_app(model: OfflineModel) -> Starlette:
                 body = json.loads(raw) if raw else {}
             except json.JSONDecodeError:
                 body = {"raw": raw.decode(errors="replace")}
-        model.log(request.url.path, body)
+        model.log(request.url.path, body, dict(request.headers))
         return JSONResponse({"data": [], "has_more": False})
 
     return Starlette(

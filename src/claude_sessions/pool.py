@@ -20,11 +20,13 @@ from claude_agent_sdk import ClaudeAgentOptions
 
 from .config import ConnectionPoolConfig, OptimizationConfig, SessionConfig
 from .errors import WorkerStartError
+from .gateway import Grant
 from .worker import Worker, WorkerState
 
 log = structlog.get_logger("claude_sessions.pool")
 
-OptionsFactory = Callable[[SessionConfig, str | None], ClaudeAgentOptions]
+#: (session options, conversation to resume, the worker's gateway token) -> the CLI's options.
+OptionsFactory = Callable[[SessionConfig, str | None, str], ClaudeAgentOptions]
 
 
 class NoLiveRoom(Exception):
@@ -32,7 +34,11 @@ class NoLiveRoom(Exception):
 
 
 class PoolEvents(Protocol):
-    """What the pool tells its owner (metrics, the crash-hygiene ledger)."""
+    """What the pool asks of its owner (gateway tokens) and tells it (metrics, the crash-hygiene ledger)."""
+
+    def grant_for(self, config: SessionConfig) -> Grant: ...
+
+    def worker_warmed(self, worker: Worker) -> None: ...
 
     def worker_started(self, worker: Worker, seconds: float) -> None: ...
 
@@ -168,20 +174,34 @@ class WorkerPool:
         """Count spawns in flight, so concurrent refills do not overshoot."""
         self._spawning[fingerprint] = self._spawning.get(fingerprint, 0) + count
 
-    async def _connect(self, config: SessionConfig, resume: str | None) -> Worker:
-        """Start a CLI and register it; it never outlives a failure or a shutdown meanwhile."""
+    async def _connect(self, config: SessionConfig, resume: str | None, warm: bool = False) -> Worker:
+        """Start a CLI (``warm``: and warm it up) and register it.
+
+        Until registered it counts as spawning, so fills and ``CP_MAX_LIVE`` see it
+        once; it never outlives a failure, a cancellation or a shutdown meanwhile.
+        """
         began, generation = time.perf_counter(), self._generation
-        worker = await Worker.start(config, self._options_for(config, resume), self.timeouts.CREATE_TIMEOUT)
-        self._workers[worker.id] = worker
+        grant = self._events.grant_for(config)
         try:
+            options = self._options_for(config, resume, grant.token)
+            worker = await Worker.start(config, options, grant, self.timeouts.CREATE_TIMEOUT)
+        except BaseException:
+            grant.revoke()
+            raise
+        try:
+            self._events.worker_started(worker, time.perf_counter() - began)
+            if warm:
+                if not await worker.warm_up(self.timeouts.CREATE_TIMEOUT):
+                    raise WorkerStartError("a spare CLI could not be warmed up")
+                self._events.worker_warmed(worker)
             if generation != self._generation:
                 raise WorkerStartError("the pool was shut down while this CLI was starting")
-            self._events.worker_started(worker, time.perf_counter() - began)
         except BaseException as error:
             await self._close(worker)
             if isinstance(error, Exception) and not isinstance(error, WorkerStartError):
                 raise WorkerStartError(f"CLI started but could not be registered: {error!r}") from error
             raise
+        self._workers[worker.id] = worker
         return worker
 
     async def _close(self, worker: Worker, graceful: bool = True) -> None:
@@ -192,6 +212,7 @@ class WorkerPool:
             await worker.close(self.timeouts.DESTROY_TIMEOUT, graceful)
         finally:
             worker.state = WorkerState.CLOSED
+            worker.grant.revoke()
             self._workers.pop(worker.id, None)
             self._events.worker_closed(worker)
 
@@ -236,7 +257,8 @@ class WorkerPool:
         return sum(1 for result in results if result is None)
 
     async def _add_spare(self, config: SessionConfig) -> None:
-        worker = await self._connect(config, None)
+        """A new CLI, its first turn already paid (``Worker.warm_up``), idle in the pool."""
+        worker = await self._connect(config, None, warm=True)
         worker.state = WorkerState.IDLE
         self._idle.setdefault(worker.fingerprint, deque()).append(worker)
 

@@ -1,6 +1,10 @@
-"""CLI processes by pid and start time: enough to end an earlier run's strays, and nothing else."""
+"""An earlier run's CLI processes: found by the pid ledger, or by the owner mark in their environment."""
 
 from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
 
 import psutil
 import structlog
@@ -19,17 +23,47 @@ def process_started_at(pid: int) -> float:
         return 0.0
 
 
-def end_stray_processes(recorded: list[tuple[int, float]]) -> list[int]:
-    """Kill the recorded processes still running; a pid now used by another process is left alone."""
+#: Set in every CLI's environment: which data directory's server started it.
+OWNER_VARIABLE = "CLAUDE_SESSIONS_OWNER"
+
+
+def owner_mark(data_dir: Path) -> str:
+    """The mark of one data directory (one server owns it at a time, by its lock)."""
+    return hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:16]
+
+
+def _marked(owner: str) -> list[psutil.Process]:
+    """Live processes carrying ``owner``'s mark (looked for before this run starts any).
+
+    The ledger misses a CLI the server was still connecting when it died; the mark
+    in its environment does not.
+    """
+    return [
+        process
+        for process in psutil.process_iter(["environ"], ad_value=None)
+        if (process.info["environ"] or {}).get(OWNER_VARIABLE) == owner and process.pid != os.getpid()
+    ]
+
+
+def end_stray_processes(recorded: list[tuple[int, float]], owner: str) -> list[int]:
+    """Kill an earlier run's CLIs: the recorded ones still running (a pid now used by
+    another process is left alone) and any other carrying this data directory's mark."""
     ended = []
+    processes = []
     for pid, started_at in recorded:
         try:
             process = psutil.Process(pid)
-            if abs(process.create_time() - started_at) > _SAME_START:
-                continue  # the pid was reused: not ours
+            if abs(process.create_time() - started_at) <= _SAME_START:  # else the pid was reused: not ours
+                processes.append(process)
+        except psutil.Error:
+            continue
+    known = {p.pid for p in processes}
+    processes += [p for p in _marked(owner) if p.pid not in known]
+    for process in processes:
+        try:
             process.kill()
             process.wait(5)
-            ended.append(pid)
+            ended.append(process.pid)
         except psutil.Error:
             continue
     if ended:

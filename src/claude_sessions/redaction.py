@@ -87,7 +87,8 @@ class Redactor:
     and a path only where it is not part of a longer name.
     """
 
-    def __init__(self, config: SystemConfig) -> None:
+    def __init__(self, config: SystemConfig, model_endpoints: Iterable[str] = ()) -> None:
+        """``model_endpoints``: more addresses the CLI may name (the model gateway's)."""
         import claude_agent_sdk
 
         from . import __file__ as package_file
@@ -105,7 +106,8 @@ class Redactor:
             (self.workspace_root, WORKSPACES),
         ]:
             common |= dict.fromkeys(_forms(path), token)
-        common |= dict.fromkeys(_address_forms(runtime.ANTHROPIC_BASE_URL), MODEL_ENDPOINT)
+        for endpoint in (runtime.ANTHROPIC_BASE_URL, *model_endpoints):
+            common |= dict.fromkeys(_address_forms(endpoint), MODEL_ENDPOINT)
         self._common = common
         self._common_keys = {project_key_for_directory(self.workspace_root): WORKSPACES}
         self._rules: dict[str | None, list[tuple[str, re.Pattern[str], str]]] = {}

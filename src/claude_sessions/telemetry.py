@@ -67,11 +67,16 @@ class Telemetry:
         tenant = tenant or DEFAULT_TENANT
         self.messages.labels(tenant).inc()
         self.turn_seconds.labels(tenant).observe(seconds)
+        self.usage(tenant, usage)
+        if usage.api_error:
+            self.api_errors.labels(tenant).inc()
+
+    def usage(self, tenant: str | None, usage: TurnUsage) -> None:
+        """Tokens and spend the gateway metered."""
+        tenant = tenant or DEFAULT_TENANT
         for kind, count in usage.tokens().items():
             self.tokens.labels(tenant, kind).inc(count)
         self.cost.labels(tenant).inc(usage.cost)
-        if usage.api_error:
-            self.api_errors.labels(tenant).inc()
 
 
 class _LiveCollector(Collector):

@@ -22,6 +22,7 @@ from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, Message, Resul
 
 from .config import SessionConfig
 from .errors import WorkerStartError
+from .gateway import Grant
 
 log = structlog.get_logger("claude_sessions.worker")
 
@@ -48,6 +49,8 @@ class Worker:
     config: SessionConfig
     client: ClaudeSDKClient
     process: Any  # anyio Process of the CLI, kept so it can be killed after disconnect
+    #: Its token at the model gateway, and what its calls used.
+    grant: Grant
     id: str = field(default_factory=lambda: f"w{next(_ids)}")
     created_at: float = field(default_factory=time.monotonic)
     uses: int = 0
@@ -56,6 +59,8 @@ class Worker:
     reusable: bool = True
     #: The model the process reported first (its launch model, resolved by the CLI).
     model: str | None = None
+    #: The conversation of its warm-up turn (its transcript is not a session's).
+    warmed_conversation: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -118,8 +123,8 @@ class Worker:
         return False
 
     @classmethod
-    async def start(cls, config: SessionConfig, options: ClaudeAgentOptions, timeout: float) -> Worker:
-        """Spawn and connect a CLI process, or raise :class:`WorkerStartError`."""
+    async def start(cls, config: SessionConfig, options: ClaudeAgentOptions, grant: Grant, timeout: float) -> Worker:
+        """Spawn and connect a CLI process holding ``grant``'s token, or raise :class:`WorkerStartError`."""
         client = ClaudeSDKClient(options)
         began = time.perf_counter()
         try:
@@ -134,7 +139,7 @@ class Worker:
             if isinstance(error, Exception):
                 raise WorkerStartError(f"CLI could not start: {error}") from error
             raise
-        worker = cls(config=config, client=client, process=_process_of(client))
+        worker = cls(config=config, client=client, process=_process_of(client), grant=grant)
         log.debug("worker_connected", worker=worker.id, pid=worker.pid, seconds=round(time.perf_counter() - began, 3))
         return worker
 
@@ -157,6 +162,29 @@ class Worker:
             }
 
         await self.client.query(composed())
+
+    async def warm_up(self, timeout: float) -> bool:
+        """Pay the CLI's once-per-process first-turn cost now, on a turn the gateway answers.
+
+        A fresh CLI spends ~100 ms on its first model response whatever it is asked;
+        a spare that has had one answers its first real turn like a reused worker.
+        Returns whether the worker is ready for a session (reset and as launched).
+        """
+        self.grant.warming = True
+        try:
+            async with asyncio.timeout(timeout):
+                await self.ask("warm-up", verbatim=True)
+                async for message in self.client.receive_response():
+                    self.runs_as_launched(message)
+                    if isinstance(message, ResultMessage):
+                        self.warmed_conversation = message.session_id
+        except Exception as error:
+            log.info("worker_warm_up_failed", worker=self.id, error=repr(error))
+            return False
+        finally:
+            self.grant.warming = False
+            self.grant.take()  # nothing was billed; nothing of it belongs to a session
+        return await self.reset(timeout)
 
     async def reset(self, timeout: float) -> bool:
         """Start a new, empty conversation (``/clear``); False if that failed or the

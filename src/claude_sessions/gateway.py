@@ -1,0 +1,321 @@
+"""The model gateway: every CLI reaches the model through it, with a token of its own.
+
+The operator's credentials live only in this process. Each CLI gets the gateway's
+loopback address as ``ANTHROPIC_BASE_URL`` and a random token as its key; the
+gateway checks the token, swaps in the operator's credentials and relays the call
+upstream (the Anthropic API, the operator's ``ANTHROPIC_BASE_URL``, or the offline
+model). So a session's Bash that prints its environment finds a token that dies
+with its worker and spends only its own tenant's money.
+
+The gateway also meters: it reads the usage of every answer as it streams past
+(before the CLI has seen the end of it) and prices it (``pricing``), so a turn's
+tokens and cost are what the upstream really billed. A spare's warm-up turn is
+answered here, never upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .config import RuntimeConfig
+from .metrics import TurnUsage
+from .pricing import cost_usd
+
+log = structlog.get_logger("claude_sessions.gateway")
+
+ANTHROPIC_API = "https://api.anthropic.com"
+#: Headers that describe one hop, or carry a credential: never relayed as they came.
+_HOP_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "accept-encoding",
+        "x-api-key",
+        "authorization",
+    }
+)
+
+
+@dataclass(eq=False)
+class Grant:
+    """One worker's right to call the model: a token, its tenant, and what it used."""
+
+    tenant: str
+    token: str = field(repr=False)
+    #: Calls answered by the gateway itself (a spare's warm-up turn): never upstream, never billed.
+    warming: bool = False
+    used: TurnUsage = field(default_factory=TurnUsage)
+    _revoke: Callable[[Grant], None] = field(repr=False, default=lambda grant: None)
+
+    def take(self) -> TurnUsage:
+        """What was used since the last take (one turn's worth, read at its end)."""
+        used, self.used = self.used, TurnUsage()
+        return used
+
+    def revoke(self) -> None:
+        """From now on the token answers 401 (the worker is gone)."""
+        self._revoke(self)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def _error(status: int, kind: str, message: str) -> JSONResponse:
+    """An error in the Messages API's own shape, so the CLI reports it as such."""
+    return JSONResponse({"type": "error", "error": {"type": kind, "message": message}}, status_code=status)
+
+
+class _UsageReader:
+    """Follows one answer's usage as it streams past and bills the difference to a grant.
+
+    ``message_start`` carries the input side, ``message_delta`` the output (cumulative
+    within the message); each update bills only what is new, so a cut stream is
+    billed for what it got.
+    """
+
+    def __init__(self, grant: Grant, model: str) -> None:
+        self._grant, self._model = grant, model
+        self._usage: dict[str, Any] = {}
+        self._billed = TurnUsage()
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Take SSE bytes; bill each complete ``data:`` line."""
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        for line in lines:  # only the two events that carry usage are worth parsing
+            if line.startswith(b"data:") and (b"message_start" in line or b"message_delta" in line):
+                with contextlib.suppress(ValueError):
+                    self.event(json.loads(line[5:]))
+
+    def event(self, event: Any) -> None:
+        if not isinstance(event, dict):
+            return
+        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
+            self._model = str(event["message"].get("model") or self._model)
+            self.update(event["message"].get("usage"))
+        elif event.get("type") == "message_delta":
+            self.update(event.get("usage"))
+
+    def update(self, usage: Any) -> None:
+        if not isinstance(usage, dict):
+            return
+        self._usage |= {key: value for key, value in usage.items() if value is not None}
+        total = TurnUsage.from_api(self._usage, cost_usd(self._model, self._usage))
+        self._grant.used = self._grant.used + total - self._billed
+        self._billed = total
+
+
+class ModelGateway:
+    """A loopback relay to the model, on the event loop of the handler that owns it."""
+
+    def __init__(self, upstream: str | None, credentials: Mapping[str, str], timeout: float) -> None:
+        self.upstream = (upstream or ANTHROPIC_API).rstrip("/")
+        self._credentials = dict(credentials)
+        self._timeout = httpx.Timeout(timeout, connect=10.0)
+        self._grants: dict[bytes, Grant] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._server: uvicorn.Server | None = None
+        self._serving: asyncio.Task[None] | None = None
+        #: Bound now, so the address is known (to the CLI options, to redaction) before serving.
+        #: No Nagle (connections inherit it): a request's second segment must not wait 40 ms for an ACK.
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.base_url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+
+    # -- tokens -------------------------------------------------------------------
+
+    def issue(self, tenant: str) -> Grant:
+        """A new token for one worker of ``tenant``."""
+        grant = Grant(tenant=tenant, token="csg-" + secrets.token_urlsafe(32), _revoke=self._forget)
+        self._grants[_digest(grant.token)] = grant
+        return grant
+
+    def _forget(self, grant: Grant) -> None:
+        self._grants.pop(_digest(grant.token), None)
+
+    def grant_of(self, headers: Mapping[str, str]) -> Grant | None:
+        """The live grant a request presents (``x-api-key`` or a bearer token), or None."""
+        token = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return self._grants.get(_digest(token)) if token else None
+
+    @property
+    def live_tokens(self) -> int:
+        return len(self._grants)
+
+    # -- serving ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve on the loopback socket bound at construction (``base_url``)."""
+        self._client = httpx.AsyncClient(base_url=self.upstream, timeout=self._timeout)
+        config = uvicorn.Config(
+            Starlette(routes=[Route("/{path:path}", self._relay, methods=["GET", "POST", "PUT", "DELETE", "HEAD"])]),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        self._server = _EmbeddedServer(config)
+        self._serving = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._socket]))
+        while not self._server.started:
+            if self._serving.done():
+                self._serving.result()  # raises what stopped it
+                raise RuntimeError("the model gateway stopped at start")
+            await asyncio.sleep(0.005)
+        log.info("gateway_started", upstream=self.upstream, base_url=self.base_url)
+
+    async def close(self) -> None:
+        self._grants.clear()
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._serving
+        if self._client is not None:
+            await self._client.aclose()
+        self._socket.close()
+
+    # -- one call -----------------------------------------------------------------
+
+    async def _relay(self, request: Request) -> Response:
+        grant = self.grant_of(request.headers)
+        if grant is None:
+            return _error(401, "authentication_error", "invalid or revoked token")
+        body = await request.body()
+        if grant.warming and request.url.path.startswith("/v1/messages"):
+            return _warm_reply(request.url.path, body)
+        assert self._client is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        upstream_request = self._client.build_request(
+            request.method,
+            request.url.path,
+            params=request.url.query,
+            headers={**headers, **self._credentials, "accept-encoding": "identity"},
+            content=body,
+        )
+        sending = asyncio.ensure_future(self._client.send(upstream_request, stream=True))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({sending, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not sending.done():  # the CLI gave up (interrupt) before the upstream answered
+            sending.cancel()
+            with contextlib.suppress(BaseException):
+                await sending
+            return Response(status_code=499)
+        try:
+            upstream = sending.result()
+        except httpx.HTTPError as error:
+            log.warning("gateway_upstream_failed", error=repr(error))
+            return _error(502, "api_error", "the model endpoint could not be reached")
+        relayed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+        reader = None
+        if request.url.path == "/v1/messages" and upstream.status_code == 200:
+            reader = _UsageReader(grant, _model_of(body))
+        if reader is not None and not upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            content = await upstream.aread()  # whole: billed before the CLI can see the answer
+            await upstream.aclose()
+            with contextlib.suppress(ValueError):
+                answer = json.loads(content)
+                if isinstance(answer, dict):
+                    reader.event({"type": "message_start", "message": answer})
+            return Response(content, status_code=upstream.status_code, headers=relayed)
+        return StreamingResponse(_stream(upstream, reader), status_code=upstream.status_code, headers=relayed)
+
+
+async def _stream(upstream: httpx.Response, reader: _UsageReader | None) -> AsyncIterator[bytes]:
+    """Relay an answer chunk by chunk, billing each usage update before passing it on."""
+    try:
+        async for chunk in upstream.aiter_bytes():
+            if reader is not None:
+                reader.feed(chunk)
+            yield chunk
+    finally:
+        await upstream.aclose()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _model_of(body: bytes) -> str:
+    with contextlib.suppress(ValueError, AttributeError):
+        return str(json.loads(body).get("model") or "")
+    return ""
+
+
+def _warm_reply(path: str, body: bytes) -> Response:
+    """The gateway's own answer to a spare's warm-up turn: one short reply, zero usage."""
+    if path != "/v1/messages":
+        return JSONResponse({"input_tokens": 0})
+    usage = {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    message: dict[str, Any] = {
+        "id": f"msg_warmup_{secrets.token_hex(8)}",
+        "type": "message",
+        "role": "assistant",
+        "model": _model_of(body) or "warm-up",
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    with contextlib.suppress(ValueError, AttributeError):
+        if not json.loads(body).get("stream"):
+            done = {**message, "content": [{"type": "text", "text": "ready"}], "stop_reason": "end_turn"}
+            return JSONResponse(done)
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": message},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ready"}},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": usage},
+        {"type": "message_stop"},
+    ]
+    text = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+    return Response(text, media_type="text/event-stream")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside a running application: it must not take over the process's signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def credentials_of(runtime: RuntimeConfig) -> dict[str, str]:
+    """The headers that carry the operator's credentials upstream."""
+    headers = {}
+    if runtime.ANTHROPIC_API_KEY:
+        headers["x-api-key"] = runtime.ANTHROPIC_API_KEY.get_secret_value()
+    if runtime.ANTHROPIC_AUTH_TOKEN:
+        headers["authorization"] = f"Bearer {runtime.ANTHROPIC_AUTH_TOKEN.get_secret_value()}"
+    return headers

@@ -1,0 +1,130 @@
+"""The model gateway: the operator's key never reaches a CLI, tokens die with their worker,
+usage is metered from the upstream's answers, and spares warm up for free.
+
+Real CLI and offline model; the offline model's request log shows which credentials and
+which calls really reached the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from claude_sessions import SessionConfig, WorkerDiedError
+from claude_sessions.offline_model import OfflineModel
+from conftest import MakeHandler
+from helpers import reply_text, turn, worker_pid
+from test_sandbox import bash, needs_bubblewrap
+
+OPERATOR_KEY = "sk-ant-operator-" + uuid.uuid4().hex
+TINY_CALL = {"model": "claude-haiku-5-5", "max_tokens": 8, "messages": [{"role": "user", "content": "ping"}]}
+
+
+async def call(base_url: str, token: str | None) -> httpx.Response:
+    headers = {"anthropic-version": "2023-06-01"} | ({"x-api-key": token} if token else {})
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        return await client.post("/v1/messages", json=TINY_CALL, headers=headers)
+
+
+def environ_of(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def files_holding(root: Path, secret: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+@needs_bubblewrap
+async def test_the_operators_key_is_in_no_cli_environment_tool_or_file(
+    make_handler: MakeHandler, model: OfflineModel, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", OPERATOR_KEY)
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    session = await handler.create_session("keyless", SessionConfig(cwd="alice", allowed_tools=("Bash",)))
+    printed = await bash(handler, session, model, "printenv ANTHROPIC_API_KEY ANTHROPIC_BASE_URL")
+    assert OPERATOR_KEY not in printed and "csg-" in printed  # the worker's own token, nothing more
+    for pid in {c["pid"] for c in handler.get_pool_status()["connections"]}:
+        environ = environ_of(pid)
+        assert OPERATOR_KEY.encode() not in environ
+        assert f"ANTHROPIC_BASE_URL={handler.gateway.base_url}".encode() in environ.split(b"\0")
+    assert files_holding(tmp_path, OPERATOR_KEY) == []  # config dir, data dir, workspaces, transcripts
+    calls = model.message_requests()
+    assert calls and all(c.headers.get("x-api-key") == OPERATOR_KEY for c in calls)  # swapped in upstream
+    assert not any(c.headers.get("x-api-key", "").startswith("csg-") for c in model.requests)
+
+
+async def test_a_token_works_while_its_worker_lives_and_is_refused_after(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    await handler.create_session("tokened", SessionConfig(cwd="alice"))
+    worker = handler.session_manager.get("tokened").worker
+    assert worker is not None and worker.grant.tenant == "alice"  # its tenant's, whoever steals it
+    token, gateway = worker.grant.token, handler.gateway.base_url
+    live = await call(gateway, token)
+    assert live.status_code == 200 and live.json()["content"][0]["text"].startswith("(offline model)")
+    assert worker.grant.take().input_tokens > 0  # a stolen token's calls are billed to its worker
+    for forged in (None, "csg-" + uuid.uuid4().hex, OPERATOR_KEY):
+        refused = await call(gateway, forged)
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+    await handler.destroy_session("tokened")
+    await handler.shutdown_pool()  # the worker's process ends
+    assert (await call(gateway, token)).status_code == 401
+    assert handler.gateway.live_tokens == 0
+    assert len(model.message_requests()) == 1  # only the live call went upstream
+
+
+async def test_spares_warm_up_without_an_upstream_call_and_start_clean(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 2})
+    idle = [w for w in handler.pool.workers() if w.state.value == "idle"]
+    assert len(idle) == 2 and all(w.model is not None for w in idle)  # each had its warm-up turn
+    assert model.requests == []  # answered by the gateway, never upstream, never billed
+    warm_ups = {f"{w.warmed_conversation}.jsonl" for w in idle}
+    assert len(warm_ups) == 2 and None not in {w.warmed_conversation for w in idle}
+    left = {p.name for p in (handler.config.runtime.config_dir / "projects").rglob("*.jsonl")}
+    assert left.isdisjoint(warm_ups)  # no warm-up transcript; what is left is each spare's next conversation
+    session_id = await handler.create_session("first")
+    messages = await turn(handler, session_id, "hello")
+    assert "[user message 1 of this conversation]" in reply_text(messages)  # the warm-up left no context
+    history = handler.session_manager.read_transcript(handler.session_manager.get(session_id))
+    assert [m["message"]["content"] for m in history if m["type"] == "user"] == ["hello"]
+
+
+async def test_a_turn_whose_cli_was_killed_is_billed_for_what_the_upstream_used(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    session_id = await handler.create_session("killed")
+    pid = worker_pid(handler, session_id)
+    model.requests.clear()
+    running = asyncio.create_task(turn(handler, session_id, "[[slow:5]] a long answer"))
+    while not model.message_requests():  # the upstream took the call and sent its message_start
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)
+    psutil.Process(pid).kill()
+    with pytest.raises(WorkerDiedError):
+        await running
+    charged = model.message_requests()[0].usage
+    metrics = handler.session_manager.get_session_metrics(session_id)
+    assert charged is not None and metrics is not None
+    assert metrics.input_tokens == charged.input_tokens > 0 and metrics.total_cost > 0
+
+
+async def test_an_unreachable_upstream_is_a_model_error_not_a_hang(
+    make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0}, optimization={"CLI_MAX_RETRIES": 0})
+    session_id = await handler.create_session("nowhere")
+    messages = await turn(handler, session_id, "anyone there?")
+    result = messages[-1]
+    assert getattr(result, "is_error", False)
+    metrics = handler.session_manager.get_session_metrics(session_id)
+    assert metrics is not None and metrics.api_errors == 1 and metrics.total_tokens == 0

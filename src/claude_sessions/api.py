@@ -29,7 +29,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from . import api_service, api_sessions
+from . import api_openai, api_service, api_sessions
 from .api_common import ApiError, Lifecycle, Service, api_error, error_response, resolve_options, shutting_down
 from .api_sessions import message_json, session_json, turn_json, workspace_of
 from .auth import Authenticator
@@ -149,17 +149,24 @@ def _body_problem(error: BaseException | None) -> str | None:
     return None
 
 
+def _render(request: Request, error: ApiError) -> JSONResponse:
+    """The error in the shape the caller's surface speaks: ours, or OpenAI's on its endpoint."""
+    return api_openai.openai_response(error) if api_openai.is_openai(request) else error.response()
+
+
 def _install_error_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(ApiError)
-    async def _on_api_error(_: Request, error: ApiError) -> JSONResponse:
-        return error.response()
+    async def _on_api_error(request: Request, error: ApiError) -> JSONResponse:
+        return _render(request, error)
 
     @app.exception_handler(ClaudeSessionsError)
-    async def _on_library_error(_: Request, error: ClaudeSessionsError) -> JSONResponse:
-        return api_error(error, retry_after).response()
+    async def _on_library_error(request: Request, error: ClaudeSessionsError) -> JSONResponse:
+        return _render(request, api_error(error, retry_after))
 
     @app.exception_handler(RequestValidationError)
-    async def _on_invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def _on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        if api_openai.is_openai(request):
+            return api_openai.openai_response(api_openai.validation_error(error))
         problems = []
         for item in error.errors()[:5]:
             where = ".".join(str(p) for p in item["loc"] if p != "body") or "body"
@@ -167,8 +174,8 @@ def _install_error_handlers(app: FastAPI, retry_after: int) -> None:
         return error_response(422, "invalid_request", "; ".join(problems))
 
     @app.exception_handler(ValueError)
-    async def _on_value_error(_: Request, error: ValueError) -> JSONResponse:
-        return error_response(422, "invalid_request", str(error))
+    async def _on_value_error(request: Request, error: ValueError) -> JSONResponse:
+        return _render(request, ApiError(422, "invalid_request", str(error)))
 
     @app.exception_handler(HTTPException)
     async def _on_http(request: Request, error: HTTPException) -> JSONResponse:
@@ -178,7 +185,7 @@ def _install_error_handlers(app: FastAPI, retry_after: int) -> None:
         if error.status_code == 405:
             headers["Allow"] = _allowed_methods(app, request.scope)
         kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(error.status_code, "http_error")
-        return error_response(error.status_code, kind, str(error.detail), headers or None)
+        return _render(request, ApiError(error.status_code, kind, str(error.detail), headers or None))
 
     @app.exception_handler(Exception)
     async def _on_unexpected(_: Request, error: Exception) -> JSONResponse:
@@ -273,5 +280,6 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     _install_error_handlers(app, retry_after)
     app.include_router(api_sessions.router)
     app.include_router(api_service.router)
+    app.include_router(api_openai.router)
     _state_the_policy(app, server)
     return app

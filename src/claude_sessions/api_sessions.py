@@ -320,6 +320,8 @@ def session_options(service: ServiceDep, body: CreateSessionBody, principal: Pri
     extra = sorted(set(body.allowed_tools) - server.tools_allowed)
     if extra:
         raise ApiError(422, "invalid_request", f"allowed_tools: not permitted on this server: {extra}")
+    if body.model is not None and body.model not in server.models_allowed:
+        raise ApiError(422, "invalid_request", f"model: {body.model!r} is not permitted on this server")
     mode = body.permission_mode
     if mode is not None and mode not in server.permission_modes_allowed:
         raise ApiError(422, "invalid_request", f"permission_mode: {mode!r} is not permitted on this server")

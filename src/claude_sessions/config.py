@@ -129,6 +129,8 @@ class ServerConfig(_Section):
     TOOLS_ALLOWED: str = Field("", validation_alias="TOOLS_ALLOWED")
     PERMISSION_MODES_ALLOWED: str = Field("default,plan", validation_alias="PERMISSION_MODES_ALLOWED")
     SLASH_COMMANDS_ALLOWED: str = Field("compact", validation_alias="SLASH_COMMANDS_ALLOWED")
+    #: The models a session may name (the OpenAI endpoint's /v1/models); default: the CLI's aliases.
+    MODELS_ALLOWED: str = Field("opus,sonnet,haiku", validation_alias="MODELS_ALLOWED")
     HOST: str = Field("127.0.0.1", validation_alias="CLAUDE_SESSIONS_HOST")
     PORT: int = Field(8000, ge=0, le=65535, validation_alias="CLAUDE_SESSIONS_PORT")
     MAX_BODY_BYTES: int = Field(1_048_576, ge=1024, validation_alias="CLAUDE_SESSIONS_MAX_BODY_BYTES")
@@ -142,6 +144,16 @@ class ServerConfig(_Section):
                 raise ValueError('expected "tenant:key,tenant2:key2" with tenants matching [A-Za-z0-9_-]{1,64}')
             if tenant.lower() == RESERVED_TENANT:  # the admin's namespace and workspace are its own
                 raise ValueError(f"tenant name {tenant!r} is reserved for ADMIN_API_KEY")
+        return value
+
+    @field_validator("MODELS_ALLOWED")
+    @classmethod
+    def _models(cls, value: str) -> str:
+        for model in _comma_list(value):
+            if not re.fullmatch(_MODEL_NAME, model):
+                raise ValueError(f"invalid model name {model[:50]!r}")
+        if not _comma_list(value):
+            raise ValueError("name at least one model")
         return value
 
     @field_validator("PERMISSION_MODES_ALLOWED")
@@ -173,6 +185,10 @@ class ServerConfig(_Section):
         """The mode of a session that names none: ``default`` if allowed, else the first allowed."""
         modes = _comma_list(self.PERMISSION_MODES_ALLOWED)
         return cast(PermissionMode, "default" if "default" in modes else modes[0])
+
+    @property
+    def models_allowed(self) -> list[str]:
+        return _comma_list(self.MODELS_ALLOWED)
 
     @property
     def slash_commands_allowed(self) -> set[str]:

@@ -14,7 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Sequence
 from typing import Any
 
 import anyio
@@ -23,6 +23,7 @@ from claude_agent_sdk import AssistantMessage, ClaudeSDKClient, ClaudeSDKError, 
 
 from .cli_options import build_options, session_cwd, tenant_of
 from .config import SessionConfig, SystemConfig
+from .conversations import Turn
 from .errors import (
     CapacityError,
     HandlerClosedError,
@@ -172,11 +173,14 @@ class ClaudeHandler:
         *,
         owner: str | None = None,
         owner_limit: int | None = None,
+        history: Sequence[Turn] = (),
     ) -> str:
         """Register a session and bind a worker to it; returns its registry key.
 
         Without ``owner`` the key is the id itself; a tenant's sessions live in
         the tenant's own namespace (``session_key``), capped by ``owner_limit``.
+        ``history`` (earlier user and assistant messages) becomes the conversation
+        the session continues: its first turn resumes it in a new CLI.
         """
         if session_id is not None and not (isinstance(session_id, str) and SESSION_ID.fullmatch(session_id)):
             raise ValueError("session_id must match [A-Za-z0-9._-]{1,128}")
@@ -197,6 +201,11 @@ class ClaudeHandler:
             self.telemetry.sessions_rejected.labels(tenant, reason).inc()
             raise SessionLimitError(message)
         session = manager.get(key)
+        if history:
+            manager.import_conversation(session, history)
+            self.telemetry.sessions_created.labels(tenant).inc()
+            log.info("session_created", session_id=session_id, tenant=owner, imported_messages=len(history))
+            return key
         try:
             worker = await self._acquire(config)
         except BaseException:

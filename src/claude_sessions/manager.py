@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from claude_agent_sdk import project_key_for_directory
 
 from .cli_options import session_cwd
 from .config import SessionConfig, SystemConfig
+from .conversations import Turn, write_transcript
 from .errors import SessionNotFoundError
 from .metrics import SessionMetrics
 from .pool import WorkerPool
@@ -263,6 +266,18 @@ class ClaudeCodeSessionManager:
             key = project_key_for_directory(session_cwd(options, self.config))
             project = self._projects[options.fingerprint] = self.config.runtime.config_dir / "projects" / key
         return project
+
+    def import_conversation(self, session: Session, history: Sequence[Turn]) -> None:
+        """Give a new session a conversation of earlier turns, as a transcript its first CLI resumes."""
+        conversation = str(uuid.uuid4())
+        write_transcript(
+            self.project_dir(session.config) / f"{conversation}.jsonl",
+            conversation,
+            session_cwd(session.config, self.config),
+            history,
+        )
+        session.claude_session_id, session.recorded = conversation, True
+        self.persist(session)
 
     def read_transcript(self, session: Session) -> list[dict[str, Any]]:
         """The conversation as the CLI recorded it: user and assistant entries, oldest first."""

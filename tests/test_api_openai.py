@@ -1,0 +1,221 @@
+"""The OpenAI-compatible endpoint, driven by the official ``openai`` client over a real socket,
+against a real server, the real CLI and the offline model (whose request log shows what the
+CLI was really shown)."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from claude_sessions.offline_model import OfflineModel, OfflineModelServer
+from helpers import wait_no_cli
+from server_process import KEYS, ServerProcess, start_server
+
+Messages = list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = start_server(
+        tmp_path_factory.mktemp("openai"),
+        offline_server.base_url,
+        SM_MAX_SESSIONS="8",
+        TENANT_MAX_SESSIONS="6",
+        OPT_CLI_MAX_RETRIES="0",
+        CP_MIN_SIZE="1",
+        CLAUDE_SESSIONS_MAX_BODY_BYTES=str(2 * 1024 * 1024),
+    )
+    yield process
+    assert process.stop() in (0, -signal.SIGTERM)
+    assert wait_no_cli() == []
+
+
+def client_for(server: ServerProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def alice(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    yield client_for(server, KEYS["alice"])
+    with server.client("alice") as http:  # sessions made here are ordinary ones: deleted the same way
+        for session in http.get("/v1/sessions").json()["sessions"]:
+            http.delete(f"/v1/sessions/{session['session_id']}")
+
+
+@pytest.fixture
+def bob(server: ServerProcess) -> Iterator[openai.OpenAI]:
+    yield client_for(server, KEYS["bob"])
+    with server.client("bob") as http:
+        for session in http.get("/v1/sessions").json()["sessions"]:
+            http.delete(f"/v1/sessions/{session['session_id']}")
+
+
+def create(client: openai.OpenAI, **body: Any) -> Any:
+    """``chat.completions.create`` with plain dicts (the client's typed overloads want its TypedDicts)."""
+    completions: Any = client.chat.completions
+    return completions.create(**body)
+
+
+def ask(client: openai.OpenAI, messages: Messages, **extra: Any) -> tuple[str, str]:
+    """(reply text, X-Session-ID) of one non-streamed completion."""
+    completions: Any = client.chat.completions.with_raw_response
+    raw = completions.create(model="sonnet", messages=messages, **extra)
+    completion = raw.parse()
+    return completion.choices[0].message.content or "", raw.headers["x-session-id"]
+
+
+def test_a_completion_has_the_shape_clients_expect(alice: openai.OpenAI, model: OfflineModel) -> None:
+    completion = create(
+        alice,
+        model="sonnet",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}],
+        temperature=0.2,  # accepted and ignored
+        max_tokens=50,
+    )
+    assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")
+    assert completion.model == "sonnet" and completion.created > 0
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.role == "assistant"
+    assert choice.message.content == "(offline model) You said: hello [user message 1 of this conversation]"
+    usage = completion.usage
+    assert usage is not None and usage.completion_tokens > 0 and usage.prompt_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    (call,) = model.message_requests()
+    assert "Be brief." in str(call.body["system"])  # the system message is the session's system prompt
+    assert call.body["model"] == "claude-sonnet-5-5"
+    assert usage.completion_tokens == call.usage.output_tokens if call.usage else False
+
+
+def test_streaming_with_usage_ends_with_done(alice: openai.OpenAI) -> None:
+    stream = create(
+        alice,
+        model="sonnet",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "stream "}, {"type": "text", "text": "me"}]}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)  # the client stops at data: [DONE]
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "(offline model) You said: stream me [user message 1 of this conversation]"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+def test_three_exchanges_reach_the_cli_as_one_conversation(alice: openai.OpenAI, model: OfflineModel) -> None:
+    messages: Messages = []
+    sessions = set()
+    for i, word in enumerate(["one", "two", "three"], start=1):
+        messages.append({"role": "user", "content": f"word {word}"})
+        reply, session_id = ask(alice, messages)
+        assert f"[user message {i} of this conversation]" in reply
+        messages.append({"role": "assistant", "content": reply})
+        sessions.add(session_id)
+    assert len(sessions) == 1
+    calls = model.message_requests()
+    assert len(calls) == 3  # exactly one model call per completion
+    shown = "\n".join(calls[-1].user_texts)  # what the model saw: the three turns, each once
+    assert [shown.count(f"word {w}") for w in ("one", "two", "three")] == [1, 1, 1]
+
+
+def test_an_edited_history_starts_another_session_that_knows_the_edited_turns(
+    alice: openai.OpenAI, model: OfflineModel
+) -> None:
+    first, original = ask(alice, [{"role": "user", "content": "my name is Ana"}])
+    edited: Messages = [
+        {"role": "user", "content": "my name is Bea"},  # not what that session holds
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "what is my name?"},
+    ]
+    model.requests.clear()
+    reply, forked = ask(alice, edited)
+    assert forked != original
+    assert "[user message 2 of this conversation]" in reply  # the earlier turn is a real earlier turn
+    (call,) = model.message_requests()  # one call, not one per earlier message
+    shown = "\n".join(call.user_texts)
+    assert "my name is Bea" in shown and "what is my name?" in shown and "Ana" not in shown
+    again, same = ask(alice, [*edited, {"role": "assistant", "content": reply}, {"role": "user", "content": "more"}])
+    assert same == forked and "[user message 3 of this conversation]" in again
+
+
+def test_identical_histories_of_two_tenants_stay_apart(alice: openai.OpenAI, bob: openai.OpenAI) -> None:
+    history: Messages = [{"role": "user", "content": "shared words"}]
+    reply_a, session_a = ask(alice, history)
+    reply_b, session_b = ask(bob, history)
+    assert reply_a == reply_b  # the same first turn...
+    follow: Messages = [*history, {"role": "assistant", "content": reply_a}, {"role": "user", "content": "next"}]
+    _, next_a = ask(alice, follow)
+    _, next_b = ask(bob, follow)
+    assert next_a == session_a and next_b == session_b  # ...each continues its own tenant's session
+    with pytest.raises(openai.NotFoundError):  # and X-Session-ID cannot name another tenant's
+        ask(bob, follow, extra_headers={"X-Session-ID": session_a})
+
+
+def test_a_300_kb_history_works_in_one_model_call(alice: openai.OpenAI, model: OfflineModel) -> None:
+    history: Messages = []
+    for i in range(30):
+        history += [{"role": "user", "content": f"part {i} " + "x" * 10_000}, {"role": "assistant", "content": "ok"}]
+    history.append({"role": "user", "content": "how many parts?"})
+    model.requests.clear()
+    reply, _ = ask(alice, history)
+    assert "[user message 31 of this conversation]" in reply
+    assert len(model.message_requests()) == 1
+
+
+def test_sessions_made_here_are_listed_with_their_origin(alice: openai.OpenAI, server: ServerProcess) -> None:
+    _, session_id = ask(alice, [{"role": "user", "content": "list me"}])
+    with server.client("alice") as http:
+        (listed,) = [s for s in http.get("/v1/sessions").json()["sessions"] if s["session_id"] == session_id]
+    assert listed["metadata"]["origin"] == "openai"
+
+
+def test_models_lists_what_a_session_may_use(alice: openai.OpenAI) -> None:
+    assert [m.id for m in alice.models.list()] == ["opus", "sonnet", "haiku"]
+
+
+def test_each_error_class_is_the_clients_own(alice: openai.OpenAI, server: ServerProcess) -> None:
+    hello: Messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.AuthenticationError):
+        create(client_for(server, "wrong-key"), model="sonnet", messages=hello)
+    with pytest.raises(openai.BadRequestError) as bad:
+        create(alice, model="gpt-4o", messages=hello)
+    assert bad.value.param == "model" and bad.value.status_code == 400
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({"n": 2}, "n"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+    ]
+    for extra, param in refusals:
+        with pytest.raises(openai.BadRequestError) as refused:
+            create(alice, model="sonnet", messages=hello, **extra)
+        assert refused.value.param == param
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        create(alice, model="sonnet", messages=image)
+    assert refused.value.param == "messages[0].content"
+    with pytest.raises(openai.BadRequestError):
+        create(alice, model="sonnet", messages=[])
+    with pytest.raises(openai.NotFoundError):
+        ask(alice, hello, extra_headers={"X-Session-ID": "no-such-session"})
+    with pytest.raises(openai.InternalServerError) as failed:  # a model error is a 502, not text
+        ask(alice, [{"role": "user", "content": "[[fail:529]] overloaded"}])
+    assert failed.value.status_code == 502 and failed.value.code == "model_error"
+    with httpx.Client(base_url=server.base_url) as http:
+        limited = []
+        for i in range(8):  # past TENANT_MAX_SESSIONS
+            answer = http.post(
+                "/v1/chat/completions",
+                headers={"Authorization": f"Bearer {KEYS['alice']}"},
+                json={"model": "sonnet", "messages": [{"role": "user", "content": f"new {i}"}]},
+            )
+            limited.append(answer)
+        assert limited[-1].status_code == 429 and limited[-1].headers["retry-after"]
+        assert limited[-1].json()["error"]["type"] == "rate_limit_error"
+    with pytest.raises(openai.RateLimitError):
+        ask(alice, [{"role": "user", "content": "one too many"}])

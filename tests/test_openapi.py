@@ -23,7 +23,11 @@ ERRORS = {
     ("get", "/v1/pool"): {401, 503},
     ("get", "/metrics"): {401, 403, 503},
     ("post", "/v1/admin/cleanup"): {401, 403, 503},
+    ("post", "/v1/chat/completions"): {400, 401, 404, 409, 410, 413, 429, 502, 503, 504},
+    ("get", "/v1/models"): {401, 503},
 }
+#: The OpenAI-compatible surface answers errors in OpenAI's shape.
+OPENAI = {("post", "/v1/chat/completions"), ("get", "/v1/models")}
 SUCCESS = {
     ("post", "/v1/sessions"): 201,
     ("delete", "/v1/sessions/{session_id}"): 204,
@@ -47,9 +51,10 @@ def test_every_route_declares_each_error_status_with_the_error_shape(
     for route, operation in routes.items():
         statuses = {int(status) for status in operation["responses"]}
         assert statuses == ERRORS[route] | {SUCCESS.get(route, 200)}, route
+        shape = "OpenAIErrorBody" if route in OPENAI else "ErrorBody"
         for status in ERRORS[route]:
             content = operation["responses"][str(status)]["content"]
-            assert content == {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+            assert content == {"application/json": {"schema": {"$ref": f"#/components/schemas/{shape}"}}}
         assert operation["security"] == [{"HTTPBearer": []}]
     error = schema["components"]["schemas"]["ErrorDetail"]
     assert set(error["required"]) == {"type", "message"} and "status" in error["properties"]

@@ -181,7 +181,7 @@ def _install_error_handlers(app: FastAPI, retry_after: int) -> None:
     async def _on_http(request: Request, error: HTTPException) -> JSONResponse:
         headers = dict(getattr(error, "headers", None) or {})
         if error.status_code == 400 and (problem := _body_problem(error.__cause__)):
-            return error_response(422, "invalid_request", problem)
+            return _render(request, ApiError(422, "invalid_request", problem))
         if error.status_code == 405:
             headers["Allow"] = _allowed_methods(app, request.scope)
         kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(error.status_code, "http_error")
@@ -207,9 +207,9 @@ def _slash_pattern(allowed: set[str]) -> str:
 def _state_the_policy(app: FastAPI, server: ServerConfig) -> None:
     """Make ``/openapi.json`` state this server's policy, so what it calls valid is accepted.
 
-    The permission modes, the tools a session may add and the slash commands a
-    message may start with are the operator's choice (``PERMISSION_MODES_ALLOWED``,
-    ``TOOLS_ALLOWED``, ``SLASH_COMMANDS_ALLOWED``), not constants of the code.
+    The permission modes, the tools a session may add, the slash commands a message
+    may start with and the models are the operator's choice (``PERMISSION_MODES_ALLOWED``,
+    ``TOOLS_ALLOWED``, ``SLASH_COMMANDS_ALLOWED``, ``MODELS_ALLOWED``), not constants of the code.
     """
     generate = app.openapi
 
@@ -233,6 +233,13 @@ def _state_the_policy(app: FastAPI, server: ServerConfig) -> None:
             tools["maxItems"] = 0
         content = bodies["MessageBody"]["properties"]["content"]
         content["pattern"] = _slash_pattern(server.slash_commands_allowed)
+        for choice in fields["model"]["anyOf"]:
+            if choice.get("type") == "string":
+                choice["enum"] = server.models_allowed
+        bodies["ChatCompletionBody"]["properties"]["model"]["enum"] = server.models_allowed
+        for path in api_openai.PATHS:  # its bad requests are OpenAI's 400, never FastAPI's 422
+            for operation in schema["paths"][path].values():
+                operation["responses"].pop("422", None)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -72,6 +72,37 @@ def openai_response(error: ApiError) -> JSONResponse:
     return JSONResponse(openai_body(error), status_code=_status(error), headers=error.headers)
 
 
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error, server_error, ...")
+    param: str | None = Field(description="the request field at fault, when one is")
+    code: str | None = Field(description="this server's stable name of the error (model_error, session_busy, ...)")
+
+
+class OpenAIErrorBody(BaseModel):
+    """Every error of this surface, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request: a field, or a feature not offered (n > 1, tools, images, audio); `param` names it.",
+    401: "Missing or unknown API key.",
+    404: "X-Session-ID names no session of this tenant.",
+    409: "The session is running a turn.",
+    410: "The session lost its transcript.",
+    413: "The request body is too large.",
+    429: "A session limit is reached; see Retry-After.",
+    502: "The model call failed after the CLI's retries, or the session's CLI died.",
+    503: "At capacity, no worker could start, or the server is shutting down; see Retry-After.",
+    504: "The turn ran past OPT_MESSAGE_TIMEOUT.",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": OpenAIErrorBody, "description": _DESCRIPTIONS[status]} for status in (*statuses, 503)}
+
+
 def invalid(param: str, message: str) -> ApiError:
     return ApiError(400, "invalid_request", message, extra={"param": param})
 
@@ -88,7 +119,9 @@ def validation_error(error: RequestValidationError) -> ApiError:
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="tool and function messages are not supported (no tools are offered here)"
+    )
     content: str | list[dict[str, Any]] | None = None
 
 
@@ -107,9 +140,9 @@ class ChatCompletionBody(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int | None = None
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
+    n: int | None = Field(None, description="at most 1: one conversation answers once")
+    tools: list[Any] | None = Field(None, description="not supported: the session's tools are Claude Code's own")
+    functions: list[Any] | None = Field(None, description="not supported, as tools")
     audio: dict[str, Any] | None = None
     modalities: list[str] | None = None
     response_format: dict[str, Any] | None = None
@@ -153,10 +186,8 @@ def _conversation(body: ChatCompletionBody) -> tuple[str | None, list[Turn], str
         text = _text(message, index)
         if message.role in ("system", "developer"):
             system.append(text)
-        elif message.role == "user" or message.role == "assistant":
-            turns.append((message.role, text))
         else:
-            raise invalid(f"messages[{index}].role", f"{message.role} messages are not supported")
+            turns.append(("user" if message.role == "user" else "assistant", text))
     if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
         raise invalid("messages", "the last message must be a non-empty user message")
     *earlier, (_, prompt) = turns
@@ -299,7 +330,7 @@ async def _chunks(
 # -- routes -----------------------------------------------------------------------------
 
 
-@router.get("/v1/models", response_model=None)
+@router.get("/v1/models", response_model=None, responses=_errors(401))
 async def list_models(_: Caller, service: ServiceDep) -> dict[str, Any]:
     """The models a session may use (``MODELS_ALLOWED``)."""
     return {
@@ -311,7 +342,17 @@ async def list_models(_: Caller, service: ServiceDep) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={
+        200: {
+            "description": "A `chat.completion`, or with `stream`, `chat.completion.chunk` events and `data: [DONE]`.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **_errors(400, 401, 404, 409, 410, 413, 429, 502, 504),
+    },
+)
 async def chat_completions(
     request: Request,
     body: ChatCompletionBody,

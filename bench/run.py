@@ -23,18 +23,20 @@ from rich.markdown import Markdown
 
 import scenarios
 from claude_sessions.logs import configure_logging
+from claude_sessions.offline_model import OfflineModel
 from common import Comparison, offline_environment
 
 RESULTS = Path(__file__).parent / "results"
 
 
-async def run_all(quick: bool) -> dict[str, Any]:
+async def run_all(quick: bool, model: OfflineModel) -> dict[str, Any]:
     rounds = 5 if quick else 15
     comparisons: list[Comparison] = []
     comparisons += await scenarios.session_start(rounds)
     comparisons.append(await scenarios.manager_overhead(10 if quick else 150))
     comparisons.append(await scenarios.http_overhead(rounds))
     comparisons += await scenarios.gateway_overhead(100 if quick else 500)
+    comparisons += await scenarios.openai_completions(rounds, model)
     return {
         "comparisons": [c.as_dict() for c in comparisons],
         "concurrency": await scenarios.concurrency([1, 10] if quick else [1, 10, 50], 10),
@@ -144,8 +146,8 @@ def main() -> None:
     configure_logging("WARNING")
     console = Console(width=140)
     began = time.monotonic()
-    with offline_environment():
-        results = asyncio.run(run_all(args.quick))
+    with offline_environment() as server:
+        results = asyncio.run(run_all(args.quick, server.model))
     results["machine"] = machine()
     results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["seconds"] = round(time.monotonic() - began, 1)

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 
 from claude_sessions import ClaudeHandler, SessionConfig
 from claude_sessions.gateway import ModelGateway
+from claude_sessions.offline_model import OfflineModel
 from common import (
     Comparison,
     bare_client,
@@ -234,6 +236,76 @@ async def gateway_overhead(rounds: int) -> list[Comparison]:
             target,
         )
         for what, times in (("first byte", first), ("whole streamed answer (10 events)", whole))
+    ]
+
+
+async def openai_completions(rounds: int, model: OfflineModel) -> list[Comparison]:
+    """7. A follow-up completion through /v1/chat/completions (the official openai client) vs a bare
+    ClaudeSDKClient turn; and the model calls each completion made (target: exactly 1)."""
+    port = _free_port()
+    data_dir = Path(os.environ["CLAUDE_SESSIONS_DATA_DIR"]) / "openai-server"
+    env = {**os.environ, "CLAUDE_SESSIONS_DATA_DIR": str(data_dir), "CP_MIN_SIZE": "1", "API_KEYS": "bench:key"}
+    script = str(Path(sys.executable).with_name("claude-sessions"))
+    server = await asyncio.create_subprocess_exec(
+        *[script, "serve", "--online", "--port", str(port), "--log-level", "WARNING"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    bare = bare_client()
+    await bare.connect()
+    first: list[float] = []
+    follow: list[float] = []
+    bare_turns: list[float] = []
+    calls: list[float] = []
+    try:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="key", max_retries=0)
+        for _ in range(200):
+            try:
+                await client.models.list()
+                break
+            except openai.APIConnectionError:
+                await asyncio.sleep(0.1)
+        for i in range(rounds + 2):
+            messages: list[Any] = [{"role": "user", "content": f"first {i}"}]
+            began = time.perf_counter()
+            reply = await client.chat.completions.create(model="opus", messages=messages)
+            first_s = time.perf_counter() - began
+            messages += [{"role": "assistant", "content": reply.choices[0].message.content}]
+            messages += [{"role": "user", "content": f"follow-up {i}"}]
+            before = len(model.message_requests())
+            began = time.perf_counter()
+            await client.chat.completions.create(model="opus", messages=messages)
+            follow_s = time.perf_counter() - began
+            calls.append(len(model.message_requests()) - before)
+            bare_s = (await bare_turn(bare, f"bare {i}"))[1]
+            if i >= 2:
+                first.append(first_s)
+                follow.append(follow_s)
+                bare_turns.append(bare_s)
+    finally:
+        await bare.disconnect()
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 30)
+    print(f"model calls per follow-up completion: {sorted(set(calls))}")
+    bare_summary = summary(bare_turns)
+    return [
+        Comparison(
+            "OpenAI endpoint: follow-up completion",
+            "bare ClaudeSDKClient turn",
+            bare_summary,
+            "/v1/chat/completions (openai client)",
+            summary(follow),
+            "<= 1.2",
+        ),
+        Comparison(
+            "OpenAI endpoint: first completion (new session)",
+            "bare ClaudeSDKClient turn",
+            bare_summary,
+            "/v1/chat/completions (openai client)",
+            summary(first),
+            f"model calls per completion: {max(calls)} (target 1)",
+        ),
     ]
 
 

@@ -117,7 +117,7 @@ def validation_error(error: RequestValidationError) -> ApiError:
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "developer", "user", "assistant"] = Field(
         description="tool and function messages are not supported (no tools are offered here)"
@@ -126,15 +126,18 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     include_usage: bool = False
 
 
 class ChatCompletionBody(BaseModel):
-    """OpenAI's request; sampling fields and unknown ones are accepted and ignored (module docstring)."""
+    """OpenAI's request; sampling fields and unknown ones are accepted and ignored (module docstring).
 
-    model_config = ConfigDict(extra="allow")
+    Strict: what the schema calls an integer or a boolean must be one (``1.0`` is refused).
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)

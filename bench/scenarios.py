@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -10,7 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -239,54 +240,62 @@ async def gateway_overhead(rounds: int) -> list[Comparison]:
     ]
 
 
-async def openai_completions(rounds: int, model: OfflineModel) -> list[Comparison]:
-    """7. A follow-up completion through /v1/chat/completions (the official openai client) vs a bare
-    ClaudeSDKClient turn; and the model calls each completion made (target: exactly 1)."""
+@contextlib.asynccontextmanager
+async def served(name: str, **env: str) -> AsyncIterator[int]:
+    """A ``claude-sessions serve`` process with a data directory of its own; yields its port, stops it after."""
     port = _free_port()
-    data_dir = Path(os.environ["CLAUDE_SESSIONS_DATA_DIR"]) / "openai-server"
-    env = {**os.environ, "CLAUDE_SESSIONS_DATA_DIR": str(data_dir), "CP_MIN_SIZE": "1", "API_KEYS": "bench:key"}
+    data_dir = Path(os.environ["CLAUDE_SESSIONS_DATA_DIR"]) / name
     script = str(Path(sys.executable).with_name("claude-sessions"))
     server = await asyncio.create_subprocess_exec(
         *[script, "serve", "--online", "--port", str(port), "--log-level", "WARNING"],
-        env=env,
+        env={**os.environ, "CLAUDE_SESSIONS_DATA_DIR": str(data_dir), "CP_MIN_SIZE": "1", **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    bare = bare_client()
-    await bare.connect()
+    try:
+        yield port
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 30)
+
+
+async def openai_completions(rounds: int, model: OfflineModel) -> list[Comparison]:
+    """7. A follow-up completion through /v1/chat/completions (the official openai client) vs a bare
+    ClaudeSDKClient turn; and the model calls each completion made (target: exactly 1)."""
     first: list[float] = []
     follow: list[float] = []
     bare_turns: list[float] = []
     calls: list[float] = []
+    bare = bare_client()
+    await bare.connect()
     try:
-        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="key", max_retries=0)
-        for _ in range(200):
-            try:
-                await client.models.list()
-                break
-            except openai.APIConnectionError:
-                await asyncio.sleep(0.1)
-        for i in range(rounds + 2):
-            messages: list[Any] = [{"role": "user", "content": f"first {i}"}]
-            began = time.perf_counter()
-            reply = await client.chat.completions.create(model="opus", messages=messages)
-            first_s = time.perf_counter() - began
-            messages += [{"role": "assistant", "content": reply.choices[0].message.content}]
-            messages += [{"role": "user", "content": f"follow-up {i}"}]
-            before = len(model.message_requests())
-            began = time.perf_counter()
-            await client.chat.completions.create(model="opus", messages=messages)
-            follow_s = time.perf_counter() - began
-            calls.append(len(model.message_requests()) - before)
-            bare_s = (await bare_turn(bare, f"bare {i}"))[1]
-            if i >= 2:
-                first.append(first_s)
-                follow.append(follow_s)
-                bare_turns.append(bare_s)
+        async with served("openai-server", API_KEYS="bench:key") as port:
+            client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="key", max_retries=0)
+            for _ in range(200):
+                try:
+                    await client.models.list()
+                    break
+                except openai.APIConnectionError:
+                    await asyncio.sleep(0.1)
+            for i in range(rounds + 2):
+                messages: list[Any] = [{"role": "user", "content": f"first {i}"}]
+                began = time.perf_counter()
+                reply = await client.chat.completions.create(model="opus", messages=messages)
+                first_s = time.perf_counter() - began
+                messages += [{"role": "assistant", "content": reply.choices[0].message.content}]
+                messages += [{"role": "user", "content": f"follow-up {i}"}]
+                before = len(model.message_requests())
+                began = time.perf_counter()
+                await client.chat.completions.create(model="opus", messages=messages)
+                follow_s = time.perf_counter() - began
+                calls.append(len(model.message_requests()) - before)
+                bare_s = (await bare_turn(bare, f"bare {i}"))[1]
+                if i >= 2:
+                    first.append(first_s)
+                    follow.append(follow_s)
+                    bare_turns.append(bare_s)
     finally:
         await bare.disconnect()
-        server.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(server.wait(), 30)
     print(f"model calls per follow-up completion: {sorted(set(calls))}")
     bare_summary = summary(bare_turns)
     return [
@@ -317,20 +326,13 @@ def _free_port() -> int:
 
 async def http_overhead(rounds: int) -> Comparison:
     """5. Time to the first SSE byte through the API vs to the first message from the library."""
-    port = _free_port()
-    data_dir = Path(os.environ["CLAUDE_SESSIONS_DATA_DIR"]) / "server"
-    env = {**os.environ, "CLAUDE_SESSIONS_DATA_DIR": str(data_dir), "CP_MIN_SIZE": "1"}
-    script = str(Path(sys.executable).with_name("claude-sessions"))
-    server = await asyncio.create_subprocess_exec(
-        *[script, "serve", "--online", "--port", str(port), "--log-level", "WARNING"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     handler = make_handler(min_size=0, max_size=1)
     http, library = [], []
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        async with (
+            served("server") as port,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+        ):
             for _ in range(200):
                 try:
                     if (await client.get("/v1/health")).status_code == 200:
@@ -358,8 +360,6 @@ async def http_overhead(rounds: int) -> Comparison:
                     library.append(lib_elapsed)
     finally:
         await handler.close()
-        server.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(server.wait(), 30)
     return Comparison(
         "first event of a turn", "library (send_message)", summary(library), "HTTP API (SSE)", summary(http)
     )

@@ -29,13 +29,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from .api_common import ApiError, Caller, ServiceDep, api_error, resolve_options
-from .api_sessions import TurnStream, dumps, is_model_error, workspace_of
+from .api_sessions import TurnStream, dumps, workspace_of
 from .auth import Principal
 from .config import SessionConfig
 from .conversations import Turn, history_digest
 from .errors import ClaudeSessionsError
 from .manager import Session
-from .metrics import SessionMetrics
+from .metrics import SessionMetrics, is_api_error
 from .telemetry import DEFAULT_TENANT
 
 router = APIRouter(tags=["openai"])
@@ -270,7 +270,7 @@ class _Completion:
     def take(self, message: Message) -> list[str]:
         """Follow one SDK message; the new text it brings. A model error raises (502)."""
         if isinstance(message, ResultMessage):
-            if is_model_error(message):
+            if is_api_error(message):
                 extra = {"status": message.api_error_status} if message.api_error_status else None
                 raise ApiError(502, "model_error", message.result or "the model call failed", extra=extra)
             self.result = message

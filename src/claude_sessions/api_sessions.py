@@ -42,6 +42,7 @@ from .auth import Principal
 from .config import _TOOL_NAME, SessionConfig
 from .errors import ClaudeSessionsError
 from .manager import Session, session_key
+from .metrics import is_api_error
 from .redaction import SESSION_KEY_STATE
 
 log = structlog.get_logger("claude_sessions.api")
@@ -216,11 +217,6 @@ def turn_json(session_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]
 # -- model errors ---------------------------------------------------------------------
 
 
-def is_model_error(result: ResultMessage) -> bool:
-    """The CLI gave up on the model call (an interrupted turn also ends with is_error)."""
-    return result.is_error and not (result.terminal_reason or "").startswith("aborted")
-
-
 class ModelError(ApiError):
     """A turn whose model call failed after the CLI's retries: 502 ``model_error``."""
 
@@ -242,7 +238,7 @@ async def _as_json(
     async with contextlib.aclosing(turn):
         message: Message | None = first
         while message is not None:
-            if isinstance(message, ResultMessage) and is_model_error(message):
+            if isinstance(message, ResultMessage) and is_api_error(message):
                 raise ModelError(message)
             if not (isinstance(message, AssistantMessage) and message.error is not None):
                 data = message_json(message)

@@ -83,3 +83,12 @@ def reply_text(messages: list[Message]) -> str:
         for block in m.content
         if isinstance(block, TextBlock)
     )
+
+
+def transcript_file(handler: ClaudeHandler, session_id: str) -> Path | None:
+    """Where the CLI wrote a session's conversation on this node (None before its first prompt)."""
+    session = handler.session_manager.get(session_id)
+    if session.claude_session_id is None:
+        return None
+    project = handler.session_manager.project_of(session.config)
+    return handler.config.runtime.config_dir / "projects" / project / f"{session.claude_session_id}.jsonl"

@@ -14,10 +14,10 @@ import pytest
 
 from claude_sessions import CapacityError, ClaudeHandler, SystemConfig
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from claude_sessions.processes import end_stray_processes, process_started_at
-from claude_sessions.store import SessionStore
+from claude_sessions.processes import end_stray_processes, owner_mark, process_started_at
+from claude_sessions.registry_sqlite import SqliteRegistry
 from conftest import MakeHandler
-from helpers import cli_processes, reply_text, turn, wait_no_cli, worker_pid
+from helpers import cli_processes, reply_text, transcript_file, turn, wait_no_cli, worker_pid
 from server_process import sse, start_server
 
 
@@ -94,13 +94,12 @@ async def test_restart_keeps_sessions_metrics_and_conversations(cli_env: dict[st
 
 async def test_purge_deletes_the_transcript_and_retention_purges_later(make_handler: MakeHandler) -> None:
     handler = await make_handler(connection_pool={"MIN_SIZE": 0}, session_manager={"TRANSCRIPT_RETENTION_DAYS": 0})
-    manager = handler.session_manager
     purged = await handler.create_session("purged")
     kept = await handler.create_session("kept")
     for session_id in (purged, kept):
         await turn(handler, session_id, "leave a transcript")
-    purged_path = manager.transcript_path(manager.get(purged))
-    kept_path = manager.transcript_path(manager.get(kept))
+    purged_path = transcript_file(handler, purged)
+    kept_path = transcript_file(handler, kept)
     assert purged_path and kept_path and purged_path.exists() and kept_path.exists()
     await handler.destroy_session(purged, purge=True)
     assert not purged_path.exists()
@@ -161,9 +160,12 @@ async def test_an_earlier_runs_stray_is_ended_before_this_run_spawns(
     session_id = await first.create_session("kept")
     await first.close()
     stray = await asyncio.create_subprocess_exec("sleep", "60")
-    store = SessionStore(SystemConfig.from_env().runtime.DATA_DIR.resolve() / "sessions.db")
-    store.add_worker(stray.pid, process_started_at(stray.pid))  # as if a crashed run left it
-    store.close()
+    data_dir = SystemConfig.from_env().runtime.DATA_DIR.resolve()
+    registry = SqliteRegistry(data_dir / "sessions.db", "earlier-node", 15.0)
+    await registry.add_worker(
+        owner_mark(data_dir), stray.pid, process_started_at(stray.pid)
+    )  # as a crashed run left it
+    await registry.close()
     sweeps: list[threading.Thread] = []
 
     def sweep(recorded: list[tuple[int, float]], owner: str) -> list[int]:

@@ -21,7 +21,7 @@ from claude_sessions import (
 from claude_sessions.handler import INTERRUPT_GRACE_SECONDS
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
-from helpers import reply_text, result_of, turn, wait_no_cli, worker_pid
+from helpers import reply_text, result_of, transcript_file, turn, wait_no_cli, worker_pid
 
 
 async def test_create_send_destroy_round_trip(make_handler: MakeHandler) -> None:
@@ -203,7 +203,7 @@ async def test_a_users_own_clear_starts_afresh_and_is_no_orphan(make_handler: Ma
     reply = reply_text(await turn(handler, session_id, "after the clear"))
     assert "[user message 1 of this conversation]" in reply
     assert session.claude_session_id != before
-    path = handler.session_manager.transcript_path(session)
+    path = transcript_file(handler, session_id)
     assert path is not None and path.exists()
 
 

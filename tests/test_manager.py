@@ -12,7 +12,7 @@ from claude_sessions import SessionConfig, SessionLimitError, SessionOrphanedErr
 from claude_sessions.offline_model import OfflineModel
 from claude_sessions.pricing import cost_usd
 from conftest import MakeHandler
-from helpers import pids_of, result_of, turn, wait_no_cli
+from helpers import pids_of, result_of, transcript_file, turn, wait_no_cli
 
 
 async def test_limit_holds_under_a_storm_of_concurrent_creates(make_handler: MakeHandler) -> None:
@@ -81,7 +81,7 @@ async def test_session_with_deleted_transcript_is_an_orphan(make_handler: MakeHa
     silent = await handler.create_session("silent")
     await turn(handler, talked, "write a transcript")
     manager = handler.session_manager
-    path = manager.transcript_path(manager.get(talked))
+    path = transcript_file(handler, talked)
     assert path is not None and path.exists()
     assert await manager.detect_orphaned_sessions() == []
     path.unlink()
@@ -185,5 +185,5 @@ async def test_dropping_a_session_never_removes_a_newer_one_of_the_same_id(make_
     assert manager.register_session("x")
     older = manager.get("x")  # say its create is still starting a CLI, and will fail
     assert manager.unregister_session("x") and manager.register_session("x")
-    assert not manager.drop(older)
+    assert not await manager.drop(older)
     assert "x" in manager and manager.get("x") is not older

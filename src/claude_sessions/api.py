@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sse_starlette.sse import AppStatus
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -31,10 +31,12 @@ from starlette.types import Message as AsgiMessage
 
 from . import api_openai, api_service, api_sessions
 from .api_common import ApiError, Lifecycle, Service, api_error, error_response, resolve_options, shutting_down
+from .api_forward import Forwarder
 from .api_sessions import message_json, session_json, turn_json, workspace_of
 from .auth import Authenticator
+from .cluster import FORWARDED, FORWARDED_HEADER
 from .config import ServerConfig, SessionConfig
-from .errors import ClaudeSessionsError
+from .errors import ClaudeSessionsError, SessionHeldElsewhereError
 from .handler import ClaudeHandler
 from .redaction import RedactingMiddleware, Redactor
 
@@ -68,6 +70,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        FORWARDED.set(FORWARDED_HEADER.encode() in headers)
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
@@ -154,7 +157,14 @@ def _render(request: Request, error: ApiError) -> JSONResponse:
     return api_openai.openai_response(error) if api_openai.is_openai(request) else error.response()
 
 
-def _install_error_handlers(app: FastAPI, retry_after: int) -> None:
+def _install_error_handlers(app: FastAPI, retry_after: int, forwarder: Forwarder) -> None:
+    @app.exception_handler(SessionHeldElsewhereError)
+    async def _on_held_elsewhere(request: Request, error: SessionHeldElsewhereError) -> Response:
+        try:
+            return await forwarder.forward(request, error)
+        except ApiError as refusal:
+            return _render(request, refusal)
+
     @app.exception_handler(ApiError)
     async def _on_api_error(request: Request, error: ApiError) -> JSONResponse:
         return _render(request, error)
@@ -259,6 +269,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     retry_after = max(1, min(60, round(config.session_manager.CLEANUP_INTERVAL * 60)))
     lifecycle = Lifecycle(handler)
     service = Service(handler, authenticator, lifecycle, retry_after)
+    forwarder = Forwarder(handler.registry, config.optimization.MESSAGE_TIMEOUT, retry_after)
 
     # Spares are warmed with exactly the options sessions will ask for: each key
     # holder's workspace (or the operator's defaults), the permission mode resolved.
@@ -274,6 +285,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
             yield
         finally:
             await handler.close()
+            await forwarder.close()
 
     app = FastAPI(
         title="claude-sessions",
@@ -284,7 +296,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     app.state.service = service
     app.add_middleware(RedactingMiddleware, redactor=Redactor(config, [handler.gateway.base_url]))
     app.add_middleware(RequestContext, max_body=server.MAX_BODY_BYTES, lifecycle=lifecycle, retry_after=retry_after)
-    _install_error_handlers(app, retry_after)
+    _install_error_handlers(app, retry_after, forwarder)
     app.include_router(api_sessions.router)
     app.include_router(api_service.router)
     app.include_router(api_openai.router)

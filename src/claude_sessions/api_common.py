@@ -18,7 +18,9 @@ from .config import ServerConfig, SessionConfig, SystemConfig
 from .errors import (
     CapacityError,
     ClaudeSessionsError,
+    DatabaseUnavailableError,
     HandlerClosedError,
+    LeaseLostError,
     SessionBusyError,
     SessionExistsError,
     SessionLimitError,
@@ -59,12 +61,14 @@ class Lifecycle:
     async def drain(self, timeout: float) -> None:
         """Refuse new requests; let running ones end within ``timeout``, then stop their turns.
 
-        A turn still running is interrupted (its stream ends with the CLI's ``result``);
+        Sessions not mid-turn are handed to the other nodes at once, the others as their
+        turns end. A turn still running is interrupted (its stream ends with the CLI's ``result``);
         one whose CLI does not answer the interrupt loses its worker (its stream ends
         with an ``error`` event).
         """
         self.draining = True
         log.info("drain_started", requests=self.in_flight, timeout=timeout)
+        await self.handler.node.drain()  # the other nodes take this node's idle sessions at once
         if await self._settled(timeout):
             return
         busy = [s for s in self.handler.session_manager.sessions() if s.is_busy]
@@ -102,12 +106,12 @@ class Service:
     def manager(self) -> ClaudeCodeSessionManager:
         return self.handler.session_manager
 
-    def own_session(self, request: Request, principal: Principal, session_id: str) -> Session:
-        """The caller's session; another tenant's answers exactly like an unknown id."""
+    async def own_session(self, request: Request, principal: Principal, session_id: str) -> Session:
+        """The caller's session, as the registry has it; another tenant's answers exactly like an unknown id."""
         key = session_key(session_id, principal.tenant)
         request.scope.setdefault("state", {})[SESSION_KEY_STATE] = (key, session_id)
         try:
-            return self.manager.get(key)
+            return await self.manager.fetch(key)
         except SessionNotFoundError:
             raise ApiError(404, "not_found", f"session {session_id!r} not found") from None
 
@@ -239,6 +243,8 @@ def api_error(error: ClaudeSessionsError, retry_after: int) -> ApiError:
         (WorkerStartError, 503, "worker_unavailable", retry),
         (CapacityError, 503, "at_capacity", retry),
         (HandlerClosedError, 503, "shutting_down", retry),
+        (DatabaseUnavailableError, 503, "database_unavailable", retry),
+        (LeaseLostError, 503, "session_moved", retry),
     ]
     for kind, status, name, headers in table:
         if isinstance(error, kind):

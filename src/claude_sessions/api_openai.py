@@ -215,9 +215,9 @@ async def _session_for(
     system, earlier, _ = _conversation(body)
     digest = history_digest(_tenant(principal), system, body.model, earlier)
     if explicit is not None:
-        return service.own_session(request, principal, explicit), digest
+        return await service.own_session(request, principal, explicit), digest
     if earlier:
-        for session in service.manager.owned_by(principal.tenant):
+        for session in await service.manager.listing(principal.tenant):
             if session.metadata.get("history_digest") == digest and not session.closed:
                 return session, digest
     root = service.config.runtime.workspace_root
@@ -379,7 +379,7 @@ async def chat_completions(
         async with contextlib.aclosing(turn):
             async for message in turn:
                 completion.take(message)
-        service.manager.persist(session)
+        await service.manager.save(session)
         return JSONResponse(completion.answer(), headers=headers)
     first: list[str] = []
     try:  # until the first words or the end: a model error still answers with its status

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from .api_common import Admin, Caller, ServiceDep, error_responses
 from .auth import Principal
+from .errors import DatabaseUnavailableError
 from .handler import ClaudeHandler
 
 router = APIRouter()
@@ -41,6 +43,14 @@ class PoolStatus(BaseModel):
     connections: list[Connection]
 
 
+class NodeInfo(BaseModel):
+    node_id: str
+    url: str
+    last_seen: float = Field(description="seconds since the epoch of its last heartbeat")
+    live_workers: int
+    status: Literal["up", "draining", "down"]
+
+
 class HealthReport(BaseModel):
     status: Literal["ok", "degraded"]
     reasons: list[str]
@@ -48,6 +58,7 @@ class HealthReport(BaseModel):
     pool: dict[str, int]
     totals: dict[str, float]
     errors: dict[str, int]
+    nodes: list[NodeInfo] | None = Field(None, description="the admin's view only: every node of the deployment")
 
 
 class CleanupAnswer(BaseModel):
@@ -77,9 +88,17 @@ def _workspace(handler: ClaudeHandler, tenant: str | None) -> Path | None:
     },
 )
 async def health(principal: Caller, service: ServiceDep) -> dict[str, Any]:
-    report = service.manager.get_session_health_report(_view(principal))
-    reasons = await _degradations(service.handler)
-    return {"status": "degraded" if reasons else "ok", "reasons": reasons, **report}
+    """Sessions across the deployment (this node's last view if the database is away)."""
+    view, nodes, reasons = _view(principal), None, []
+    try:
+        await (service.manager.refresh() if view is None else service.manager.listing(view))
+        nodes = [dataclasses.asdict(n) for n in await service.handler.registry.nodes()] if view is None else None
+    except DatabaseUnavailableError:
+        reasons.append("database unavailable")
+    report = service.manager.get_session_health_report(view)
+    reasons += await _degradations(service.handler)
+    extra = {} if view is not None else {"nodes": nodes or []}
+    return {"status": "degraded" if reasons else "ok", "reasons": reasons, **report, **extra}
 
 
 @router.get(

@@ -8,14 +8,13 @@ with a ``result`` or an ``error`` event. A turn the model call failed (the CLI's
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
 import pathlib
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -227,7 +226,9 @@ class ModelError(ApiError):
 
 
 async def _as_json(
-    first: Message, turn: AsyncGenerator[Message, None], on_result: Callable[[list[dict[str, Any]]], None]
+    first: Message,
+    turn: AsyncGenerator[Message, None],
+    on_result: Callable[[list[dict[str, Any]]], Awaitable[None]],
 ) -> AsyncIterator[dict[str, Any]]:
     """A turn's messages as JSON; ``on_result`` keeps the whole turn before its result is sent.
 
@@ -244,7 +245,7 @@ async def _as_json(
                 data = message_json(message)
                 seen.append(data)
                 if isinstance(message, ResultMessage):
-                    on_result(seen)
+                    await on_result(seen)
                 yield data
             message = await anext(turn, None)
 
@@ -358,7 +359,7 @@ async def create_session(
     responses={200: {"model": SessionList, "description": "The caller's own sessions."}, **error_responses(401)},
 )
 async def list_sessions(principal: Caller, service: ServiceDep) -> dict[str, Any]:
-    return {"sessions": [session_json(s) for s in service.manager.owned_by(principal.tenant)]}
+    return {"sessions": [session_json(s) for s in await service.manager.listing(principal.tenant)]}
 
 
 @router.get(
@@ -372,7 +373,7 @@ async def list_sessions(principal: Caller, service: ServiceDep) -> dict[str, Any
 async def get_session(
     request: Request, session_id: SessionIdPath, principal: Caller, service: ServiceDep
 ) -> dict[str, Any]:
-    return session_json(service.own_session(request, principal, session_id), with_metrics=True)
+    return session_json(await service.own_session(request, principal, session_id), with_metrics=True)
 
 
 @router.delete(
@@ -385,7 +386,7 @@ async def delete_session(
     service: ServiceDep,
     purge: Annotated[bool, Query(description="also delete the transcript now")] = False,
 ) -> Response:
-    session = service.own_session(request, principal, session_id)
+    session = await service.own_session(request, principal, session_id)
     await service.handler.destroy_session(session.id, purge=purge)
     return Response(status_code=204)
 
@@ -402,7 +403,7 @@ async def delete_session(
 async def interrupt(
     request: Request, session_id: SessionIdPath, principal: Caller, service: ServiceDep
 ) -> dict[str, Any]:
-    session = service.own_session(request, principal, session_id)
+    session = await service.own_session(request, principal, session_id)
     await service.handler.interrupt(session.id)
     return {"session_id": session.public_id, "interrupted": True}
 
@@ -418,8 +419,8 @@ async def interrupt(
 async def history(
     request: Request, session_id: SessionIdPath, principal: Caller, service: ServiceDep
 ) -> dict[str, Any]:
-    session = service.own_session(request, principal, session_id)
-    return {"messages": await asyncio.to_thread(service.manager.read_transcript, session)}
+    session = await service.own_session(request, principal, session_id)
+    return {"messages": await service.manager.read_transcript(session)}
 
 
 @router.post(
@@ -445,9 +446,9 @@ async def send_message(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> Response:
     handler = service.handler
-    session = service.own_session(request, principal, session_id)
+    session = await service.own_session(request, principal, session_id)
     deadline = time.monotonic() + service.config.optimization.MESSAGE_TIMEOUT
-    stored = handler.store.reply(session.id, idempotency_key) if idempotency_key else None
+    stored = await handler.registry.reply(session.id, idempotency_key) if idempotency_key else None
     turn: AsyncGenerator[Message, None] | None = None
     if stored is not None:  # already accepted: replay, never a second turn
         content, replies = stored
@@ -458,9 +459,9 @@ async def send_message(
         turn = handler.send_message(session.id, body.content)
         first = await anext(turn)  # errors before the first message keep their HTTP status
 
-        def keep(turn_messages: list[dict[str, Any]]) -> None:
+        async def keep(turn_messages: list[dict[str, Any]]) -> None:
             if idempotency_key:
-                handler.store.save_reply(session.id, idempotency_key, body.content, turn_messages)
+                await handler.registry.save_reply(session.id, idempotency_key, body.content, turn_messages)
 
         messages = _as_json(first, turn, keep)
     if not stream:

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import structlog
-from claude_agent_sdk import ClaudeAgentOptions
+from claude_agent_sdk import ClaudeAgentOptions, SessionStore
 
 from .config import SessionConfig, SystemConfig
 from .processes import OWNER_VARIABLE, owner_mark
@@ -121,9 +121,17 @@ def operator_settings(config: SystemConfig, cwd: Path) -> str:
 
 
 def build_options(
-    session: SessionConfig, config: SystemConfig, gateway_url: str, token: str, resume: str | None = None
+    session: SessionConfig,
+    config: SystemConfig,
+    gateway_url: str,
+    token: str,
+    resume: str | None = None,
+    session_store: SessionStore | None = None,
 ) -> ClaudeAgentOptions:
     """SDK options for one worker; ``resume`` continues an existing conversation.
+
+    With a ``session_store`` (cluster mode) the CLI's transcript is mirrored there and
+    a resume reads it from there, so any node continues any conversation.
 
     Everything that decides what the CLI may do is pinned here: model, permission
     mode and tools explicitly, and no settings file is read (``setting_sources=[]``,
@@ -146,5 +154,6 @@ def build_options(
         settings=operator_settings(config, cwd),
         strict_mcp_config=True,
         resume=resume,
+        session_store=session_store,
         stderr=lambda line: _cli_log.debug("cli_stderr", line=line.rstrip()),
     )

@@ -111,6 +111,32 @@ class RuntimeConfig(_Section):
         return self
 
 
+class ClusterConfig(_Section):
+    """Several nodes on one PostgreSQL; unset ``DATABASE_URL`` is one node on SQLite."""
+
+    DATABASE_URL: SecretStr | None = Field(None, validation_alias="CLAUDE_SESSIONS_DATABASE_URL")
+    NODE_URL: str | None = Field(None, validation_alias="CLAUDE_SESSIONS_NODE_URL")
+    LEASE_SECONDS: float = Field(15.0, ge=1, le=3600, validation_alias="CLUSTER_LEASE_SECONDS")
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _postgres(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("NODE_URL")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s]+", value.rstrip("/")):
+            raise ValueError("must be http(s)://host:port")
+        return None if value is None else value.rstrip("/")
+
+    @property
+    def dsn(self) -> str | None:
+        return None if self.DATABASE_URL is None else self.DATABASE_URL.get_secret_value()
+
+
 _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: The admin key's tenant name (sessions, workspace): no API_KEYS tenant may use it, in any case.
 RESERVED_TENANT = "admin"
@@ -209,7 +235,9 @@ def _load(section: type[SectionT]) -> SectionT:
         if not first["loc"]:
             raise ConfigError(f"invalid configuration: {message}") from None
         field = str(first["loc"][0])
-        shown = "<secret>" if "KEY" in field or "TOKEN" in field else repr(first.get("input"))  # never echo a key
+        shown = (
+            "<secret>" if any(word in field for word in ("KEY", "TOKEN", "URL")) else repr(first.get("input"))
+        )  # never echo a key
         raise ConfigError(f"invalid {prefix}{field}={shown}: {message}") from None
 
 
@@ -221,6 +249,7 @@ class SystemConfig(BaseModel):
     optimization: OptimizationConfig = Field(default_factory=lambda: _load(OptimizationConfig))
     runtime: RuntimeConfig = Field(default_factory=lambda: _load(RuntimeConfig))
     server: ServerConfig = Field(default_factory=lambda: _load(ServerConfig))
+    cluster: ClusterConfig = Field(default_factory=lambda: _load(ClusterConfig))
 
     @model_validator(mode="after")
     def _tools_that_write_need_the_sandbox(self) -> SystemConfig:

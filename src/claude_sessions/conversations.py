@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Role = Literal["user", "assistant"]
 Turn = tuple[Role, str]
@@ -26,12 +26,12 @@ def history_digest(tenant: str, system: str | None, model: str | None, turns: Se
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def write_transcript(path: Path, conversation_id: str, cwd: Path, turns: Sequence[Turn]) -> None:
-    """Write ``turns`` as the CLI's transcript of ``conversation_id`` (read back by ``resume``)."""
+def transcript_entries(conversation_id: str, cwd: Path, turns: Sequence[Turn]) -> list[dict[str, Any]]:
+    """``turns`` as the CLI's transcript entries of ``conversation_id`` (read back by ``resume``)."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     common = {"isSidechain": False, "userType": "external", "cwd": str(cwd), "sessionId": conversation_id}
     parent: str | None = None
-    lines = []
+    entries: list[dict[str, Any]] = []
     for role, text in turns:
         entry_id = str(uuid.uuid4())
         if role == "user":
@@ -48,7 +48,6 @@ def write_transcript(path: Path, conversation_id: str, cwd: Path, turns: Sequenc
                 "usage": {"input_tokens": 0, "output_tokens": 0},
             }
         entry = {"parentUuid": parent, **common, "type": role, "message": message, "uuid": entry_id, "timestamp": now}
-        lines.append(json.dumps(entry, ensure_ascii=False))
+        entries.append(entry)
         parent = entry_id
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return entries

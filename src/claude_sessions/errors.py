@@ -69,3 +69,27 @@ class CapacityError(WorkerError):
 
 class HandlerClosedError(ClaudeSessionsError, RuntimeError):
     """The handler was closed; it accepts no more work."""
+
+
+class DatabaseUnavailableError(ClaudeSessionsError, ConnectionError):
+    """The registry's database did not answer in time; nothing was changed. Retry shortly."""
+
+
+class LeaseLostError(ClaudeSessionsError):
+    """Another node took this session's conversation over (this node was paused or cut off);
+    this node's CLI for it was dropped and its write refused. Retry: the owner answers."""
+
+
+class SessionHeldElsewhereError(ClaudeSessionsError):
+    """The session's live CLI runs on another node of the cluster, at ``node_url``.
+
+    The HTTP API forwards the request there; a library caller sends it there itself.
+    """
+
+    def __init__(self, message: str, session_key: str, node_id: str, node_url: str) -> None:
+        super().__init__(message)
+        self.session_key, self.node_id, self.node_url = session_key, node_id, node_url
+
+
+class ClusterModeError(ClaudeSessionsError, RuntimeError):
+    """A synchronous registry call was made on a PostgreSQL registry, which only answers awaited calls."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -21,15 +20,18 @@ import anyio
 import structlog
 from claude_agent_sdk import AssistantMessage, ClaudeSDKClient, ClaudeSDKError, Message, ResultMessage, SystemMessage
 
+from .archive import FileArchive, StoreArchive, TranscriptArchive
 from .cli_options import build_options, session_cwd, tenant_of
+from .cluster import FORWARDED, Node
 from .config import SessionConfig, SystemConfig
 from .conversations import Turn
 from .errors import (
     CapacityError,
+    DatabaseUnavailableError,
     HandlerClosedError,
+    LeaseLostError,
     SessionBusyError,
-    SessionExistsError,
-    SessionLimitError,
+    SessionHeldElsewhereError,
     SessionNotFoundError,
     SessionOrphanedError,
     SlashCommandRefusedError,
@@ -39,12 +41,15 @@ from .errors import (
 )
 from .gateway import Grant, ModelGateway, credentials_of
 from .maintenance import Maintenance
-from .manager import ClaudeCodeSessionManager, Session, session_key
+from .manager import ClaudeCodeSessionManager, Session
 from .metrics import TurnUsage, add_usage, is_api_error
 from .pool import NoLiveRoom, WorkerPool
-from .processes import end_stray_processes, owner_mark, process_started_at
-from .store import SessionStore
+from .processes import DataDirLock, end_stray_processes, owner_mark, process_started_at
+from .registry import Holder, Registry
+from .registry_postgres import PostgresRegistry
+from .registry_sqlite import SqliteRegistry
 from .telemetry import DEFAULT_TENANT, LiveState, Telemetry
+from .transcripts import PostgresTranscriptStore
 from .worker import Worker, WorkerState
 
 log = structlog.get_logger("claude_sessions.handler")
@@ -56,6 +61,21 @@ INTERRUPT_GRACE_SECONDS = 5.0
 CAPACITY_POLL_SECONDS = 0.05
 #: How long a turn submitted with an Idempotency-Key can be replayed.
 REPLAY_SECONDS = 24 * 3600.0
+#: The longest a registry call may wait for PostgreSQL (and at most ``OPT_CREATE_TIMEOUT``).
+DATABASE_TIMEOUT = 5.0
+#: A node unseen this long is forgotten by the maintenance leader.
+FORGET_NODES_SECONDS = 86400.0
+
+
+def open_registry(config: SystemConfig, node_id: str) -> tuple[Registry, TranscriptArchive]:
+    """SQLite and the CLI's files for one node; PostgreSQL for both when a database URL is set."""
+    lease, files = config.cluster.LEASE_SECONDS, FileArchive(config.runtime.config_dir / "projects")
+    dsn = config.cluster.dsn
+    if dsn is None:
+        return SqliteRegistry(config.runtime.DATA_DIR.resolve() / "sessions.db", node_id, lease), files
+    timeout = min(DATABASE_TIMEOUT, config.optimization.CREATE_TIMEOUT)
+    store = PostgresTranscriptStore(dsn, min_size=0, timeout=timeout)
+    return PostgresRegistry(dsn, node_id, lease, timeout=timeout), StoreArchive(store, files)
 
 
 class ClaudeHandler:
@@ -64,8 +84,9 @@ class ClaudeHandler:
     def __init__(self, config: SystemConfig | None = None) -> None:
         self.config = config or SystemConfig.from_env()
         self.telemetry = Telemetry()
-        self.store = SessionStore(self.config.runtime.DATA_DIR.resolve() / "sessions.db")
         runtime = self.config.runtime
+        self._data_dir_lock = DataDirLock(runtime.DATA_DIR.resolve())
+        self.registry, self.archive = open_registry(self.config, uuid.uuid4().hex[:12])
         self.gateway = ModelGateway(
             runtime.ANTHROPIC_BASE_URL,
             credentials_of(runtime),
@@ -75,19 +96,25 @@ class ClaudeHandler:
         self.pool = WorkerPool(
             limits,
             self.config.optimization,
-            lambda session, resume, token: build_options(session, self.config, self.gateway.base_url, token, resume),
+            lambda session, resume, token: build_options(
+                session, self.config, self.gateway.base_url, token, resume, self.archive.session_store
+            ),
             max_live=limits.MAX_LIVE or self.config.session_manager.MAX_SESSIONS,
             events=self,
         )
-        self.session_manager = ClaudeCodeSessionManager(self.config, self.pool, self.store, self.telemetry)
+        self.session_manager = ClaudeCodeSessionManager(
+            self.config, self.pool, self.registry, self.archive, self.telemetry
+        )
+        #: This node in the registry; ``CLAUDE_SESSIONS_NODE_URL`` (the server sets its own) is where others reach it.
+        self.node = Node(self.registry, self.session_manager, self.pool, self.config.cluster.NODE_URL or "")
+        self._mark = owner_mark(runtime.DATA_DIR)
+        self.session_manager.load_now()
         self.telemetry.watch(self._live_state)
         self.maintenance = Maintenance(self.config.session_manager.CLEANUP_INTERVAL * 60, self.run_maintenance)
         self._started: asyncio.Task[None] | None = None
         self._closed = False
         #: Workers whose client a caller holds (``_get_or_create_pooled_client``), by client.
         self._lent: dict[int, Worker] = {}
-        #: CLI processes an earlier run recorded; read now, before this run records its own.
-        self._earlier_workers = self.store.take_workers()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -102,10 +129,15 @@ class ClaudeHandler:
     async def _start(self) -> None:
         self.config.runtime.config_dir.mkdir(parents=True, exist_ok=True)
         self.config.runtime.workspace_root.mkdir(parents=True, exist_ok=True)
-        ended = await asyncio.to_thread(
-            end_stray_processes, self._earlier_workers, owner_mark(self.config.runtime.DATA_DIR)
-        )
+        await self.registry.open()
+        # CLI processes an earlier run on this data directory recorded, read before this run records its own.
+        earlier = await self.registry.take_workers(self._mark)
+        await self.registry.join(self._mark)
+        ended = await asyncio.to_thread(end_stray_processes, earlier, self._mark)
         await self.gateway.start()
+        await self.session_manager.refresh()
+        await self.node.beat()
+        self.node.start()
         spares = await self.pool.fill()
         self.maintenance.start()
         log.info(
@@ -125,8 +157,12 @@ class ClaudeHandler:
         if self._started is not None and not self._started.done():
             self._started.cancel()
         self._lent.clear()  # the pool closes them with every other worker
+        await self.node.stop()
         count = await self.session_manager.close()
         await self.gateway.close()
+        await self.archive.close()
+        await self.registry.close()
+        self._data_dir_lock.release()
         log.info("handler_closed", sessions=count)
 
     # -- pool events: gateway tokens, metrics and the ledger of live CLI processes ------
@@ -134,20 +170,21 @@ class ClaudeHandler:
     def grant_for(self, config: SessionConfig) -> Grant:
         return self.gateway.issue(tenant_of(config, self.config))
 
-    def worker_warmed(self, worker: Worker) -> None:
+    async def worker_warmed(self, worker: Worker) -> None:
         """A warm-up conversation is nobody's: its transcript goes at once."""
         if worker.warmed_conversation:
-            self.session_manager.project_dir(worker.config).joinpath(f"{worker.warmed_conversation}.jsonl").unlink(
-                missing_ok=True
-            )
+            project = self.session_manager.project_of(worker.config)
+            await self.archive.delete(self.archive.name((project, worker.warmed_conversation)))
 
-    def worker_started(self, worker: Worker, seconds: float) -> None:
+    async def worker_started(self, worker: Worker, seconds: float) -> None:
         self.telemetry.connect_seconds.observe(seconds)
-        self.store.add_worker(worker.pid, process_started_at(worker.pid))
+        with contextlib.suppress(DatabaseUnavailableError):  # the owner mark finds it after a crash
+            await self.registry.add_worker(self._mark, worker.pid, process_started_at(worker.pid))
 
-    def worker_closed(self, worker: Worker) -> None:
-        with contextlib.suppress(sqlite3.ProgrammingError):  # a late close after shutdown
-            self.store.remove_worker(worker.pid)
+    async def worker_closed(self, worker: Worker) -> None:
+        if not self.registry.closed:  # a late close after shutdown
+            with contextlib.suppress(DatabaseUnavailableError):
+                await self.registry.remove_worker(self._mark, worker.pid)
 
     async def shutdown_pool(self) -> None:
         """Close every pooled worker; sessions resume in new workers on their next message."""
@@ -189,27 +226,19 @@ class ClaudeHandler:
         await self.start()
         session_id = session_id or uuid.uuid4().hex
         manager = self.session_manager
-        key = session_key(session_id, owner)
         tenant = owner or DEFAULT_TENANT
-        if not manager.register_session(session_id, config, metadata, owner, owner_limit):
-            if key in manager:
-                raise SessionExistsError(f"session {session_id!r} already exists")
-            if manager.is_full():
-                reason, message = "global", f"session limit reached ({self.config.session_manager.MAX_SESSIONS})"
-            else:
-                reason, message = "tenant", f"tenant session limit reached ({owner_limit})"
-            self.telemetry.sessions_rejected.labels(tenant, reason).inc()
-            raise SessionLimitError(message)
-        session = manager.get(key)
+        session = await manager.create(session_id, config, metadata, owner, owner_limit, hold=not history)
+        key = session.id
         if history:
-            manager.import_conversation(session, history)
+            await manager.import_conversation(session, history)
             self.telemetry.sessions_created.labels(tenant).inc()
             log.info("session_created", session_id=session_id, tenant=owner, imported_messages=len(history))
             return key
         try:
             worker = await self._acquire(config)
         except BaseException:
-            manager.drop(session)
+            with anyio.CancelScope(shield=True):
+                await manager.drop(session)
             raise
         if session.closed:  # destroyed while its worker was starting
             await self.pool.release(worker)
@@ -225,6 +254,7 @@ class ClaudeHandler:
 
         ``purge`` deletes the transcript now instead of after the retention period.
         """
+        await self._refuse_if_held_elsewhere(session_id)
         session = await self.session_manager.remove_session(session_id, purge)
         if session.is_busy and session.worker is not None:
             await self._interrupt_worker(session.worker)
@@ -232,9 +262,19 @@ class ClaudeHandler:
 
     async def interrupt(self, session_id: str) -> None:
         """Stop the running turn of a session (nothing happens when it is idle)."""
-        session = self.session_manager.get(session_id)
+        session = await self.session_manager.fetch(session_id)
         if session.is_busy and session.worker is not None:
             await self._interrupt_worker(session.worker)
+        else:
+            await self._refuse_if_held_elsewhere(session_id)
+
+    async def _refuse_if_held_elsewhere(self, session_id: str) -> None:
+        """A session whose live CLI runs on another live node is acted on there (the API forwards)."""
+        if FORWARDED.get():
+            return
+        holder = await self.registry.holder(session_id)
+        if holder is not None:
+            raise _held_elsewhere(session_id, holder)
 
     @staticmethod
     async def _interrupt_worker(worker: Worker) -> None:
@@ -294,26 +334,67 @@ class ClaudeHandler:
         if command is not None and command not in self.config.server.slash_commands_allowed:
             raise SlashCommandRefusedError(command)
         await self.start()
-        session = self.session_manager.get(session_id)
+        session = await self.session_manager.fetch(session_id)
         if session.is_busy:
             raise SessionBusyError(f"session {session.public_id!r} is running a turn")
-        async with session.turn_lock:
-            session.metrics.touch()
-            worker = await self._bind(session)
-            try:
-                if session.closed:  # destroyed while its worker was being bound: no billed turn
-                    raise SessionNotFoundError(f"session {session.public_id!r} not found")
-                # aclosing: an abandoned turn winds down before the lock is released.
-                async with contextlib.aclosing(self._turn(session, worker, prompt, command)) as turn:
-                    async for message in turn:
-                        yield message
-            finally:
+        bound = False
+        try:
+            async with session.turn_lock:
+                await self._claim(session)
                 session.metrics.touch()
-                self.session_manager.persist(session)
-                if session.closed and session.worker is not None:
-                    worker, session.worker = session.worker, None
+                worker = await self._bind(session)
+                bound = True
+                try:
+                    if session.closed:  # destroyed while its worker was being bound: no billed turn
+                        raise SessionNotFoundError(f"session {session.public_id!r} not found")
+                    # aclosing: an abandoned turn winds down before the lock is released.
+                    async with contextlib.aclosing(self._turn(session, worker, prompt, command)) as turn:
+                        async for message in turn:
+                            yield message
+                finally:
                     with anyio.CancelScope(shield=True):
-                        await self.pool.release(worker)
+                        await self._save_turn_end(session)
+        finally:
+            if bound:
+                with anyio.CancelScope(shield=True):
+                    await self._hand_back(session)
+
+    async def _save_turn_end(self, session: Session) -> None:
+        session.metrics.touch()
+        try:
+            await self.session_manager.save(session, ending=True)
+        except LeaseLostError:
+            if session.worker is not None:
+                await self._drop_worker(session, session.worker)
+
+    async def _hand_back(self, session: Session) -> None:
+        """After a turn: the worker goes back if the session is gone, or to another node if this one drains."""
+        if session.closed:
+            worker = self.session_manager.detach(session)
+        elif self.node.status != "up":
+            worker = await self.session_manager.let_go(session)
+        else:
+            return
+        if worker is not None:
+            await self.pool.release(worker)
+
+    async def _claim(self, session: Session) -> None:
+        """Take the session's lease for this turn, or send the caller to the live node holding it.
+
+        A CLI this node kept from an older lease (another node ran turns since) holds
+        a stale conversation: it is dropped and the conversation resumed afresh.
+        """
+        claim = await self.registry.claim(session.id)
+        if claim is None:
+            self.session_manager.get(session.id)  # the view still has it: gone since
+            raise SessionNotFoundError(f"session {session.public_id!r} not found")
+        if isinstance(claim, Holder):
+            if FORWARDED.get():  # sent here as its holder, but it moved on meanwhile
+                raise SessionBusyError(f"session {session.public_id!r} is moving between nodes; retry")
+            raise _held_elsewhere(session.id, claim)
+        if claim != session.fence and session.worker is not None:
+            await self._drop_worker(session, session.worker)
+        session.fence, session.holder = claim, self.registry.node_id
 
     async def _bind(self, session: Session) -> Worker:
         """The session's worker; a new one (resuming the conversation) if it has none.
@@ -321,8 +402,8 @@ class ClaudeHandler:
         A conversation whose transcript vanished is never silently restarted.
         """
         manager = self.session_manager
-        if not session.orphaned and session.worker is None and manager.is_orphaned(session):
-            manager.mark_orphaned(session)  # it holds no worker to give back
+        if not session.orphaned and session.worker is None and await manager.is_orphaned(session):
+            await manager.mark_orphaned(session)  # it holds no worker to give back
         if session.orphaned:
             raise SessionOrphanedError(f"session {session.public_id!r} lost its transcript; delete it")
         worker = session.worker
@@ -337,7 +418,7 @@ class ClaudeHandler:
             session.worker = None
             await self.pool.discard(worker)
         try:
-            worker = await self._acquire(session.config, resume=manager.conversation_to_resume(session))
+            worker = await self._acquire(session.config, resume=await manager.conversation_to_resume(session))
         except WorkerStartError:
             self._count_connection_error(session)
             raise
@@ -361,7 +442,9 @@ class ClaudeHandler:
                 continue
             victim = self.session_manager.least_recently_used_worker()
             if victim is not None:
-                await self.pool.discard(victim)
+                worker = await self.session_manager.let_go(victim)
+                if worker is not None:
+                    await self.pool.discard(worker)
                 continue
             if loop.time() >= deadline:
                 raise CapacityError(f"all {self.pool.max_live} live workers are mid-turn; try again shortly") from None
@@ -383,8 +466,8 @@ class ClaudeHandler:
         worker.uses += 1
         worker.grant.take()  # calls made between turns (none expected) are no turn's
         metrics.message_count += 1
-        self.session_manager.persist(session)
         try:
+            await self.session_manager.save(session)
             async with asyncio.timeout_at(deadline):
                 await worker.ask(prompt, verbatim=command is None)
             asked = True
@@ -395,11 +478,11 @@ class ClaudeHandler:
                 if not worker.runs_as_launched(message):
                     log.warning("session_worker_drifted", session_id=session.id)
                 if _learn_conversation(session, message):
-                    self.session_manager.persist(session)
+                    await self.session_manager.save(session)
                 if isinstance(message, ResultMessage):
                     settled = True
                     self._record(session, worker, message, time.perf_counter() - began)
-                    self.session_manager.persist(session)
+                    await self.session_manager.save(session)
                 yield message
         except TimeoutError:
             settled = True
@@ -409,6 +492,10 @@ class ClaudeHandler:
             raise TurnTimeoutError(
                 f"turn exceeded {self.config.optimization.MESSAGE_TIMEOUT:g}s and was interrupted"
             ) from None
+        except LeaseLostError:
+            settled = True  # another node runs this conversation now: this CLI must stop at once
+            await self._drop_worker(session, worker)
+            raise
         except (ClaudeSDKError, StopAsyncIteration, OSError) as error:
             settled = True
             self._count_connection_error(session)
@@ -469,12 +556,22 @@ class ClaudeHandler:
     # -- maintenance -------------------------------------------------------------
 
     async def run_maintenance(self) -> dict[str, Any]:
-        """One maintenance pass: inactive and orphan cleanup, pool health, refill."""
+        """One maintenance pass: this node's workers always; the deployment's sessions if this node leads.
+
+        Inactive and orphan cleanup and retention run on one node at a time (the
+        registry's leader lock); idle release, stray CLIs, pool health and refill on each.
+        """
         manager = self.session_manager
-        inactive = await manager.cleanup_inactive_sessions()
+        inactive: list[str] = []
+        orphans: list[str] = []
+        purged = 0
+        if await self.registry.lead():
+            inactive = await manager.cleanup_inactive_sessions()
+            orphans = await manager.detect_orphaned_sessions()
+            purged = await self._purge_transcripts()
+        else:
+            await manager.reap_unowned()
         released = await manager.release_idle_workers()
-        orphans = await manager.detect_orphaned_sessions()
-        purged = self._purge_transcripts()
         retired = await self.pool.health_check()
         spawned = await self.pool.fill()
         log.info(
@@ -490,15 +587,21 @@ class ClaudeHandler:
         )
         return {"inactive": inactive, "orphaned": orphans, "released": released, "retired": retired, "spawned": spawned}
 
-    def _purge_transcripts(self) -> int:
-        """Delete removed sessions' transcripts past ``SM_TRANSCRIPT_RETENTION_DAYS``; forget old replies."""
+    async def _purge_transcripts(self) -> int:
+        """Delete removed sessions' transcripts past ``SM_TRANSCRIPT_RETENTION_DAYS``; forget old replies and nodes."""
         now = time.time()
         days = self.config.session_manager.TRANSCRIPT_RETENTION_DAYS
-        paths = self.store.take_retired_transcripts(retired_before=now - days * 86400)
-        for path in paths:
-            path.unlink(missing_ok=True)
-        self.store.forget_replies(older_than=now - REPLAY_SECONDS)
-        return len(paths)
+        names = await self.registry.take_retired_transcripts(retired_before=now - days * 86400)
+        for name in names:
+            await self.archive.delete(name)
+        await self.registry.forget_replies(older_than=now - REPLAY_SECONDS)
+        await self.registry.forget_nodes(unseen_since=now - FORGET_NODES_SECONDS)
+        return len(names)
+
+
+def _held_elsewhere(session_id: str, holder: Holder) -> SessionHeldElsewhereError:
+    message = f"session {session_id!r} runs on node {holder.node_id}"
+    return SessionHeldElsewhereError(message, session_id, holder.node_id, holder.url)
 
 
 class PooledClient:

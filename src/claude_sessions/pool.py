@@ -38,11 +38,11 @@ class PoolEvents(Protocol):
 
     def grant_for(self, config: SessionConfig) -> Grant: ...
 
-    def worker_warmed(self, worker: Worker) -> None: ...
+    async def worker_warmed(self, worker: Worker) -> None: ...
 
-    def worker_started(self, worker: Worker, seconds: float) -> None: ...
+    async def worker_started(self, worker: Worker, seconds: float) -> None: ...
 
-    def worker_closed(self, worker: Worker) -> None: ...
+    async def worker_closed(self, worker: Worker) -> None: ...
 
 
 class WorkerPool:
@@ -189,11 +189,11 @@ class WorkerPool:
             grant.revoke()
             raise
         try:
-            self._events.worker_started(worker, time.perf_counter() - began)
+            await self._events.worker_started(worker, time.perf_counter() - began)
             if warm:
                 if not await worker.warm_up(self.timeouts.CREATE_TIMEOUT):
                     raise WorkerStartError("a spare CLI could not be warmed up")
-                self._events.worker_warmed(worker)
+                await self._events.worker_warmed(worker)
             if generation != self._generation:
                 raise WorkerStartError("the pool was shut down while this CLI was starting")
         except BaseException as error:
@@ -214,7 +214,7 @@ class WorkerPool:
             worker.state = WorkerState.CLOSED
             worker.grant.revoke()
             self._workers.pop(worker.id, None)
-            self._events.worker_closed(worker)
+            await self._events.worker_closed(worker)
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)

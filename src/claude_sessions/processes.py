@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from pathlib import Path
 
 import psutil
 import structlog
+
+from .errors import ConfigError
 
 log = structlog.get_logger("claude_sessions.processes")
 
@@ -69,3 +72,19 @@ def end_stray_processes(recorded: list[tuple[int, float]], owner: str) -> list[i
     if ended:
         log.warning("stray_cli_processes_ended", pids=ended)
     return ended
+
+
+class DataDirLock:
+    """One server per data directory: a second one would end the first one's CLIs at start."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._file = (data_dir / "sessions.lock").open("a")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise ConfigError(f"data directory {data_dir} is in use by another claude-sessions handler") from None
+
+    def release(self) -> None:
+        self._file.close()  # releases the flock

@@ -77,7 +77,9 @@ def run_server(config: SystemConfig, host: str | None = None, port: int | None =
         host = "127.0.0.1"
     elif Authenticator(config.server).is_open:
         log.warning("no_api_keys", detail="no API_KEYS or ADMIN_API_KEY: listening on loopback only", host=host)
-    app = create_app(ClaudeHandler(config))
+    handler = ClaudeHandler(config)
+    handler.node.url = config.cluster.NODE_URL or f"http://{host}:{port}"
+    app = create_app(handler)
     service: Service = app.state.service
     drain_seconds = config.optimization.DESTROY_TIMEOUT
     log.info("server_starting", host=host, port=port)

@@ -254,6 +254,14 @@ class PostgresTranscriptStore(SessionStore):
             row = await cur.fetchone()
         return bool(row and row[0])
 
+    async def stored(self, session_ids: list[str]) -> set[str]:
+        """Which of these conversations have a main transcript, in one query (orphan detection)."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT DISTINCT session_id FROM transcript_sessions WHERE session_id = ANY(%s)", (session_ids,)
+            )
+            return {session_id for (session_id,) in await cur.fetchall()}
+
     async def purge(self, session_id: str, *, project_key: str | None = None) -> int:
         """Delete a whole conversation (main and subagent transcripts); how many entries went.
 

@@ -1,0 +1,85 @@
+"""Requests for a session whose live CLI runs on another node: served there, streamed back.
+
+A round-robin load balancer sends a conversation's messages to any node; the node
+holding the CLI answers them (a turn costs the holder's time plus a few
+milliseconds) instead of every node respawning the conversation. A forwarded request
+carries ``X-Claude-Sessions-Forwarded`` and is never forwarded again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import httpx
+import structlog
+from fastapi import Request
+from starlette.background import BackgroundTask
+from starlette.responses import Response, StreamingResponse
+
+from .api_common import ApiError
+from .cluster import FORWARDED_HEADER
+from .errors import SessionHeldElsewhereError
+from .registry import Registry
+
+log = structlog.get_logger("claude_sessions.api")
+
+#: Per-connection headers, and the ones the other node sets for itself.
+_HOP_BY_HOP = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade"}
+_OWN_HEADERS = _HOP_BY_HOP | {"x-request-id", "date", "server"}
+
+
+class Forwarder:
+    """One connection pool to the other nodes, kept for the life of the app.
+
+    A holder that stops answering (paused, cut off) still looks alive until its lease
+    lapses; a forwarded request waits for its answer no longer than that, then answers
+    503 so the retry finds the session free to take over here.
+    """
+
+    def __init__(self, registry: Registry, turn_seconds: float, retry_after: int) -> None:
+        self._registry = registry
+        # No read timeout beyond the turn's own: the holder bounds every turn.
+        timeout = httpx.Timeout(connect=2.0, read=turn_seconds + 30.0, write=10.0, pool=5.0)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=50))
+        self._retry_after = retry_after
+
+    async def forward(self, request: Request, held: SessionHeldElsewhereError) -> Response:
+        """Send ``request`` to the holder as it came (its bearer key decides there too), stream the answer."""
+        url = httpx.URL(held.node_url + request.url.path, query=request.url.query.encode())
+        headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP]
+        headers += [(FORWARDED_HEADER, "1"), ("x-request-id", request.scope.get("state", {}).get("request_id", ""))]
+        outgoing = self._client.build_request(request.method, url, headers=headers, content=await request.body())
+        sending = asyncio.ensure_future(self._client.send(outgoing, stream=True))
+        try:
+            while not (await asyncio.wait({sending}, timeout=self._registry.lease_seconds / 3))[0]:
+                holder = await self._registry.holder(held.session_key)
+                if holder is None or holder.node_id != held.node_id:
+                    log.warning("forward_abandoned", node_id=held.node_id, reason="its lease lapsed")
+                    raise self._unavailable()
+            answer = sending.result()
+        except httpx.HTTPError as error:
+            log.warning("forward_failed", node_url=held.node_url, error=repr(error))
+            raise self._unavailable() from None
+        finally:
+            if not sending.done():
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                    await sending
+        return StreamingResponse(
+            answer.aiter_raw(),
+            status_code=answer.status_code,
+            headers={k: v for k, v in answer.headers.items() if k not in _OWN_HEADERS},
+            background=BackgroundTask(answer.aclose),
+        )
+
+    def _unavailable(self) -> ApiError:
+        return ApiError(
+            503,
+            "node_unavailable",
+            "the node running this session does not answer; retry shortly",
+            {"Retry-After": str(self._retry_after)},
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()

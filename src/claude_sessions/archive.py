@@ -1,0 +1,152 @@
+"""Where conversations are kept: the CLI's own files on one node, or a store every node shares.
+
+A conversation is named by its project key (the CLI's folder name for a working
+directory) and its claude session id. One node reads and writes the CLI's JSONL files
+under ``CLAUDE_CONFIG_DIR``; a cluster keeps them in :class:`PostgresTranscriptStore`,
+which every CLI mirrors to through the SDK's ``session_store`` option and resumes from,
+so no node reads another node's files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, cast
+
+from claude_agent_sdk import SessionStore, SessionStoreEntry
+
+from .transcripts import PostgresTranscriptStore
+
+#: (project key, claude session id)
+Conversation = tuple[str, str]
+
+
+class TranscriptArchive(ABC):
+    """The conversations of a deployment."""
+
+    #: What every CLI mirrors its transcript to (None: its files are the archive).
+    session_store: SessionStore | None = None
+
+    @abstractmethod
+    async def exists(self, conversation: Conversation) -> bool: ...
+
+    @abstractmethod
+    async def missing(self, conversations: Iterable[Conversation]) -> set[Conversation]:
+        """Which of these have no transcript (one pass, for orphan detection over every session)."""
+
+    @abstractmethod
+    async def entries(self, conversation: Conversation) -> list[dict[str, Any]]:
+        """The transcript's entries, oldest first (empty when there is none)."""
+
+    @abstractmethod
+    async def write(self, conversation: Conversation, entries: list[dict[str, Any]]) -> None:
+        """Store a whole new transcript (an imported history the CLI will resume)."""
+
+    @abstractmethod
+    def name(self, conversation: Conversation) -> str:
+        """How the retention ledger names a transcript."""
+
+    @abstractmethod
+    async def delete(self, name: str) -> None:
+        """Delete a transcript by its ledger name (nothing happens if it is gone)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Let go of connections, if any."""
+
+
+class FileArchive(TranscriptArchive):
+    """The CLI's JSONL files under ``CLAUDE_CONFIG_DIR/projects`` on this node."""
+
+    def __init__(self, projects: Path) -> None:
+        self.projects = projects
+
+    def path(self, conversation: Conversation) -> Path:
+        project, claude_id = conversation
+        return self.projects / project / f"{claude_id}.jsonl"
+
+    async def exists(self, conversation: Conversation) -> bool:
+        return await asyncio.to_thread(self.path(conversation).exists)
+
+    async def missing(self, conversations: Iterable[Conversation]) -> set[Conversation]:
+        paths = {c: self.path(c) for c in conversations}
+        return await asyncio.to_thread(lambda: {c for c, path in paths.items() if not path.exists()})
+
+    async def entries(self, conversation: Conversation) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(_read_jsonl, self.path(conversation))
+
+    async def write(self, conversation: Conversation, entries: list[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
+        await asyncio.to_thread(_write, self.path(conversation), text)
+
+    def name(self, conversation: Conversation) -> str:
+        return str(self.path(conversation))
+
+    async def delete(self, name: str) -> None:
+        await asyncio.to_thread(Path(name).unlink, missing_ok=True)
+
+    async def close(self) -> None:
+        """Nothing to let go of."""
+
+
+class StoreArchive(TranscriptArchive):
+    """A :class:`PostgresTranscriptStore` shared by every node; local files are the CLI's scratch copies."""
+
+    def __init__(self, store: PostgresTranscriptStore, files: FileArchive) -> None:
+        self.store = store
+        self.session_store = store
+        self._files = files
+
+    async def exists(self, conversation: Conversation) -> bool:
+        project, claude_id = conversation
+        return await self.store.exists(claude_id, project_key=project)
+
+    async def missing(self, conversations: Iterable[Conversation]) -> set[Conversation]:
+        wanted = set(conversations)
+        if not wanted:
+            return set()
+        stored = await self.store.stored([claude_id for _, claude_id in wanted])
+        return {c for c in wanted if c[1] not in stored}
+
+    async def entries(self, conversation: Conversation) -> list[dict[str, Any]]:
+        project, claude_id = conversation
+        return [dict(e) for e in await self.store.load({"project_key": project, "session_id": claude_id}) or []]
+
+    async def write(self, conversation: Conversation, entries: list[dict[str, Any]]) -> None:
+        project, claude_id = conversation
+        await self.store.append(
+            {"project_key": project, "session_id": claude_id}, cast(list[SessionStoreEntry], entries)
+        )
+
+    def name(self, conversation: Conversation) -> str:
+        project, claude_id = conversation
+        return f"{project}/{claude_id}"
+
+    async def delete(self, name: str) -> None:
+        project, _, claude_id = name.rpartition("/")
+        await self.store.purge(claude_id, project_key=project)
+        await self._files.delete(self._files.name((project, claude_id)))  # this node's copy, if any
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    entries = []
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line being written right now
+    return entries

@@ -1,0 +1,93 @@
+"""This node among the others: its heartbeat, which keeps its leases, and its draining.
+
+A node's leases last as long as its heartbeat is fresh (``CLUSTER_LEASE_SECONDS``).
+Each beat also checks that this node still holds the sessions whose CLIs it runs: a
+node that was paused (SIGSTOP, a long GC, a cut network) finds on waking that
+another node took them over, and drops those CLIs before they can run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from contextvars import ContextVar
+
+import structlog
+
+from .errors import DatabaseUnavailableError
+from .manager import ClaudeCodeSessionManager
+from .pool import WorkerPool
+from .registry import NodeStatus, Registry
+
+log = structlog.get_logger("claude_sessions.cluster")
+
+#: Set on a request another node forwarded here: it is served here or refused, never sent on.
+FORWARDED: ContextVar[bool] = ContextVar("claude_sessions_forwarded", default=False)
+FORWARDED_HEADER = "x-claude-sessions-forwarded"
+#: Beats per lease: a node misses two before its leases lapse.
+BEATS_PER_LEASE = 3
+
+
+class Node:
+    """This node's presence in the registry."""
+
+    def __init__(self, registry: Registry, manager: ClaudeCodeSessionManager, pool: WorkerPool, url: str) -> None:
+        self.registry = registry
+        self.manager = manager
+        self.pool = pool
+        self.url = url
+        self.status: NodeStatus = "up"
+        self.interval = registry.lease_seconds / BEATS_PER_LEASE
+        self._task: asyncio.Task[None] | None = None
+        self.database_ok = True
+
+    @property
+    def node_id(self) -> str:
+        return self.registry.node_id
+
+    async def beat(self) -> None:
+        """Renew this node's leases, drop CLIs it no longer holds, write what an outage held back."""
+        try:
+            await self.registry.heartbeat(self.url, len(self.pool.workers()), self.status)
+            await self.manager.check_leases()
+            await self.manager.save_unsaved()
+        except DatabaseUnavailableError as error:
+            if self.database_ok:
+                log.warning("database_unavailable", error=str(error))
+            self.database_ok = False
+            return
+        if not self.database_ok:
+            log.info("database_available")
+        self.database_ok = True
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="claude-sessions-heartbeat")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except Exception:  # one bad beat must not stop the next
+                log.exception("heartbeat_failed")
+            await asyncio.sleep(self.interval)
+
+    async def drain(self) -> int:
+        """Stop taking sessions: the other nodes take this node's on their next message, at once."""
+        self.status = "draining"
+        with contextlib.suppress(DatabaseUnavailableError):
+            await self.registry.heartbeat(self.url, len(self.pool.workers()), self.status)
+        released = await self.manager.release_all_idle()
+        log.info("node_draining", node_id=self.node_id, sessions_handed_over=released)
+        return released
+
+    async def stop(self) -> None:
+        """Stop beating and leave, so the others do not wait for the leases to lapse."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.status = "down"
+        with contextlib.suppress(DatabaseUnavailableError):
+            await self.registry.leave()

@@ -1,0 +1,147 @@
+"""A cluster on loopback for tests: fresh PostgreSQL databases, a private PostgreSQL server, three nodes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import glob
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+
+from server_process import ServerProcess, free_port, start_server
+
+LOCAL_SERVER = "postgresql://postgres@127.0.0.1:{port}/{name}"
+
+
+@contextmanager
+def fresh_database(port: int = 5432) -> Iterator[str]:
+    """A new, empty database on a PostgreSQL server; dropped (with its connections) afterwards."""
+    name = f"cluster_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(LOCAL_SERVER.format(port=port, name="postgres"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield LOCAL_SERVER.format(port=port, name=name)
+    finally:
+        with psycopg.connect(LOCAL_SERVER.format(port=port, name="postgres"), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _pg_tool(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))), None)
+    assert found, f"{name} not found: install postgresql"
+    return found
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of its own (``initdb`` + ``pg_ctl`` as the postgres user), so a test may stop it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "pg"
+        self.root.mkdir(mode=0o700)
+        shutil.chown(self.root, "postgres", "postgres")
+        self.port = free_port()
+        self._as_postgres(_pg_tool("initdb"), "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres")
+
+    def _as_postgres(self, *command: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._as_postgres(_pg_tool("pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        self._as_postgres(_pg_tool("pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def url(self, name: str = "postgres") -> str:
+        return LOCAL_SERVER.format(port=self.port, name=name)
+
+
+@dataclass
+class Cluster:
+    nodes: list[ServerProcess]
+    database_url: str
+    workspace: Path
+
+    def node(self, index: int) -> ServerProcess:
+        return self.nodes[index]
+
+    def all_cli_pids(self) -> set[int]:
+        return {pid for node in self.nodes if node.process.poll() is None for pid in node.cli_worker_pids()}
+
+
+def node_env(database_url: str, workspace: Path, lease: float, **env: str) -> dict[str, str]:
+    return {
+        "CLAUDE_SESSIONS_DATABASE_URL": database_url,
+        "WORKSPACE_ROOT": str(workspace),
+        "CLUSTER_LEASE_SECONDS": str(lease),
+        "CP_MIN_SIZE": "0",
+        **env,
+    }
+
+
+def start_node(
+    root: Path, model_url: str, database_url: str, workspace: Path, lease: float, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """One node with its own config and data directories (only the database carries transcripts)."""
+    root.mkdir(exist_ok=True)
+    variables: dict[str, Any] = node_env(database_url, workspace, lease, **(env or {}))
+    return start_server(root, model_url, **variables)
+
+
+@contextmanager
+def running_cluster(
+    tmp: Path, model_url: str, database_url: str, count: int = 3, lease: float = 3.0, env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
+    """``count`` nodes started at once; all stopped, and every CLI they started proven gone, afterwards."""
+    workspace = tmp / "shared-workspaces"
+    workspace.mkdir()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        futures = [
+            pool.submit(start_node, tmp / f"node{i}", model_url, database_url, workspace, lease, env)
+            for i in range(count)
+        ]
+        nodes = [f.result() for f in futures]
+    cluster = Cluster(nodes, database_url, workspace)
+    seen: set[int] = set()
+    try:
+        yield cluster
+    finally:
+        for node in cluster.nodes:
+            if node.process.poll() is None:
+                seen |= node.cli_pids()
+                os.kill(node.process.pid, 18)  # SIGCONT, should a test have left it stopped
+                node.stop()
+        left = _wait_gone(seen)
+        assert left == [], f"CLI processes left behind: {left}"
+
+
+def _wait_gone(pids: set[int], timeout: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def retry_until_ok(call: object, timeout: float) -> tuple[httpx.Response, float]:
+    """Call until it answers 2xx (503s while a node's lease lapses); the answer and how long it took."""
+    assert callable(call)
+    began = time.monotonic()
+    while True:
+        response: httpx.Response = call()
+        if response.is_success or time.monotonic() - began > timeout:
+            return response, time.monotonic() - began
+        assert response.status_code == 503, response.text
+        time.sleep(0.2)

@@ -1,0 +1,178 @@
+"""Three nodes on one PostgreSQL, real CLIs, the offline model: one conversation whatever node answers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from claude_sessions.offline_model import OfflineModel, OfflineModelServer
+from cluster import Cluster, fresh_database, retry_until_ok, running_cluster, start_node
+from server_process import sse
+
+LEASE = 3.0
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, offline_server: OfflineModelServer, database: str) -> Iterator[Cluster]:
+    with running_cluster(tmp_path, offline_server.base_url, database, lease=LEASE) as cluster:
+        yield cluster
+
+
+def say(client: httpx.Client, session_id: str, content: str) -> httpx.Response:
+    return client.post(f"/v1/sessions/{session_id}/messages?stream=false", json={"content": content})
+
+
+def test_a_conversation_continues_on_every_node_served_by_its_holder(cluster: Cluster, model: OfflineModel) -> None:
+    n1, n2, n3 = (cluster.node(i).client("alice") for i in range(3))
+    assert n1.post("/v1/sessions", json={"session_id": "chat"}).status_code == 201
+    for number, client in enumerate((n1, n2, n3, n2), start=1):
+        reply = say(client, "chat", f"message {number}")
+        assert reply.status_code == 200, reply.text
+        assert f"[user message {number} of this conversation]" in reply.json()["text"]
+    assert len(cluster.node(0).cli_worker_pids()) == 1  # the holder answered every message: no respawn
+    assert cluster.node(1).cli_worker_pids() == set() and cluster.node(2).cli_worker_pids() == set()
+    for client in (n1, n2, n3):  # any node answers with the same answer
+        assert client.get("/v1/sessions/chat").json()["metrics"]["message_count"] == 4
+        assert [s["session_id"] for s in client.get("/v1/sessions").json()["sessions"]] == ["chat"]
+    history = n3.get("/v1/sessions/chat/history").json()["messages"]  # node 3 never ran it: the store has it
+    assert [m["message"]["content"] for m in history if m["type"] == "user"][-1] == "message 4"
+    with cluster.node(2).client("admin") as admin:
+        nodes = admin.get("/v1/health").json()["nodes"]
+    assert sorted(n["url"] for n in nodes) == sorted(node.base_url for node in cluster.nodes)
+    assert {n["status"] for n in nodes} == {"up"} and sum(n["live_workers"] for n in nodes) == 1
+    assert n2.delete("/v1/sessions/chat").status_code == 204  # forwarded to the holder: its CLI goes back to its pool
+    with cluster.node(0).client("admin") as admin:
+        assert [c["state"] for c in admin.get("/v1/pool").json()["connections"]] == ["idle"]
+    assert n3.get("/v1/sessions/chat").status_code == 404
+
+
+def test_limits_hold_exactly_under_creates_on_every_node(
+    tmp_path: Path, offline_server: OfflineModelServer, database: str
+) -> None:
+    env = {"SM_MAX_SESSIONS": "5", "TENANT_MAX_SESSIONS": "3"}
+    with running_cluster(tmp_path, offline_server.base_url, database, lease=LEASE, env=env) as cluster:
+        clients = [cluster.node(i).client(t) for i in range(3) for t in ("alice", "bob")]
+
+        def create(index: int) -> int:
+            client = clients[index % len(clients)]
+            return client.post("/v1/sessions", json={"session_id": f"s{index}"}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            statuses = list(pool.map(create, range(24)))
+        assert statuses.count(201) == 5 and statuses.count(429) == 19
+        with cluster.node(0).client("alice") as alice, cluster.node(1).client("bob") as bob:
+            mine = [len(c.get("/v1/sessions").json()["sessions"]) for c in (alice, bob)]
+        assert sorted(mine) == [2, 3]  # each tenant within its 3, together within 5
+
+
+def test_a_second_concurrent_turn_through_any_node_is_busy(cluster: Cluster) -> None:
+    n1, n2 = cluster.node(0).client("alice"), cluster.node(1).client("alice")
+    assert n1.post("/v1/sessions", json={"session_id": "slow"}).status_code == 201
+    with n1.stream("POST", "/v1/sessions/slow/messages", json={"content": "[[slow:3]] take your time"}) as stream:
+        events = sse(stream)
+        assert next(events)[0] == "system"
+        busy = say(n2, "slow", "me too")
+        assert busy.status_code == 409 and busy.json()["error"]["type"] == "session_busy"
+        assert [kind for kind, _ in events][-1] == "result"
+
+
+def test_a_paused_holder_is_fenced_out_and_drops_its_cli(cluster: Cluster, model: OfflineModel) -> None:
+    holder = cluster.node(0)
+    n1, n2 = holder.client("alice"), cluster.node(1).client("alice")
+    assert n1.post("/v1/sessions", json={"session_id": "p"}).status_code == 201
+    assert "[user message 1 " in say(n1, "p", "one").json()["text"]
+    (old_cli,) = holder.cli_worker_pids()
+    os.kill(holder.process.pid, signal.SIGSTOP)  # a GC pause, a frozen VM: its lease lapses
+    try:
+        reply, _ = retry_until_ok(lambda: say(n2, "p", "two"), timeout=LEASE * 4)
+        assert reply.status_code == 200 and "[user message 2 " in reply.json()["text"]  # resumed from the store
+    finally:
+        os.kill(holder.process.pid, signal.SIGCONT)
+    deadline = time.monotonic() + LEASE * 2  # its next heartbeat finds the lease gone: the old CLI goes
+    while old_cli in holder.cli_worker_pids() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert old_cli not in holder.cli_worker_pids()
+    reply = say(n1, "p", "three")  # the woken node forwards to the new holder
+    assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"]
+    assert len(cluster.all_cli_pids()) == 1
+    assert n1.get("/v1/sessions/p").json()["metrics"]["message_count"] == 3
+
+
+def test_kill_9_of_the_holder_loses_nothing(
+    cluster: Cluster, tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
+) -> None:
+    holder = cluster.node(0)
+    n1, n2, n3 = (cluster.node(i).client("alice") for i in range(3))
+    for session_id in ("between", "during"):
+        assert n1.post("/v1/sessions", json={"session_id": session_id}).status_code == 201
+        assert "[user message 1 " in say(n1, session_id, "the word is kiwi").json()["text"]
+
+    def cut_short() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # its node is killed mid-answer
+            say(n1, "during", "[[slow:20]] a long answer")
+
+    cut = threading.Thread(target=cut_short, daemon=True)
+    cut.start()
+    time.sleep(1.0)
+    strays = holder.cli_worker_pids()
+    holder.stop(signal.SIGKILL)  # between turns for one session, mid-turn for the other
+    for session_id, client in (("between", n2), ("during", n3)):
+        reply, took = retry_until_ok(lambda s=session_id, c=client: say(c, s, "which word?"), timeout=LEASE + 15)
+        assert reply.status_code == 200, reply.text
+        assert "kiwi" in model.message_requests()[-1].user_texts[0]  # the model saw the earlier turn
+        assert took < LEASE + 10  # the lease plus one resume
+    assert n2.get("/v1/sessions/between").json()["metrics"]["message_count"] == 2
+    cluster.nodes[0] = restarted = start_node(
+        tmp_path / "node0", offline_server.base_url, cluster.database_url, cluster.workspace, LEASE
+    )
+    assert restarted.process.pid != holder.process.pid
+    deadline = time.monotonic() + 10  # a restart on the same data directory ends what the killed node left
+    while any(_alive(pid) for pid in strays) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in strays)
+
+
+def test_a_draining_node_hands_its_sessions_over_at_once(
+    tmp_path: Path, offline_server: OfflineModelServer, database: str
+) -> None:
+    lease = 60.0  # nothing here may wait for a lease to lapse
+    with running_cluster(tmp_path, offline_server.base_url, database, count=2, lease=lease) as cluster:
+        n1, n2 = cluster.node(0).client("alice"), cluster.node(1).client("alice")
+        for session_id in ("idle", "running"):
+            assert n1.post("/v1/sessions", json={"session_id": session_id}).status_code == 201
+            assert say(n1, session_id, "hello").status_code == 200
+        with n1.stream("POST", "/v1/sessions/running/messages", json={"content": "[[slow:2]] finish me"}) as stream:
+            events = sse(stream)
+            assert next(events)[0] == "system"
+            cluster.node(0).process.send_signal(signal.SIGTERM)
+            began = time.monotonic()
+            reply = say(n2, "idle", "moved?")
+            assert reply.status_code == 200 and "[user message 2 " in reply.json()["text"]
+            assert time.monotonic() - began < 10
+            assert [kind for kind, _ in events][-1] == "result"  # the running turn finished
+        assert cluster.node(0).process.wait(30) in (0, -signal.SIGTERM)
+        reply = say(n2, "running", "and you?")
+        assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,197 @@
+"""The registry on both backends: round trips, exact limits, leases with fencing, nodes, the leader, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from claude_sessions import SessionConfig
+from claude_sessions.errors import DatabaseUnavailableError
+from claude_sessions.metrics import SessionMetrics
+from claude_sessions.registry import Holder, Registry, SessionRecord
+from claude_sessions.registry_postgres import PostgresRegistry
+from claude_sessions.registry_sqlite import _MIGRATIONS, SqliteRegistry
+
+SERVER = "postgresql://postgres@127.0.0.1:5432/{}"
+#: (node id, lease seconds) -> a registry on the test's database; every call of one test shares it.
+MakeRegistry = Callable[[str, float], Awaitable[Registry]]
+
+
+def record(key: str, owner: str | None = None, **changes: object) -> SessionRecord:
+    base = SessionRecord(key, owner, SessionConfig(system_prompt="hi"), {"k": [1]}, SessionMetrics(), None, False)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server (these tests fail, never skip, without one)."""
+    name = f"registry_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(SERVER.format("test"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield SERVER.format(name)
+    with psycopg.connect(SERVER.format("test"), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def make_registry(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeRegistry]:
+    made: list[Registry] = []
+    url = request.getfixturevalue("database") if request.param == "postgres" else None
+
+    async def make(node_id: str, lease: float = 15.0) -> Registry:
+        if url is None:
+            registry: Registry = SqliteRegistry(tmp_path / "sessions.db", node_id, lease)
+        else:
+            registry = PostgresRegistry(url, node_id, lease, timeout=5.0)
+        await registry.open()
+        await registry.join(f"owner-{node_id}")
+        await registry.heartbeat(f"http://{node_id}", 0, "up")
+        made.append(registry)
+        return registry
+
+    yield make
+    for registry in made:
+        await registry.close()
+
+
+async def test_sessions_round_trip(make_registry: MakeRegistry) -> None:
+    registry = await make_registry("a", 15.0)
+    metrics = SessionMetrics(message_count=3, input_tokens=10, total_cost=0.5)
+    assert await registry.create(record("acme/s1", "acme", metrics=metrics), 10, None, hold=False) == "created"
+    assert await registry.create(record("s2"), 10, None, hold=True) == "created"
+    got = await registry.get("acme/s1")
+    assert got == record("acme/s1", "acme", metrics=metrics)
+    assert [r.key for r in await registry.sessions("acme")] == ["acme/s1"]
+    assert [r.key for r in await registry.sessions(None)] == ["s2"]
+    assert {r.key for r in await registry.sessions(everyone=True)} == {"acme/s1", "s2"}
+    held = await registry.get("s2")
+    assert held is not None and (held.holder, held.fence) == ("a", 1)
+    assert await registry.delete("acme/s1") and not await registry.delete("acme/s1")
+    assert await registry.get("acme/s1") is None and await registry.count() == 1
+
+
+async def test_limits_hold_exactly_under_concurrent_creates_on_every_node(make_registry: MakeRegistry) -> None:
+    nodes = [await make_registry(name, 15.0) for name in ("a", "b", "c")]
+    outcomes = await asyncio.gather(
+        *(nodes[i % 3].create(record(f"t{i % 2}/s{i}", f"t{i % 2}"), 12, 5, hold=False) for i in range(60))
+    )
+    assert outcomes.count("created") == 10  # 5 per tenant, under the global 12
+    for tenant in ("t0", "t1"):
+        assert len(await nodes[0].sessions(tenant)) == 5
+    more = await asyncio.gather(*(nodes[i % 3].create(record(f"x{i}"), 12, None, hold=False) for i in range(20)))
+    assert more.count("created") == 2 and more.count("global") == 18
+    assert await nodes[0].count() == 12
+    taken = (await nodes[2].sessions(everyone=True))[0].key
+    assert await nodes[1].create(record(taken), 100, None, hold=False) == "exists"
+
+
+async def test_a_lease_moves_only_from_a_stale_or_draining_holder_and_fences_the_old_one(
+    make_registry: MakeRegistry,
+) -> None:
+    a, b = await make_registry("a", 1.0), await make_registry("b", 1.0)
+    await a.create(record("s"), 10, None, hold=True)
+    assert await a.claim("s") == 1  # its own lease: same token
+    assert await b.claim("s") == Holder("a", "http://a") and await b.holder("s") == Holder("a", "http://a")
+    assert await a.holder("s") is None  # not held by another node
+    assert await a.save(record("s", fence=1, metrics=SessionMetrics(message_count=1)))
+    await asyncio.sleep(1.1)  # a's heartbeat lapses (say it was paused)
+    await b.heartbeat("http://b", 0, "up")
+    assert await b.claim("s") == 2
+    assert not await a.save(record("s", fence=1, metrics=SessionMetrics(message_count=99)))  # fenced out
+    assert (await b.get("s")).metrics.message_count == 1  # type: ignore[union-attr]
+    assert await a.held() == {} and await b.held() == {"s": 2}
+    await a.heartbeat("http://a", 0, "up")  # back from the pause: still not its lease
+    assert await a.claim("s") == Holder("b", "http://b")
+    await b.heartbeat("http://b", 0, "draining")
+    assert await a.claim("s") == 3  # a draining node's sessions move at once
+    await a.release("s", 2)  # an old token releases nothing
+    assert await a.held() == {"s": 3}
+    await a.release("s", 3)
+    assert await a.held() == {} and (await a.get("s")).holder is None  # type: ignore[union-attr]
+    assert await a.claim("gone") is None
+
+
+async def test_a_node_that_leaves_frees_its_leases_and_a_restart_frees_its_predecessors(
+    make_registry: MakeRegistry,
+) -> None:
+    a, b = await make_registry("a", 60.0), await make_registry("b", 60.0)
+    await a.create(record("s"), 10, None, hold=True)
+    await a.leave()
+    assert await b.claim("s") == 2
+    a2 = await make_registry("a2", 60.0)
+    await b.join("owner-b")  # as b's successor on the same data directory: b is dead
+    assert await a2.claim("s") == 3
+    assert {n.node_id for n in await a2.nodes()} == {"a2"}
+
+
+async def test_expired_skips_sessions_mid_turn_on_a_live_node(make_registry: MakeRegistry) -> None:
+    a = await make_registry("a", 60.0)
+    old = SessionMetrics(last_activity=1000.0)
+    await a.create(record("idle", metrics=old), 10, None, hold=False)
+    await a.create(record("busy", metrics=old), 10, None, hold=True)
+    await a.save(record("busy", metrics=old, busy=True, fence=1))
+    await a.create(record("fresh"), 10, None, hold=False)
+    assert await a.expired(idle_before=2000.0) == ["idle"]
+    await a.leave()  # its holder is gone: a turn that never ended does not pin it forever
+    assert sorted(await a.expired(idle_before=2000.0)) == ["busy", "idle"]
+
+
+async def test_workers_replies_and_retired_transcripts(make_registry: MakeRegistry) -> None:
+    registry = await make_registry("a", 15.0)
+    await registry.add_worker("here", 123, 1000.5)
+    await registry.add_worker("elsewhere", 123, 7.0)
+    assert await registry.take_workers("here") == [(123, 1000.5)] and await registry.take_workers("here") == []
+    await registry.create(record("s"), 10, None, hold=False)
+    await registry.save_reply("s", "key-1", "hello", [{"type": "result"}])
+    assert await registry.reply("s", "key-1") == ("hello", [{"type": "result"}])
+    assert await registry.reply("s", "other") is None
+    await registry.retire_transcript("proj/t")
+    assert await registry.take_retired_transcripts(retired_before=0) == []
+    assert await registry.take_retired_transcripts(retired_before=9e12) == ["proj/t"]
+    await registry.delete("s")  # deleted while its turn was still running
+    await registry.save_reply("s", "key-2", "hello", [{"type": "result"}])
+    assert await registry.reply("s", "key-1") is None and await registry.reply("s", "key-2") is None
+
+
+async def test_one_node_leads_maintenance_at_a_time(make_registry: MakeRegistry) -> None:
+    a, b = await make_registry("a", 15.0), await make_registry("b", 15.0)
+    if isinstance(a, SqliteRegistry):
+        assert await a.lead()  # one node: always
+        return
+    assert await a.lead() and not await b.lead() and await a.lead()
+    await a.close()  # the lock goes with its connection (as with a killed node)
+    assert await b.lead()
+
+
+async def test_an_unreachable_database_raises_within_the_timeout() -> None:
+    registry = PostgresRegistry("postgresql://postgres@127.0.0.1:9/none", "a", 15.0, timeout=1.0)
+    began = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError):
+        await registry.open()
+    assert time.monotonic() - began < 5
+    await registry.close()
+
+
+def test_a_sqlite_database_of_the_first_schema_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "sessions.db"
+    with sqlite3.connect(path) as old:  # as the first release wrote it: learned ids were recorded ones
+        old.executescript(_MIGRATIONS[0])
+        metrics = json.dumps(asdict(SessionMetrics(last_activity=1234.5)))
+        row = ("s1", None, SessionConfig().model_dump_json(), "{}", metrics, "uuid-1", 0)
+        old.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+    old.close()
+    registry = SqliteRegistry(path, "a", 15.0)
+    got = asyncio.run(registry.get("s1"))
+    assert got is not None and got.claude_session_id == "uuid-1" and got.recorded and got.holder is None
+    assert asyncio.run(registry.expired(idle_before=2000.0)) == ["s1"]  # activity moved to its column
+    assert registry._db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
+    asyncio.run(registry.close())

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +74,18 @@ class Cluster:
     nodes: list[ServerProcess]
     database_url: str
     workspace: Path
+    #: CLI processes of killed nodes: ended (if still there) and proven gone at the end.
+    orphans: set[int] = field(default_factory=set)
 
     def node(self, index: int) -> ServerProcess:
         return self.nodes[index]
+
+    def kill(self, index: int) -> set[int]:
+        """``kill -9`` a node; its CLIs outlive it (what a restart on its data directory ends)."""
+        strays = self.nodes[index].cli_pids()
+        self.orphans |= strays
+        self.nodes[index].stop(signal.SIGKILL)
+        return strays
 
     def all_cli_pids(self) -> set[int]:
         return {pid for node in self.nodes if node.process.poll() is None for pid in node.cli_worker_pids()}
@@ -122,7 +133,10 @@ def running_cluster(
                 seen |= node.cli_pids()
                 os.kill(node.process.pid, 18)  # SIGCONT, should a test have left it stopped
                 node.stop()
-        left = _wait_gone(seen)
+        for pid in cluster.orphans:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        left = _wait_gone(seen | cluster.orphans)
         assert left == [], f"CLI processes left behind: {left}"
 
 
@@ -145,3 +159,33 @@ def retry_until_ok(call: object, timeout: float) -> tuple[httpx.Response, float]
             return response, time.monotonic() - began
         assert response.status_code == 503, response.text
         time.sleep(0.2)
+
+
+@contextmanager
+def haproxy(cluster: Cluster) -> Iterator[str]:
+    """``deploy/haproxy.cfg`` in front of the cluster's three nodes; its base URL once every node is in."""
+    port = free_port()
+    nodes = {f"NODE{i + 1}": node.base_url.removeprefix("http://") for i, node in enumerate(cluster.nodes)}
+    config = Path(__file__).parent.parent / "deploy" / "haproxy.cfg"
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    process = subprocess.Popen(
+        [binary, "-db", "-f", str(config)],
+        env={**os.environ, **nodes, "LISTEN": f"127.0.0.1:{port}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:  # every node answers through it: the health checks have let them all in
+            assert process.poll() is None, "haproxy exited"
+            with contextlib.suppress(httpx.TransportError):
+                answered = {httpx.get(f"{base_url}/v1/models", timeout=2).status_code for _ in range(6)}
+                if answered == {401}:
+                    break
+            assert time.monotonic() < deadline, "haproxy did not start"
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(10)

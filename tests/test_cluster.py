@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,8 +16,8 @@ import httpx
 import pytest
 
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from cluster import Cluster, fresh_database, retry_until_ok, running_cluster, start_node
-from server_process import sse
+from cluster import Cluster, PrivatePostgres, fresh_database, haproxy, retry_until_ok, running_cluster, start_node
+from server_process import KEYS, ServerProcess, bearer, sse
 
 LEASE = 3.0
 
@@ -129,8 +130,7 @@ def test_kill_9_of_the_holder_loses_nothing(
     cut = threading.Thread(target=cut_short, daemon=True)
     cut.start()
     time.sleep(1.0)
-    strays = holder.cli_worker_pids()
-    holder.stop(signal.SIGKILL)  # between turns for one session, mid-turn for the other
+    strays = cluster.kill(0)  # between turns for one session, mid-turn for the other
     for session_id, client in (("between", n2), ("during", n3)):
         reply, took = retry_until_ok(lambda s=session_id, c=client: say(c, s, "which word?"), timeout=LEASE + 15)
         assert reply.status_code == 200, reply.text
@@ -176,3 +176,88 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_database_outage_answers_503_and_recovers_by_itself(
+    tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
+) -> None:
+    database = PrivatePostgres(tmp_path)
+    database.start()
+    env = {"OPT_CREATE_TIMEOUT": "5"}
+    try:
+        with running_cluster(tmp_path, offline_server.base_url, database.url(), count=1, env=env) as cluster:
+            alice = cluster.node(0).client("alice")
+            assert alice.post("/v1/sessions", json={"session_id": "kept"}).status_code == 201
+            assert say(alice, "kept", "the word is kiwi").status_code == 200
+            with alice.stream("POST", "/v1/sessions/kept/messages", json={"content": "[[slow:3]] go on"}) as stream:
+                events = sse(stream)
+                assert next(events)[0] == "system"
+                database.stop()
+                assert [kind for kind, _ in events][-1] == "result"  # the running turn finished
+            for method, path in (("POST", "/v1/sessions"), ("GET", "/v1/sessions/kept"), ("GET", "/v1/sessions")):
+                began = time.monotonic()
+                answer = alice.request(method, path, json={} if method == "POST" else None)
+                assert time.monotonic() - began < 5 + 1
+                assert answer.status_code == 503 and answer.json()["error"]["type"] == "database_unavailable"
+                assert int(answer.headers["Retry-After"]) >= 1
+            health = alice.get("/v1/health")
+            assert health.status_code == 200 and "database unavailable" in health.json()["reasons"]
+            database.start()
+            answer, _ = retry_until_ok(lambda: alice.get("/v1/sessions/kept"), timeout=30)
+            deadline = time.monotonic() + 10  # the turn that ended in the outage is written when the database is back
+            while answer.json()["metrics"]["message_count"] != 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                answer = alice.get("/v1/sessions/kept")
+            assert answer.json()["metrics"]["message_count"] == 2
+            reply = say(alice, "kept", "which word?")
+            assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"]
+            assert "kiwi" in model.message_requests()[-1].user_texts[0]
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            database.stop()
+
+
+def test_one_node_at_a_time_runs_the_clusters_maintenance(
+    tmp_path: Path, offline_server: OfflineModelServer, database: str
+) -> None:
+    env = {"SM_CLEANUP_INTERVAL": "0.02", "SM_TIMEOUT_MINUTES": "0.05"}  # every 1.2 s; idle for 3 s expires
+    with running_cluster(tmp_path, offline_server.base_url, database, lease=LEASE, env=env) as cluster:
+        with cluster.node(1).client("alice") as alice:
+            assert alice.post("/v1/sessions", json={"session_id": "first"}).status_code == 201
+            _wait_gone_from(alice, "first")
+        leaders = [i for i, node in enumerate(cluster.nodes) if _removed(node, "alice/first")]
+        assert len(leaders) == 1  # removed once, by one node
+        cluster.kill(leaders[0])  # the leader dies: another one takes over
+        survivor = cluster.node((leaders[0] + 1) % 3)
+        with survivor.client("alice") as alice:
+            assert alice.post("/v1/sessions", json={"session_id": "second"}).status_code == 201
+            _wait_gone_from(alice, "second")
+        assert sum(_removed(node, "alice/second") for node in cluster.nodes if node.process.poll() is None) == 1
+
+
+def _wait_gone_from(client: httpx.Client, session_id: str) -> None:
+    deadline = time.monotonic() + 20
+    while client.get(f"/v1/sessions/{session_id}").status_code != 404:
+        assert time.monotonic() < deadline, f"{session_id} was never cleaned up"
+        time.sleep(0.3)
+
+
+def _removed(node: ServerProcess, key: str) -> bool:
+    return any(e["event"] == "inactive_sessions_removed" and key in e["session_ids"] for e in node.log_lines())
+
+
+def test_through_haproxy_conversations_continue_and_survive_a_dead_node(cluster: Cluster, model: OfflineModel) -> None:
+    with haproxy(cluster) as base_url, httpx.Client(base_url=base_url, headers=bearer(KEYS["alice"]), timeout=30) as lb:
+        names = [f"lb{i}" for i in range(6)]
+        for name in names:  # creates go round robin: the conversations live on every node
+            assert lb.post("/v1/sessions", json={"session_id": name}).status_code == 201
+        assert all(node.cli_worker_pids() for node in cluster.nodes)
+        for number in (1, 2):
+            for name in names:
+                reply = say(lb, name, f"{name} message {number}")
+                assert reply.status_code == 200 and f"[user message {number} " in reply.json()["text"]
+        assert len(cluster.all_cli_pids()) == len(names)  # one CLI per conversation in the whole cluster
+        cluster.kill(1)
+        for name in names:
+            reply, _ = retry_until_ok(lambda n=name: say(lb, n, f"{n} message 3"), timeout=LEASE + 15)
+            assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"], reply.text

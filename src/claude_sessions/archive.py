@@ -16,19 +16,32 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
-from claude_agent_sdk import SessionStore, SessionStoreEntry
+from claude_agent_sdk import SessionKey, SessionListSubkeysKey, SessionStore, SessionStoreEntry
 
+from .errors import LeaseLostError
+from .registry import Registry
 from .transcripts import PostgresTranscriptStore
 
 #: (project key, claude session id)
 Conversation = tuple[str, str]
+#: (session key, fencing token) a worker writes for; None: no session's (a spare, a warm-up).
+Lease = tuple[str, int] | None
 
 
 class TranscriptArchive(ABC):
     """The conversations of a deployment."""
 
-    #: What every CLI mirrors its transcript to (None: its files are the archive).
-    session_store: SessionStore | None = None
+    @abstractmethod
+    def mirror_for(self, worker_token: str) -> SessionStore | None:
+        """What one worker's CLI mirrors its transcript to and resumes from (None: its files are the archive)."""
+
+    @abstractmethod
+    def fence(self, worker_token: str, lease: Lease) -> None:
+        """The session (and lease token) a worker's transcript writes now belong to."""
+
+    @abstractmethod
+    def forget(self, worker_token: str) -> None:
+        """The worker is closed."""
 
     @abstractmethod
     async def exists(self, conversation: Conversation) -> bool: ...
@@ -54,6 +67,10 @@ class TranscriptArchive(ABC):
         """Delete a transcript by its ledger name (nothing happens if it is gone)."""
 
     @abstractmethod
+    async def open(self) -> None:
+        """Connect and create or migrate a schema, if there is one."""
+
+    @abstractmethod
     async def close(self) -> None:
         """Let go of connections, if any."""
 
@@ -63,6 +80,18 @@ class FileArchive(TranscriptArchive):
 
     def __init__(self, projects: Path) -> None:
         self.projects = projects
+
+    def mirror_for(self, worker_token: str) -> None:
+        return None
+
+    def fence(self, worker_token: str, lease: Lease) -> None:
+        """Files need no fence: one node is the whole deployment."""
+
+    def forget(self, worker_token: str) -> None:
+        """Nothing is kept per worker."""
+
+    async def open(self) -> None:
+        """Nothing to open."""
 
     def path(self, conversation: Conversation) -> Path:
         project, claude_id = conversation
@@ -92,13 +121,49 @@ class FileArchive(TranscriptArchive):
         """Nothing to let go of."""
 
 
+class FencedMirror:
+    """The store as one worker's CLI writes to it: only while its node holds the session's lease.
+
+    A node paused past its lease wakes with its CLI still answering; the batches the
+    SDK mirrors then are refused (the SDK reports them as a ``MirrorErrorMessage``),
+    so the conversation another node continues never gets the stale node's entries.
+    """
+
+    def __init__(self, store: PostgresTranscriptStore, registry: Registry) -> None:
+        self._store, self._registry = store, registry
+        self.lease: Lease = None
+
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        if self.lease is not None and not await self._registry.holds(*self.lease):
+            raise LeaseLostError(f"session {self.lease[0]!r} moved to another node: transcript write refused")
+        await self._store.append(key, entries)
+
+    async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
+        return await self._store.load(key)
+
+    async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
+        return await self._store.list_subkeys(key)
+
+
 class StoreArchive(TranscriptArchive):
     """A :class:`PostgresTranscriptStore` shared by every node; local files are the CLI's scratch copies."""
 
-    def __init__(self, store: PostgresTranscriptStore, files: FileArchive) -> None:
+    def __init__(self, store: PostgresTranscriptStore, files: FileArchive, registry: Registry) -> None:
         self.store = store
-        self.session_store = store
         self._files = files
+        self._registry = registry
+        self._mirrors: dict[str, FencedMirror] = {}
+
+    def mirror_for(self, worker_token: str) -> SessionStore:
+        mirror = self._mirrors[worker_token] = FencedMirror(self.store, self._registry)
+        return cast(SessionStore, mirror)
+
+    def fence(self, worker_token: str, lease: Lease) -> None:
+        if worker_token in self._mirrors:
+            self._mirrors[worker_token].lease = lease
+
+    def forget(self, worker_token: str) -> None:
+        self._mirrors.pop(worker_token, None)
 
     async def exists(self, conversation: Conversation) -> bool:
         project, claude_id = conversation
@@ -129,6 +194,9 @@ class StoreArchive(TranscriptArchive):
         project, _, claude_id = name.rpartition("/")
         await self.store.purge(claude_id, project_key=project)
         await self._files.delete(self._files.name((project, claude_id)))  # this node's copy, if any
+
+    async def open(self) -> None:
+        await self.store.open()
 
     async def close(self) -> None:
         await self.store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import structlog
 import typer
 
 from .config import SystemConfig
-from .errors import ConfigError
+from .errors import ClaudeSessionsError, ConfigError
 from .logs import configure_logging
 from .offline_model import ModelSettings, OfflineModelServer, loopback_env
 from .offline_model import serve as serve_offline_model
@@ -80,6 +81,31 @@ def serve(
     configure_logging(log_level)
     with model_endpoint(wants_offline(offline)):
         run_server(load_config(), host, port)
+
+
+@app.command()
+def migrate() -> None:
+    """Create or migrate the registry's schema (the nodes also do it themselves at start)."""
+    from .handler import open_registry
+
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # its retries would print a line each
+
+    async def run() -> str:
+        registry, archive = open_registry(load_config(), "migrate")
+        try:
+            await registry.open()
+            await archive.open()
+        finally:
+            await archive.close()
+            await registry.close()
+        return registry.kind
+
+    try:
+        backend = asyncio.run(run())
+    except ClaudeSessionsError as error:
+        typer.echo(f"claude-sessions: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"claude-sessions: the {backend} registry is up to date")
 
 
 @app.command()

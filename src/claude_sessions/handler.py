@@ -75,7 +75,8 @@ def open_registry(config: SystemConfig, node_id: str) -> tuple[Registry, Transcr
         return SqliteRegistry(config.runtime.DATA_DIR.resolve() / "sessions.db", node_id, lease), files
     timeout = min(DATABASE_TIMEOUT, config.optimization.CREATE_TIMEOUT)
     store = PostgresTranscriptStore(dsn, min_size=0, timeout=timeout)
-    return PostgresRegistry(dsn, node_id, lease, timeout=timeout), StoreArchive(store, files)
+    registry = PostgresRegistry(dsn, node_id, lease, timeout=timeout)
+    return registry, StoreArchive(store, files, registry)
 
 
 class ClaudeHandler:
@@ -97,7 +98,7 @@ class ClaudeHandler:
             limits,
             self.config.optimization,
             lambda session, resume, token: build_options(
-                session, self.config, self.gateway.base_url, token, resume, self.archive.session_store
+                session, self.config, self.gateway.base_url, token, resume, self.archive.mirror_for(token)
             ),
             max_live=limits.MAX_LIVE or self.config.session_manager.MAX_SESSIONS,
             events=self,
@@ -130,6 +131,7 @@ class ClaudeHandler:
         self.config.runtime.config_dir.mkdir(parents=True, exist_ok=True)
         self.config.runtime.workspace_root.mkdir(parents=True, exist_ok=True)
         await self.registry.open()
+        await self.archive.open()
         # CLI processes an earlier run on this data directory recorded, read before this run records its own.
         earlier = await self.registry.take_workers(self._mark)
         await self.registry.join(self._mark)
@@ -182,6 +184,7 @@ class ClaudeHandler:
             await self.registry.add_worker(self._mark, worker.pid, process_started_at(worker.pid))
 
     async def worker_closed(self, worker: Worker) -> None:
+        self.archive.forget(worker.grant.token)
         if not self.registry.closed:  # a late close after shutdown
             with contextlib.suppress(DatabaseUnavailableError):
                 await self.registry.remove_worker(self._mark, worker.pid)
@@ -423,6 +426,7 @@ class ClaudeHandler:
             self._count_connection_error(session)
             raise
         session.worker = worker
+        self.archive.fence(worker.grant.token, (session.id, session.fence))
         if session.claude_session_id is not None:
             log.info("session_resumed", session_id=session.id, claude_session_id=session.claude_session_id)
         return worker

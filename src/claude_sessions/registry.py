@@ -127,6 +127,8 @@ class Registry(ABC):
 
     #: True when no call ever waits (SQLite): synchronous callers may then use ``run_now``.
     synchronous = False
+    #: The database's name, for people.
+    kind = ""
 
     def __init__(self, node_id: str, lease_seconds: float) -> None:
         self.node_id = node_id
@@ -292,6 +294,14 @@ class Registry(ABC):
                 (key, self.node_id, self._fresh_since()),
             )
         return Holder(rows[0][0], rows[0][1]) if rows else None
+
+    async def holds(self, key: str, fence: int) -> bool:
+        """Whether this node still holds ``key`` under ``fence``."""
+        async with self._transaction() as tx:
+            rows = await tx.run(
+                "SELECT 1 FROM sessions WHERE key = ? AND holder = ? AND fence = ?", (key, self.node_id, fence)
+            )
+        return bool(rows)
 
     async def release(self, key: str, fence: int) -> None:
         """Let go of a lease (the CLI was released); a newer holder's lease is left alone."""

@@ -106,6 +106,8 @@ def _placeholders(sql: str) -> str:
 class PostgresRegistry(Registry):
     """Sessions, leases, nodes and ledgers in one PostgreSQL database, shared by every node."""
 
+    kind = "PostgreSQL"
+
     def __init__(
         self, dsn: str, node_id: str, lease_seconds: float, *, timeout: float = 5.0, max_size: int = 10
     ) -> None:

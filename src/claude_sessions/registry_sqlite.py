@@ -94,6 +94,7 @@ class SqliteRegistry(Registry):
     """One SQLite database per data directory; this node is the whole deployment."""
 
     synchronous = True
+    kind = "SQLite"
 
     def __init__(self, path: Path, node_id: str, lease_seconds: float) -> None:
         super().__init__(node_id, lease_seconds)

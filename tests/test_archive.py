@@ -1,0 +1,96 @@
+"""Where conversations are kept: the CLI's files, or the shared store with writes fenced by the lease."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import psycopg
+import pytest
+from claude_agent_sdk import SessionKey, SessionStoreEntry
+
+from claude_sessions import PostgresTranscriptStore, SessionConfig
+from claude_sessions.archive import FileArchive, StoreArchive, TranscriptArchive
+from claude_sessions.errors import LeaseLostError
+from claude_sessions.metrics import SessionMetrics
+from claude_sessions.registry import SessionRecord
+from claude_sessions.registry_postgres import PostgresRegistry
+
+SERVER = "postgresql://postgres@127.0.0.1:5432/{}"
+
+
+def entry(text: str) -> dict[str, Any]:
+    return {"type": "user", "uuid": str(uuid.uuid4()), "message": {"role": "user", "content": text}}
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    name = f"archive_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(SERVER.format("test"), autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield SERVER.format(name)
+    with psycopg.connect(SERVER.format("test"), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def registry(database: str) -> AsyncIterator[PostgresRegistry]:
+    registry = PostgresRegistry(database, "a", 1.0)
+    await registry.open()
+    await registry.join("owner-a")
+    await registry.heartbeat("http://a", 0, "up")
+    yield registry
+    await registry.close()
+
+
+@pytest.fixture(params=["files", "store"])
+async def archive(
+    request: pytest.FixtureRequest, tmp_path: Path, database: str, registry: PostgresRegistry
+) -> AsyncIterator[TranscriptArchive]:
+    files = FileArchive(tmp_path / "projects")
+    made = files if request.param == "files" else StoreArchive(PostgresTranscriptStore(database), files, registry)
+    await made.open()
+    yield made
+    await made.close()
+
+
+async def test_a_conversation_round_trips_and_is_deleted_by_its_ledger_name(archive: TranscriptArchive) -> None:
+    conversation, other = ("proj", str(uuid.uuid4())), ("proj", str(uuid.uuid4()))
+    assert not await archive.exists(conversation) and await archive.entries(conversation) == []
+    written = [entry("one"), entry("two")]
+    await archive.write(conversation, written)
+    assert await archive.exists(conversation) and await archive.entries(conversation) == written
+    assert await archive.missing([conversation, other]) == {other}
+    await archive.delete(archive.name(conversation))
+    assert not await archive.exists(conversation)
+    await archive.delete(archive.name(conversation))  # gone already: nothing happens
+
+
+async def test_a_worker_whose_lease_moved_cannot_write_the_conversation(
+    database: str, tmp_path: Path, registry: PostgresRegistry
+) -> None:
+    store = PostgresTranscriptStore(database)
+    archive = StoreArchive(store, FileArchive(tmp_path / "projects"), registry)
+    record = SessionRecord("s", None, SessionConfig(), {}, SessionMetrics(), None, False)
+    assert await registry.create(record, 10, None, hold=True) == "created"
+    mirror = archive.mirror_for("worker-token")
+    archive.fence("worker-token", ("s", 1))
+    key: SessionKey = {"project_key": "proj", "session_id": str(uuid.uuid4())}
+    await mirror.append(key, [cast(SessionStoreEntry, entry("before the pause"))])
+    other = PostgresRegistry(database, "b", 1.0)
+    await other.open()
+    try:
+        await asyncio.sleep(1.1)  # node a is paused: its heartbeat lapses
+        await other.heartbeat("http://b", 0, "up")
+        assert await other.claim("s") == 2
+        with pytest.raises(LeaseLostError):
+            await mirror.append(key, [cast(SessionStoreEntry, entry("after the pause"))])
+    finally:
+        await other.close()
+    stored: list[dict[str, Any]] = [dict(e) for e in await store.load(key) or []]
+    assert [e["message"]["content"] for e in stored] == ["before the pause"]
+    archive.forget("worker-token")
+    await store.close()

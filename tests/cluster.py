@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,11 +47,13 @@ def _pg_tool(name: str) -> str:
 
 
 class PrivatePostgres:
-    """A PostgreSQL server of its own (``initdb`` + ``pg_ctl`` as the postgres user), so a test may stop it."""
+    """A PostgreSQL server of its own (``initdb`` + ``pg_ctl`` as the postgres user), so a test may stop it.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root / "pg"
-        self.root.mkdir(mode=0o700)
+    Its folder is outside pytest's (which only root may enter); ``remove()`` stops it and deletes it.
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="claude-sessions-pg-"))
         shutil.chown(self.root, "postgres", "postgres")
         self.port = free_port()
         self._as_postgres(_pg_tool("initdb"), "-D", str(self.root / "data"), "-A", "trust", "-U", "postgres")
@@ -64,6 +67,11 @@ class PrivatePostgres:
 
     def stop(self) -> None:
         self._as_postgres(_pg_tool("pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, name: str = "postgres") -> str:
         return LOCAL_SERVER.format(port=self.port, name=name)

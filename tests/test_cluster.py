@@ -6,7 +6,6 @@ import concurrent.futures
 import contextlib
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -181,7 +180,7 @@ def _alive(pid: int) -> bool:
 def test_a_database_outage_answers_503_and_recovers_by_itself(
     tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
 ) -> None:
-    database = PrivatePostgres(tmp_path)
+    database = PrivatePostgres()
     database.start()
     env = {"OPT_CREATE_TIMEOUT": "5"}
     try:
@@ -213,8 +212,7 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
             assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"]
             assert "kiwi" in model.message_requests()[-1].user_texts[0]
     finally:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            database.stop()
+        database.remove()
 
 
 def test_one_node_at_a_time_runs_the_clusters_maintenance(

@@ -248,6 +248,7 @@ class ClaudeHandler:
         else:
             session.worker = worker
             session.metrics.touch()  # inactivity counts from when the session is ready, not from the request
+            await manager.save(session)
         self.telemetry.sessions_created.labels(tenant).inc()
         log.info("session_created", session_id=session_id, tenant=owner, pool_size=len(self.pool.workers()))
         return key

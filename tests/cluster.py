@@ -62,8 +62,10 @@ class PrivatePostgres:
         subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
+        """Start it; its output goes to a file (on our pipe, the server would keep ``run`` waiting)."""
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._as_postgres(_pg_tool("pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-w", "start")
+        log = str(self.root / "log")
+        self._as_postgres(_pg_tool("pg_ctl"), "-D", str(self.root / "data"), "-o", options, "-l", log, "-w", "start")
 
     def stop(self) -> None:
         self._as_postgres(_pg_tool("pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")

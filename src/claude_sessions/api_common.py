@@ -66,9 +66,13 @@ class Lifecycle:
         one whose CLI does not answer the interrupt loses its worker (its stream ends
         with an ``error`` event).
         """
-        self.draining = True
+        # The other nodes take this node's idle sessions at once. Only then does the gate
+        # close: a peer that read this node as the holder a moment ago still gets its answer.
+        try:
+            await self.handler.node.drain()
+        finally:
+            self.draining = True
         log.info("drain_started", requests=self.in_flight, timeout=timeout)
-        await self.handler.node.drain()  # the other nodes take this node's idle sessions at once
         if await self._settled(timeout):
             return
         busy = [s for s in self.handler.session_manager.sessions() if s.is_busy]

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ClaudeSDKClient
 
@@ -120,3 +127,50 @@ def rss_mb(pids: list[int]) -> float:
 
 def cli_pids() -> list[int]:
     return [p.pid for p in psutil.Process().children(recursive=True) if "_bundled/claude" in " ".join(p.cmdline())]
+
+
+@dataclass
+class Served:
+    """A ``claude-sessions serve`` process and where it answers."""
+
+    port: int
+    process: asyncio.subprocess.Process
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def served(name: str, **env: str) -> AsyncIterator[Served]:
+    """A ``claude-sessions serve`` process with a data directory of its own, once it answers; stopped after."""
+    port = free_port()
+    data_dir = Path(os.environ["CLAUDE_SESSIONS_DATA_DIR"]) / name
+    script = str(Path(sys.executable).with_name("claude-sessions"))
+    process = await asyncio.create_subprocess_exec(
+        *[script, "serve", "--online", "--port", str(port), "--log-level", "WARNING"],
+        env={**os.environ, "CLAUDE_SESSIONS_DATA_DIR": str(data_dir), "CP_MIN_SIZE": "1", **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = Served(port, process)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            for _ in range(600):
+                try:
+                    await client.get("/v1/health")  # 401 with keys: it answers all the same
+                    break
+                except httpx.TransportError:
+                    assert process.returncode is None, f"{name} did not start"
+                    await asyncio.sleep(0.1)
+        yield server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)

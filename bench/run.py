@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.markdown import Markdown
 
+import cluster_scenarios as cluster
 import scenarios
 from claude_sessions.logs import configure_logging
 from claude_sessions.offline_model import OfflineModel
@@ -29,7 +30,11 @@ from common import Comparison, offline_environment
 RESULTS = Path(__file__).parent / "results"
 
 
-async def run_all(quick: bool, model: OfflineModel) -> dict[str, Any]:
+async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[str, Any]:
+    why_not = await cluster.reachable()
+    clustered = await cluster.run_all(quick) if why_not is None else {"skipped": why_not}
+    if only_cluster:
+        return {"cluster": clustered}
     rounds = 5 if quick else 15
     comparisons: list[Comparison] = []
     comparisons += await scenarios.session_start(rounds)
@@ -42,6 +47,7 @@ async def run_all(quick: bool, model: OfflineModel) -> dict[str, Any]:
         "concurrency": await scenarios.concurrency([1, 10] if quick else [1, 10, 50], 10),
         "memory": await scenarios.memory([10] if quick else [10, 50]),
         "maintenance": await scenarios.maintenance_cost([1_000] if quick else [1_000, 10_000, 100_000]),
+        "cluster": clustered,
     }
 
 
@@ -54,6 +60,11 @@ def machine() -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """The README's tables, from one run."""
+    clustered = results["cluster"]
+    cluster_lines = [f"Cluster benchmarks skipped: {clustered['skipped']}"] if "skipped" in clustered else []
+    cluster_lines = cluster_lines or cluster.markdown(clustered)
+    if "comparisons" not in results:
+        return "\n".join(cluster_lines) + "\n"
     lines = [
         "| comparison (median / p95 ms) | baseline | claude-sessions | ratio | target |",
         "|---|---|---|---|---|",
@@ -89,7 +100,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", "| registered sessions (no processes) | maintenance pass, median of 5 | slowest |", "|---|---|---|"]
     for r in results["maintenance"]:
         lines.append(f"| {r['sessions']:,} | {r['pass_ms']:.1f} ms | {r['slowest_pass_ms']:.1f} ms |")
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *cluster_lines]) + "\n"
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -142,21 +153,24 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and levels (about a minute)")
+    parser.add_argument("--cluster", action="store_true", help="only the cluster benchmarks (needs PostgreSQL)")
     args = parser.parse_args()
     configure_logging("WARNING")
     console = Console(width=140)
     began = time.monotonic()
     with offline_environment() as server:
-        results = asyncio.run(run_all(args.quick, server.model))
+        results = asyncio.run(run_all(args.quick, server.model, args.cluster))
     results["machine"] = machine()
     results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["seconds"] = round(time.monotonic() - began, 1)
     console.print(Markdown(markdown(results)))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    chart(results, RESULTS / "latest.png")
-    (RESULTS / "latest.md").write_text(markdown(results))
-    console.print(f"{results['machine']}; {results['seconds']} s; written to {RESULTS}/latest.json, .md and .png")
+    name = "cluster" if args.cluster else "latest"  # a cluster-only run keeps the full run's figures
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(results))
+    if not args.cluster:
+        chart(results, RESULTS / "latest.png")
+    console.print(f"{results['machine']}; {results['seconds']} s; written to {RESULTS}/{name}.*")
 
 
 if __name__ == "__main__":

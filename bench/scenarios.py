@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -29,6 +23,7 @@ from common import (
     make_handler,
     managed_turn,
     rss_mb,
+    served,
     summary,
 )
 
@@ -240,25 +235,6 @@ async def gateway_overhead(rounds: int) -> list[Comparison]:
     ]
 
 
-@contextlib.asynccontextmanager
-async def served(name: str, **env: str) -> AsyncIterator[int]:
-    """A ``claude-sessions serve`` process with a data directory of its own; yields its port, stops it after."""
-    port = _free_port()
-    data_dir = Path(os.environ["CLAUDE_SESSIONS_DATA_DIR"]) / name
-    script = str(Path(sys.executable).with_name("claude-sessions"))
-    server = await asyncio.create_subprocess_exec(
-        *[script, "serve", "--online", "--port", str(port), "--log-level", "WARNING"],
-        env={**os.environ, "CLAUDE_SESSIONS_DATA_DIR": str(data_dir), "CP_MIN_SIZE": "1", **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield port
-    finally:
-        server.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(server.wait(), 30)
-
-
 async def openai_completions(rounds: int, model: OfflineModel) -> list[Comparison]:
     """7. A follow-up completion through /v1/chat/completions (the official openai client) vs a bare
     ClaudeSDKClient turn; and the model calls each completion made (target: exactly 1)."""
@@ -269,14 +245,8 @@ async def openai_completions(rounds: int, model: OfflineModel) -> list[Compariso
     bare = bare_client()
     await bare.connect()
     try:
-        async with served("openai-server", API_KEYS="bench:key") as port:
-            client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="key", max_retries=0)
-            for _ in range(200):
-                try:
-                    await client.models.list()
-                    break
-                except openai.APIConnectionError:
-                    await asyncio.sleep(0.1)
+        async with served("openai-server", API_KEYS="bench:key") as server:
+            client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="key", max_retries=0)
             for i in range(rounds + 2):
                 messages: list[Any] = [{"role": "user", "content": f"first {i}"}]
                 began = time.perf_counter()
@@ -318,27 +288,15 @@ async def openai_completions(rounds: int, model: OfflineModel) -> list[Compariso
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def http_overhead(rounds: int) -> Comparison:
     """5. Time to the first SSE byte through the API vs to the first message from the library."""
     handler = make_handler(min_size=0, max_size=1)
     http, library = [], []
     try:
         async with (
-            served("server") as port,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+            served("server") as server,
+            httpx.AsyncClient(base_url=server.url, timeout=30) as client,
         ):
-            for _ in range(200):
-                try:
-                    if (await client.get("/v1/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
             await client.post("/v1/sessions", json={"session_id": "bench"})
             session_id = await handler.create_session()
             for i in range(rounds + 3):

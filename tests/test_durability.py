@@ -54,7 +54,8 @@ async def test_more_sessions_than_live_workers_all_usable(make_handler: MakeHand
 
 
 async def test_turns_wait_for_a_live_worker_then_give_up(make_handler: MakeHandler) -> None:
-    handler = await make_handler(connection_pool={"MIN_SIZE": 0, "MAX_LIVE": 1}, optimization={"CREATE_TIMEOUT": 2})
+    # The wait must outlast a CLI's start (about 1 s on a busy 2-core machine) plus the first turn.
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0, "MAX_LIVE": 1}, optimization={"CREATE_TIMEOUT": 5})
     busy = await handler.create_session("busy")
     waiting = await handler.create_session("waiting")  # takes the only worker from "busy"
     first = asyncio.create_task(turn(handler, busy, "[[slow:1]] hold the worker"))
@@ -62,7 +63,7 @@ async def test_turns_wait_for_a_live_worker_then_give_up(make_handler: MakeHandl
     second = await turn(handler, waiting, "after you")  # waits, then gets the freed worker
     assert "after you" in reply_text(second)
     assert "hold the worker" in reply_text(await first)
-    hog = asyncio.create_task(turn(handler, busy, "[[slow:4]] hog"))
+    hog = asyncio.create_task(turn(handler, busy, "[[slow:7]] hog"))
     await asyncio.sleep(0.5)
     with pytest.raises(CapacityError):
         await turn(handler, waiting, "no room")

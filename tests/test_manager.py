@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from dataclasses import asdict
+from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from claude_sessions import SessionConfig, SessionLimitError, SessionOrphanedError, WorkerDiedError
 from claude_sessions.offline_model import OfflineModel
 from claude_sessions.pricing import cost_usd
+from cluster import fresh_database
 from conftest import MakeHandler
-from helpers import pids_of, result_of, transcript_file, turn, wait_no_cli
+from helpers import pids_of, result_of, turn, wait_no_cli
 
 
 async def test_limit_holds_under_a_storm_of_concurrent_creates(make_handler: MakeHandler) -> None:
@@ -75,16 +79,30 @@ async def test_busy_session_is_never_expired(make_handler: MakeHandler) -> None:
     assert not result_of(await running).is_error
 
 
-async def test_session_with_deleted_transcript_is_an_orphan(make_handler: MakeHandler) -> None:
-    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+@pytest.fixture(params=["files", "postgres"])
+def transcripts_in(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Where transcripts live: the CLI's files (one node), or the database (cluster mode)."""
+    if request.param == "files":
+        yield {}
+        return
+    with fresh_database() as url:
+        yield {"cluster": {"DATABASE_URL": SecretStr(url)}}
+
+
+async def test_session_with_deleted_transcript_is_an_orphan(
+    make_handler: MakeHandler, transcripts_in: dict[str, Any]
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0}, **transcripts_in)
     talked = await handler.create_session("talked")
     silent = await handler.create_session("silent")
     await turn(handler, talked, "write a transcript")
     manager = handler.session_manager
-    path = transcript_file(handler, talked)
-    assert path is not None and path.exists()
+    session = manager.get(talked)
+    assert session.claude_session_id is not None
+    conversation = (manager.project_of(session.config), session.claude_session_id)
+    assert await handler.archive.exists(conversation)
     assert await manager.detect_orphaned_sessions() == []
-    path.unlink()
+    await handler.archive.delete(handler.archive.name(conversation))
     with capture_logs() as logs:
         assert await manager.detect_orphaned_sessions() == ["talked"]
     assert any(e["event"] == "orphans_detected" and e["log_level"] == "warning" for e in logs)

@@ -170,11 +170,8 @@ class StoreArchive(TranscriptArchive):
         return await self.store.exists(claude_id, project_key=project)
 
     async def missing(self, conversations: Iterable[Conversation]) -> set[Conversation]:
-        wanted = set(conversations)
-        if not wanted:
-            return set()
-        stored = await self.store.stored([claude_id for _, claude_id in wanted])
-        return {c for c in wanted if c[1] not in stored}
+        wanted = list(conversations)
+        return await self.store.missing(wanted) if wanted else set()
 
     async def entries(self, conversation: Conversation) -> list[dict[str, Any]]:
         project, claude_id = conversation

@@ -164,7 +164,7 @@ class ClaudeCodeSessionManager:
         self.telemetry = telemetry or Telemetry()
         self._sessions: dict[str, Session] = {}
         self._closing = False
-        self._projects: dict[str, str] = {}
+        self._projects: dict[str | None, str] = {}
         #: Sessions whose last write found the database away: written again when it is back.
         self.unsaved: set[Session] = set()
 
@@ -411,10 +411,14 @@ class ClaudeCodeSessionManager:
     # -- conversations -----------------------------------------------------------------
 
     def project_of(self, options: SessionConfig) -> str:
-        """The CLI's project key for a session's working directory; resolved once per options."""
-        project = self._projects.get(options.fingerprint)
+        """The CLI's project key for a session's working directory."""
+        return self._project_of_cwd(options.cwd)
+
+    def _project_of_cwd(self, cwd: str | None) -> str:
+        """Resolved once per ``cwd``, the only option it depends on (orphan detection asks for every session)."""
+        project = self._projects.get(cwd)
         if project is None:
-            project = self._projects[options.fingerprint] = project_key_for_directory(session_cwd(options, self.config))
+            project = self._projects[cwd] = project_key_for_directory(session_cwd(SessionConfig(cwd=cwd), self.config))
         return project
 
     async def import_conversation(self, session: Session, history: Sequence[Turn]) -> None:
@@ -490,14 +494,14 @@ class ClaudeCodeSessionManager:
         :class:`SessionOrphanedError`, never a silent new conversation) but gives
         back its worker; it goes when deleted or expired.
         """
-        candidates: dict[Conversation, Session] = {}
-        for record in await self.registry.sessions(everyone=True):
-            if record.recorded and not record.orphaned and record.claude_session_id is not None:
-                session = self._adopt(record)
-                if not session.is_busy:
-                    candidates[(self.project_of(record.config), record.claude_session_id)] = session
-        found = [candidates[c] for c in await self.archive.missing(candidates)]
-        workers = [w for w in [await self.mark_orphaned(s) for s in found] if w is not None]
+        candidates = {
+            (self._project_of_cwd(cwd), claude_id): key for key, cwd, claude_id in await self.registry.conversations()
+        }
+        found: list[Session] = []
+        for conversation in await self.archive.missing(candidates):
+            with contextlib.suppress(SessionNotFoundError):  # deleted meanwhile
+                found.append(await self.fetch(candidates[conversation]))
+        workers = [w for w in [await self.mark_orphaned(s) for s in found if not s.is_busy] if w is not None]
         await asyncio.gather(*(self.pool.release(w) for w in workers))
         orphans = [s.id for s in found]
         stray_pids = await self.reap_unowned()

@@ -129,6 +129,10 @@ class Registry(ABC):
     synchronous = False
     #: The database's name, for people.
     kind = ""
+    #: The SQL for a session's ``cwd`` option, read from its stored JSON (each dialect has its own).
+    cwd_sql = ""
+    #: A condition leaving out the sessions whose transcripts this database itself holds.
+    unstored_sql = ""
 
     def __init__(self, node_id: str, lease_seconds: float) -> None:
         self.node_id = node_id
@@ -262,6 +266,19 @@ class Registry(ABC):
                 (idle_before, self._fresh_since()),
             )
         return [key for (key,) in rows]
+
+    async def conversations(self) -> list[tuple[str, str | None, str]]:
+        """(key, ``cwd`` option, conversation id) of each session with a recorded conversation, not
+        orphaned and not mid-turn on a live node, whose transcript is not known to be stored in this
+        database: what orphan detection checks, in narrow rows (thousands of sessions, every pass)."""
+        async with self._transaction() as tx:
+            rows = await tx.run(
+                f"SELECT key, {self.cwd_sql}, claude_session_id FROM sessions WHERE recorded = 1 AND orphaned = 0"
+                f" AND claude_session_id IS NOT NULL AND NOT (busy = 1 AND holder IN ({_LIVE_NODES}))"
+                f"{self.unstored_sql}",
+                (self._fresh_since(),),
+            )
+        return [(key, cwd, claude_id) for key, cwd, claude_id in rows]
 
     # -- leases --------------------------------------------------------------------------
 

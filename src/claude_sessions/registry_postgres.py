@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .errors import DatabaseUnavailableError
 from .registry import Registry, Transaction
+from .transcripts import TRANSCRIPT_TABLE
 
 log = structlog.get_logger("claude_sessions.registry")
 
@@ -107,6 +108,12 @@ class PostgresRegistry(Registry):
     """Sessions, leases, nodes and ledgers in one PostgreSQL database, shared by every node."""
 
     kind = "PostgreSQL"
+    cwd_sql = "config::json ->> 'cwd'"
+    # Transcripts live in this same database (PostgresTranscriptStore): orphan detection then
+    # asks about the few sessions it cannot find here, not about every session each pass.
+    unstored_sql = (
+        f" AND NOT EXISTS (SELECT 1 FROM {TRANSCRIPT_TABLE} t WHERE t.session_id = sessions.claude_session_id)"
+    )
 
     def __init__(
         self, dsn: str, node_id: str, lease_seconds: float, *, timeout: float = 5.0, max_size: int = 10

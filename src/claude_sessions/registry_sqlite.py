@@ -95,6 +95,7 @@ class SqliteRegistry(Registry):
 
     synchronous = True
     kind = "SQLite"
+    cwd_sql = "json_extract(config, '$.cwd')"
 
     def __init__(self, path: Path, node_id: str, lease_seconds: float) -> None:
         super().__init__(node_id, lease_seconds)

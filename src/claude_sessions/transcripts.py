@@ -35,6 +35,9 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed
 
 from .errors import ConfigError
 
+#: One row per stored main transcript; the PostgreSQL registry reads it for orphan detection.
+TRANSCRIPT_TABLE = "transcript_sessions"
+
 #: Schema versions in order; ``transcript_schema`` records each one applied.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -254,13 +257,16 @@ class PostgresTranscriptStore(SessionStore):
             row = await cur.fetchone()
         return bool(row and row[0])
 
-    async def stored(self, session_ids: list[str]) -> set[str]:
-        """Which of these conversations have a main transcript, in one query (orphan detection)."""
+    async def missing(self, conversations: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (project key, session id) pairs have no main transcript: one query that answers
+        only the missing ones (orphan detection asks about every session each pass)."""
         async with self._connection() as conn:
-            cur = await conn.execute(
-                "SELECT DISTINCT session_id FROM transcript_sessions WHERE session_id = ANY(%s)", (session_ids,)
+            cur = await conn.execute(  # one JSON text: psycopg dumps long arrays element by element
+                "SELECT c->>0, c->>1 FROM json_array_elements(%s::json) AS c WHERE NOT EXISTS (SELECT 1"
+                " FROM transcript_sessions t WHERE t.project_key = c->>0 AND t.session_id = c->>1)",
+                (json.dumps(conversations),),
             )
-            return {session_id for (session_id,) in await cur.fetchall()}
+            return {(p, s) for p, s in await cur.fetchall()}
 
     async def purge(self, session_id: str, *, project_key: str | None = None) -> int:
         """Delete a whole conversation (main and subagent transcripts); how many entries went.

@@ -181,9 +181,9 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
     tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
 ) -> None:
     database = PrivatePostgres()
-    database.start()
     env = {"OPT_CREATE_TIMEOUT": "5"}
     try:
+        database.start()
         with running_cluster(tmp_path, offline_server.base_url, database.url(), count=1, env=env) as cluster:
             alice = cluster.node(0).client("alice")
             assert alice.post("/v1/sessions", json={"session_id": "kept"}).status_code == 201

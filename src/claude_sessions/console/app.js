@@ -8,7 +8,7 @@
   const KEY_STORE = "claude-sessions.api-key";
   const ADMIN_OWNER = "admin"; // the admin key's own tenant (config.RESERVED_TENANT)
   const TICK_MS = 2000; // sessions, a session's facts, the pool: every tick
-  const USAGE_TICKS = 5; // the charts: every fifth tick
+  const USAGE_TICKS = 5; // the charts (on the sessions page): every fifth tick
   const SVG = "http://www.w3.org/2000/svg";
 
   const $ = (selector, root = document) => root.querySelector(selector);
@@ -25,6 +25,8 @@
     timer: null,
     refreshing: false,
     ids: 0,
+    flash: "", // a notice for the next view
+    again: false,
   };
 
   // -- the API ------------------------------------------------------------------------
@@ -200,6 +202,13 @@
     $("#notice").textContent = text;
   }
 
+  /** Go to another view, and say why there once it shows. */
+  function goTo(hash, message) {
+    state.flash = message || "";
+    if (location.hash === hash) route();
+    else location.hash = hash;
+  }
+
   // -- signing in and out ---------------------------------------------------------------
 
   async function signIn(key) {
@@ -267,7 +276,7 @@
 
   // -- views and routing ----------------------------------------------------------------
 
-  const TITLES = { "sign-in": "Sign in", sessions: "Sessions", session: "Session", usage: "Usage", service: "Pool and nodes" };
+  const TITLES = { "sign-in": "Sign in", sessions: "Sessions", session: "Session", service: "Pool and nodes" };
 
   function showView(name) {
     const changed = state.view !== name;
@@ -287,15 +296,15 @@
       showView("sign-in");
       return;
     }
-    notify("");
+    notify(state.flash || "");
+    state.flash = "";
     const [name, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
     if (name === "session" && rest.length) {
       openSession(decodeURIComponent(rest.join("/")));
       return;
     }
     state.sessionId = null;
-    if (name === "usage") showView("usage");
-    else if (name === "service" && state.admin) showView("service");
+    if (name === "service" && state.admin) showView("service");
     else showView("sessions");
     refresh(true);
   }
@@ -305,14 +314,22 @@
   }
 
   async function refresh(now) {
-    if (!state.signedIn || state.refreshing) return;
+    if (!state.signedIn) return;
+    if (state.refreshing) {
+      state.again ||= now; // a view just opened: load it as soon as the running refresh ends
+      return;
+    }
     state.refreshing = true;
     state.ticks += 1;
     try {
-      if (state.view === "sessions") await refreshSessions();
-      else if (state.view === "session" && state.sessionId) await refreshFacts(state.sessionId);
-      else if (state.view === "usage" && (now || state.ticks % USAGE_TICKS === 0)) await refreshUsage();
-      else if (state.view === "service") await refreshService();
+      if (state.view === "sessions") {
+        await refreshSessions();
+        if (now || state.ticks % USAGE_TICKS === 0) await refreshUsage();
+      } else if (state.view === "session" && state.sessionId) {
+        await refreshFacts(state.sessionId);
+      } else if (state.view === "service") {
+        await refreshService();
+      }
       if ($("#notice").dataset.lost) {
         notify("");
         delete $("#notice").dataset.lost;
@@ -324,6 +341,10 @@
       }
     } finally {
       state.refreshing = false;
+      if (state.again) {
+        state.again = false;
+        refresh(true);
+      }
     }
   }
 
@@ -416,7 +437,7 @@
       return;
     }
     if (state.view === "session") {
-      location.hash = "#/sessions";
+      goTo("#/sessions", `Session ${id} deleted.`);
     } else {
       $("#sessions-title").focus();
       await refresh(true);
@@ -446,8 +467,7 @@
     } catch (error) {
       if (handled(error) || state.sessionId !== id) return;
       if (error.status === 404) {
-        location.hash = "#/sessions";
-        notify(`Session ${id} does not exist (any more).`);
+        goTo("#/sessions", `Session ${id} does not exist (any more).`);
       } else {
         bubble(conversation, "error", "Error", explain(error));
       }
@@ -459,8 +479,7 @@
       renderFacts(await api(`/v1/sessions/${enc(id)}`));
     } catch (error) {
       if (error.status === 404 && state.sessionId === id) {
-        location.hash = "#/sessions";
-        notify(`Session ${id} was deleted.`);
+        goTo("#/sessions", `Session ${id} was deleted.`);
         return;
       }
       throw error;
@@ -631,9 +650,9 @@
   // -- usage charts ---------------------------------------------------------------------
 
   const METRICS = {
-    turns: { label: "Turns", format: (v) => integer.format(v) },
-    tokens: { label: "Tokens", format: (v) => integer.format(v) },
-    cost: { label: "Cost", format: money },
+    turns: { label: "Turns", format: (v) => integer.format(v), whole: true },
+    tokens: { label: "Tokens", format: (v) => integer.format(v), whole: true },
+    cost: { label: "Cost", format: money, whole: false },
   };
 
   function svg(tag, attrs, parent) {
@@ -651,7 +670,7 @@
   }
 
   function drawChart(figure, points, metric) {
-    const { label, format } = METRICS[metric];
+    const { label, format, whole } = METRICS[metric];
     for (const old of figure.querySelectorAll("svg, .summary")) old.remove();
     const [W, H, L, R, T, B] = [360, 150, 52, 8, 10, 22];
     const values = points.map((p) => Number(p[metric]) || 0);
@@ -664,6 +683,7 @@
     svg("title", { id: titleId }, root).textContent =
       `${label} per minute over the last hour: ${format(total)} in all, at most ${format(peak)} in one minute.`;
     for (const fraction of [0, 0.5, 1]) {
+      if (whole && !Number.isInteger(top * fraction)) continue;
       const y = T + plotH * (1 - fraction);
       svg("line", { class: fraction ? "grid" : "axis", x1: L, x2: W - R, y1: y, y2: y }, root);
       const text = svg("text", { x: L - 6, y: y + 4, "text-anchor": "end" }, root);

@@ -124,6 +124,10 @@ def test_a_tenant_chats_and_sees_the_reply_and_tool_calls_stream_in(
 ) -> None:
     page = console.open().page
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    console.expect_refusal(401)
+    page.get_by_label("API key").fill("not-a-key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That API key was not accepted.")
     console.sign_in(KEYS["alice"])
     assert page.evaluate("sessionStorage.getItem('claude-sessions.api-key')") == KEYS["alice"]
     assert page.evaluate("localStorage.length") == 0
@@ -266,6 +270,29 @@ def test_the_admin_sees_every_session_the_pool_the_nodes_and_the_last_hour(
     finally:
         with api(server, "alice") as alice:
             alice.delete("/v1/sessions/for-the-admin")
+
+
+def test_without_keys_the_operator_goes_straight_in(
+    browser: Browser, offline_server: OfflineModelServer, tmp_path: Path
+) -> None:
+    keyless = start_server(tmp_path, offline_server.base_url, API_KEYS="", ADMIN_API_KEY="", CP_MIN_SIZE="0")
+    started: set[int] = set()
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{keyless.base_url}/console")
+        expect(page.get_by_text("Operator (no keys configured)")).to_be_visible()
+        expect(page.get_by_role("link", name="Pool and nodes")).to_be_visible()
+        expect(page.get_by_role("button", name="Sign out")).to_be_hidden()  # nothing to sign out of
+        expect(page.get_by_label("API key")).to_be_hidden()
+        context.close()
+        assert errors == []
+        started = keyless.cli_pids()
+    finally:
+        assert keyless.stop() in (0, -signal.SIGTERM)
+    assert wait_no_cli(started) == [], "CLI processes of the keyless server left behind"
 
 
 def test_usage_timeseries_counts_a_tenants_turns_for_it_and_everyones_for_the_admin(server: ServerProcess) -> None:

@@ -23,6 +23,8 @@ ERRORS = {
     ("get", "/v1/pool"): {401, 503},
     ("get", "/metrics"): {401, 403, 503},
     ("post", "/v1/admin/cleanup"): {401, 403, 503},
+    ("get", "/v1/admin/sessions"): {401, 403, 503},
+    ("get", "/v1/usage/timeseries"): {401, 503},
     ("post", "/v1/chat/completions"): {400, 401, 404, 409, 410, 413, 429, 502, 503, 504},
     ("get", "/v1/models"): {401, 503},
 }

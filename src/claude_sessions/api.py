@@ -4,7 +4,8 @@ Every error answers ``{"error": {"type", "message"}}`` with a 4xx/5xx status
 chosen from the typed exception; a turn streams as Server-Sent Events, one event
 per SDK message, and always ends with a ``result`` or an ``error`` event.
 
-The routes live in :mod:`.api_sessions` and :mod:`.api_service`; this module
+The routes live in :mod:`.api_sessions`, :mod:`.api_service`, :mod:`.api_openai` and
+:mod:`.api_console` (the web page at ``/console``); this module
 builds the application around them: middleware (request ids, body cap, drain at
 shutdown, redaction for tenants), the error handlers and the OpenAPI schema.
 """
@@ -29,7 +30,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from . import api_openai, api_service, api_sessions
+from . import api_console, api_openai, api_service, api_sessions
 from .api_common import ApiError, Lifecycle, Service, api_error, error_response, resolve_options, shutting_down
 from .api_forward import Forwarder
 from .api_sessions import message_json, session_json, turn_json, workspace_of
@@ -300,5 +301,6 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     app.include_router(api_sessions.router)
     app.include_router(api_service.router)
     app.include_router(api_openai.router)
+    app.include_router(api_console.router)
     _state_the_policy(app, server)
     return app

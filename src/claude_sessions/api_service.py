@@ -1,7 +1,8 @@
-"""The service surface of the HTTP API: health, pool, metrics, admin cleanup.
+"""The service surface of the HTTP API: health, pool, usage over time, metrics, admin views.
 
-``/v1/health`` and ``/v1/pool`` answer a tenant with its own sessions, workers and
-totals only (and no pids); the admin and the keyless operator see everything.
+``/v1/health``, ``/v1/pool`` and ``/v1/usage/timeseries`` answer a tenant with its own
+sessions, workers and totals only (and no pids); the admin and the keyless operator
+see everything.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from .api_common import Admin, Caller, ServiceDep, error_responses
+from .api_sessions import SessionObject, session_json
 from .auth import Principal
 from .errors import DatabaseUnavailableError
 from .handler import ClaudeHandler
+from .usage_series import BUCKET_SECONDS
 
 router = APIRouter()
 
@@ -64,6 +67,30 @@ class HealthReport(BaseModel):
 class CleanupAnswer(BaseModel):
     inactive: list[str]
     orphaned: list[str]
+
+
+class UsagePoint(BaseModel):
+    start: int = Field(description="the minute's start, in seconds since the epoch")
+    turns: int = Field(description="turns that ended in this minute")
+    tokens: int = Field(description="tokens of every kind the model was billed")
+    cost: float = Field(description="spend in US dollars")
+    errors: int = Field(description="turns the model call failed")
+
+
+class UsageSeriesAnswer(BaseModel):
+    """Per-minute usage over the last hour on this node, oldest minute first, empty minutes included."""
+
+    bucket_seconds: int
+    minutes: int
+    points: list[UsagePoint]
+
+
+class OwnedSession(SessionObject):
+    owner: str | None = Field(description="the tenant; null for the operator of a keyless server")
+
+
+class AllSessions(BaseModel):
+    sessions: list[OwnedSession]
 
 
 _TENANT_VIEW = " A tenant sees its own sessions and workers only; the admin sees everything."
@@ -112,6 +139,25 @@ async def pool(principal: Caller, service: ServiceDep) -> dict[str, Any]:
 
 
 @router.get(
+    "/v1/usage/timeseries",
+    tags=["service"],
+    response_model=None,
+    responses={
+        200: {"model": UsageSeriesAnswer, "description": "Turns, tokens and cost per minute." + _TENANT_VIEW},
+        **error_responses(401),
+    },
+)
+async def usage_timeseries(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+    """What the console charts: the last hour, minute by minute, as this node counted it."""
+    series, view = service.handler.telemetry.series, _view(principal)
+    return {
+        "bucket_seconds": BUCKET_SECONDS,
+        "minutes": series.minutes,
+        "points": series.points(view, everyone=view is None),
+    }
+
+
+@router.get(
     "/metrics",
     tags=["service"],
     response_class=Response,
@@ -134,6 +180,20 @@ async def cleanup(_: Admin, service: ServiceDep) -> dict[str, Any]:
     inactive = await service.manager.cleanup_inactive_sessions()
     orphaned = await service.manager.detect_orphaned_sessions()
     return {"inactive": inactive, "orphaned": orphaned}
+
+
+@router.get(
+    "/v1/admin/sessions",
+    tags=["admin"],
+    response_model=None,
+    responses={
+        200: {"model": AllSessions, "description": "Every session of the deployment, with its owner."},
+        **error_responses(401, 403),
+    },
+)
+async def all_sessions(_: Admin, service: ServiceDep) -> dict[str, Any]:
+    sessions = await service.manager.refresh()
+    return {"sessions": [{**session_json(s, with_metrics=True), "owner": s.owner} for s in sessions]}
 
 
 async def _degradations(handler: ClaudeHandler) -> list[str]:

@@ -108,7 +108,7 @@ class SessionObject(BaseModel):
     last_activity: str = Field(json_schema_extra={"format": "date-time"})
     metadata: dict[str, JsonValue]
     options: dict[str, JsonValue] = Field(description="the options the session runs with, defaults left out")
-    metrics: dict[str, JsonValue] | None = Field(None, description="with a single session only")
+    metrics: dict[str, JsonValue] | None = Field(None, description="what the session used so far")
 
 
 class SessionList(BaseModel):
@@ -359,7 +359,8 @@ async def create_session(
     responses={200: {"model": SessionList, "description": "The caller's own sessions."}, **error_responses(401)},
 )
 async def list_sessions(principal: Caller, service: ServiceDep) -> dict[str, Any]:
-    return {"sessions": [session_json(s) for s in await service.manager.listing(principal.tenant)]}
+    sessions = await service.manager.listing(principal.tenant)
+    return {"sessions": [session_json(s, with_metrics=True) for s in sessions]}
 
 
 @router.get(

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .metrics import TurnUsage
+from .usage_series import UsageSeries
 
 DEFAULT_TENANT = "default"
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the output
@@ -58,22 +59,28 @@ class Telemetry:
             buckets=_CONNECT_BUCKETS,
             registry=r,
         )
+        #: Turns, tokens and spend per minute over the last hour, by tenant (the console's charts).
+        self.series = UsageSeries()
 
     def watch(self, read: Callable[[], LiveState]) -> None:
         """Export gauges computed by ``read`` at every scrape."""
         self.registry.register(_LiveCollector(read))
 
-    def turn_finished(self, tenant: str | None, usage: TurnUsage, seconds: float) -> None:
-        tenant = tenant or DEFAULT_TENANT
+    def turn_finished(self, owner: str | None, usage: TurnUsage, seconds: float) -> None:
+        self.series.turn(owner, usage)
+        tenant = owner or DEFAULT_TENANT
         self.messages.labels(tenant).inc()
         self.turn_seconds.labels(tenant).observe(seconds)
-        self.usage(tenant, usage)
+        self._spent(tenant, usage)
         if usage.api_error:
             self.api_errors.labels(tenant).inc()
 
-    def usage(self, tenant: str | None, usage: TurnUsage) -> None:
-        """Tokens and spend the gateway metered."""
-        tenant = tenant or DEFAULT_TENANT
+    def usage(self, owner: str | None, usage: TurnUsage) -> None:
+        """Tokens and spend the gateway metered for a turn that never finished."""
+        self.series.billed(owner, usage)
+        self._spent(owner or DEFAULT_TENANT, usage)
+
+    def _spent(self, tenant: str, usage: TurnUsage) -> None:
         for kind, count in usage.tokens().items():
             self.tokens.labels(tenant, kind).inc(count)
         self.cost.labels(tenant).inc(usage.cost)

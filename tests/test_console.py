@@ -1,0 +1,312 @@
+"""The console in a real browser (Debian's chromium, driven by Playwright) against a real server.
+
+One server and one browser for the module; each test gets a fresh browser context (an
+empty ``sessionStorage``) and fails if the page logged an error it did not provoke on
+purpose (a refused request logs "Failed to load resource ... status of 422").
+Screenshots go to a temporary folder, or to ``$CONSOLE_SCREENSHOTS`` (``docs`` refreshes
+the README's).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from claude_sessions.offline_model import OfflineModelServer
+from helpers import wait_no_cli
+from server_process import ADMIN_KEY, KEYS, ServerProcess, start_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+expect.set_options(timeout=10_000)
+SESSION_HEADING = re.compile(r"^Session \S")
+
+
+@pytest.fixture(scope="module")
+def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    process = start_server(tmp_path_factory.mktemp("console"), offline_server.base_url, OPT_MESSAGE_TIMEOUT="30")
+    yield process
+    assert process.stop() in (0, -signal.SIGTERM)
+    assert wait_no_cli() == [], "CLI processes left behind"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = os.environ.get("CONSOLE_SCREENSHOTS")
+    folder = Path(target) if target else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@dataclass
+class Console:
+    """A fresh tab on the console, and what its browser console said."""
+
+    page: Page
+    base_url: str
+    errors: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    provoked: list[int] = field(default_factory=list)
+
+    def open(self) -> Console:
+        self.page.goto(f"{self.base_url}/console")
+        return self
+
+    def sign_in(self, key: str) -> Console:
+        self.page.get_by_label("API key").fill(key)
+        self.page.get_by_role("button", name="Sign in").click()
+        expect(self.page.get_by_role("button", name="Sign out")).to_be_visible()
+        return self
+
+    def new_session(self, system_prompt: str = "") -> str:
+        """Create a session from the sessions page; the console opens it. Its id."""
+        self.page.get_by_role("link", name="Sessions", exact=True).click()
+        self.page.get_by_label("System prompt").fill(system_prompt)
+        self.page.get_by_role("button", name="New session").click()
+        return self.opened_session()
+
+    def opened_session(self) -> str:
+        """The id of the session whose page shows."""
+        expect(self.page.get_by_role("heading", name=SESSION_HEADING)).to_be_focused()
+        return self.page.locator("#session-name").inner_text()
+
+    def send(self, text: str) -> None:
+        self.page.get_by_label("Message").fill(text)
+        self.page.get_by_role("button", name="Send").click()
+
+    def expect_refusal(self, status: int) -> None:
+        """The next request is meant to be refused with ``status``: its console line is no error."""
+        self.provoked.append(status)
+
+    def unexpected_errors(self) -> list[str]:
+        marks = [f"status of {status} " for status in self.provoked]
+        return [e for e in self.errors if not any(mark in e for mark in marks)]
+
+
+@pytest.fixture
+def console(browser: Browser, server: ServerProcess) -> Iterator[Console]:
+    context = browser.new_context(viewport={"width": 1200, "height": 820})
+    page = context.new_page()
+    tab = Console(page, server.base_url)
+    page.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: tab.errors.append(f"uncaught: {e}"))
+    page.on("request", lambda r: tab.urls.append(r.url))
+    yield tab
+    context.close()
+    assert tab.unexpected_errors() == [], "the page logged errors"
+    assert not any(key in url for url in tab.urls for key in [ADMIN_KEY, *KEYS.values()]), "a key in a URL"
+
+
+def api(server: ServerProcess, tenant: str) -> httpx.Client:
+    return server.client(tenant)
+
+
+def test_a_tenant_chats_and_sees_the_reply_and_tool_calls_stream_in(
+    console: Console, server: ServerProcess, shots: Path
+) -> None:
+    page = console.open().page
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    console.expect_refusal(401)
+    page.get_by_label("API key").fill("not-a-key")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That API key was not accepted.")
+    console.sign_in(KEYS["alice"])
+    assert page.evaluate("sessionStorage.getItem('claude-sessions.api-key')") == KEYS["alice"]
+    assert page.evaluate("localStorage.length") == 0
+    session_id = console.new_session("Answer briefly.")
+
+    console.send("Hello from the console")
+    reply = page.locator(".bubble.assistant").filter(has_text="You said: Hello from the console")
+    expect(reply).to_be_visible()
+    expect(page.get_by_text("Answered in")).to_be_visible()
+
+    # A tool call whose result makes the model's next answer slow: the call and its result
+    # are on the page while the turn still runs (streamed, not delivered at the end).
+    notes = server.root / "workspaces" / "alice" / "notes.txt"
+    notes.write_text("the plan [[slow:2]]\n")
+    console.send('Read my notes [[tool:Read:{"file_path": "notes.txt"}]]')
+    expect(page.locator(".bubble.tool").filter(has_text="Tool call · Read")).to_be_visible()
+    expect(page.locator(".bubble.tool").filter(has_text="the plan")).to_be_visible()
+    expect(page.get_by_text("is answering…")).to_be_visible()  # the turn is not over yet
+    expect(page.get_by_text("Answered in")).to_have_count(2)
+    expect(page.get_by_text("is answering…")).to_have_count(0)
+    expect(page.locator('[data-fact="messages"]')).to_have_text("2")
+    page.screenshot(path=shots / "console-session.png")
+
+    # The sessions table shows it, refreshed without a reload; a reload keeps the conversation.
+    page.get_by_role("link", name="Sessions", exact=True).click()
+    row = page.get_by_role("row").filter(has_text=session_id)
+    expect(row.locator('[data-cell="messages"]')).to_have_text("2")
+    page.reload()
+    page.get_by_role("link", name=session_id).click()
+    expect(page.locator(".bubble.user").filter(has_text="Hello from the console")).to_be_visible()
+    expect(page.locator(".bubble.tool").filter(has_text="Tool call · Read")).to_be_visible()
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("API key")).to_be_focused()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_refused_messages_are_explained(console: Console) -> None:
+    page = console.open().sign_in(KEYS["alice"]).page
+    console.new_session()
+    console.expect_refusal(422)
+    console.send("/config")
+    error = page.get_by_role("alert").filter(has_text="Commands starting with “/” are not allowed")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("/config")
+
+    console.send("Think slowly [[slow:20]]")
+    expect(page.get_by_text("is answering…")).to_be_visible()
+    console.expect_refusal(409)
+    console.send("Are you there?")
+    expect(page.get_by_role("alert").filter(has_text="still answering an earlier message")).to_be_visible()
+    page.get_by_role("button", name="Interrupt").click()
+    expect(page.get_by_text("Interrupted.", exact=True)).to_be_visible(timeout=8_000)
+    expect(page.get_by_text("is answering…")).to_have_count(0)
+
+
+def test_a_slow_turn_is_interrupted_and_deleted_from_the_sessions_table_by_keyboard(
+    console: Console, server: ServerProcess
+) -> None:
+    page = console.open().page
+    expect(page.get_by_label("API key")).to_be_focused()  # where the page starts
+    page.keyboard.type(KEYS["bob"])
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Sessions")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("System prompt")).to_be_focused()
+    page.keyboard.press("Tab")  # the model
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="New session")).to_be_focused()
+    page.keyboard.press("Enter")
+    session_id = console.opened_session()
+    for _ in range(4):  # Interrupt, Delete, the conversation, the message box
+        page.keyboard.press("Tab")
+    expect(page.get_by_label("Message")).to_be_focused()
+    page.keyboard.type("Take your time [[slow:20]]")
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("is answering…")).to_be_visible()
+
+    page.get_by_role("link", name="Sessions", exact=True).focus()
+    page.keyboard.press("Enter")
+    row = page.get_by_role("row").filter(has_text=session_id)
+    expect(row.get_by_text("busy")).to_be_visible()
+    row.get_by_role("button", name="Interrupt").focus()
+    began = time.monotonic()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status").filter(has_text=f"Asked session {session_id} to stop")).to_be_visible()
+    expect(row.get_by_text("busy")).to_have_count(0)
+    assert time.monotonic() - began < 10, "the interrupt did not stop the turn"
+
+    row.get_by_role("button", name="Delete").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("status").filter(has_text=f"Session {session_id} deleted.")).to_be_visible()
+    expect(page.get_by_role("row").filter(has_text=session_id)).to_have_count(0)
+    with api(server, "bob") as bob:
+        assert bob.get(f"/v1/sessions/{session_id}").status_code == 404
+
+
+def test_a_tenant_never_sees_another_tenants_session(console: Console, server: ServerProcess) -> None:
+    with api(server, "bob") as bob:
+        assert bob.post("/v1/sessions", json={"session_id": "bobs-secret"}).status_code == 201
+    try:
+        page = console.open().sign_in(KEYS["alice"]).page
+        expect(page.get_by_role("table")).to_be_visible()
+        expect(page.get_by_text("bobs-secret")).to_have_count(0)
+        console.expect_refusal(404)
+        page.goto(f"{server.base_url}/console#/session/bobs-secret")
+        expect(page.get_by_role("status")).to_contain_text("bobs-secret does not exist")
+        expect(page.get_by_role("heading", name="Sessions")).to_be_visible()
+        expect(page.get_by_role("table").get_by_text("bobs-secret")).to_have_count(0)
+    finally:
+        with api(server, "bob") as bob:
+            bob.delete("/v1/sessions/bobs-secret")
+
+
+def test_the_admin_sees_every_session_the_pool_the_nodes_and_the_last_hour(
+    console: Console, server: ServerProcess, shots: Path
+) -> None:
+    with api(server, "alice") as alice:
+        assert alice.post("/v1/sessions", json={"session_id": "for-the-admin"}).status_code == 201
+        assert alice.post("/v1/sessions/for-the-admin/messages?stream=false", json={"content": "hi"}).status_code == 200
+    try:
+        page = console.open().sign_in(ADMIN_KEY).page
+        row = page.get_by_role("row").filter(has_text="for-the-admin")
+        expect(row.get_by_role("cell").first).to_have_text("alice")  # the owner
+        expect(row.get_by_role("button")).to_have_count(0)  # another tenant's session: looked at, not touched
+        for chart in ("Turns", "Tokens", "Cost"):
+            expect(page.get_by_role("img", name=f"{chart} per minute over the last hour")).to_be_visible()
+        summary = page.locator(".chart[data-metric=turns] .summary")
+        expect(summary).to_contain_text("in the last hour")
+        expect(summary).not_to_have_text("0 in the last hour · peak 0 per minute")
+        page.screenshot(path=shots / "console-sessions.png", full_page=True)
+
+        page.get_by_role("link", name="Pool and nodes").click()
+        expect(page.locator("#worker-states li").first).to_be_visible()
+        expect(page.locator("#pool-table tbody tr").first).to_be_visible()
+        nodes = page.locator("#nodes-table tbody tr")
+        expect(nodes).to_have_count(1)
+        expect(nodes.first).to_contain_text("up")
+        page.screenshot(path=shots / "console-pool.png", full_page=True)
+    finally:
+        with api(server, "alice") as alice:
+            alice.delete("/v1/sessions/for-the-admin")
+
+
+def test_without_keys_the_operator_goes_straight_in(
+    browser: Browser, offline_server: OfflineModelServer, tmp_path: Path
+) -> None:
+    keyless = start_server(tmp_path, offline_server.base_url, API_KEYS="", ADMIN_API_KEY="", CP_MIN_SIZE="0")
+    started: set[int] = set()
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{keyless.base_url}/console")
+        expect(page.get_by_text("Operator (no keys configured)")).to_be_visible()
+        expect(page.get_by_role("link", name="Pool and nodes")).to_be_visible()
+        expect(page.get_by_role("button", name="Sign out")).to_be_hidden()  # nothing to sign out of
+        expect(page.get_by_label("API key")).to_be_hidden()
+        context.close()
+        assert errors == []
+        started = keyless.cli_pids()
+    finally:
+        assert keyless.stop() in (0, -signal.SIGTERM)
+    assert wait_no_cli(started) == [], "CLI processes of the keyless server left behind"
+
+
+def test_usage_timeseries_counts_a_tenants_turns_for_it_and_everyones_for_the_admin(server: ServerProcess) -> None:
+    def turns(tenant: str) -> int:
+        with api(server, tenant) as client:
+            answer = client.get("/v1/usage/timeseries")
+            assert answer.status_code == 200 and answer.json()["bucket_seconds"] == 60
+            return sum(point["turns"] for point in answer.json()["points"])
+
+    before = {name: turns(name) for name in ("alice", "bob", "admin")}
+    with api(server, "bob") as bob:
+        assert bob.post("/v1/sessions", json={"session_id": "counted"}).status_code == 201
+        assert bob.post("/v1/sessions/counted/messages?stream=false", json={"content": "one"}).status_code == 200
+        bob.delete("/v1/sessions/counted")
+    assert turns("bob") == before["bob"] + 1
+    assert turns("alice") == before["alice"]
+    assert turns("admin") == before["admin"] + 1

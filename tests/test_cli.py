@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 
+from cluster import fresh_database
 from helpers import wait_no_cli
 
 SCRIPT = str(Path(sys.executable).with_name("claude-sessions"))
@@ -77,3 +79,28 @@ def test_offline_model_command_serves_the_messages_api(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_migrate_brings_either_registry_up_to_date_and_names_a_database_it_cannot_reach(tmp_path: Path) -> None:
+    def migrate(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [SCRIPT, "migrate"], env={**offline_env(tmp_path), **env}, capture_output=True, text=True, timeout=60
+        )
+
+    done = migrate()
+    assert done.returncode == 0 and "the SQLite registry is up to date" in done.stdout, done.stderr
+    assert (tmp_path / "sessions.db").exists()
+    with fresh_database() as url:
+        for _ in range(2):  # a second run finds nothing to do
+            done = migrate(CLAUDE_SESSIONS_DATABASE_URL=url)
+            assert done.returncode == 0 and "the PostgreSQL registry is up to date" in done.stdout, done.stderr
+        with psycopg.connect(url) as conn:
+            tables = {name for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"sessions", "nodes", "transcript_entries", "transcript_sessions"} <= tables
+    done = migrate(
+        CLAUDE_SESSIONS_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{free_port()}/none", OPT_CREATE_TIMEOUT="2"
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("claude-sessions: the database is unreachable") and done.stderr.count("\n") == 1
+    done = migrate(CLAUDE_SESSIONS_DATABASE_URL="mysql://somewhere/db")
+    assert done.returncode == 2 and "CLAUDE_SESSIONS_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr

@@ -34,7 +34,12 @@ SESSION_HEADING = re.compile(r"^Session \S")
 
 @pytest.fixture(scope="module")
 def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = start_server(tmp_path_factory.mktemp("console"), offline_server.base_url, OPT_MESSAGE_TIMEOUT="30")
+    process = start_server(
+        tmp_path_factory.mktemp("console"),
+        offline_server.base_url,
+        OPT_MESSAGE_TIMEOUT="30",
+        TENANT_DAILY_USD="alice:50",
+    )
     yield process
     assert process.stop() in (0, -signal.SIGTERM)
     assert wait_no_cli() == [], "CLI processes left behind"
@@ -255,6 +260,8 @@ def test_the_admin_sees_every_session_the_pool_the_nodes_and_the_last_hour(
         expect(row.get_by_role("button")).to_have_count(0)  # another tenant's session: looked at, not touched
         for chart in ("Turns", "Tokens", "Cost"):
             expect(page.get_by_role("img", name=f"{chart} per minute over the last hour")).to_be_visible()
+        spend = page.locator("#spend-list li").filter(has_text="alice:")  # each tenant's day against its limit
+        expect(spend).to_contain_text(re.compile(r"today of \$50\.00 a day \(\d+ turns"))
         summary = page.locator(".chart[data-metric=turns] .summary")
         expect(summary).to_contain_text("in the last hour")
         expect(summary).not_to_have_text("0 in the last hour · peak 0 per minute")

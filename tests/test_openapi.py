@@ -25,6 +25,7 @@ ERRORS = {
     ("post", "/v1/admin/cleanup"): {401, 403, 503},
     ("get", "/v1/admin/sessions"): {401, 403, 503},
     ("get", "/v1/usage/timeseries"): {401, 503},
+    ("get", "/v1/usage"): {401, 503},
     ("post", "/v1/chat/completions"): {400, 401, 404, 409, 410, 413, 429, 502, 503, 504},
     ("get", "/v1/models"): {401, 503},
 }

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from claude_sessions import SessionConfig
-from claude_sessions.errors import DatabaseUnavailableError
+from claude_sessions.errors import BudgetExceededError, DatabaseUnavailableError, RateLimitedError
 from claude_sessions.metrics import SessionMetrics
-from claude_sessions.registry import Holder, Registry, SessionRecord
+from claude_sessions.registry import Holder, Registry, SessionRecord, Spend
 from claude_sessions.registry_postgres import PostgresRegistry
 from claude_sessions.registry_sqlite import _MIGRATIONS, SqliteRegistry
 
@@ -195,3 +195,37 @@ def test_a_sqlite_database_of_the_first_schema_is_migrated(tmp_path: Path) -> No
     assert asyncio.run(registry.expired(idle_before=2000.0)) == ["s1"]  # activity moved to its column
     assert registry._db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
     asyncio.run(registry.close())
+
+
+async def test_turn_admissions_hold_the_rate_exactly_on_every_node(make_registry: MakeRegistry) -> None:
+    nodes = [await make_registry(name, 15.0) for name in ("a", "b", "c")]
+    now = 1_800_000_000.0
+    attempts = await asyncio.gather(
+        *(nodes[i % 3].admit("acme", now + i / 1000, None, 7) for i in range(21)), return_exceptions=True
+    )
+    refused = [a for a in attempts if isinstance(a, RateLimitedError)]
+    assert attempts.count(None) == 7 and len(refused) == 14  # no budget: nothing left to say
+    assert all(r.retry_after == 60 for r in refused)  # the first start leaves the window in 60 s
+    assert await nodes[1].admit("other", now, None, 7) is None  # each tenant has its own count
+    with pytest.raises(RateLimitedError) as limited:
+        await nodes[2].admit("acme", now + 59.0, None, 7)
+    assert limited.value.retry_after == 1
+    assert await nodes[2].admit("acme", now + 60.5, None, 7) is None  # the first minute's starts left it
+
+
+async def test_a_spent_day_refuses_turns_until_midnight_and_usage_adds_up(make_registry: MakeRegistry) -> None:
+    registry = await make_registry("a", 15.0)
+    noon = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 12 * 3600
+    assert await registry.admit("acme", noon, 1.0, None) == pytest.approx(1.0)
+    await registry.charge("acme", noon, 0.75, 1000, 1)
+    assert await registry.admit("acme", noon, 1.0, None) == pytest.approx(0.25)  # what is left
+    await registry.charge("acme", noon, 0.5, 600, 1)  # one turn may overshoot
+    with pytest.raises(BudgetExceededError) as spent:
+        await registry.admit("acme", noon + 60, 1.0, None)
+    assert spent.value.retry_after == 12 * 3600 - 60
+    assert await registry.admit("acme", noon + 12 * 3600, 1.0, None) == pytest.approx(1.0)  # a new day
+    await registry.charge("acme", noon + 12 * 3600, 0.25, 100, 1)
+    await registry.charge("zeta", noon, 2.0, 50, 2)
+    (acme,) = await registry.usage("acme", noon + 12 * 3600)
+    assert acme.today == Spend(0.25, 100, 1) and acme.month.tokens == 1700 and acme.month.turns == 3
+    assert [u.tenant for u in await registry.usage(None, noon)] == ["acme", "zeta"]

@@ -27,6 +27,7 @@ from .errors import (
     SessionNotFoundError,
     SessionOrphanedError,
     SlashCommandRefusedError,
+    TurnRefusedError,
     TurnTimeoutError,
     WorkerDiedError,
     WorkerStartError,
@@ -194,7 +195,7 @@ _DESCRIPTIONS = {
     410: "The session lost its transcript; delete it.",
     413: "The request body is too large.",
     422: "Invalid request: body, parameters or the server's policy.",
-    429: "A session limit is reached; see Retry-After.",
+    429: "A session limit, the tenant's daily budget or its turn rate is reached; see Retry-After.",
     502: "The session's CLI process died, or the model call failed after the CLI's retries.",
     503: "At capacity, no worker could start, or the server is shutting down; see Retry-After.",
     504: "The turn ran past OPT_MESSAGE_TIMEOUT and was interrupted.",
@@ -234,6 +235,8 @@ def error_response(status: int, kind: str, message: str, headers: dict[str, str]
 
 def api_error(error: ClaudeSessionsError, retry_after: int) -> ApiError:
     """Map a typed library error to its HTTP answer."""
+    if isinstance(error, TurnRefusedError):
+        return ApiError(429, error.kind, str(error), {"Retry-After": str(error.retry_after)})
     retry = {"Retry-After": str(retry_after)}
     table: list[tuple[type[Exception], int, str, dict[str, str] | None]] = [
         (SessionNotFoundError, 404, "not_found", None),

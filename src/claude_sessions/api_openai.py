@@ -92,7 +92,7 @@ _DESCRIPTIONS = {
     409: "The session is running a turn.",
     410: "The session lost its transcript.",
     413: "The request body is too large.",
-    429: "A session limit is reached; see Retry-After.",
+    429: "A session limit, the tenant's daily budget or its turn rate is reached; see Retry-After.",
     502: "The model call failed after the CLI's retries, or the session's CLI died.",
     503: "At capacity, no worker could start, or the server is shutting down; see Retry-After.",
     504: "The turn ran past OPT_MESSAGE_TIMEOUT.",

@@ -23,6 +23,7 @@ from .api_sessions import SessionObject, session_json
 from .auth import Principal
 from .errors import DatabaseUnavailableError
 from .handler import ClaudeHandler
+from .telemetry import DEFAULT_TENANT
 from .usage_series import BUCKET_SECONDS
 
 router = APIRouter()
@@ -155,6 +156,58 @@ async def usage_timeseries(principal: Caller, service: ServiceDep) -> dict[str, 
         "minutes": series.minutes,
         "points": series.points(view, everyone=view is None),
     }
+
+
+class SpendFigures(BaseModel):
+    cost_usd: float
+    tokens: int
+    turns: int = Field(description="turns finished")
+
+
+class TenantLimits(BaseModel):
+    daily_usd: float | None = Field(description="TENANT_DAILY_USD for this tenant; null: none")
+    turns_per_minute: int | None = Field(description="TENANT_TURNS_PER_MINUTE for this tenant; null: none")
+
+
+class TenantUsageReport(BaseModel):
+    tenant: str
+    today: SpendFigures = Field(description="this UTC day")
+    month: SpendFigures = Field(description="this UTC month")
+    limits: TenantLimits
+
+
+class UsageAnswer(BaseModel):
+    tenants: list[TenantUsageReport]
+
+
+@router.get(
+    "/v1/usage",
+    tags=["service"],
+    response_model=None,
+    responses={
+        200: {"model": UsageAnswer, "description": "Spend, tokens and turns, with the limits." + _TENANT_VIEW},
+        **error_responses(401),
+    },
+)
+async def usage(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+    """A tenant's spend, tokens and turns today and this month, against its limits (every node's)."""
+    handler, server, own = service.handler, service.config.server, principal.tenant or DEFAULT_TENANT
+    mine = _view(principal) is not None
+    found = {u.tenant: u for u in await handler.registry.usage(own if mine else None, handler.clock())}
+
+    def report(name: str) -> dict[str, Any]:
+        used = found.get(name)
+        return {
+            "tenant": name,
+            "today": dataclasses.asdict(used.today) if used else _NOTHING,
+            "month": dataclasses.asdict(used.month) if used else _NOTHING,
+            "limits": {"daily_usd": server.daily_usd(name), "turns_per_minute": server.turns_per_minute(name)},
+        }
+
+    return {"tenants": [report(name) for name in sorted({own} if mine else {own, *found})]}
+
+
+_NOTHING = {"cost_usd": 0.0, "tokens": 0, "turns": 0}
 
 
 @router.get(

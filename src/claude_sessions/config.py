@@ -11,7 +11,16 @@ import re
 from pathlib import Path
 from typing import Literal, TypeVar, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
@@ -146,6 +155,27 @@ def _comma_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _per_tenant_values(value: str, whole: bool) -> dict[str, float]:
+    """``tenant:value,...`` with ``*`` for the rest; values positive (whole numbers if ``whole``)."""
+    limits: dict[str, float] = {}
+    for pair in _comma_list(value):
+        tenant, _, raw = pair.partition(":")
+        tenant = tenant.strip()
+        try:
+            number = int(raw) if whole else float(raw)
+        except ValueError:
+            number = -1
+        if not (tenant == "*" or _TENANT.fullmatch(tenant)) or not (0 < number < float("inf")):
+            kind = "a whole number" if whole else "an amount"
+            raise ValueError(f'expected "tenant:value,..." ("*" for every other tenant) with {kind} above 0: {pair!r}')
+        limits[tenant] = number
+    return limits
+
+
+def _for_tenant(limits: dict[str, float], tenant: str) -> float | None:
+    return limits.get(tenant, limits.get("*"))
+
+
 class ServerConfig(_Section):
     """The HTTP service: keys, tenants and what sessions may ask for."""
 
@@ -157,6 +187,10 @@ class ServerConfig(_Section):
     SLASH_COMMANDS_ALLOWED: str = Field("compact", validation_alias="SLASH_COMMANDS_ALLOWED")
     #: The models a session may name (the OpenAI endpoint's /v1/models); default: the CLI's aliases.
     MODELS_ALLOWED: str = Field("opus,sonnet,haiku", validation_alias="MODELS_ALLOWED")
+    #: ``tenant:amount,...`` (``*``: every other tenant): US dollars a tenant may spend per UTC day.
+    TENANT_DAILY_USD: str = Field("", validation_alias="TENANT_DAILY_USD")
+    #: ``tenant:n,...`` (``*``: every other tenant): turns a tenant may start per minute.
+    TENANT_TURNS_PER_MINUTE: str = Field("", validation_alias="TENANT_TURNS_PER_MINUTE")
     HOST: str = Field("127.0.0.1", validation_alias="CLAUDE_SESSIONS_HOST")
     PORT: int = Field(8000, ge=0, le=65535, validation_alias="CLAUDE_SESSIONS_PORT")
     MAX_BODY_BYTES: int = Field(1_048_576, ge=1024, validation_alias="CLAUDE_SESSIONS_MAX_BODY_BYTES")
@@ -192,6 +226,21 @@ class ServerConfig(_Section):
         if not _comma_list(value):
             raise ValueError("name at least one permission mode (a session runs in one)")
         return value
+
+    @field_validator("TENANT_DAILY_USD", "TENANT_TURNS_PER_MINUTE")
+    @classmethod
+    def _per_tenant(cls, value: str, info: ValidationInfo) -> str:
+        _per_tenant_values(value, whole=info.field_name == "TENANT_TURNS_PER_MINUTE")
+        return value
+
+    def daily_usd(self, tenant: str) -> float | None:
+        """The tenant's spend limit per UTC day, if any."""
+        return _for_tenant(_per_tenant_values(self.TENANT_DAILY_USD, whole=False), tenant)
+
+    def turns_per_minute(self, tenant: str) -> int | None:
+        """How many turns the tenant may start per minute, if limited."""
+        limit = _for_tenant(_per_tenant_values(self.TENANT_TURNS_PER_MINUTE, whole=True), tenant)
+        return None if limit is None else int(limit)
 
     def tenant_keys(self) -> list[tuple[str, str]]:
         """(tenant, key) pairs; keys stay secret everywhere else (repr, logs)."""

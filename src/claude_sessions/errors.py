@@ -93,3 +93,25 @@ class SessionHeldElsewhereError(ClaudeSessionsError):
 
 class ClusterModeError(ClaudeSessionsError, RuntimeError):
     """A synchronous registry call was made on a PostgreSQL registry, which only answers awaited calls."""
+
+
+class TurnRefusedError(ClaudeSessionsError):
+    """A tenant's limit refused a turn before it started; retry after ``retry_after`` seconds."""
+
+    kind = "turn_refused"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BudgetExceededError(TurnRefusedError):
+    """The tenant spent its ``TENANT_DAILY_USD`` for this UTC day; ``retry_after`` reaches midnight."""
+
+    kind = "budget_exceeded"
+
+
+class RateLimitedError(TurnRefusedError):
+    """The tenant started its ``TENANT_TURNS_PER_MINUTE`` turns in the last minute."""
+
+    kind = "rate_limited"

@@ -71,6 +71,8 @@ class Grant:
     #: Calls answered by the gateway itself (a spare's warm-up turn): never upstream, never billed.
     warming: bool = False
     used: TurnUsage = field(default_factory=TurnUsage)
+    #: What the running turn may spend (the rest of its tenant's day); None: no limit.
+    budget: float | None = None
     _revoke: Callable[[Grant], None] = field(repr=False, default=lambda grant: None)
 
     def take(self) -> TurnUsage:
@@ -209,6 +211,9 @@ class ModelGateway:
         body = await request.body()
         if grant.warming and request.url.path.startswith("/v1/messages"):
             return _warm_reply(request.url.path, body)
+        if grant.budget is not None and request.url.path == "/v1/messages" and grant.used.cost >= grant.budget:
+            # A 400, which the CLI does not retry: the turn ends with this message as its error.
+            return _error(400, "invalid_request_error", "the tenant's daily budget (TENANT_DAILY_USD) is spent")
         assert self._client is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         upstream_request = self._client.build_request(

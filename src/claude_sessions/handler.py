@@ -12,8 +12,8 @@ import contextlib
 import re
 import time
 import uuid
-from collections import Counter
-from collections.abc import AsyncGenerator, Generator, Sequence
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 from typing import Any
 
 import anyio
@@ -35,6 +35,7 @@ from .errors import (
     SessionNotFoundError,
     SessionOrphanedError,
     SlashCommandRefusedError,
+    TurnRefusedError,
     TurnTimeoutError,
     WorkerDiedError,
     WorkerStartError,
@@ -85,6 +86,10 @@ class ClaudeHandler:
     def __init__(self, config: SystemConfig | None = None) -> None:
         self.config = config or SystemConfig.from_env()
         self.telemetry = Telemetry()
+        #: The wall clock budgets count days and minutes by (tests move it).
+        self.clock: Callable[[], float] = time.time
+        #: Charges the database was away for: (tenant, at, cost, tokens, turns).
+        self._uncharged: deque[tuple[str, float, float, int, int]] = deque()
         runtime = self.config.runtime
         self._data_dir_lock = DataDirLock(runtime.DATA_DIR.resolve())
         self.registry, self.archive = open_registry(self.config, uuid.uuid4().hex[:12])
@@ -345,8 +350,10 @@ class ClaudeHandler:
         try:
             async with session.turn_lock:
                 await self._claim(session)
+                budget = await self._admit(session)
                 session.metrics.touch()
                 worker = await self._bind(session)
+                worker.grant.budget = budget
                 bound = True
                 try:
                     if session.closed:  # destroyed while its worker was being bound: no billed turn
@@ -486,7 +493,7 @@ class ClaudeHandler:
                     await self.session_manager.save(session)
                 if isinstance(message, ResultMessage):
                     settled = True
-                    self._record(session, worker, message, time.perf_counter() - began)
+                    await self._record(session, worker, message, time.perf_counter() - began)
                     await self.session_manager.save(session)
                 yield message
         except TimeoutError:
@@ -513,18 +520,52 @@ class ClaudeHandler:
                 with anyio.CancelScope(shield=True):
                     await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
 
-    def _record(self, session: Session, worker: Worker, result: ResultMessage, seconds: float) -> None:
+    async def _admit(self, session: Session) -> float | None:
+        """Start a turn within its tenant's limits; the rest of the tenant's day budget, if it has one.
+
+        Raises :class:`BudgetExceededError` or :class:`RateLimitedError` before anything runs.
+        """
+        tenant, server = session.tenant, self.config.server
+        daily, per_minute = server.daily_usd(tenant), server.turns_per_minute(tenant)
+        if daily is None and per_minute is None:
+            return None
+        try:
+            return await self.registry.admit(tenant, self.clock(), daily, per_minute)
+        except TurnRefusedError as refusal:
+            self.telemetry.turns_refused.labels(tenant, refusal.kind).inc()
+            raise
+
+    async def _record(self, session: Session, worker: Worker, result: ResultMessage, seconds: float) -> None:
         """A finished turn: what the gateway metered for its calls, and its outcome."""
         session.metrics.last_turn_ms = round(seconds * 1000, 3)
         usage = worker.grant.take() + TurnUsage(api_error=is_api_error(result))
         add_usage(session.metrics, usage)
         self.telemetry.turn_finished(session.owner, usage, seconds)
+        await self._charge(session.tenant, usage, turns=1)
 
-    def _bill_unfinished(self, session: Session, worker: Worker) -> None:
+    async def _bill_unfinished(self, session: Session, worker: Worker) -> None:
         """Calls of a turn that never finished (its CLI died or was killed) were billed all the same."""
         usage = worker.grant.take()
         add_usage(session.metrics, usage)
         self.telemetry.usage(session.owner, usage)
+        if usage.cost or any(usage.tokens().values()):
+            await self._charge(session.tenant, usage, turns=0)
+
+    async def _charge(self, tenant: str, usage: TurnUsage, turns: int) -> None:
+        """Add spend to the tenant's day in the registry (what budgets and ``/v1/usage`` read)."""
+        self._uncharged.append((tenant, self.clock(), usage.cost, sum(usage.tokens().values()), turns))
+        await self._charge_pending()
+
+    async def _charge_pending(self) -> None:
+        """Write the charges not yet written; a database away keeps them for the next turn or pass."""
+        while self._uncharged:
+            charge = self._uncharged.popleft()  # taken first: two callers never write one twice
+            try:
+                await self.registry.charge(*charge)
+            except DatabaseUnavailableError:
+                self._uncharged.appendleft(charge)
+                log.warning("usage_charge_deferred", pending=len(self._uncharged))
+                return
 
     def _count_connection_error(self, session: Session) -> None:
         session.metrics.connection_errors += 1
@@ -538,7 +579,7 @@ class ClaudeHandler:
                 async for message in worker.client.receive_response():
                     _learn_conversation(session, message)
                     if isinstance(message, ResultMessage):
-                        self._record(session, worker, message, time.perf_counter() - began)
+                        await self._record(session, worker, message, time.perf_counter() - began)
                         return
         except Exception as error:
             log.warning("turn_wind_down_failed", session_id=session.id, error=repr(error))
@@ -549,7 +590,7 @@ class ClaudeHandler:
         if session.worker is worker:
             session.worker = None
         await self.pool.discard(worker, graceful=False)
-        self._bill_unfinished(session, worker)
+        await self._bill_unfinished(session, worker)
 
     def _live_state(self) -> LiveState:
         sessions = self.session_manager.sessions()
@@ -570,6 +611,7 @@ class ClaudeHandler:
         inactive: list[str] = []
         orphans: list[str] = []
         purged = 0
+        await self._charge_pending()
         if await self.registry.lead():
             inactive = await manager.cleanup_inactive_sessions()
             orphans = await manager.detect_orphaned_sessions()

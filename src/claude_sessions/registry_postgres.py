@@ -21,13 +21,15 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .errors import DatabaseUnavailableError
-from .registry import Registry, Transaction
+from .registry import USAGE_SCHEMA, Registry, Transaction
 from .transcripts import TRANSCRIPT_TABLE
 
 log = structlog.get_logger("claude_sessions.registry")
 
 #: Advisory lock keys (arbitrary, fixed): schema migration, creates, the maintenance leader.
 _MIGRATE_LOCK, _CREATE_LOCK, _LEADER_LOCK = 0x636C_0001, 0x636C_0002, 0x636C_0003
+#: The first half of a tenant's admission lock (the second: the hash of its name).
+_TENANT_LOCK_CLASS = 0x636C_0004
 
 _MIGRATIONS = [
     """
@@ -76,6 +78,7 @@ CREATE TABLE retired_transcripts (
     retired_at DOUBLE PRECISION NOT NULL
 );
 """,
+    USAGE_SCHEMA,
 ]
 
 #: What a database that went away raises, at connect, checkout or mid-query.
@@ -160,6 +163,9 @@ class PostgresRegistry(Registry):
 
     async def _lock_creates(self, tx: Transaction) -> None:
         await tx.run("SELECT pg_advisory_xact_lock(?)", (_CREATE_LOCK,))
+
+    async def _lock_tenant(self, tx: Transaction, tenant: str) -> None:
+        await tx.run("SELECT pg_advisory_xact_lock(?, hashtext(?))", (_TENANT_LOCK_CLASS, tenant))
 
     async def lead(self) -> bool:
         """Hold the leader lock on a connection of its own; a lost connection loses the lead."""

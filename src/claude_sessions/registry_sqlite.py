@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from .registry import Registry, Transaction
+from .registry import USAGE_SCHEMA, Registry, Transaction
 
 #: Schema versions in order; ``PRAGMA user_version`` says how many a database has had.
 _MIGRATIONS = [
@@ -75,6 +75,7 @@ CREATE TABLE workers_by_owner (
 DROP TABLE workers;
 ALTER TABLE workers_by_owner RENAME TO workers;
 """,
+    USAGE_SCHEMA,
 ]
 
 
@@ -125,6 +126,9 @@ class SqliteRegistry(Registry):
         self._db.execute("COMMIT")
 
     async def _lock_creates(self, tx: Transaction) -> None:
+        """``BEGIN IMMEDIATE`` already holds the only writer's lock."""
+
+    async def _lock_tenant(self, tx: Transaction, tenant: str) -> None:
         """``BEGIN IMMEDIATE`` already holds the only writer's lock."""
 
     async def lead(self) -> bool:

@@ -48,6 +48,9 @@ class Telemetry:
         self.tokens = counter("tokens", "Tokens used, by kind.", "tenant", "kind")
         self.cost = counter("cost_usd", "Spend in US dollars.")
         self.api_errors = counter("api_errors", "Turns that ended in an API error.")
+        self.turns_refused = counter(
+            "turns_refused", "Turns refused by a tenant's limit, by reason.", "tenant", "reason"
+        )
         self.connection_errors = counter("connection_errors", "CLI process failures.")
         self.turn_timeouts = counter("turn_timeouts", "Turns cut by the timeout.")
         self.turn_seconds = Histogram(

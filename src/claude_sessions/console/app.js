@@ -714,7 +714,27 @@
     element("p", { className: "summary", text: `${format(total)} in the last hour · peak ${format(peak)} per minute` }, figure);
   }
 
+  function spendLine(report) {
+    const { today, month, limits } = report;
+    const budget = limits.daily_usd === null ? "no daily limit" : `of ${money(limits.daily_usd)} a day`;
+    const rate = limits.turns_per_minute === null ? "" : `; at most ${limits.turns_per_minute} turns a minute`;
+    return `${money(today.cost_usd)} today ${budget} (${integer.format(today.turns)} turns, `
+      + `${integer.format(today.tokens)} tokens); ${money(month.cost_usd)} this month${rate}.`;
+  }
+
+  async function refreshSpend() {
+    const { tenants } = await api("/v1/usage");
+    const list = $("#spend-list");
+    list.replaceChildren();
+    for (const report of tenants) {
+      const item = element("li", {}, list);
+      if (state.admin) element("strong", { text: `${report.tenant}: ` }, item);
+      item.append(spendLine(report));
+    }
+  }
+
   async function refreshUsage() {
+    await refreshSpend();
     const series = await api("/v1/usage/timeseries");
     $("#usage-scope").textContent = state.admin
       ? "Every tenant, per minute, as this server counted it."

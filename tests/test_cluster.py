@@ -61,10 +61,10 @@ def test_a_conversation_continues_on_every_node_served_by_its_holder(cluster: Cl
     assert n3.get("/v1/sessions/chat").status_code == 404
 
 
-def test_limits_hold_exactly_under_creates_on_every_node(
+def test_limits_hold_exactly_under_creates_and_turns_on_every_node(
     tmp_path: Path, offline_server: OfflineModelServer, database: str
 ) -> None:
-    env = {"SM_MAX_SESSIONS": "5", "TENANT_MAX_SESSIONS": "3"}
+    env = {"SM_MAX_SESSIONS": "5", "TENANT_MAX_SESSIONS": "3", "TENANT_TURNS_PER_MINUTE": "*:2"}
     with running_cluster(tmp_path, offline_server.base_url, database, lease=LEASE, env=env) as cluster:
         clients = [cluster.node(i).client(t) for i in range(3) for t in ("alice", "bob")]
 
@@ -78,6 +78,23 @@ def test_limits_hold_exactly_under_creates_on_every_node(
         with cluster.node(0).client("alice") as alice, cluster.node(1).client("bob") as bob:
             mine = [len(c.get("/v1/sessions").json()["sessions"]) for c in (alice, bob)]
         assert sorted(mine) == [2, 3]  # each tenant within its 3, together within 5
+        made = [f"s{i}" for i, status in enumerate(statuses) if status == 201]
+        tenant_of = {f"s{i}": ("alice", "bob")[i % 2] for i in range(24)}
+
+        def talk(index: int) -> tuple[str, httpx.Response]:  # each through another node than its own
+            name = made[index]
+            with cluster.node((index + 1) % 3).client(tenant_of[name]) as client:
+                return tenant_of[name], say(client, name, "hello")
+
+        with concurrent.futures.ThreadPoolExecutor(len(made)) as pool:
+            answers = list(pool.map(talk, range(len(made))))
+        for tenant in ("alice", "bob"):  # the turn rate is counted once for the whole cluster
+            statuses_of = sorted(r.status_code for t, r in answers if t == tenant)
+            assert statuses_of == sorted([200, 200, 429][: len(statuses_of)]), statuses_of
+        assert {r.json()["error"]["type"] for _, r in answers if r.status_code == 429} == {"rate_limited"}
+        with cluster.node(2).client("admin") as admin:
+            turns = {u["tenant"]: u["today"]["turns"] for u in admin.get("/v1/usage").json()["tenants"]}
+        assert turns["alice"] == 2 and turns["bob"] == 2
 
 
 def test_a_second_concurrent_turn_through_any_node_is_busy(cluster: Cluster) -> None:
@@ -181,7 +198,8 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
     tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
 ) -> None:
     database = PrivatePostgres()
-    env = {"OPT_CREATE_TIMEOUT": "5"}
+    wait = 2  # OPT_CREATE_TIMEOUT: how long a call waits for the database
+    env = {"OPT_CREATE_TIMEOUT": str(wait)}
     try:
         database.start()
         with running_cluster(tmp_path, offline_server.base_url, database.url(), count=1, env=env) as cluster:
@@ -196,7 +214,7 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
             for method, path in (("POST", "/v1/sessions"), ("GET", "/v1/sessions/kept"), ("GET", "/v1/sessions")):
                 began = time.monotonic()
                 answer = alice.request(method, path, json={} if method == "POST" else None)
-                assert time.monotonic() - began < 5 + 1
+                assert time.monotonic() - began < wait + 1
                 assert answer.status_code == 503 and answer.json()["error"]["type"] == "database_unavailable"
                 assert int(answer.headers["Retry-After"]) >= 1
             health = alice.get("/v1/health")

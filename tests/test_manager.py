@@ -90,8 +90,8 @@ def transcripts_in(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
 
 
 async def test_session_with_deleted_transcript_is_an_orphan(
-    make_handler: MakeHandler, transcripts_in: dict[str, Any]
-) -> None:
+    transcripts_in: dict[str, Any], make_handler: MakeHandler
+) -> None:  # the database first: it must outlive the handler
     handler = await make_handler(connection_pool={"MIN_SIZE": 0}, **transcripts_in)
     talked = await handler.create_session("talked")
     silent = await handler.create_session("silent")

@@ -130,6 +130,7 @@ class PostgresTranscriptStore(SessionStore):
                 max_size=max_size,
                 timeout=self._timeout,
                 open=False,
+                check=AsyncConnectionPool.check_connection,  # a restarted server left dead idle connections
                 kwargs={"autocommit": True},
                 name="claude-sessions-transcripts",
             )

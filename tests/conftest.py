@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from claude_sessions import ClaudeHandler, SystemConfig
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
+from cluster import fresh_database
 from helpers import offline_env, wait_no_cli
 
 MakeHandler = Callable[..., Awaitable[ClaudeHandler]]
@@ -59,3 +61,14 @@ async def make_handler(cli_env: dict[str, str]) -> AsyncIterator[MakeHandler]:
         await handler.close()
     assert wait_no_cli(seen) == [], "CLI processes of this test left behind"
     assert wait_no_cli() == [], "CLI processes left behind"
+
+
+@pytest.fixture(params=["files", "postgres"])
+def transcripts_in(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Where transcripts live: the CLI's files (one node), or the database (cluster mode); as
+    ``make_handler`` overrides. Ask for it before ``make_handler``: the database outlives the handler."""
+    if request.param == "files":
+        yield {}
+        return
+    with fresh_database() as url:
+        yield {"cluster": {"DATABASE_URL": SecretStr(url)}}

@@ -204,7 +204,9 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
         database.start()
         with running_cluster(tmp_path, offline_server.base_url, database.url(), count=1, env=env) as cluster:
             alice = cluster.node(0).client("alice")
-            assert alice.post("/v1/sessions", json={"session_id": "kept"}).status_code == 201
+            # A CLI may take longer than the short OPT_CREATE_TIMEOUT to start on a busy machine: 503, retried.
+            created, _ = retry_until_ok(lambda: alice.post("/v1/sessions", json={"session_id": "kept"}), timeout=30)
+            assert created.status_code == 201
             assert say(alice, "kept", "the word is kiwi").status_code == 200
             with alice.stream("POST", "/v1/sessions/kept/messages", json={"content": "[[slow:3]] go on"}) as stream:
                 events = sse(stream)

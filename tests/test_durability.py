@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -17,7 +18,7 @@ from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from claude_sessions.processes import end_stray_processes, owner_mark, process_started_at
 from claude_sessions.registry_sqlite import SqliteRegistry
 from conftest import MakeHandler
-from helpers import cli_processes, reply_text, transcript_file, turn, wait_no_cli, worker_pid
+from helpers import cli_processes, reply_text, turn, wait_no_cli, worker_pid
 from server_process import sse, start_server
 
 
@@ -93,21 +94,26 @@ async def test_restart_keeps_sessions_metrics_and_conversations(cli_env: dict[st
     assert wait_no_cli() == []
 
 
-async def test_purge_deletes_the_transcript_and_retention_purges_later(make_handler: MakeHandler) -> None:
-    handler = await make_handler(connection_pool={"MIN_SIZE": 0}, session_manager={"TRANSCRIPT_RETENTION_DAYS": 0})
+async def test_purge_deletes_the_transcript_and_retention_purges_later(
+    transcripts_in: dict[str, Any], make_handler: MakeHandler
+) -> None:
+    handler = await make_handler(
+        connection_pool={"MIN_SIZE": 0}, session_manager={"TRANSCRIPT_RETENTION_DAYS": 0}, **transcripts_in
+    )
     purged = await handler.create_session("purged")
     kept = await handler.create_session("kept")
+    manager = handler.session_manager
     for session_id in (purged, kept):
         await turn(handler, session_id, "leave a transcript")
-    purged_path = transcript_file(handler, purged)
-    kept_path = transcript_file(handler, kept)
-    assert purged_path and kept_path and purged_path.exists() and kept_path.exists()
+    purged_one, kept_one = (manager.get(s) for s in (purged, kept))
+    conversations = [(manager.project_of(s.config), s.claude_session_id or "") for s in (purged_one, kept_one)]
+    assert [await handler.archive.exists(c) for c in conversations] == [True, True]
     await handler.destroy_session(purged, purge=True)
-    assert not purged_path.exists()
+    assert not await handler.archive.exists(conversations[0])
     await handler.destroy_session(kept)
-    assert kept_path.exists()  # kept until the retention period passes
+    assert await handler.archive.exists(conversations[1])  # kept until the retention period passes
     await handler.run_maintenance()  # retention 0 days: due now
-    assert not kept_path.exists()
+    assert not await handler.archive.exists(conversations[1])
 
 
 def test_kill_9_during_the_first_turn_keeps_the_conversation(

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from structlog.testing import capture_logs
 
 from claude_sessions import SessionConfig, SessionLimitError, SessionOrphanedError, WorkerDiedError
 from claude_sessions.offline_model import OfflineModel
 from claude_sessions.pricing import cost_usd
-from cluster import fresh_database
 from conftest import MakeHandler
 from helpers import pids_of, result_of, turn, wait_no_cli
 
@@ -77,16 +74,6 @@ async def test_busy_session_is_never_expired(make_handler: MakeHandler) -> None:
     await asyncio.sleep(0.8)
     assert await handler.session_manager.cleanup_inactive_sessions() == []
     assert not result_of(await running).is_error
-
-
-@pytest.fixture(params=["files", "postgres"])
-def transcripts_in(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    """Where transcripts live: the CLI's files (one node), or the database (cluster mode)."""
-    if request.param == "files":
-        yield {}
-        return
-    with fresh_database() as url:
-        yield {"cluster": {"DATABASE_URL": SecretStr(url)}}
 
 
 async def test_session_with_deleted_transcript_is_an_orphan(

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import claude_sessions
@@ -227,3 +228,16 @@ def test_sandbox_on_without_bubblewrap_stops_start_up(monkeypatch: pytest.Monkey
     monkeypatch.setenv("SANDBOX", "sometimes")
     with pytest.raises(ConfigError, match="SANDBOX"):
         SystemConfig.from_env()
+
+
+@needs_bubblewrap
+async def test_a_killed_cli_leaves_none_of_its_sandbox_helpers_running(make_handler: MakeHandler) -> None:
+    handler, session_id = await tenant(make_handler)
+    await turn(handler, session_id, "hello")
+    worker = handler.session_manager.get(session_id).worker
+    assert worker is not None and worker.pid is not None
+    helpers = psutil.Process(worker.pid).children(recursive=True)
+    assert any(p.name() == "socat" for p in helpers)  # the sandbox's network bridges
+    await handler.pool.discard(worker, graceful=False)  # killed, as a stuck or doubtful CLI is
+    _, alive = psutil.wait_procs(helpers, timeout=5)
+    assert alive == []

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import psutil
 import structlog
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, Message, ResultMessage, SystemMessage
 
@@ -206,6 +207,8 @@ class Worker:
         Not ``graceful``: kill first (a process in doubt, e.g. half a prompt written),
         then let the SDK clean up its side.
         """
+        # The sandbox's helpers (socat bridges): a CLI that is killed leaves them running.
+        helpers = _descendants(self.process)
         if not graceful:
             _kill(self.process)
         try:
@@ -219,12 +222,24 @@ class Worker:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await self.process.wait()
+        for helper in helpers:
+            with contextlib.suppress(psutil.Error):
+                helper.kill()  # psutil checks the pid still names the same process
 
 
 def _process_of(client: ClaudeSDKClient) -> Any:
     """The anyio ``Process`` behind a client (the SDK does not expose it publicly)."""
     transport = client._transport
     return getattr(transport, "_process", None)
+
+
+def _descendants(process: Any) -> list[psutil.Process]:
+    if process is None or process.returncode is not None:
+        return []
+    try:
+        return list(psutil.Process(process.pid).children(recursive=True))
+    except psutil.Error:
+        return []
 
 
 def _kill(process: Any) -> None:

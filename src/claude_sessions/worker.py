@@ -62,6 +62,9 @@ class Worker:
     model: str | None = None
     #: The conversation of its warm-up turn (its transcript is not a session's).
     warmed_conversation: str | None = None
+    #: The processes the CLI started for its sandbox (socat bridges), seen at connect: a CLI
+    #: that dies leaves them running, with no parent left to find them by.
+    helpers: list[psutil.Process] = field(default_factory=list)
 
     @property
     def fingerprint(self) -> str:
@@ -141,6 +144,7 @@ class Worker:
                 raise WorkerStartError(f"CLI could not start: {error}") from error
             raise
         worker = cls(config=config, client=client, process=_process_of(client), grant=grant)
+        worker.helpers = _descendants(worker.process)
         log.debug("worker_connected", worker=worker.id, pid=worker.pid, seconds=round(time.perf_counter() - began, 3))
         return worker
 
@@ -208,7 +212,7 @@ class Worker:
         then let the SDK clean up its side.
         """
         # The sandbox's helpers (socat bridges): a CLI that is killed leaves them running.
-        helpers = _descendants(self.process)
+        helpers = {*self.helpers, *_descendants(self.process)}
         if not graceful:
             _kill(self.process)
         try:

@@ -14,14 +14,15 @@ from claude_sessions.offline_model import loopback_env
 
 def cli_processes() -> list[psutil.Process]:
     """Live Claude Code CLI processes started (directly or not) by this test process."""
-    found = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if child.status() != psutil.STATUS_ZOMBIE and "_bundled/claude" in " ".join(child.cmdline()):
-                found.append(child)
-        except psutil.NoSuchProcess:
-            continue
-    return found
+    return [child for child in psutil.Process().children(recursive=True) if is_cli(child)]
+
+
+def is_cli(process: psutil.Process) -> bool:
+    """A live Claude Code CLI (one that just ended, a zombie, is none)."""
+    try:
+        return "_bundled/claude" in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
 
 
 def wait_no_cli(pids: set[int] | None = None, timeout: float = 10.0) -> list[int]:

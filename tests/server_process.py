@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import psutil
 
-from helpers import offline_env
+from helpers import is_cli, offline_env
 
 SCRIPT = str(Path(sys.executable).with_name("claude-sessions"))
 KEYS = {"alice": "key-alice", "bob": "key-bob"}
@@ -51,7 +51,7 @@ class ServerProcess:
 
     def cli_worker_pids(self) -> set[int]:
         """The CLI processes themselves (a sandboxed CLI has helpers of its own)."""
-        return {p.pid for p in psutil.Process(self.process.pid).children() if "_bundled/claude" in _cmdline(p)}
+        return {p.pid for p in psutil.Process(self.process.pid).children() if is_cli(p)}
 
     def client(self, tenant: str) -> httpx.Client:
         """A client holding ``tenant``'s key ("admin" holds the admin key)."""
@@ -136,11 +136,3 @@ def sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
         elif line.startswith("data:") and event:
             yield event, json.loads(line.partition(":")[2].strip())
             event = ""
-
-
-def _cmdline(process: psutil.Process) -> str:
-    """A process's command line; empty for one that just ended (a zombie is no live CLI)."""
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:
-        return ""

@@ -55,10 +55,11 @@ async def test_more_sessions_than_live_workers_all_usable(make_handler: MakeHand
 
 
 async def test_turns_wait_for_a_live_worker_then_give_up(make_handler: MakeHandler) -> None:
-    # The wait must outlast a CLI's start (about 1 s on a busy 2-core machine) plus the first turn.
+    # "busy" holds the only worker, so the wait covers its 1 s turn, not a CLI's start (up to 4 s on a
+    # loaded CI machine); the freed worker's replacement is spawned after the wait.
     handler = await make_handler(connection_pool={"MIN_SIZE": 0, "MAX_LIVE": 1}, optimization={"CREATE_TIMEOUT": 5})
-    busy = await handler.create_session("busy")
-    waiting = await handler.create_session("waiting")  # takes the only worker from "busy"
+    waiting = await handler.create_session("waiting")
+    busy = await handler.create_session("busy")  # takes the only worker from "waiting"
     first = asyncio.create_task(turn(handler, busy, "[[slow:1]] hold the worker"))
     await asyncio.sleep(0.3)
     second = await turn(handler, waiting, "after you")  # waits, then gets the freed worker

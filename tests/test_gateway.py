@@ -8,6 +8,7 @@ which calls really reached the upstream.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import psutil
 import pytest
 
 from claude_sessions import SessionConfig, WorkerDiedError
+from claude_sessions.gateway import ModelGateway
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
 from helpers import reply_text, turn, worker_pid
@@ -128,3 +130,67 @@ async def test_an_unreachable_upstream_is_a_model_error_not_a_hang(
     assert getattr(result, "is_error", False)
     metrics = handler.session_manager.get_session_metrics(session_id)
     assert metrics is not None and metrics.api_errors == 1 and metrics.total_tokens == 0
+
+
+class BrokenUpstream:
+    """A raw TCP upstream that starts an answer, then breaks it or never sends it: the
+    edges the offline model does not reach. It records when the gateway hangs up on it."""
+
+    def __init__(self, cut_after_start: bool) -> None:
+        self.cut_after_start = cut_after_start
+        self.hung_up = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.answer, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if self.cut_after_start:
+            start = {"type": "message_start", "message": {"model": "claude-haiku-5-5", "usage": {"input_tokens": 1000}}}
+            event = f"event: message_start\ndata: {json.dumps(start)}\n\n"
+            head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            writer.write(f"{head}{len(event):x}\r\n{event}\r\n".encode())
+            await writer.drain()
+        else:
+            while await reader.read(1024):  # never answers; returns when the gateway hangs up
+                pass
+            self.hung_up.set()
+        writer.close()
+
+
+async def test_an_answer_cut_upstream_is_cut_for_the_cli_and_billed_for_what_came() -> None:
+    async with BrokenUpstream(cut_after_start=True) as upstream:
+        gateway = ModelGateway(upstream, {"x-api-key": OPERATOR_KEY}, timeout=10)
+        await gateway.start()
+        try:
+            grant = gateway.issue("acme")
+            with pytest.raises(httpx.RemoteProtocolError):  # not a clean end the CLI would take as whole
+                await call(gateway.base_url, grant.token)
+            assert grant.used.input_tokens == 1000 and grant.used.cost > 0
+        finally:
+            await gateway.close()
+
+
+async def test_a_cli_that_hangs_up_cancels_its_upstream_call() -> None:
+    upstream_end = BrokenUpstream(cut_after_start=False)
+    async with upstream_end as upstream:
+        gateway = ModelGateway(upstream, {"x-api-key": OPERATOR_KEY}, timeout=10)
+        await gateway.start()
+        try:
+            grant = gateway.issue("acme")
+            with pytest.raises(httpx.ReadTimeout):
+                await asyncio.wait_for(call_with_timeout(gateway.base_url, grant.token, 0.3), 5)
+            await asyncio.wait_for(upstream_end.hung_up.wait(), 5)  # the interrupt reached the upstream
+        finally:
+            await gateway.close()
+
+
+async def call_with_timeout(base_url: str, token: str, seconds: float) -> httpx.Response:
+    async with httpx.AsyncClient(base_url=base_url, timeout=seconds) as client:
+        return await client.post("/v1/messages", json=TINY_CALL, headers={"x-api-key": token})

@@ -37,13 +37,14 @@ async def settle(handler: ClaudeHandler) -> None:
 
 
 async def session_start(rounds: int) -> list[Comparison]:
-    """1. New session to first reply; 2. first turn of a fresh spare vs a later turn."""
+    """1. New session to first reply; 2. first turn of a fresh spare vs a reused worker's and a later turn."""
     handler = make_handler(min_size=2, max_size=4)
     await handler.start()
     bare: list[float] = []
     pooled: list[float] = []
     cold_first: list[float] = []
     fresh_first: list[float] = []
+    reused_first: list[float] = []
     later: list[float] = []
     try:
         for i in range(rounds):
@@ -64,7 +65,8 @@ async def session_start(rounds: int) -> list[Comparison]:
             await handler.destroy_session(session_id)
 
         # A spare just made (never used by a session) against later turns on it: as the
-        # pool makes them (warmed up on a turn the gateway answers), and not warmed up.
+        # pool makes them (warmed up on a turn the gateway answers), and not warmed up;
+        # and against the first turn of the next session on the same worker (after /clear).
         for i in range(rounds):
             for warm, firsts in ((True, fresh_first), (False, cold_first)):
                 worker = await handler.pool._connect(SessionConfig(), None, warm=warm)
@@ -72,6 +74,8 @@ async def session_start(rounds: int) -> list[Comparison]:
                     await asyncio.sleep(0.3)
                     firsts.append((await bare_turn(worker.client, f"first {i}"))[1])
                     later.extend([(await bare_turn(worker.client, f"later {i}.{j}"))[1] for j in range(3)])
+                    if warm and await worker.reset(30):
+                        reused_first.append((await bare_turn(worker.client, f"next session {i}"))[1])
                 finally:
                     await handler.pool.discard(worker)
     finally:
@@ -86,12 +90,20 @@ async def session_start(rounds: int) -> list[Comparison]:
             "<= 0.10",
         ),
         Comparison(
+            "first turn of a session: fresh spare vs reused worker",
+            "reused worker, first turn after /clear",
+            summary(reused_first),
+            "fresh spare (warmed up), first turn",
+            summary(fresh_first),
+            "<= 1.5",
+        ),
+        Comparison(
             "fresh CLI: first turn vs later turn",
             "later turn",
             summary(later),
             "first turn of a fresh spare (warmed up)",
             summary(fresh_first),
-            "<= 1.5",
+            "<= 1.5 (a new conversation costs every worker ~25 ms once)",
         ),
         Comparison(
             "fresh CLI not warmed up: first turn vs later turn",

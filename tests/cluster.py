@@ -12,11 +12,11 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -25,6 +25,9 @@ import psycopg
 from server_process import ServerProcess, free_port, start_server
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:{port}/{name}"
+
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -157,6 +160,14 @@ def _wait_gone(pids: set[int], timeout: float = 15.0) -> list[int]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
+
+
+def settled(read: Callable[[], T], wanted: Callable[[T], bool], timeout: float = 10.0) -> T:
+    """``read()`` until ``wanted`` holds of it (what heartbeats and background resets settle), or the last read."""
+    deadline = time.monotonic() + timeout
+    while not wanted(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value
 
 
 def retry_until_ok(call: object, timeout: float) -> tuple[httpx.Response, float]:

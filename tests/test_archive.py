@@ -94,3 +94,48 @@ async def test_a_worker_whose_lease_moved_cannot_write_the_conversation(
     assert [e["message"]["content"] for e in stored] == ["before the pause"]
     archive.forget("worker-token")
     await store.close()
+
+
+class FlakyStore(PostgresTranscriptStore):
+    """The real store, with a switch for an outage of its database."""
+
+    down = False
+
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        if self.down:
+            raise psycopg.OperationalError("connection refused")
+        await super().append(key, entries)
+
+
+async def test_batches_an_outage_kept_back_are_written_in_order_even_after_their_worker_closed(
+    database: str, tmp_path: Path, registry: PostgresRegistry
+) -> None:
+    store = FlakyStore(database)
+    archive = StoreArchive(store, FileArchive(tmp_path / "projects"), registry)
+    record = SessionRecord("s", None, SessionConfig(), {}, SessionMetrics(), None, False)
+    assert await registry.create(record, 10, None, hold=True) == "created"
+    mirror = archive.mirror_for("worker-token")
+    archive.fence("worker-token", ("s", 1))
+    key: SessionKey = {"project_key": "proj", "session_id": str(uuid.uuid4())}
+
+    async def say(text: str) -> None:
+        await mirror.append(key, [cast(SessionStoreEntry, entry(text))])
+
+    async def stored() -> list[str]:
+        entries: list[dict[str, Any]] = [dict(e) for e in await store.load(key) or []]
+        return [e["message"]["content"] for e in entries]
+
+    await say("one")
+    store.down = True
+    await say("two")  # kept, not failed: the SDK would drop the batch after three tries
+    assert await stored() == ["one"]
+    store.down = False
+    await say("three")  # the kept batch goes first
+    assert await stored() == ["one", "two", "three"]
+    store.down = True
+    await say("four")
+    archive.forget("worker-token")  # the worker closes while its batch waits
+    store.down = False
+    await archive.catch_up()  # the next maintenance pass
+    assert await stored() == ["one", "two", "three", "four"]
+    await store.close()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import httpx
+import aiohttp
 import structlog
 from fastapi import Request
 from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
+from yarl import URL
 
 from .api_common import ApiError
 from .cluster import FORWARDED_HEADER
@@ -40,17 +41,28 @@ class Forwarder:
     def __init__(self, registry: Registry, turn_seconds: float, retry_after: int) -> None:
         self._registry = registry
         # No read timeout beyond the turn's own: the holder bounds every turn.
-        timeout = httpx.Timeout(connect=2.0, read=turn_seconds + 30.0, write=10.0, pool=5.0)
-        self._client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_keepalive_connections=50))
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=turn_seconds + 30.0)
+        self._client: aiohttp.ClientSession | None = None
         self._retry_after = retry_after
 
     async def forward(self, request: Request, held: SessionHeldElsewhereError) -> Response:
         """Send ``request`` to the holder as it came (its bearer key decides there too), stream the answer."""
-        url = httpx.URL(held.node_url + request.url.path, query=request.url.query.encode())
+        if self._client is None:  # made on the serving loop, at first use
+            self._client = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
+        # The path and query exactly as they came, still percent-encoded.
+        target = held.node_url + request.scope["raw_path"].decode("ascii")
+        if query := request.scope["query_string"].decode("ascii"):
+            target += "?" + query
         headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP]
         headers += [(FORWARDED_HEADER, "1"), ("x-request-id", request.scope.get("state", {}).get("request_id", ""))]
-        outgoing = self._client.build_request(request.method, url, headers=headers, content=await request.body())
-        sending = asyncio.ensure_future(self._client.send(outgoing, stream=True))
+        sending = asyncio.ensure_future(
+            self._client.request(
+                request.method,
+                URL(target, encoded=True),
+                headers=headers,
+                data=await request.body(),
+            )
+        )
         try:
             while not (await asyncio.wait({sending}, timeout=self._registry.lease_seconds / 3))[0]:
                 holder = await self._registry.holder(held.session_key)
@@ -58,19 +70,19 @@ class Forwarder:
                     log.warning("forward_abandoned", node_id=held.node_id, reason="its lease lapsed")
                     raise self._unavailable()
             answer = sending.result()
-        except httpx.HTTPError as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             log.warning("forward_failed", node_url=held.node_url, error=repr(error))
             raise self._unavailable() from None
         finally:
             if not sending.done():
                 sending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                     await sending
         return StreamingResponse(
-            answer.aiter_raw(),
-            status_code=answer.status_code,
-            headers={k: v for k, v in answer.headers.items() if k not in _OWN_HEADERS},
-            background=BackgroundTask(answer.aclose),
+            answer.content.iter_any(),
+            status_code=answer.status,
+            headers={k: v for k, v in answer.headers.items() if k.lower() not in _OWN_HEADERS},
+            background=BackgroundTask(answer.release),
         )
 
     def _unavailable(self) -> ApiError:
@@ -82,4 +94,5 @@ class Forwarder:
         )
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._client is not None:
+            await self._client.close()

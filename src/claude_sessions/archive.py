@@ -16,11 +16,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
+import structlog
 from claude_agent_sdk import SessionKey, SessionListSubkeysKey, SessionStore, SessionStoreEntry
 
-from .errors import LeaseLostError
+from .errors import DatabaseUnavailableError, LeaseLostError
 from .registry import Registry
-from .transcripts import PostgresTranscriptStore
+from .transcripts import UNAVAILABLE, PostgresTranscriptStore
+
+log = structlog.get_logger("claude_sessions.archive")
 
 #: (project key, claude session id)
 Conversation = tuple[str, str]
@@ -42,6 +45,10 @@ class TranscriptArchive(ABC):
     @abstractmethod
     def forget(self, worker_token: str) -> None:
         """The worker is closed."""
+
+    @abstractmethod
+    async def catch_up(self) -> None:
+        """Write what an outage kept from the store (a maintenance pass asks)."""
 
     @abstractmethod
     async def exists(self, conversation: Conversation) -> bool: ...
@@ -90,6 +97,9 @@ class FileArchive(TranscriptArchive):
     def forget(self, worker_token: str) -> None:
         """Nothing is kept per worker."""
 
+    async def catch_up(self) -> None:
+        """The CLI wrote its files itself: nothing waits."""
+
     async def open(self) -> None:
         """Nothing to open."""
 
@@ -122,21 +132,65 @@ class FileArchive(TranscriptArchive):
 
 
 class FencedMirror:
-    """The store as one worker's CLI writes to it: only while its node holds the session's lease.
+    """The store as one worker's CLI writes to it: only while its node holds the session's lease,
+    and never losing a batch to a database outage.
 
     A node paused past its lease wakes with its CLI still answering; the batches the
     SDK mirrors then are refused (the SDK reports them as a ``MirrorErrorMessage``),
     so the conversation another node continues never gets the stale node's entries.
+
+    A batch the database cannot take (down, restarting) is kept, not failed: the SDK
+    would drop it after three tries, leaving a hole in the middle of the conversation.
+    Kept batches are written first, in order, on the next append or maintenance pass
+    (``catch_up``).
     """
 
     def __init__(self, store: PostgresTranscriptStore, registry: Registry) -> None:
         self._store, self._registry = store, registry
         self.lease: Lease = None
+        #: Batches not written yet, each with the lease it was written under (a worker moves on).
+        self._waiting: list[tuple[Lease, SessionKey, list[SessionStoreEntry]]] = []
+        self._writing = asyncio.Lock()
+
+    @property
+    def behind(self) -> bool:
+        """Batches wait for the database."""
+        return bool(self._waiting)
 
     async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
-        if self.lease is not None and not await self._registry.holds(*self.lease):
-            raise LeaseLostError(f"session {self.lease[0]!r} moved to another node: transcript write refused")
-        await self._store.append(key, entries)
+        async with self._writing:
+            lease = self.lease
+            self._waiting.append((lease, key, entries))
+            if lease in await self._write_waiting():
+                raise LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
+
+    async def catch_up(self) -> None:
+        async with self._writing:
+            for lease in await self._write_waiting():
+                log.warning("transcript_write_refused", session_id=lease[0], reason="another node holds it now")
+
+    async def _write_waiting(self) -> list[tuple[str, int]]:
+        """Write the waiting batches in order: the leases found lost (their batches are dropped).
+
+        An unreachable database keeps every batch for the next try.
+        """
+        held: set[tuple[str, int]] = set()
+        lost: list[tuple[str, int]] = []
+        try:
+            while self._waiting:
+                lease, key, entries = self._waiting[0]
+                if lease is not None and lease not in held:
+                    if not await self._registry.holds(*lease):
+                        self._waiting = [waiting for waiting in self._waiting if waiting[0] != lease]
+                        lost.append(lease)
+                        continue
+                    held.add(lease)
+                await self._store.append(key, entries)
+                self._waiting.pop(0)
+        except (DatabaseUnavailableError, *UNAVAILABLE) as error:
+            waiting = sum(len(entries) for _, _, entries in self._waiting)
+            log.warning("transcript_mirror_waiting", entries=waiting, error=type(error).__name__)
+        return lost
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         return await self._store.load(key)
@@ -153,6 +207,8 @@ class StoreArchive(TranscriptArchive):
         self._files = files
         self._registry = registry
         self._mirrors: dict[str, FencedMirror] = {}
+        #: Mirrors of closed workers with batches still waiting for the database.
+        self._stranded: list[FencedMirror] = []
 
     def mirror_for(self, worker_token: str) -> SessionStore:
         mirror = self._mirrors[worker_token] = FencedMirror(self.store, self._registry)
@@ -163,7 +219,15 @@ class StoreArchive(TranscriptArchive):
             self._mirrors[worker_token].lease = lease
 
     def forget(self, worker_token: str) -> None:
-        self._mirrors.pop(worker_token, None)
+        mirror = self._mirrors.pop(worker_token, None)
+        if mirror is not None and mirror.behind:  # its worker is gone; what it wrote is not
+            self._stranded.append(mirror)
+
+    async def catch_up(self) -> None:
+        for mirror in [*self._mirrors.values(), *self._stranded]:
+            if mirror.behind:
+                await mirror.catch_up()
+        self._stranded = [m for m in self._stranded if m.behind]
 
     async def exists(self, conversation: Conversation) -> bool:
         project, claude_id = conversation

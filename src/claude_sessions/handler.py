@@ -395,6 +395,11 @@ class ClaudeHandler:
         A CLI this node kept from an older lease (another node ran turns since) holds
         a stale conversation: it is dropped and the conversation resumed afresh.
         """
+        elsewhere = session.holder not in (None, self.registry.node_id)
+        if elsewhere and session.holder_url and not FORWARDED.get():
+            # Read a moment ago (``fetch``): a live node holds it. A claim could only say the same;
+            # should that node have let go since, it takes the forwarded turn itself.
+            raise _held_elsewhere(session.id, Holder(str(session.holder), session.holder_url))
         claim = await self.registry.claim(session.id)
         if claim is None:
             self.session_manager.get(session.id)  # the view still has it: gone since
@@ -612,6 +617,7 @@ class ClaudeHandler:
         orphans: list[str] = []
         purged = 0
         await self._charge_pending()
+        await self.archive.catch_up()
         if await self.registry.lead():
             inactive = await manager.cleanup_inactive_sessions()
             orphans = await manager.detect_orphaned_sessions()

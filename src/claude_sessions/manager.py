@@ -81,6 +81,7 @@ class Session:
     fence: int = 0
     #: The node holding its live CLI, and whether a turn runs there, as last read.
     holder: str | None = None
+    holder_url: str | None = None
     busy_elsewhere: bool = False
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -136,7 +137,8 @@ class Session:
             record.recorded,
             record.orphaned,
         )
-        self.fence, self.holder, self.busy_elsewhere = record.fence, record.holder, record.busy
+        self.fence, self.holder, self.holder_url = record.fence, record.holder, record.holder_url
+        self.busy_elsewhere = record.busy
 
     def conversation(self, project: str) -> Conversation | None:
         return None if self.claude_session_id is None else (project, self.claude_session_id)

@@ -54,6 +54,8 @@ class SessionRecord:
     #: The node holding the session's live CLI, if any, and the lease's fencing token.
     holder: str | None = None
     fence: int = 0
+    #: Where the holder answers (a live holder's, as read).
+    holder_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ _COLUMNS = "key, owner, config, metadata, metrics, claude_session_id, orphaned, 
 #: The first parameter is the oldest fresh heartbeat time.
 _SELECT = (
     "SELECT s.key, s.owner, s.config, s.metadata, s.metrics, s.claude_session_id, s.orphaned, s.recorded,"
-    " CASE WHEN n.node_id IS NULL THEN 0 ELSE s.busy END, n.node_id, s.fence FROM sessions s"
+    " CASE WHEN n.node_id IS NULL THEN 0 ELSE s.busy END, n.node_id, s.fence, n.url FROM sessions s"
     " LEFT JOIN nodes n ON n.node_id = s.holder AND n.status = 'up' AND n.last_seen > ?"
 )
 #: Each tenant's spend per UTC day, and the turns it started in the last minute (both backends).
@@ -140,7 +142,7 @@ def _config(raw: str) -> SessionConfig:
 
 
 def _record(row: tuple[Any, ...]) -> SessionRecord:
-    key, owner, config, metadata, metrics, claude_id, orphaned, recorded, busy, holder, fence = row
+    key, owner, config, metadata, metrics, claude_id, orphaned, recorded, busy, holder, fence, holder_url = row
     return SessionRecord(
         key=key,
         owner=owner,
@@ -153,6 +155,7 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
         busy=bool(busy),
         holder=holder,
         fence=int(fence),
+        holder_url=holder_url,
     )
 
 

@@ -18,11 +18,11 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from .errors import DatabaseUnavailableError
 from .registry import USAGE_SCHEMA, Registry, Transaction
-from .transcripts import TRANSCRIPT_TABLE
+from .transcripts import TRANSCRIPT_TABLE, UNAVAILABLE
 
 log = structlog.get_logger("claude_sessions.registry")
 
@@ -82,7 +82,6 @@ CREATE TABLE retired_transcripts (
 ]
 
 #: What a database that went away raises, at connect, checkout or mid-query.
-_UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, TimeoutError, OSError)
 
 
 class _PostgresTransaction:
@@ -149,7 +148,7 @@ class PostgresRegistry(Registry):
                 for number, script in enumerate(_MIGRATIONS[version:], start=version + 1):
                     await conn.execute(script.encode())
                     await conn.execute("INSERT INTO registry_schema (version) VALUES (%s)", (number,))
-        except _UNAVAILABLE as error:
+        except UNAVAILABLE as error:
             await self._pool.close()
             raise DatabaseUnavailableError(f"the database is unreachable: {error}") from error
 
@@ -158,7 +157,7 @@ class PostgresRegistry(Registry):
         try:
             async with asyncio.timeout(self.timeout), self._pool.connection() as conn, conn.transaction():
                 yield _PostgresTransaction(conn)
-        except _UNAVAILABLE as error:
+        except UNAVAILABLE as error:
             raise DatabaseUnavailableError(f"the database did not answer: {type(error).__name__}") from error
 
     async def _lock_creates(self, tx: Transaction) -> None:
@@ -183,7 +182,7 @@ class PostgresRegistry(Registry):
                         (_LEADER_LOCK,),
                     )
                 row = await cursor.fetchone()
-        except _UNAVAILABLE:
+        except UNAVAILABLE:
             await self._drop_leader()
             return False
         if not (row and row[0]):
@@ -193,7 +192,7 @@ class PostgresRegistry(Registry):
 
     async def _drop_leader(self) -> None:
         if self._leader is not None:
-            with contextlib.suppress(*_UNAVAILABLE):
+            with contextlib.suppress(*UNAVAILABLE):
                 await self._leader.close()
             self._leader = None
 

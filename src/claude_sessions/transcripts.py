@@ -31,7 +31,7 @@ from claude_agent_sdk import (
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg.types.json import Json
-from psycopg_pool import AsyncConnectionPool, PoolClosed
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from .errors import ConfigError
 
@@ -92,6 +92,10 @@ _STAMP_SESSION = f"""
     UPDATE transcript_sessions SET summary = %s, mtime = greatest({_NOW_MS}, mtime + 1)
     WHERE session_id = %s AND project_key = %s
 """
+
+
+#: What a database that is down, restarting or cut off raises (the registry's and the store's).
+UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, TimeoutError, OSError)
 
 
 class PostgresTranscriptStore(SessionStore):

@@ -136,6 +136,6 @@ async def test_batches_an_outage_kept_back_are_written_in_order_even_after_their
     await say("four")
     archive.forget("worker-token")  # the worker closes while its batch waits
     store.down = False
-    await archive.catch_up()  # the next maintenance pass
+    await archive.catch_up()  # the node's next heartbeat
     assert await stored() == ["one", "two", "three", "four"]
     await store.close()

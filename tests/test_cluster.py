@@ -245,10 +245,14 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
             reply = say(alice, "kept", "which word?")
             assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"]
             assert "kiwi" in model.message_requests()[-1].user_texts[0]
+
             # The store has the turn that ended in the outage too, in its place: another node resumes it whole.
-            history = alice.get("/v1/sessions/kept/history").json()["messages"]
-            said = [m["message"]["content"] for m in history if m["type"] == "user"]
-            assert said == ["the word is kiwi", "[[slow:3]] go on", "which word?"]
+            def said() -> list[str]:
+                history = alice.get("/v1/sessions/kept/history").json()["messages"]
+                return [m["message"]["content"] for m in history if m["type"] == "user"]
+
+            written = ["the word is kiwi", "[[slow:3]] go on", "which word?"]
+            assert settled(said, lambda s: s == written, timeout=3 * wait + 5) == written
     finally:
         database.remove()
 

@@ -48,7 +48,7 @@ class TranscriptArchive(ABC):
 
     @abstractmethod
     async def catch_up(self) -> None:
-        """Write what an outage kept from the store (a maintenance pass asks)."""
+        """Write what an outage kept from the store (each heartbeat asks)."""
 
     @abstractmethod
     async def exists(self, conversation: Conversation) -> bool: ...
@@ -141,7 +141,7 @@ class FencedMirror:
 
     A batch the database cannot take (down, restarting) is kept, not failed: the SDK
     would drop it after three tries, leaving a hole in the middle of the conversation.
-    Kept batches are written first, in order, on the next append or maintenance pass
+    Kept batches are written first, in order, on the next append or heartbeat
     (``catch_up``).
     """
 

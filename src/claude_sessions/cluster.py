@@ -51,6 +51,7 @@ class Node:
             await self.registry.heartbeat(self.url, len(self.pool.workers()), self.status)
             await self.manager.check_leases()
             await self.manager.save_unsaved()
+            await self.manager.archive.catch_up()
         except DatabaseUnavailableError as error:
             if self.database_ok:
                 log.warning("database_unavailable", error=str(error))

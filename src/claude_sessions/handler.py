@@ -617,7 +617,6 @@ class ClaudeHandler:
         orphans: list[str] = []
         purged = 0
         await self._charge_pending()
-        await self.archive.catch_up()
         if await self.registry.lead():
             inactive = await manager.cleanup_inactive_sessions()
             orphans = await manager.detect_orphaned_sessions()

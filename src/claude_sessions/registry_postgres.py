@@ -130,6 +130,7 @@ class PostgresRegistry(Registry):
             timeout=timeout,
             open=False,
             check=AsyncConnectionPool.check_connection,  # a restarted database left dead connections
+            reconnect_timeout=timeout,  # then the next call tries afresh (see PostgresTranscriptStore)
             kwargs={"connect_timeout": max(2, round(timeout))},
             name="claude-sessions-registry",
         )

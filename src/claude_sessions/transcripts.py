@@ -135,6 +135,9 @@ class PostgresTranscriptStore(SessionStore):
                 timeout=self._timeout,
                 open=False,
                 check=AsyncConnectionPool.check_connection,  # a restarted server left dead idle connections
+                # Reconnecting in the background backs off up to minutes; past a caller's wait, the
+                # next caller starts a fresh attempt instead, so a database that is back is used at once.
+                reconnect_timeout=self._timeout,
                 kwargs={"autocommit": True},
                 name="claude-sessions-transcripts",
             )

@@ -178,7 +178,10 @@ class ModelGateway:
     async def start(self) -> None:
         """Serve on the loopback socket bound at construction (``base_url``)."""
         self._client = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), timeout=self._timeout, auto_decompress=False
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=self._timeout,
+            auto_decompress=False,
+            trust_env=True,  # the operator's HTTPS_PROXY / NO_PROXY, as the CLI itself would honour them
         )
         app = web.Application(client_max_size=_MAX_REQUEST_BYTES)
         app.router.add_route("*", "/{path:.*}", self._relay)

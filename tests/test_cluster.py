@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from claude_sessions.cluster import FORWARDED_HEADER
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from cluster import (
     Cluster,
@@ -42,15 +43,18 @@ def cluster(tmp_path: Path, offline_server: OfflineModelServer, database: str) -
         yield cluster
 
 
-def say(client: httpx.Client, session_id: str, content: str) -> httpx.Response:
-    return client.post(f"/v1/sessions/{session_id}/messages?stream=false", json={"content": content})
+def say(client: httpx.Client, session_id: str, content: str, **headers: str) -> httpx.Response:
+    url = f"/v1/sessions/{session_id}/messages?stream=false"
+    return client.post(url, json={"content": content}, headers=headers)
 
 
 def test_a_conversation_continues_on_every_node_served_by_its_holder(cluster: Cluster, model: OfflineModel) -> None:
     n1, n2, n3 = (cluster.node(i).client("alice") for i in range(3))
     assert n1.post("/v1/sessions", json={"session_id": "chat"}).status_code == 201
-    for number, client in enumerate((n1, n2, n3, n2), start=1):
-        reply = say(client, "chat", f"message {number}")
+    # The last one claims to be a forward already (as only the nodes may): it is forwarded all the same.
+    posing = {FORWARDED_HEADER: "1"}
+    for number, (client, headers) in enumerate(((n1, {}), (n2, {}), (n3, {}), (n2, posing)), start=1):
+        reply = say(client, "chat", f"message {number}", **headers)
         assert reply.status_code == 200, reply.text
         assert f"[user message {number} of this conversation]" in reply.json()["text"]
     assert len(cluster.node(0).cli_worker_pids()) == 1  # the holder answered every message: no respawn

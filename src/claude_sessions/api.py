@@ -13,6 +13,7 @@ shutdown, redaction for tenants), the error handlers and the OpenAPI schema.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import re
 import time
 import uuid
@@ -35,7 +36,7 @@ from .api_common import ApiError, Lifecycle, Service, api_error, error_response,
 from .api_forward import Forwarder
 from .api_sessions import message_json, session_json, turn_json, workspace_of
 from .auth import Authenticator
-from .cluster import FORWARDED, FORWARDED_HEADER
+from .cluster import FORWARDED, FORWARDED_HEADER, forwarding_mark
 from .config import ServerConfig, SessionConfig
 from .errors import ClaudeSessionsError, SessionHeldElsewhereError
 from .handler import ClaudeHandler
@@ -60,8 +61,9 @@ class RequestContext:
     counted until their last byte, so the drain knows when they are done.
     """
 
-    def __init__(self, app: ASGIApp, max_body: int, lifecycle: Lifecycle, retry_after: int) -> None:
+    def __init__(self, app: ASGIApp, max_body: int, lifecycle: Lifecycle, retry_after: int, mark: str) -> None:
         self.app = app
+        self.mark = mark.encode()
         self.max_body = max_body
         self.lifecycle = lifecycle
         self.retry_after = retry_after
@@ -71,7 +73,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        FORWARDED.set(FORWARDED_HEADER.encode() in headers)
+        FORWARDED.set(hmac.compare_digest(headers.get(FORWARDED_HEADER.encode(), b""), self.mark))
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
@@ -270,7 +272,8 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     retry_after = max(1, min(60, round(config.session_manager.CLEANUP_INTERVAL * 60)))
     lifecycle = Lifecycle(handler)
     service = Service(handler, authenticator, lifecycle, retry_after)
-    forwarder = Forwarder(handler.registry, config.optimization.MESSAGE_TIMEOUT, retry_after)
+    mark = forwarding_mark(server)
+    forwarder = Forwarder(handler.registry, config.optimization.MESSAGE_TIMEOUT, retry_after, mark)
 
     # Spares are warmed with exactly the options sessions will ask for: each key
     # holder's workspace (or the operator's defaults), the permission mode resolved.
@@ -296,7 +299,9 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     )
     app.state.service = service
     app.add_middleware(RedactingMiddleware, redactor=Redactor(config, [handler.gateway.base_url]))
-    app.add_middleware(RequestContext, max_body=server.MAX_BODY_BYTES, lifecycle=lifecycle, retry_after=retry_after)
+    app.add_middleware(
+        RequestContext, max_body=server.MAX_BODY_BYTES, lifecycle=lifecycle, retry_after=retry_after, mark=mark
+    )
     _install_error_handlers(app, retry_after, forwarder)
     app.include_router(api_sessions.router)
     app.include_router(api_service.router)

@@ -28,6 +28,8 @@ log = structlog.get_logger("claude_sessions.api")
 #: Per-connection headers, and the ones the other node sets for itself.
 _HOP_BY_HOP = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade"}
 _OWN_HEADERS = _HOP_BY_HOP | {"x-request-id", "date", "server"}
+#: What a forward sets itself, whatever the client sent.
+_SET_HERE = _HOP_BY_HOP | {FORWARDED_HEADER, "x-request-id"}
 
 
 class Forwarder:
@@ -38,8 +40,9 @@ class Forwarder:
     503 so the retry finds the session free to take over here.
     """
 
-    def __init__(self, registry: Registry, turn_seconds: float, retry_after: int) -> None:
+    def __init__(self, registry: Registry, turn_seconds: float, retry_after: int, mark: str) -> None:
         self._registry = registry
+        self._mark = mark  # FORWARDED_HEADER's value: the other node knows it came from a node
         # No read timeout beyond the turn's own: the holder bounds every turn.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=turn_seconds + 30.0)
         self._client: aiohttp.ClientSession | None = None
@@ -53,8 +56,9 @@ class Forwarder:
         target = held.node_url + request.scope["raw_path"].decode("ascii")
         if query := request.scope["query_string"].decode("ascii"):
             target += "?" + query
-        headers = [(k, v) for k, v in request.headers.items() if k not in _HOP_BY_HOP]
-        headers += [(FORWARDED_HEADER, "1"), ("x-request-id", request.scope.get("state", {}).get("request_id", ""))]
+        headers = [(k, v) for k, v in request.headers.items() if k not in _SET_HERE]
+        request_id = request.scope.get("state", {}).get("request_id", "")
+        headers += [(FORWARDED_HEADER, self._mark), ("x-request-id", request_id)]
         sending = asyncio.ensure_future(
             self._client.request(
                 request.method,

@@ -97,13 +97,17 @@ async def test_a_worker_whose_lease_moved_cannot_write_the_conversation(
 
 
 class FlakyStore(PostgresTranscriptStore):
-    """The real store, with a switch for an outage of its database."""
+    """The real store, with switches for an outage of its database and for one refused write."""
 
     down = False
+    refuse_next = False
 
     async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         if self.down:
             raise psycopg.OperationalError("connection refused")
+        if self.refuse_next:
+            self.refuse_next = False
+            raise psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
         await super().append(key, entries)
 
 
@@ -138,4 +142,33 @@ async def test_batches_an_outage_kept_back_are_written_in_order_even_after_their
     store.down = False
     await archive.catch_up()  # the node's next heartbeat
     assert await stored() == ["one", "two", "three", "four"]
+    await store.close()
+
+
+async def test_a_refused_batch_is_the_sdks_to_retry_and_a_sessions_next_worker_writes_after_its_last(
+    database: str, tmp_path: Path, registry: PostgresRegistry
+) -> None:
+    store = FlakyStore(database)
+    archive = StoreArchive(store, FileArchive(tmp_path / "projects"), registry)
+    record = SessionRecord("s", None, SessionConfig(), {}, SessionMetrics(), None, False)
+    assert await registry.create(record, 10, None, hold=True) == "created"
+    key: SessionKey = {"project_key": "proj", "session_id": str(uuid.uuid4())}
+    untagged = cast(SessionStoreEntry, {"type": "last-prompt", "lastPrompt": "hi"})  # no uuid: no dedupe
+
+    first = archive.mirror_for("first-worker")
+    archive.fence("first-worker", ("s", 1))
+    store.refuse_next = True
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        await first.append(key, [untagged])
+    await first.append(key, [untagged])  # the SDK's retry: written once, not once per try
+    store.down = True
+    await first.append(key, [cast(SessionStoreEntry, entry("older"))])
+    archive.forget("first-worker")  # the worker closes with its batch waiting
+
+    store.down = False
+    second = archive.mirror_for("second-worker")
+    archive.fence("second-worker", ("s", 1))
+    await second.append(key, [cast(SessionStoreEntry, entry("newer"))])  # waits behind the older batch
+    stored: list[dict[str, Any]] = [dict(e) for e in await store.load(key) or []]
+    assert [e.get("lastPrompt") or e["message"]["content"] for e in stored] == ["hi", "older", "newer"]
     await store.close()

@@ -51,7 +51,10 @@ class Forwarder:
     async def forward(self, request: Request, held: SessionHeldElsewhereError) -> Response:
         """Send ``request`` to the holder as it came (its bearer key decides there too), stream the answer."""
         if self._client is None:  # made on the serving loop, at first use
-            self._client = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
+            # No cap on connections: each open turn holds one, and a capped pool would make the next wait unbounded.
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=self._timeout, auto_decompress=False
+            )
         # The path and query exactly as they came, still percent-encoded.
         target = held.node_url + request.scope["raw_path"].decode("ascii")
         if query := request.scope["query_string"].decode("ascii"):

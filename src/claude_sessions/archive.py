@@ -10,9 +10,10 @@ so no node reads another node's files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, cast
 
@@ -131,9 +132,32 @@ class FileArchive(TranscriptArchive):
         """Nothing to let go of."""
 
 
-class FencedMirror:
-    """The store as one worker's CLI writes to it: only while its node holds the session's lease,
-    and never losing a batch to a database outage.
+#: One batch the SDK mirrored: the lease it was written under, where it goes, what it holds.
+_Batch = tuple[Lease, SessionKey, list[SessionStoreEntry]]
+
+
+class _Conversation:
+    """The batches of one conversation not in the store yet, oldest first, written one at a time."""
+
+    def __init__(self) -> None:
+        self.waiting: list[_Batch] = []
+        self.lock = asyncio.Lock()
+        #: Writers holding or awaiting the lock: it is forgotten only when none is left.
+        self.users = 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        self.users += 1
+        try:
+            async with self.lock:
+                yield
+        finally:
+            self.users -= 1
+
+
+class WriteBehind:
+    """Every transcript write of this node, fenced by its lease, in order per conversation, and
+    never lost to a database outage.
 
     A node paused past its lease wakes with its CLI still answering; the batches the
     SDK mirrors then are refused (the SDK reports them as a ``MirrorErrorMessage``),
@@ -141,56 +165,99 @@ class FencedMirror:
 
     A batch the database cannot take (down, restarting) is kept, not failed: the SDK
     would drop it after three tries, leaving a hole in the middle of the conversation.
-    Kept batches are written first, in order, on the next append or heartbeat
-    (``catch_up``).
+    Kept batches are written first, in order, on the conversation's next write or at the
+    node's next heartbeat (``catch_up``), whichever worker wrote them (a session's
+    next worker waits behind its last one's). Any other error is the SDK's to retry or
+    report, as without us.
     """
 
     def __init__(self, store: PostgresTranscriptStore, registry: Registry) -> None:
         self._store, self._registry = store, registry
-        self.lease: Lease = None
-        #: Batches not written yet, each with the lease it was written under (a worker moves on).
-        self._waiting: list[tuple[Lease, SessionKey, list[SessionStoreEntry]]] = []
-        self._writing = asyncio.Lock()
+        self._conversations: dict[str, _Conversation] = {}
 
     @property
     def behind(self) -> bool:
-        """Batches wait for the database."""
-        return bool(self._waiting)
+        return bool(self._conversations)
 
-    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
-        async with self._writing:
-            lease = self.lease
-            self._waiting.append((lease, key, entries))
-            if lease in await self._write_waiting():
-                raise LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
+    async def write(self, lease: Lease, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        name = key["session_id"]
+        conversation = self._conversations.setdefault(name, _Conversation())
+        batch = (lease, key, entries)
+        async with conversation.turn():
+            conversation.waiting.append(batch)
+            try:
+                lost = await self._write(conversation)
+            except Exception:
+                if batch in conversation.waiting:  # the SDK retries it, or reports it: not kept twice
+                    conversation.waiting.remove(batch)
+                raise
+            finally:
+                self._forget_if_done(name, conversation)
+        if lease is not None and lease in lost:
+            raise LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
 
     async def catch_up(self) -> None:
-        async with self._writing:
-            for lease in await self._write_waiting():
+        """Write what waits, conversation by conversation; stop at the first sign the database is still away."""
+        for name, conversation in list(self._conversations.items()):
+            async with conversation.turn():
+                try:
+                    lost = await self._write(conversation)
+                except Exception as error:
+                    log.error("transcript_batch_refused", error=repr(error))
+                    continue
+                finally:
+                    self._forget_if_done(name, conversation)
+            for lease in lost:
                 log.warning("transcript_write_refused", session_id=lease[0], reason="another node holds it now")
+            if conversation.waiting:
+                return
 
-    async def _write_waiting(self) -> list[tuple[str, int]]:
+    def _forget_if_done(self, name: str, conversation: _Conversation) -> None:
+        """Only conversations with batches waiting (or writers queued) are kept."""
+        if not conversation.waiting and conversation.users <= 1 and self._conversations.get(name) is conversation:
+            del self._conversations[name]
+
+    async def _write(self, conversation: _Conversation) -> list[tuple[str, int]]:
         """Write the waiting batches in order: the leases found lost (their batches are dropped).
 
-        An unreachable database keeps every batch for the next try.
+        An unreachable database keeps every batch for the next try; any other error drops
+        the batch the store refused and is raised.
         """
         held: set[tuple[str, int]] = set()
         lost: list[tuple[str, int]] = []
         try:
-            while self._waiting:
-                lease, key, entries = self._waiting[0]
+            while conversation.waiting:
+                lease, key, entries = conversation.waiting[0]
                 if lease is not None and lease not in held:
                     if not await self._registry.holds(*lease):
-                        self._waiting = [waiting for waiting in self._waiting if waiting[0] != lease]
+                        conversation.waiting = [batch for batch in conversation.waiting if batch[0] != lease]
                         lost.append(lease)
                         continue
                     held.add(lease)
-                await self._store.append(key, entries)
-                self._waiting.pop(0)
+                try:
+                    await self._store.append(key, entries)
+                except (DatabaseUnavailableError, *UNAVAILABLE):
+                    raise
+                except Exception:
+                    conversation.waiting.pop(0)
+                    raise
+                conversation.waiting.pop(0)
         except (DatabaseUnavailableError, *UNAVAILABLE) as error:
-            waiting = sum(len(entries) for _, _, entries in self._waiting)
+            waiting = sum(len(entries) for _, _, entries in conversation.waiting)
             log.warning("transcript_mirror_waiting", entries=waiting, error=type(error).__name__)
         return lost
+
+
+class FencedMirror:
+    """The store as one worker's CLI writes to it (the SDK's ``session_store``), under the lease
+    of the session it serves now (:class:`WriteBehind` does the writing)."""
+
+    def __init__(self, store: PostgresTranscriptStore, writes: WriteBehind) -> None:
+        self._store, self._writes = store, writes
+        self.lease: Lease = None
+
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+        await self._writes.write(self.lease, key, entries)
 
     async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
         return await self._store.load(key)
@@ -207,11 +274,10 @@ class StoreArchive(TranscriptArchive):
         self._files = files
         self._registry = registry
         self._mirrors: dict[str, FencedMirror] = {}
-        #: Mirrors of closed workers with batches still waiting for the database.
-        self._stranded: list[FencedMirror] = []
+        self.writes = WriteBehind(store, registry)
 
     def mirror_for(self, worker_token: str) -> SessionStore:
-        mirror = self._mirrors[worker_token] = FencedMirror(self.store, self._registry)
+        mirror = self._mirrors[worker_token] = FencedMirror(self.store, self.writes)
         return cast(SessionStore, mirror)
 
     def fence(self, worker_token: str, lease: Lease) -> None:
@@ -219,15 +285,11 @@ class StoreArchive(TranscriptArchive):
             self._mirrors[worker_token].lease = lease
 
     def forget(self, worker_token: str) -> None:
-        mirror = self._mirrors.pop(worker_token, None)
-        if mirror is not None and mirror.behind:  # its worker is gone; what it wrote is not
-            self._stranded.append(mirror)
+        self._mirrors.pop(worker_token, None)  # what it wrote and waits stays with ``writes``
 
     async def catch_up(self) -> None:
-        for mirror in [*self._mirrors.values(), *self._stranded]:
-            if mirror.behind:
-                await mirror.catch_up()
-        self._stranded = [m for m in self._stranded if m.behind]
+        if self.writes.behind:
+            await self.writes.catch_up()
 
     async def exists(self, conversation: Conversation) -> bool:
         project, claude_id = conversation

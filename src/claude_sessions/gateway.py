@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from .config import RuntimeConfig
 from .metrics import TurnUsage
@@ -180,7 +181,9 @@ class ModelGateway:
         self._client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0),
             timeout=self._timeout,
-            auto_decompress=False,
+            # An upstream (a proxy) may compress whatever was asked: decoded here, for the meter
+            # and the CLI alike, as its encoding header is not passed on.
+            auto_decompress=True,
             trust_env=True,  # the operator's HTTPS_PROXY / NO_PROXY, as the CLI itself would honour them
         )
         app = web.Application(client_max_size=_MAX_REQUEST_BYTES)
@@ -215,7 +218,7 @@ class ModelGateway:
         try:
             upstream = await self._client.request(
                 request.method,
-                self.upstream + request.rel_url.path_qs,
+                URL(self.upstream + request.rel_url.raw_path_qs, encoded=True),  # as it came, still encoded
                 headers={**headers, **self._credentials, "accept-encoding": "identity"},
                 data=body,
             )

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +25,7 @@ from common import (
     bare_client,
     bare_turn,
     cli_pids,
+    free_port,
     make_handler,
     managed_turn,
     rss_mb,
@@ -197,53 +203,73 @@ async def concurrency(levels: list[int], messages: int, repeats: int = 2) -> lis
     return rows
 
 
+#: The caller of ``gateway_overhead``, in a process of its own as a CLI is: both sides
+#: interleaved, the first 20 rounds to warm up; prints the times as JSON.
+_CALLER = """
+import json, sys, time, httpx
+sides, rounds = json.loads(sys.argv[1]), int(sys.argv[2])
+body = {"model": "claude-opus-5-5", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+times = {side: {"first": [], "whole": []} for side in sides}
+with httpx.Client(timeout=30) as http:
+    for i in range(rounds + 20):
+        for side, (base, key) in sides.items():
+            began = time.perf_counter()
+            with http.stream("POST", base + "/v1/messages", json=body, headers={"x-api-key": key}) as answer:
+                chunks = answer.iter_bytes()
+                next(chunks)
+                first = time.perf_counter() - began
+                for _ in chunks:
+                    pass
+            if i >= 20:
+                times[side]["first"].append(first)
+                times[side]["whole"].append(time.perf_counter() - began)
+print(json.dumps(times))
+"""
+
+
 async def gateway_overhead(rounds: int) -> list[Comparison]:
     """6. A streamed model call through the gateway (token check, key swap, metering) vs straight to the model.
 
-    The client runs in a thread of its own, as the CLI is a process of its own.
+    Placed as in production: the caller is a process of its own (as a CLI is), the model
+    another (as the API is remote), the gateway in this process (as in the server's).
     """
-    gateway = ModelGateway(os.environ["ANTHROPIC_BASE_URL"], {"x-api-key": "sk-offline-model"}, timeout=30)
-    await gateway.start()
-    grant = gateway.issue("bench")
-    hello = [{"role": "user", "content": "hi"}]
-    body = {"model": "claude-opus-5-5", "max_tokens": 64, "stream": True, "messages": hello}
-    sides = {
-        "direct": (os.environ["ANTHROPIC_BASE_URL"], "sk-offline-model"),
-        "gateway": (gateway.base_url, grant.token),
-    }
-    first: dict[str, list[float]] = {side: [] for side in sides}
-    whole: dict[str, list[float]] = {side: [] for side in sides}
-
-    def client() -> None:
-        with httpx.Client(timeout=30) as http:
-            for i in range(rounds + 20):
-                for side, (base, key) in sides.items():
-                    began = time.perf_counter()
-                    with http.stream("POST", f"{base}/v1/messages", json=body, headers={"x-api-key": key}) as r:
-                        chunks = r.iter_bytes()
-                        next(chunks)
-                        first_byte = time.perf_counter() - began
-                        for _ in chunks:
-                            pass
-                    if i >= 20:  # connections and code paths warm first
-                        first[side].append(first_byte)
-                        whole[side].append(time.perf_counter() - began)
-
+    port = free_port()
+    script = str(Path(sys.executable).with_name("claude-sessions"))
+    upstream = await asyncio.create_subprocess_exec(
+        script, "offline-model", "--port", str(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    model_url = f"http://127.0.0.1:{port}"
+    gateway = ModelGateway(model_url, {"x-api-key": "sk-offline-model"}, timeout=30)
     try:
-        await asyncio.to_thread(client)
+        async with httpx.AsyncClient() as probe:
+            for _ in range(300):
+                with contextlib.suppress(httpx.TransportError):
+                    await probe.get(f"{model_url}/v1/models")
+                    break
+                await asyncio.sleep(0.05)
+        await gateway.start()
+        grant = gateway.issue("bench")
+        sides = {"direct": (model_url, "sk-offline-model"), "gateway": (gateway.base_url, grant.token)}
+        caller = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CALLER, json.dumps(sides), str(rounds), stdout=subprocess.PIPE
+        )
+        output, _ = await caller.communicate()
+        times = json.loads(output)
     finally:
         await gateway.close()
+        upstream.terminate()
+        await upstream.wait()
     target = "+2 ms or less at p50"
     return [
         Comparison(
             f"model call, {what}",
             "straight to the model",
-            summary(times["direct"]),
+            summary(times["direct"][key]),
             "through the model gateway",
-            summary(times["gateway"]),
+            summary(times["gateway"][key]),
             target,
         )
-        for what, times in (("first byte", first), ("whole streamed answer (10 events)", whole))
+        for what, key in (("first byte", "first"), ("whole streamed answer (10 events)", "whole"))
     ]
 
 

@@ -137,3 +137,12 @@ def test_permission_modes_need_one_and_the_default_is_default_or_the_first(monke
     monkeypatch.setenv("PERMISSION_MODES_ALLOWED", " , ")
     with pytest.raises(ConfigError, match="PERMISSION_MODES_ALLOWED"):
         SystemConfig.from_env()
+
+
+def test_a_cli_reaches_the_gateway_past_the_operators_proxy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CLAUDE_SESSIONS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp.example:3128")
+    monkeypatch.setenv("NO_PROXY", "intranet.example")
+    env = cli_env(SystemConfig.from_env(), "http://127.0.0.1:1", "csg-worker-token")
+    assert env.get("HTTPS_PROXY", os.environ["HTTPS_PROXY"]) == "http://proxy.corp.example:3128"  # for its web tools
+    assert env["NO_PROXY"] == env["no_proxy"] == "intranet.example,127.0.0.1,localhost"

@@ -194,3 +194,32 @@ async def test_a_cli_that_hangs_up_cancels_its_upstream_call() -> None:
 async def call_with_timeout(base_url: str, token: str, seconds: float) -> httpx.Response:
     async with httpx.AsyncClient(base_url=base_url, timeout=seconds) as client:
         return await client.post("/v1/messages", json=TINY_CALL, headers={"x-api-key": token})
+
+
+async def test_upstream_calls_go_through_the_operators_proxy_unless_no_proxy_exempts_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    request_lines: list[str] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request_lines.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0].decode())
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    for name in ("no_proxy", "NO_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    gateway = ModelGateway("http://upstream.invalid", {"x-api-key": OPERATOR_KEY}, timeout=10)
+    await gateway.start()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.base_url, trust_env=False) as client:  # the CLI's side: direct
+            answer = await client.get("/v1/models", headers={"x-api-key": gateway.issue("acme").token})
+        assert answer.status_code == 200
+        assert request_lines == ["GET http://upstream.invalid/v1/models HTTP/1.1"]  # absolute form: a proxy's
+    finally:
+        await gateway.close()
+        server.close()
+    monkeypatch.setenv("NO_PROXY", "upstream.invalid")
+    assert ModelGateway("http://upstream.invalid", {}, timeout=10)._proxy is None

@@ -68,6 +68,9 @@ def cli_env(config: SystemConfig, gateway_url: str, token: str) -> dict[str, str
         "API_TIMEOUT_MS": str(int(opt.CLI_API_TIMEOUT * 1000)),
         **SESSION_BOUND,
     }
+    # The operator's proxy serves the CLI's own web tools, never its way to the gateway on loopback.
+    bypass = ",".join(filter(None, [os.environ.get("NO_PROXY") or os.environ.get("no_proxy"), "127.0.0.1,localhost"]))
+    env |= {"NO_PROXY": bypass, "no_proxy": bypass}
     return env
 
 

@@ -20,6 +20,8 @@ import hashlib
 import json
 import secrets
 import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +147,7 @@ class ModelGateway:
         self.upstream = (upstream or ANTHROPIC_API).rstrip("/")
         self._credentials = dict(credentials)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout)
+        self._proxy = _proxy_for(self.upstream)
         self._grants: dict[bytes, Grant] = {}
         self._client: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -184,7 +187,6 @@ class ModelGateway:
             # An upstream (a proxy) may compress whatever was asked: decoded here, for the meter
             # and the CLI alike, as its encoding header is not passed on.
             auto_decompress=True,
-            trust_env=True,  # the operator's HTTPS_PROXY / NO_PROXY, as the CLI itself would honour them
         )
         app = web.Application(client_max_size=_MAX_REQUEST_BYTES)
         app.router.add_route("*", "/{path:.*}", self._relay)
@@ -221,6 +223,7 @@ class ModelGateway:
                 URL(self.upstream + request.rel_url.raw_path_qs, encoded=True),  # as it came, still encoded
                 headers={**headers, **self._credentials, "accept-encoding": "identity"},
                 data=body,
+                proxy=self._proxy,
             )
         except (aiohttp.ClientError, TimeoutError) as error:
             log.warning("gateway_upstream_failed", error=repr(error))
@@ -263,6 +266,17 @@ async def _stream(
         return answer
     await answer.write_eof()
     return answer
+
+
+def _proxy_for(url: str) -> str | None:
+    """The operator's ``HTTPS_PROXY`` / ``HTTP_PROXY`` for ``url`` unless ``NO_PROXY`` exempts it.
+
+    Read once: aiohttp's ``trust_env`` reads it again in a thread on every call (~0.5 ms each).
+    """
+    host = urllib.parse.urlsplit(url).hostname
+    if host is not None and urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(urllib.parse.urlsplit(url).scheme)
 
 
 def _model_of(body: bytes) -> str:

@@ -192,3 +192,31 @@ async def test_dropping_a_session_never_removes_a_newer_one_of_the_same_id(make_
     assert manager.unregister_session("x") and manager.register_session("x")
     assert not await manager.drop(older)
     assert "x" in manager and manager.get("x") is not older
+
+
+async def test_a_request_reads_its_session_from_the_registry_once(
+    make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0})
+    session_id = await handler.create_session("read-once")
+    reads: list[str] = []
+    real_get = handler.registry.get
+
+    async def counted(key: str) -> Any:
+        reads.append(key)
+        return await real_get(key)
+
+    monkeypatch.setattr(handler.registry, "get", counted)
+
+    async def request() -> None:  # as the API serves a turn: the owner check, then the handler's own read
+        await handler.session_manager.fetch(session_id)
+        await handler.session_manager.fetch(session_id)
+
+    await asyncio.create_task(request())
+    assert len(reads) == 1
+    await asyncio.create_task(request())  # the next request reads afresh
+    assert len(reads) == 2
+    await handler.session_manager.fetch(session_id)
+    await asyncio.sleep(0.3)  # a moment later, even in the same task, the registry answers again
+    await handler.session_manager.fetch(session_id)
+    assert len(reads) == 4

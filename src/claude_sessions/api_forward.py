@@ -85,10 +85,20 @@ class Forwarder:
                 sending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                     await sending
+        relayed = {k: v for k, v in answer.headers.items() if k.lower() not in _OWN_HEADERS}
+        if answer.content_length is not None:  # a whole answer (JSON, an error): relayed whole, at once
+            try:
+                body = await answer.read()
+            except (aiohttp.ClientError, TimeoutError) as error:
+                log.warning("forward_failed", node_url=held.node_url, error=repr(error))
+                raise self._unavailable() from None
+            finally:
+                answer.release()
+            return Response(body, status_code=answer.status, headers=relayed)
         return StreamingResponse(
             answer.content.iter_any(),
             status_code=answer.status,
-            headers={k: v for k, v in answer.headers.items() if k.lower() not in _OWN_HEADERS},
+            headers=relayed,
             background=BackgroundTask(answer.release),
         )
 

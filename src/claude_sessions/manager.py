@@ -15,6 +15,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,12 @@ def public_id(key: str) -> str:
 
 def tenant_of_key(key: str) -> str:
     return key.rpartition("/")[0] or DEFAULT_TENANT
+
+
+#: The session read from the registry last, by which task, and when (see ``fetch``).
+_JUST_READ: ContextVar[tuple[str, int, float] | None] = ContextVar("claude_sessions_just_read", default=None)
+#: How long a read stands for a second one in the same task.
+_READ_FRESH = 0.25
 
 
 @dataclass(eq=False)
@@ -207,11 +214,23 @@ class ClaudeCodeSessionManager:
             self.pool.release_soon(worker)
 
     async def fetch(self, key: str) -> Session:
-        """A session as the registry has it now, from any node."""
+        """A session as the registry has it now, from any node.
+
+        Read once per request: the API reads a session to check its owner, then the
+        handler reads it again for the turn; the second read, in the same task moments
+        later, takes the first one's answer (a PostgreSQL round trip less per turn).
+        """
+        session = self._sessions.get(key)
+        here = (key, id(asyncio.current_task()))
+        read = _JUST_READ.get()
+        if session is not None and read is not None and read[:2] == here and time.monotonic() - read[2] < _READ_FRESH:
+            _JUST_READ.set(None)
+            return session
         record = await self.registry.get(key)
         if record is None:
             self._vanish(key)
             raise SessionNotFoundError(f"session {public_id(key)!r} not found")
+        _JUST_READ.set((*here, time.monotonic()))
         return self._adopt(record)
 
     async def listing(self, owner: str | None) -> list[Session]:

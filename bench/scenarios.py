@@ -73,7 +73,8 @@ async def session_start(rounds: int) -> list[Comparison]:
         # A spare just made (never used by a session) against later turns on it: as the
         # pool makes them (warmed up on a turn the gateway answers), and not warmed up;
         # and against the first turn of the next session on the same worker (after /clear).
-        for i in range(rounds):
+        # Twice the rounds: single first turns spread widely on a busy machine.
+        for i in range(2 * rounds):
             for warm, firsts in ((True, fresh_first), (False, cold_first)):
                 worker = await handler.pool._connect(SessionConfig(), None, warm=warm)
                 try:

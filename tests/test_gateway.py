@@ -223,3 +223,32 @@ async def test_upstream_calls_go_through_the_operators_proxy_unless_no_proxy_exe
         server.close()
     monkeypatch.setenv("NO_PROXY", "upstream.invalid")
     assert ModelGateway("http://upstream.invalid", {}, timeout=10)._proxy is None
+
+
+async def test_a_kept_alive_connection_the_upstream_dropped_is_retried_on_a_new_one() -> None:
+    """An upstream closes idle connections (uvicorn after 5 s): a call on one it just closed is sent again."""
+    served: list[int] = []
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")  # each connection answers one call, drops the next unanswered
+        await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+        served.append(1)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    gateway = ModelGateway(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", {}, timeout=10)
+    await gateway.start()
+    try:
+        token = gateway.issue("acme").token
+        async with httpx.AsyncClient(base_url=gateway.base_url, trust_env=False) as client:
+            answers = [
+                await client.post("/v1/messages/count_tokens", json=TINY_CALL, headers={"x-api-key": token})
+                for _ in range(3)
+            ]
+        assert [a.status_code for a in answers] == [200, 200, 200] and len(served) == 3
+    finally:
+        await gateway.close()
+        server.close()

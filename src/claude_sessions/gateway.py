@@ -16,6 +16,7 @@ answered here, never upstream.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import secrets
@@ -217,14 +218,21 @@ class ModelGateway:
             return _error(400, "invalid_request_error", "the tenant's daily budget (TENANT_DAILY_USD) is spent")
         assert self._client is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        call = functools.partial(
+            self._client.request,
+            request.method,
+            URL(self.upstream + request.rel_url.raw_path_qs, encoded=True),  # as it came, still encoded
+            headers={**headers, **self._credentials, "accept-encoding": "identity"},
+            data=body,
+            proxy=self._proxy,
+        )
         try:
-            upstream = await self._client.request(
-                request.method,
-                URL(self.upstream + request.rel_url.raw_path_qs, encoded=True),  # as it came, still encoded
-                headers={**headers, **self._credentials, "accept-encoding": "identity"},
-                data=body,
-                proxy=self._proxy,
-            )
+            try:
+                upstream = await call()
+            except aiohttp.ServerDisconnectedError:
+                # A kept-alive connection the upstream closed (idle) just as it was reused: the call
+                # never reached it. Once more, on a new connection (as httpx did by itself).
+                upstream = await call()
         except (aiohttp.ClientError, TimeoutError) as error:
             log.warning("gateway_upstream_failed", error=repr(error))
             return _error(502, "api_error", "the model endpoint could not be reached")

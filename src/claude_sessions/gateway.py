@@ -229,9 +229,9 @@ class ModelGateway:
         try:
             try:
                 upstream = await call()
-            except aiohttp.ServerDisconnectedError:
-                # A kept-alive connection the upstream closed (idle) just as it was reused: the call
-                # never reached it. Once more, on a new connection (as httpx did by itself).
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # A kept-alive connection the upstream closed (idle) just as it was reused, found
+                # reading the answer or writing the call. Once more, on a new connection (httpx did it).
                 upstream = await call()
         except (aiohttp.ClientError, TimeoutError) as error:
             log.warning("gateway_upstream_failed", error=repr(error))

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import psycopg
 import pytest
-from claude_agent_sdk import SessionKey, SessionStoreEntry
+from claude_agent_sdk import SessionKey, SessionStore, SessionStoreEntry
 
 from claude_sessions import PostgresTranscriptStore, SessionConfig
 from claude_sessions.archive import FileArchive, StoreArchive, TranscriptArchive
@@ -69,33 +69,6 @@ async def test_a_conversation_round_trips_and_is_deleted_by_its_ledger_name(arch
     await archive.delete(archive.name(conversation))  # gone already: nothing happens
 
 
-async def test_a_worker_whose_lease_moved_cannot_write_the_conversation(
-    database: str, tmp_path: Path, registry: PostgresRegistry
-) -> None:
-    store = PostgresTranscriptStore(database)
-    archive = StoreArchive(store, FileArchive(tmp_path / "projects"), registry)
-    record = SessionRecord("s", None, SessionConfig(), {}, SessionMetrics(), None, False)
-    assert await registry.create(record, 10, None, hold=True) == "created"
-    mirror = archive.mirror_for("worker-token")
-    archive.fence("worker-token", ("s", 1))
-    key: SessionKey = {"project_key": "proj", "session_id": str(uuid.uuid4())}
-    await mirror.append(key, [cast(SessionStoreEntry, entry("before the pause"))])
-    other = PostgresRegistry(database, "b", 1.0)
-    await other.open()
-    try:
-        await asyncio.sleep(1.1)  # node a is paused: its heartbeat lapses
-        await other.heartbeat("http://b", 0, "up")
-        assert await other.claim("s") == 2
-        with pytest.raises(LeaseLostError):
-            await mirror.append(key, [cast(SessionStoreEntry, entry("after the pause"))])
-    finally:
-        await other.close()
-    stored: list[dict[str, Any]] = [dict(e) for e in await store.load(key) or []]
-    assert [e["message"]["content"] for e in stored] == ["before the pause"]
-    archive.forget("worker-token")
-    await store.close()
-
-
 class FlakyStore(PostgresTranscriptStore):
     """The real store, with switches for an outage of its database and for one refused write."""
 
@@ -111,64 +84,95 @@ class FlakyStore(PostgresTranscriptStore):
         await super().append(key, entries)
 
 
-async def test_batches_an_outage_kept_back_are_written_in_order_even_after_their_worker_closed(
-    database: str, tmp_path: Path, registry: PostgresRegistry
-) -> None:
+@pytest.fixture
+async def store(database: str) -> AsyncIterator[FlakyStore]:
     store = FlakyStore(database)
-    archive = StoreArchive(store, FileArchive(tmp_path / "projects"), registry)
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def held(store: FlakyStore, tmp_path: Path, registry: PostgresRegistry) -> StoreArchive:
+    """The store's archive on node a, which holds session "s" (fence 1)."""
     record = SessionRecord("s", None, SessionConfig(), {}, SessionMetrics(), None, False)
     assert await registry.create(record, 10, None, hold=True) == "created"
-    mirror = archive.mirror_for("worker-token")
-    archive.fence("worker-token", ("s", 1))
-    key: SessionKey = {"project_key": "proj", "session_id": str(uuid.uuid4())}
+    return StoreArchive(store, FileArchive(tmp_path / "projects"), registry)
 
-    async def say(text: str) -> None:
-        await mirror.append(key, [cast(SessionStoreEntry, entry(text))])
 
-    async def stored() -> list[str]:
-        entries: list[dict[str, Any]] = [dict(e) for e in await store.load(key) or []]
-        return [e["message"]["content"] for e in entries]
+def worker_mirror(archive: StoreArchive, token: str) -> SessionStore:
+    """What a worker of session "s" writes its transcript through."""
+    mirror = archive.mirror_for(token)
+    archive.fence(token, ("s", 1))
+    return mirror
 
-    await say("one")
+
+def conversation_key() -> SessionKey:
+    return {"project_key": "proj", "session_id": str(uuid.uuid4())}
+
+
+def said(text: str) -> list[SessionStoreEntry]:
+    return [cast(SessionStoreEntry, entry(text))]
+
+
+async def stored(store: PostgresTranscriptStore, key: SessionKey) -> list[str]:
+    entries: list[dict[str, Any]] = [dict(e) for e in await store.load(key) or []]
+    return [e.get("lastPrompt") or e["message"]["content"] for e in entries]
+
+
+async def test_a_worker_whose_lease_moved_cannot_write_the_conversation(
+    database: str, store: FlakyStore, held: StoreArchive
+) -> None:
+    mirror = worker_mirror(held, "worker-token")
+    key = conversation_key()
+    await mirror.append(key, said("before the pause"))
+    other = PostgresRegistry(database, "b", 1.0)
+    await other.open()
+    try:
+        await asyncio.sleep(1.1)  # node a is paused: its heartbeat lapses
+        await other.heartbeat("http://b", 0, "up")
+        assert await other.claim("s") == 2
+        with pytest.raises(LeaseLostError):
+            await mirror.append(key, said("after the pause"))
+    finally:
+        await other.close()
+    assert await stored(store, key) == ["before the pause"]
+    held.forget("worker-token")
+
+
+async def test_batches_an_outage_kept_back_are_written_in_order_even_after_their_worker_closed(
+    store: FlakyStore, held: StoreArchive
+) -> None:
+    mirror = worker_mirror(held, "worker-token")
+    key = conversation_key()
+    await mirror.append(key, said("one"))
     store.down = True
-    await say("two")  # kept, not failed: the SDK would drop the batch after three tries
-    assert await stored() == ["one"]
+    await mirror.append(key, said("two"))  # kept, not failed: the SDK would drop the batch after three tries
+    assert await stored(store, key) == ["one"]
     store.down = False
-    await say("three")  # the kept batch goes first
-    assert await stored() == ["one", "two", "three"]
+    await mirror.append(key, said("three"))  # the kept batch goes first
+    assert await stored(store, key) == ["one", "two", "three"]
     store.down = True
-    await say("four")
-    archive.forget("worker-token")  # the worker closes while its batch waits
+    await mirror.append(key, said("four"))
+    held.forget("worker-token")  # the worker closes while its batch waits
     store.down = False
-    await archive.catch_up()  # the node's next heartbeat
-    assert await stored() == ["one", "two", "three", "four"]
-    await store.close()
+    await held.catch_up()  # the node's next heartbeat
+    assert await stored(store, key) == ["one", "two", "three", "four"]
 
 
 async def test_a_refused_batch_is_the_sdks_to_retry_and_a_sessions_next_worker_writes_after_its_last(
-    database: str, tmp_path: Path, registry: PostgresRegistry
+    store: FlakyStore, held: StoreArchive
 ) -> None:
-    store = FlakyStore(database)
-    archive = StoreArchive(store, FileArchive(tmp_path / "projects"), registry)
-    record = SessionRecord("s", None, SessionConfig(), {}, SessionMetrics(), None, False)
-    assert await registry.create(record, 10, None, hold=True) == "created"
-    key: SessionKey = {"project_key": "proj", "session_id": str(uuid.uuid4())}
-    untagged = cast(SessionStoreEntry, {"type": "last-prompt", "lastPrompt": "hi"})  # no uuid: no dedupe
-
-    first = archive.mirror_for("first-worker")
-    archive.fence("first-worker", ("s", 1))
+    key = conversation_key()
+    untagged = [cast(SessionStoreEntry, {"type": "last-prompt", "lastPrompt": "hi"})]  # no uuid: no dedupe
+    first = worker_mirror(held, "first-worker")
     store.refuse_next = True
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-        await first.append(key, [untagged])
-    await first.append(key, [untagged])  # the SDK's retry: written once, not once per try
+        await first.append(key, untagged)
+    await first.append(key, untagged)  # the SDK's retry: written once, not once per try
     store.down = True
-    await first.append(key, [cast(SessionStoreEntry, entry("older"))])
-    archive.forget("first-worker")  # the worker closes with its batch waiting
-
+    await first.append(key, said("older"))
+    held.forget("first-worker")  # the worker closes with its batch waiting
     store.down = False
-    second = archive.mirror_for("second-worker")
-    archive.fence("second-worker", ("s", 1))
-    await second.append(key, [cast(SessionStoreEntry, entry("newer"))])  # waits behind the older batch
-    stored: list[dict[str, Any]] = [dict(e) for e in await store.load(key) or []]
-    assert [e.get("lastPrompt") or e["message"]["content"] for e in stored] == ["hi", "older", "newer"]
-    await store.close()
+    second = worker_mirror(held, "second-worker")
+    await second.append(key, said("newer"))  # waits behind the older batch
+    assert await stored(store, key) == ["hi", "older", "newer"]

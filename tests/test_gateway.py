@@ -8,8 +8,10 @@ which calls really reached the upstream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -27,9 +29,10 @@ OPERATOR_KEY = "sk-ant-operator-" + uuid.uuid4().hex
 TINY_CALL = {"model": "claude-haiku-5-5", "max_tokens": 8, "messages": [{"role": "user", "content": "ping"}]}
 
 
-async def call(base_url: str, token: str | None) -> httpx.Response:
+async def call(base_url: str, token: str | None, timeout: float = 5.0) -> httpx.Response:
+    """One model call as a CLI makes it (straight to the gateway, whatever proxy the environment names)."""
     headers = {"anthropic-version": "2023-06-01"} | ({"x-api-key": token} if token else {})
-    async with httpx.AsyncClient(base_url=base_url) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout, trust_env=False) as client:
         return await client.post("/v1/messages", json=TINY_CALL, headers=headers)
 
 
@@ -132,68 +135,62 @@ async def test_an_unreachable_upstream_is_a_model_error_not_a_hang(
     assert metrics is not None and metrics.api_errors == 1 and metrics.total_tokens == 0
 
 
-class BrokenUpstream:
-    """A raw TCP upstream that starts an answer, then breaks it or never sends it: the
-    edges the offline model does not reach. It records when the gateway hangs up on it."""
+Connection = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+ANSWER_200 = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
 
-    def __init__(self, cut_after_start: bool) -> None:
-        self.cut_after_start = cut_after_start
-        self.hung_up = asyncio.Event()
-        self.server: asyncio.Server | None = None
 
-    async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self.answer, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+@contextlib.asynccontextmanager
+async def raw_server(serve: Connection) -> AsyncIterator[str]:
+    """A raw TCP server on loopback (the edges the offline model does not reach): its URL."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
 
-    async def answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        if self.cut_after_start:
-            start = {"type": "message_start", "message": {"model": "claude-haiku-5-5", "usage": {"input_tokens": 1000}}}
-            event = f"event: message_start\ndata: {json.dumps(start)}\n\n"
-            head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-            writer.write(f"{head}{len(event):x}\r\n{event}\r\n".encode())
-            await writer.drain()
-        else:
-            while await reader.read(1024):  # never answers; returns when the gateway hangs up
-                pass
-            self.hung_up.set()
-        writer.close()
+@contextlib.asynccontextmanager
+async def gateway_to(upstream: str) -> AsyncIterator[ModelGateway]:
+    gateway = ModelGateway(upstream, {"x-api-key": OPERATOR_KEY}, timeout=10)
+    await gateway.start()
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
 
 
 async def test_an_answer_cut_upstream_is_cut_for_the_cli_and_billed_for_what_came() -> None:
-    async with BrokenUpstream(cut_after_start=True) as upstream:
-        gateway = ModelGateway(upstream, {"x-api-key": OPERATOR_KEY}, timeout=10)
-        await gateway.start()
-        try:
-            grant = gateway.issue("acme")
-            with pytest.raises(httpx.RemoteProtocolError):  # not a clean end the CLI would take as whole
-                await call(gateway.base_url, grant.token)
-            assert grant.used.input_tokens == 1000 and grant.used.cost > 0
-        finally:
-            await gateway.close()
+    async def cut_after_start(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        start = {"type": "message_start", "message": {"model": "claude-haiku-5-5", "usage": {"input_tokens": 1000}}}
+        event = f"event: message_start\ndata: {json.dumps(start)}\n\n"
+        head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        writer.write(f"{head}{len(event):x}\r\n{event}\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    async with raw_server(cut_after_start) as upstream, gateway_to(upstream) as gateway:
+        grant = gateway.issue("acme")
+        with pytest.raises(httpx.RemoteProtocolError):  # not a clean end the CLI would take as whole
+            await call(gateway.base_url, grant.token)
+        assert grant.used.input_tokens == 1000 and grant.used.cost > 0
 
 
 async def test_a_cli_that_hangs_up_cancels_its_upstream_call() -> None:
-    upstream_end = BrokenUpstream(cut_after_start=False)
-    async with upstream_end as upstream:
-        gateway = ModelGateway(upstream, {"x-api-key": OPERATOR_KEY}, timeout=10)
-        await gateway.start()
-        try:
-            grant = gateway.issue("acme")
-            with pytest.raises(httpx.ReadTimeout):
-                await asyncio.wait_for(call_with_timeout(gateway.base_url, grant.token, 0.3), 5)
-            await asyncio.wait_for(upstream_end.hung_up.wait(), 5)  # the interrupt reached the upstream
-        finally:
-            await gateway.close()
+    hung_up = asyncio.Event()
 
+    async def never_answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        while await reader.read(1024):  # returns when the gateway hangs up
+            pass
+        hung_up.set()
+        writer.close()
 
-async def call_with_timeout(base_url: str, token: str, seconds: float) -> httpx.Response:
-    async with httpx.AsyncClient(base_url=base_url, timeout=seconds) as client:
-        return await client.post("/v1/messages", json=TINY_CALL, headers={"x-api-key": token})
+    async with raw_server(never_answers) as upstream, gateway_to(upstream) as gateway:
+        grant = gateway.issue("acme")
+        with pytest.raises(httpx.ReadTimeout):
+            await asyncio.wait_for(call(gateway.base_url, grant.token, timeout=0.3), 5)
+        await asyncio.wait_for(hung_up.wait(), 5)  # the interrupt reached the upstream
 
 
 async def test_upstream_calls_go_through_the_operators_proxy_unless_no_proxy_exempts_them(
@@ -203,24 +200,21 @@ async def test_upstream_calls_go_through_the_operators_proxy_unless_no_proxy_exe
 
     async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request_lines.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0].decode())
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+        writer.write(ANSWER_200)
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
-    for name in ("no_proxy", "NO_PROXY", "http_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
-    gateway = ModelGateway("http://upstream.invalid", {"x-api-key": OPERATOR_KEY}, timeout=10)
-    await gateway.start()
-    try:
-        async with httpx.AsyncClient(base_url=gateway.base_url, trust_env=False) as client:  # the CLI's side: direct
+    async with raw_server(proxy) as proxy_url:
+        for name in ("no_proxy", "NO_PROXY", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        async with (
+            gateway_to("http://upstream.invalid") as gateway,
+            httpx.AsyncClient(base_url=gateway.base_url, trust_env=False) as client,  # the CLI's side: direct
+        ):
             answer = await client.get("/v1/models", headers={"x-api-key": gateway.issue("acme").token})
         assert answer.status_code == 200
         assert request_lines == ["GET http://upstream.invalid/v1/models HTTP/1.1"]  # absolute form: a proxy's
-    finally:
-        await gateway.close()
-        server.close()
     monkeypatch.setenv("NO_PROXY", "upstream.invalid")
     assert ModelGateway("http://upstream.invalid", {}, timeout=10)._proxy is None
 
@@ -229,26 +223,20 @@ async def test_a_kept_alive_connection_the_upstream_dropped_is_retried_on_a_new_
     """An upstream closes idle connections (uvicorn after 5 s): a call on one it just closed is sent again."""
     served: list[int] = []
 
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")  # each connection answers one call, drops the next unanswered
+    async def one_call_a_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")  # answers one call, drops the next unanswered
         await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
         served.append(1)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+        writer.write(ANSWER_200)
         await writer.drain()
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
 
-    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-    gateway = ModelGateway(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", {}, timeout=10)
-    await gateway.start()
-    try:
+    async with raw_server(one_call_a_connection) as upstream, gateway_to(upstream) as gateway:
         token = gateway.issue("acme").token
-        async with httpx.AsyncClient(base_url=gateway.base_url, trust_env=False) as client:
+        async with httpx.AsyncClient(base_url=gateway.base_url, trust_env=False) as client:  # one kept-alive client
             answers = [
                 await client.post("/v1/messages/count_tokens", json=TINY_CALL, headers={"x-api-key": token})
                 for _ in range(3)
             ]
         assert [a.status_code for a in answers] == [200, 200, 200] and len(served) == 3
-    finally:
-        await gateway.close()
-        server.close()

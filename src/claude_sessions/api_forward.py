@@ -78,8 +78,7 @@ class Forwarder:
                     raise self._unavailable()
             answer = sending.result()
         except (aiohttp.ClientError, TimeoutError) as error:
-            log.warning("forward_failed", node_url=held.node_url, error=repr(error))
-            raise self._unavailable() from None
+            raise self._failed(held, error) from None
         finally:
             if not sending.done():
                 sending.cancel()
@@ -90,8 +89,7 @@ class Forwarder:
             try:
                 body = await answer.read()
             except (aiohttp.ClientError, TimeoutError) as error:
-                log.warning("forward_failed", node_url=held.node_url, error=repr(error))
-                raise self._unavailable() from None
+                raise self._failed(held, error) from None
             finally:
                 answer.release()
             return Response(body, status_code=answer.status, headers=relayed)
@@ -101,6 +99,10 @@ class Forwarder:
             headers=relayed,
             background=BackgroundTask(answer.release),
         )
+
+    def _failed(self, held: SessionHeldElsewhereError, error: Exception) -> ApiError:
+        log.warning("forward_failed", node_url=held.node_url, error=repr(error))
+        return self._unavailable()
 
     def _unavailable(self) -> ApiError:
         return ApiError(

@@ -132,6 +132,8 @@ class FileArchive(TranscriptArchive):
         """Nothing to let go of."""
 
 
+#: What an unreachable database raises, through the registry or straight from the store.
+_OUTAGE = (DatabaseUnavailableError, *UNAVAILABLE)
 #: One batch the SDK mirrored: the lease it was written under, where it goes, what it holds.
 _Batch = tuple[Lease, SessionKey, list[SessionStoreEntry]]
 
@@ -175,10 +177,6 @@ class WriteBehind:
         self._store, self._registry = store, registry
         self._conversations: dict[str, _Conversation] = {}
 
-    @property
-    def behind(self) -> bool:
-        return bool(self._conversations)
-
     async def write(self, lease: Lease, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         name = key["session_id"]
         conversation = self._conversations.setdefault(name, _Conversation())
@@ -197,8 +195,14 @@ class WriteBehind:
             raise LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
 
     async def catch_up(self) -> None:
-        """Write what waits, conversation by conversation; stop at the first sign the database is still away."""
+        """Write what waits, conversation by conversation; stop at the first sign the database is still away.
+
+        A conversation being written right now is left to its writer, which writes what waits
+        first: the heartbeat never waits behind a transcript write.
+        """
         for name, conversation in list(self._conversations.items()):
+            if conversation.lock.locked():
+                continue
             async with conversation.turn():
                 try:
                     lost = await self._write(conversation)
@@ -236,13 +240,13 @@ class WriteBehind:
                     held.add(lease)
                 try:
                     await self._store.append(key, entries)
-                except (DatabaseUnavailableError, *UNAVAILABLE):
+                except _OUTAGE:
                     raise
                 except Exception:
                     conversation.waiting.pop(0)
                     raise
                 conversation.waiting.pop(0)
-        except (DatabaseUnavailableError, *UNAVAILABLE) as error:
+        except _OUTAGE as error:
             waiting = sum(len(entries) for _, _, entries in conversation.waiting)
             log.warning("transcript_mirror_waiting", entries=waiting, error=type(error).__name__)
         return lost
@@ -272,7 +276,6 @@ class StoreArchive(TranscriptArchive):
     def __init__(self, store: PostgresTranscriptStore, files: FileArchive, registry: Registry) -> None:
         self.store = store
         self._files = files
-        self._registry = registry
         self._mirrors: dict[str, FencedMirror] = {}
         self.writes = WriteBehind(store, registry)
 
@@ -288,8 +291,7 @@ class StoreArchive(TranscriptArchive):
         self._mirrors.pop(worker_token, None)  # what it wrote and waits stays with ``writes``
 
     async def catch_up(self) -> None:
-        if self.writes.behind:
-            await self.writes.catch_up()
+        await self.writes.catch_up()
 
     async def exists(self, conversation: Conversation) -> bool:
         project, claude_id = conversation

@@ -281,10 +281,10 @@ def _proxy_for(url: str) -> str | None:
 
     Read once: aiohttp's ``trust_env`` reads it again in a thread on every call (~0.5 ms each).
     """
-    host = urllib.parse.urlsplit(url).hostname
-    if host is not None and urllib.request.proxy_bypass(host):
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is not None and urllib.request.proxy_bypass(parts.hostname):
         return None
-    return urllib.request.getproxies().get(urllib.parse.urlsplit(url).scheme)
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _model_of(body: bytes) -> str:

@@ -81,8 +81,6 @@ CREATE TABLE retired_transcripts (
     USAGE_SCHEMA,
 ]
 
-#: What a database that went away raises, at connect, checkout or mid-query.
-
 
 class _PostgresTransaction:
     def __init__(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:

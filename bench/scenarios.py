@@ -20,6 +20,7 @@ import openai
 from claude_sessions import ClaudeHandler, SessionConfig
 from claude_sessions.gateway import ModelGateway
 from claude_sessions.offline_model import OfflineModel
+from claude_sessions.worker import Worker
 from common import (
     Comparison,
     bare_client,
@@ -32,6 +33,9 @@ from common import (
     served,
     summary,
 )
+
+#: Idle time before each measured turn of a conversation: a user reads, then types.
+USER_PAUSE = 0.3
 
 
 async def settle(handler: ClaudeHandler) -> None:
@@ -52,6 +56,7 @@ async def session_start(rounds: int) -> list[Comparison]:
     fresh_first: list[float] = []
     reused_first: list[float] = []
     later: list[float] = []
+    back_to_back: list[float] = []
     try:
         for i in range(rounds):
             began = time.perf_counter()
@@ -71,18 +76,25 @@ async def session_start(rounds: int) -> list[Comparison]:
             await handler.destroy_session(session_id)
 
         # A spare just made (never used by a session) against later turns on it: as the
-        # pool makes them (warmed up on a turn the gateway answers), and not warmed up;
+        # pool makes them (warmed up on turns the gateway answers), and not warmed up;
         # and against the first turn of the next session on the same worker (after /clear).
+        # Every measured turn follows the same pause, as a user's turns do: a CLI answers
+        # a turn right after the last one faster than after even 0.3 s idle (the last
+        # later turn of each round, back to back, is kept apart to show by how much).
         # Twice the rounds: single first turns spread widely on a busy machine.
+        async def paused_turn(worker: Worker, prompt: str) -> float:
+            await asyncio.sleep(USER_PAUSE)
+            return (await bare_turn(worker.client, prompt))[1]
+
         for i in range(2 * rounds):
             for warm, firsts in ((True, fresh_first), (False, cold_first)):
                 worker = await handler.pool._connect(SessionConfig(), None, warm=warm)
                 try:
-                    await asyncio.sleep(0.3)
-                    firsts.append((await bare_turn(worker.client, f"first {i}"))[1])
-                    later.extend([(await bare_turn(worker.client, f"later {i}.{j}"))[1] for j in range(3)])
+                    firsts.append(await paused_turn(worker, f"first {i}"))
+                    later.extend([await paused_turn(worker, f"later {i}.{j}") for j in range(3)])
+                    back_to_back.append((await bare_turn(worker.client, f"at once {i}"))[1])
                     if warm and await worker.reset(30):
-                        reused_first.append((await bare_turn(worker.client, f"next session {i}"))[1])
+                        reused_first.append(await paused_turn(worker, f"next session {i}"))
                 finally:
                     await handler.pool.discard(worker)
     finally:
@@ -110,7 +122,15 @@ async def session_start(rounds: int) -> list[Comparison]:
             summary(later),
             "first turn of a fresh spare (warmed up)",
             summary(fresh_first),
-            "<= 1.5 (a new conversation costs every worker ~25 ms once)",
+            "<= 1.5",
+        ),
+        Comparison(
+            "later turn: back to back vs after a 0.3 s pause",
+            "later turn, right after the last",
+            summary(back_to_back),
+            "later turn, after a pause (the baseline above)",
+            summary(later),
+            "(reference)",
         ),
         Comparison(
             "fresh CLI not warmed up: first turn vs later turn",

@@ -206,7 +206,7 @@ def test_each_error_class_is_the_clients_own(alice: openai.OpenAI, server: Serve
     with pytest.raises(openai.InternalServerError) as failed:  # a model error is a 502, not text
         ask(alice, [{"role": "user", "content": "[[fail:529]] overloaded"}])
     assert failed.value.status_code == 502 and failed.value.code == "model_error"
-    with httpx.Client(base_url=server.base_url) as http:
+    with httpx.Client(base_url=server.base_url, timeout=60) as http:  # each new session may start a CLI
         limited = []
         for i in range(8):  # past TENANT_MAX_SESSIONS
             answer = http.post(

@@ -21,6 +21,7 @@ import pytest
 from claude_sessions import SessionConfig, WorkerDiedError
 from claude_sessions.gateway import ModelGateway
 from claude_sessions.offline_model import OfflineModel
+from claude_sessions.worker import WARM_UP_ROUNDS
 from conftest import MakeHandler
 from helpers import reply_text, turn, worker_pid
 from test_sandbox import bash, needs_bubblewrap
@@ -91,8 +92,8 @@ async def test_spares_warm_up_without_an_upstream_call_and_start_clean(
     idle = [w for w in handler.pool.workers() if w.state.value == "idle"]
     assert len(idle) == 2 and all(w.model is not None for w in idle)  # each had its warm-up turn
     assert model.requests == []  # answered by the gateway, never upstream, never billed
-    warm_ups = {f"{w.warmed_conversation}.jsonl" for w in idle}
-    assert len(warm_ups) == 2 and None not in {w.warmed_conversation for w in idle}
+    warm_ups = {f"{conversation}.jsonl" for w in idle for conversation in w.warmed_conversations}
+    assert len(warm_ups) == 2 * WARM_UP_ROUNDS  # a conversation of its own per round
     left = {p.name for p in (handler.config.runtime.config_dir / "projects").rglob("*.jsonl")}
     assert left.isdisjoint(warm_ups)  # no warm-up transcript; what is left is each spare's next conversation
     session_id = await handler.create_session("first")

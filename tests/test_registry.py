@@ -138,11 +138,14 @@ async def test_expired_skips_sessions_mid_turn_on_a_live_node(make_registry: Mak
     old = SessionMetrics(last_activity=1000.0)
     await a.create(record("idle", metrics=old), 10, None, hold=False)
     await a.create(record("busy", metrics=old), 10, None, hold=True)
+    await a.create(record("starting", metrics=old), 10, None, hold=True)  # its CLI not yet started
+    assert await a.expired(idle_before=2000.0) == ["idle"]
+    await a.save(record("starting", metrics=old, fence=1))  # created: idle from now on
     await a.save(record("busy", metrics=old, busy=True, fence=1))
     await a.create(record("fresh"), 10, None, hold=False)
-    assert await a.expired(idle_before=2000.0) == ["idle"]
+    assert sorted(await a.expired(idle_before=2000.0)) == ["idle", "starting"]
     await a.leave()  # its holder is gone: a turn that never ended does not pin it forever
-    assert sorted(await a.expired(idle_before=2000.0)) == ["busy", "idle"]
+    assert sorted(await a.expired(idle_before=2000.0)) == ["busy", "idle", "starting"]
 
 
 async def test_workers_replies_and_retired_transcripts(make_registry: MakeRegistry) -> None:

@@ -179,9 +179,9 @@ class ClaudeHandler:
 
     async def worker_warmed(self, worker: Worker) -> None:
         """A warm-up conversation is nobody's: its transcript goes at once."""
-        if worker.warmed_conversation:
-            project = self.session_manager.project_of(worker.config)
-            await self.archive.delete(self.archive.name((project, worker.warmed_conversation)))
+        project = self.session_manager.project_of(worker.config)
+        for conversation in worker.warmed_conversations:
+            await self.archive.delete(self.archive.name((project, conversation)))
 
     async def worker_started(self, worker: Worker, seconds: float) -> None:
         self.telemetry.connect_seconds.observe(seconds)

@@ -212,7 +212,9 @@ class Registry(ABC):
     ) -> CreateOutcome:
         """Insert a session unless its key is taken or a limit is reached, atomically for every node.
 
-        ``hold``: this node takes the session's lease at once (it binds a CLI now).
+        ``hold``: this node takes the session's lease at once (it binds a CLI now), and the
+        session counts as busy until the creator saves it: a CLI start slower than
+        ``SM_TIMEOUT_MINUTES`` never lets maintenance, on any node, remove it half made.
         """
         async with self._transaction() as tx:
             await self._lock_creates(tx)
@@ -236,9 +238,9 @@ class Registry(ABC):
                     record.claude_session_id,
                     int(record.orphaned),
                     int(record.recorded),
-                    0,
+                    int(hold),
                     self.node_id if hold else None,
-                    1 if hold else 0,
+                    int(hold),
                     record.metrics.last_activity,
                 ),
             )

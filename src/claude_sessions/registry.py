@@ -238,9 +238,9 @@ class Registry(ABC):
                     record.claude_session_id,
                     int(record.orphaned),
                     int(record.recorded),
-                    int(hold),
+                    int(hold),  # busy while its CLI starts
                     self.node_id if hold else None,
-                    int(hold),
+                    1 if hold else 0,
                     record.metrics.last_activity,
                 ),
             )

@@ -32,7 +32,7 @@ QUIET_NOTICES = frozenset({"ui_invalidate"})
 #: Warm-up rounds (a turn the gateway answers, then ``/clear``) a spare has before it is
 #: pooled. A CLI's code gets faster over its first conversations, not only its first
 #: turn: measured, a fresh spare's first turn against a later one after 1 round was
-#: 1.5-2.1x, after 3 rounds 1.2-1.4x; more rounds bought little for ~0.15 s each.
+#: 1.5-2.1x, after 3 rounds 1.2-1.6x, after 6-10 rounds no better, at ~0.17 s a round.
 WARM_UP_ROUNDS = 3
 _ids = itertools.count(1)
 
@@ -178,7 +178,7 @@ class Worker:
 
         A fresh CLI spends ~100 ms on its first model response whatever it is asked,
         and its first few conversations stay slower than later ones; a spare warmed up
-        this way answers its first real turn like a reused worker. Each round ends with
+        this way answers its first real turn nearly like a reused worker. Each round ends with
         ``/clear``. Returns whether the worker is ready for a session (reset and as launched).
         """
         deadline = asyncio.get_running_loop().time() + timeout

@@ -109,7 +109,11 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    # Comparisons across the top, one row each (their names are long, their medians span
+    # three orders of magnitude: a log axis); throughput and memory side by side below.
+    fig = plt.figure(figsize=(14, 10))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.5, 1])
+    axes = [fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])]
 
     def pairs(
         ax: Any, title: str, labels: list[str], left: tuple[str, list[float]], right: tuple[str, list[float]]
@@ -117,18 +121,19 @@ def chart(results: dict[str, Any], path: Path) -> None:
         x = range(len(labels))
         ax.bar([i - 0.2 for i in x], left[1], 0.4, label=left[0])
         ax.bar([i + 0.2 for i in x], right[1], 0.4, label=right[0])
-        ax.set_xticks(list(x), labels, fontsize=7)
+        ax.set_xticks(list(x), labels, fontsize=8)
         ax.legend()
         ax.set_title(title)
 
     comparisons = results["comparisons"]
-    pairs(
-        axes[0],
-        "Comparisons (median ms)",
-        [c["name"].replace(": ", ":\n") for c in comparisons],
-        ("baseline", [c["baseline"]["median_ms"] for c in comparisons]),
-        ("claude-sessions", [c["ours"]["median_ms"] for c in comparisons]),
-    )
+    y = range(len(comparisons))
+    axes[0].barh([i - 0.2 for i in y], [c["baseline"]["median_ms"] for c in comparisons], 0.4, label="baseline")
+    axes[0].barh([i + 0.2 for i in y], [c["ours"]["median_ms"] for c in comparisons], 0.4, label="claude-sessions")
+    axes[0].set_yticks(list(y), [c["name"] for c in comparisons], fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].set_xscale("log")
+    axes[0].legend(loc="center right")
+    axes[0].set_title("Comparisons (median ms, log scale)")
     conc = results["concurrency"]
     pairs(
         axes[1],

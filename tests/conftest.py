@@ -13,8 +13,19 @@ from claude_sessions import ClaudeHandler, SystemConfig
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from cluster import fresh_database
 from helpers import offline_env, wait_no_cli
+from server_process import STARTED
 
 MakeHandler = Callable[..., Awaitable[ClaudeHandler]]
+
+
+@pytest.fixture(autouse=True)
+def no_server_outlives_its_test() -> Iterator[None]:
+    """End the servers a test started (broader fixtures' were started before this one): a
+    test that fails midway must not leave a server's CLIs to fail the leak checks that follow."""
+    before = len(STARTED)
+    yield
+    for server in STARTED[before:]:
+        server.end()
 
 
 @pytest.fixture(scope="session")

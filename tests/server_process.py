@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,10 +25,28 @@ KEYS = {"alice": "key-alice", "bob": "key-bob"}
 ADMIN_KEY = "key-admin"
 
 
+#: Ports for the servers tests start: a child binds its port seconds after it was picked, so a
+#: port from the kernel (bind to 0) could meanwhile go to another xdist worker's server. These
+#: lie below the kernel's ephemeral range (32768-60999), in one block per worker, each handed
+#: out once per run.
+_PORT_BLOCK = 1000
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_ports = iter(range(20_000 + _PORT_BLOCK * _WORKER, 20_000 + _PORT_BLOCK * (_WORKER + 1)))
+
+#: Every server started in this run, so a test that fails midway leaves none behind.
+STARTED: list[ServerProcess] = []
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now that no other test of this run is handed."""
+    for port in _ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("this test worker used up its block of ports")
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -72,6 +91,20 @@ class ServerProcess:
             self.process.send_signal(sig)
         return self.process.wait(timeout)
 
+    def end(self) -> None:
+        """Stop it and every process it started, whatever state a failed test left it in."""
+        if self.process.poll() is not None:
+            return
+        children = psutil.Process(self.process.pid).children(recursive=True)
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+
 
 def start_server(tmp: Path, model_url: str, *, offline: bool = False, **env: str) -> ServerProcess:
     """Start the server against ``model_url`` and wait until it answers.
@@ -97,6 +130,7 @@ def start_server(tmp: Path, model_url: str, *, offline: bool = False, **env: str
             stderr=log_file,
         )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path, tmp)
+    STARTED.append(server)
     deadline = time.monotonic() + 60
     while True:
         assert process.poll() is None, log_path.read_text()

@@ -507,3 +507,29 @@ def test_a_client_that_stops_reading_frees_the_session_at_the_turn_deadline(
     while (known := {c["pid"] for c in admin.get("/v1/pool").json()["connections"]}) != server.cli_worker_pids():
         assert time.monotonic() < deadline, (known, server.cli_worker_pids())
         time.sleep(0.1)
+
+
+def test_every_live_worker_mid_turn_answers_503_with_retry_after(
+    offline_server: OfflineModelServer, tmp_path: Path
+) -> None:
+    # One live CLI at most: "hog" runs a long turn on it, so "waiting" finds no worker to take.
+    # OPT_CREATE_TIMEOUT also bounds a CLI's start (up to ~4 s on a loaded machine).
+    full = start_server(tmp_path, offline_server.base_url, CP_MIN_SIZE="0", CP_MAX_LIVE="1", OPT_CREATE_TIMEOUT="5")
+    with full.client("alice") as alice:
+        for session_id in ("waiting", "hog"):
+            assert alice.post("/v1/sessions", json={"session_id": session_id}).status_code == 201
+        with alice.stream("POST", "/v1/sessions/hog/messages", json={"content": "[[slow:10]] hold it"}) as stream:
+            events = sse(stream)
+            assert next(events)[0] == "system"  # the turn runs on the only live worker
+            began = time.monotonic()
+            refused = alice.post("/v1/sessions/waiting/messages?stream=false", json={"content": "no room"})
+            assert 4.9 < time.monotonic() - began < 9, "the wait is OPT_CREATE_TIMEOUT, then an answer"
+            assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0
+            assert refused.json()["error"]["type"] == "at_capacity"
+            assert len(full.cli_worker_pids()) == 1
+            assert list(events)[-1][1]["is_error"] is False
+        reply = alice.post("/v1/sessions/waiting/messages?stream=false", json={"content": "my turn"})
+        assert reply.status_code == 200 and "You said: my turn" in reply.json()["text"]
+    workers = full.cli_pids()
+    assert full.stop() in (0, -signal.SIGTERM)
+    assert wait_no_cli(workers) == []

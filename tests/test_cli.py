@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,14 +12,7 @@ import psycopg
 
 from cluster import fresh_database
 from helpers import wait_no_cli
-
-SCRIPT = str(Path(sys.executable).with_name("claude-sessions"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from server_process import SCRIPT, free_port
 
 
 def offline_env(tmp_path: Path) -> dict[str, str]:

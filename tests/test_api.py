@@ -402,6 +402,14 @@ def test_bad_input_is_4xx_never_500(alice: httpx.Client, server: ServerProcess) 
         assert status == 422 and problem in json.loads(payload)["error"]["message"], payload[:200]
     status, _, payload = raw_request(server.base_url, "POST", "/v1/sessions/s1/messages", auth, b'{"content": "\xc3"}')
     assert status == 422 and json.loads(payload)["error"]["type"] == "invalid_request"
+    home = server.root / "workspaces" / "alice"  # what a tenant with Bash or Write could leave there
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "a-file").write_text("not a folder")
+    (home / "loop").symlink_to("loop")
+    for cwd in ("a-file", "a-file/below", "loop", "loop/below"):
+        refused = alice.post("/v1/sessions", json={"cwd": cwd})
+        assert refused.status_code == 422, (cwd, refused.text)
+        assert cwd.split("/")[0] in refused.json()["error"]["message"] and str(home) not in refused.text
 
 
 def test_405_lists_every_allowed_method(alice: httpx.Client) -> None:

@@ -265,11 +265,17 @@ async def test_an_old_worker_is_replaced_between_turns_of_a_long_session(make_ha
     assert wait_no_cli({first}) == []
 
 
-async def test_a_cwd_naming_a_file_or_too_long_a_name_is_a_value_error(make_handler: MakeHandler) -> None:
+async def test_a_cwd_naming_a_file_a_loop_or_too_long_a_name_is_a_value_error(make_handler: MakeHandler) -> None:
     handler = await make_handler(connection_pool={"MIN_SIZE": 0})
     root = handler.config.runtime.workspace_root
     (root / "notes.txt").write_text("a file, not a folder")
-    for cwd, reason in (("notes.txt", "names a file"), ("x" * 300, "longer than")):
+    (root / "loop").symlink_to("loop")
+    for cwd, reason in (
+        ("notes.txt", "names a file"),
+        ("notes.txt/below", "names a file"),
+        ("loop", "symlink loop"),
+        ("x" * 300, "longer than"),
+    ):
         with pytest.raises(ValueError, match=reason):
             await handler.create_session(config=SessionConfig(cwd=cwd))
     assert len(handler.session_manager) == 0 and handler.get_pool_status()["pool_size"] == 0

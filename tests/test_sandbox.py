@@ -100,6 +100,33 @@ async def test_write_in_another_tenants_workspace_is_refused(
 
 
 @needs_bubblewrap
+@pytest.mark.parametrize("link", ["../bob", ".."])
+async def test_a_folder_swapped_for_a_symlink_never_moves_a_session_out_of_its_workspace(
+    make_handler: MakeHandler, model: OfflineModel, link: str
+) -> None:
+    # A session in alice/sub, then alice's Bash turns sub into a link to bob's workspace (or the
+    # root above every workspace). The sub session's next CLI must not start there.
+    handler, session = await tenant(make_handler)
+    moved = await handler.create_session("alice-sub", SessionConfig(cwd="alice/sub", allowed_tools=("Bash",)))
+    swap = f"rmdir sub && ln -s {link} sub && cat sub/secret.txt sub/bob/secret.txt"
+    result = await bash(handler, session, model, swap)
+    sub = handler.config.runtime.workspace_root / "alice" / "sub"
+    assert sub.is_symlink(), result  # the tenant's own workspace is its own to rearrange
+    assert SECRET not in result  # and the link shows nothing the sandbox hides
+    manager = handler.session_manager
+    worker = await manager.let_go(manager.get(moved))  # as an idle release does
+    assert worker is not None
+    await handler.pool.discard(worker)
+    model.requests.clear()
+    with pytest.raises(ValueError, match="leads into another workspace"):
+        await turn(handler, moved, tool("Bash", command="cat secret.txt bob/secret.txt", description="probe"))
+    assert model.message_requests() == []  # no CLI started there, so nothing ran
+    assert manager.get(moved).worker is None
+    assert await manager.detect_orphaned_sessions() == []  # maintenance still runs past it
+    await handler.destroy_session(moved, purge=True)
+
+
+@needs_bubblewrap
 async def test_bash_writing_outside_the_workspace_fails(
     make_handler: MakeHandler, model: OfflineModel, tmp_path: Path
 ) -> None:

@@ -38,6 +38,7 @@ from .api_common import (
     resolve_options,
 )
 from .auth import Principal
+from .cli_options import resolve_folder
 from .config import _TOOL_NAME, SessionConfig
 from .errors import ClaudeSessionsError
 from .manager import Session, session_key
@@ -305,7 +306,7 @@ def workspace_of(root: pathlib.Path, principal: Principal, requested: str | None
     if principal.tenant is None:
         return requested
     home = root / principal.tenant
-    target = (home / requested).resolve() if requested else home
+    target = resolve_folder(home / requested, requested) if requested else home
     if not target.is_relative_to(home):
         raise ApiError(422, "invalid_request", "cwd: must stay inside the tenant's workspace")
     return str(target)

@@ -74,11 +74,27 @@ def cli_env(config: SystemConfig, gateway_url: str, token: str) -> dict[str, str
     return env
 
 
+def resolve_folder(path: Path, shown: str) -> Path:
+    """``path`` with every symlink followed; ``ValueError`` naming ``shown`` (never the server's
+    path) for a symlink loop or a file on the way."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        raise ValueError(f"cwd {shown!r} cannot be resolved (a symlink loop)") from None
+    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"cwd {shown!r} names a file, not a folder")
+    return resolved
+
+
 def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
     """The CLI's working directory: the session's ``cwd``, inside the workspace root.
 
-    Raises ``ValueError`` for a folder outside the root (``..``, absolute paths
-    elsewhere, symlinks leading out).
+    Checked at every spawn, not only at creation: a tenant with Bash can replace
+    a folder of its workspace with a symlink afterwards. Raises ``ValueError`` for a
+    folder outside the root (``..``, absolute paths elsewhere, symlinks leading out)
+    and for one a symlink leads into another first-level folder (another tenant's
+    workspace, or the root above them all).
     """
     root = config.runtime.workspace_root
     if session.cwd is None:
@@ -86,12 +102,21 @@ def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
     candidate = Path(session.cwd)
     if any(len(os.fsencode(part)) > NAME_MAX for part in candidate.parts):
         raise ValueError(f"cwd: a folder name is longer than {NAME_MAX} bytes")
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    named = candidate if candidate.is_absolute() else root / candidate
+    written = Path(os.path.normpath(named))
+    inside = written.is_relative_to(root)
+    shown = str(written.relative_to(root)) if inside else session.cwd  # never the server's own path
+    resolved = resolve_folder(named, shown)
     if not resolved.is_relative_to(root):
-        raise ValueError(f"cwd {session.cwd!r} is outside the workspace root")
-    if resolved.exists() and not resolved.is_dir():
-        raise ValueError(f"cwd {session.cwd!r} names a file, not a folder")
+        raise ValueError(f"cwd {shown!r} is outside the workspace root")
+    if inside and _workspace(written, root) != _workspace(resolved, root):
+        raise ValueError(f"cwd {shown!r} leads into another workspace")
     return resolved
+
+
+def _workspace(path: Path, root: Path) -> tuple[str, ...]:
+    """The first-level folder of the root ``path`` lies in (empty for the root itself)."""
+    return path.relative_to(root).parts[:1]
 
 
 def tenant_of(session: SessionConfig, config: SystemConfig) -> str:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import time
 import uuid
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -436,10 +438,19 @@ class ClaudeCodeSessionManager:
         return self._project_of_cwd(options.cwd)
 
     def _project_of_cwd(self, cwd: str | None) -> str:
-        """Resolved once per ``cwd``, the only option it depends on (orphan detection asks for every session)."""
+        """Resolved once per ``cwd``, the only option it depends on (orphan detection asks for every session).
+
+        A ``cwd`` a symlink has since led elsewhere is taken as written (the stored folder is
+        the one its CLI ran in): the session can still be found, deleted and checked, while
+        a spawn there is refused.
+        """
         project = self._projects.get(cwd)
         if project is None:
-            project = self._projects[cwd] = project_key_for_directory(session_cwd(SessionConfig(cwd=cwd), self.config))
+            try:
+                folder = session_cwd(SessionConfig(cwd=cwd), self.config)
+            except ValueError:
+                folder = Path(os.path.normpath(self.config.runtime.workspace_root / (cwd or "")))
+            project = self._projects[cwd] = project_key_for_directory(folder)
         return project
 
     async def import_conversation(self, session: Session, history: Sequence[Turn]) -> None:

@@ -483,30 +483,47 @@ def test_tenant_views_carry_no_pid_path_address_or_key(
     assert admin.get("/v1/health").json()["sessions"]["active"] >= 2
 
 
+STALLING = "[[big:1024]] more than the socket buffers hold"
+OPENAI_STALLING = {"model": "sonnet", "stream": True, "messages": [{"role": "user", "content": STALLING}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/sessions/stalled/messages", {"content": STALLING}),
+        ("/v1/chat/completions", OPENAI_STALLING),
+    ],
+    ids=["sessions", "openai"],
+)
 def test_a_client_that_stops_reading_frees_the_session_at_the_turn_deadline(
-    alice: httpx.Client, admin: httpx.Client, server: ServerProcess
+    alice: httpx.Client, admin: httpx.Client, server: ServerProcess, path: str, body: dict[str, Any]
 ) -> None:
-    assert alice.post("/v1/sessions", json={"session_id": "stalled"}).status_code == 201
-    body = json.dumps({"content": "[[big:1024]] more than the socket buffers hold"}).encode()
+    if "stalled" in path:
+        assert alice.post("/v1/sessions", json={"session_id": "stalled"}).status_code == 201
+    payload = json.dumps(body).encode()
     head = (
-        "POST /v1/sessions/stalled/messages HTTP/1.1\r\nHost: test\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: test\r\n"
         f"Authorization: Bearer {KEYS['alice']}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
     )
     host, _, port = server.base_url.removeprefix("http://").partition(":")
     with socket.socket() as stalled:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect((host, int(port)))
-        stalled.sendall(head.encode() + body)  # and never reads a byte
+        stalled.sendall(head.encode() + payload)  # and never reads a byte
         began = time.monotonic()
+        while not (listed := alice.get("/v1/sessions").json()["sessions"]):  # the completion makes one
+            assert time.monotonic() - began < 10
+            time.sleep(0.05)
+        (session_id,) = [s["session_id"] for s in listed]
         states: list[tuple[float, str]] = []
-        while (state := alice.get("/v1/sessions/stalled").json()["state"]) == "busy" or not states:
+        while (state := alice.get(f"/v1/sessions/{session_id}").json()["state"]) == "busy" or not states:
             states.append((round(time.monotonic() - began, 1), state))
             assert time.monotonic() - began < 3 + 2.5, f"the stalled client held the session: {states}"
             time.sleep(0.1)
         held = time.monotonic() - began
         assert held > 2, f"the turn was not held by the stalled client at all: {states}"  # it was, until...
-        reply = alice.post("/v1/sessions/stalled/messages?stream=false", json={"content": "next"})
+        reply = alice.post(f"/v1/sessions/{session_id}/messages?stream=false", json={"content": "next"})
         assert reply.status_code == 200 and "You said: next" in reply.json()["text"]
     time.sleep(0.3)
     assert any(e.get("event") == "sse_client_stalled" for e in server.log_lines())

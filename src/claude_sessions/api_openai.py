@@ -27,6 +27,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 from .api_common import ApiError, Caller, ServiceDep, api_error, resolve_options
 from .api_sessions import TurnStream, dumps, workspace_of
@@ -399,4 +400,5 @@ async def chat_completions(
         sep="\n",
         ping=15,
         shutdown_grace_period=service.config.optimization.DESTROY_TIMEOUT,
+        background=BackgroundTask(turn.aclose),  # as the sessions route: freed even if the stream never starts
     )

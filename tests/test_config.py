@@ -146,3 +146,12 @@ def test_a_cli_reaches_the_gateway_past_the_operators_proxy(monkeypatch: pytest.
     env = cli_env(SystemConfig.from_env(), "http://127.0.0.1:1", "csg-worker-token")
     assert env.get("HTTPS_PROXY", os.environ["HTTPS_PROXY"]) == "http://proxy.corp.example:3128"  # for its web tools
     assert env["NO_PROXY"] == env["no_proxy"] == "intranet.example,127.0.0.1,localhost"
+
+
+def test_models_allowed_covers_an_aliases_family_and_a_names_dated_versions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELS_ALLOWED", "haiku,claude-sonnet-4-5")
+    server = SystemConfig.from_env().server
+    for model in ("claude-haiku-5-5", "claude-3-5-haiku-20241022", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929"):
+        assert server.permits_model(model), model
+    for model in ("claude-opus-5-5", "claude-sonnet-4-6", "claude-sonnet-4", "haikus", "", "opus"):
+        assert not server.permits_model(model), model

@@ -123,6 +123,32 @@ async def test_a_turn_whose_cli_was_killed_is_billed_for_what_the_upstream_used(
     assert metrics.input_tokens == charged.input_tokens > 0 and metrics.total_cost > 0
 
 
+async def test_a_model_outside_models_allowed_never_reaches_the_upstream(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    # The tenant names opus in the Agent tool's own ``model`` field, on a haiku-only server.
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0}, server={"MODELS_ALLOWED": "haiku"})
+    unnamed = await handler.create_session("unnamed")  # runs the first allowed, not the CLI's default
+    assert "You said: hello" in reply_text(await turn(handler, unnamed, "hello"))
+    assert {r.body["model"] for r in model.message_requests()} == {"claude-haiku-5-5"}
+    session = await handler.create_session("agent", SessionConfig(model="haiku"))
+    model.requests.clear()
+    spawn = {"description": "probe", "prompt": "say hi", "subagent_type": "general-purpose", "model": "opus"}
+    await turn(handler, session, f"[[tool:Agent:{json.dumps(spawn)}]]")
+    called = [r.body["model"] for r in model.message_requests()]
+    assert called and set(called) == {"claude-haiku-5-5"}, called  # the subagent's opus call was refused
+    assert "say hi" not in [r.last_user_text for r in model.message_requests()]
+    (result,) = [
+        block
+        for r in model.message_requests()
+        for m in r.body["messages"]
+        if isinstance(m["content"], list)
+        for block in m["content"]
+        if block.get("type") == "tool_result"
+    ]
+    assert "MODELS_ALLOWED" in json.dumps(result["content"]), result
+
+
 async def test_an_unreachable_upstream_is_a_model_error_not_a_hang(
     make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -174,7 +174,8 @@ def build_options(
         cwd=str(cwd),
         system_prompt=session.system_prompt,
         max_turns=session.max_turns,
-        model=session.model,
+        # One that names none runs the first allowed (the CLI's own default may not be).
+        model=session.model or config.server.models_allowed[0],
         allowed_tools=scoped_tools(session.allowed_tools, cwd),
         disallowed_tools=list(session.disallowed_tools),
         permission_mode=session.permission_mode or "default",

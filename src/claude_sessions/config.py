@@ -265,6 +265,13 @@ class ServerConfig(_Section):
     def models_allowed(self) -> list[str]:
         return _comma_list(self.MODELS_ALLOWED)
 
+    def permits_model(self, model: str) -> bool:
+        """Whether a model id the CLI calls is one ``MODELS_ALLOWED`` names: itself, a dated
+        version of it, or an id of an alias's family (``opus`` covers ``claude-opus-5-5``)."""
+        return any(
+            model == name or model.startswith(f"{name}-") or f"-{name}-" in f"-{model}-" for name in self.models_allowed
+        )
+
     @property
     def slash_commands_allowed(self) -> set[str]:
         return {name.removeprefix("/") for name in _comma_list(self.SLASH_COMMANDS_ALLOWED)}

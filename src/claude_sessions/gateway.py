@@ -144,8 +144,17 @@ class ModelGateway:
     and so the upstream request (``handler_cancellation``).
     """
 
-    def __init__(self, upstream: str | None, credentials: Mapping[str, str], timeout: float) -> None:
+    def __init__(
+        self,
+        upstream: str | None,
+        credentials: Mapping[str, str],
+        timeout: float,
+        permits_model: Callable[[str], bool] = lambda model: True,
+    ) -> None:
         self.upstream = (upstream or ANTHROPIC_API).rstrip("/")
+        #: ``MODELS_ALLOWED``, enforced on every call: a tool's own model choice (the Agent
+        #: tool's ``model``) is the tenant's input too.
+        self._permits_model = permits_model
         self._credentials = dict(credentials)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout)
         self._proxy = _proxy_for(self.upstream)
@@ -213,6 +222,10 @@ class ModelGateway:
         body = await request.read()
         if grant.warming and request.path.startswith("/v1/messages"):
             return _warm_reply(request.path, body)
+        model = _model_of(body) if request.path == "/v1/messages" else ""
+        if request.path == "/v1/messages" and not self._permits_model(model):
+            log.warning("gateway_model_refused", tenant=grant.tenant, model=model[:100])
+            return _error(400, "invalid_request_error", f"model {model[:100]!r} is not permitted here (MODELS_ALLOWED)")
         if grant.budget is not None and request.path == "/v1/messages" and grant.used.cost >= grant.budget:
             # A 400, which the CLI does not retry: the turn ends with this message as its error.
             return _error(400, "invalid_request_error", "the tenant's daily budget (TENANT_DAILY_USD) is spent")
@@ -240,7 +253,7 @@ class ModelGateway:
             relayed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
             reader = None
             if request.path == "/v1/messages" and upstream.status == 200:
-                reader = _UsageReader(grant, _model_of(body))
+                reader = _UsageReader(grant, model)
             if reader is not None and not upstream.content_type.startswith("text/event-stream"):
                 content = await upstream.read()  # whole: billed before the CLI can see the answer
                 with contextlib.suppress(ValueError):

@@ -97,6 +97,7 @@ class ClaudeHandler:
             runtime.ANTHROPIC_BASE_URL,
             credentials_of(runtime),
             timeout=self.config.optimization.CLI_API_TIMEOUT,
+            permits_model=self.config.server.permits_model,
         )
         limits = self.config.connection_pool
         self.pool = WorkerPool(

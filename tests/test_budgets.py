@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import signal
 import time
@@ -71,6 +72,23 @@ async def test_the_gateway_ends_a_turn_at_what_the_day_had_left(make_handler: Ma
     assert await spent_today(handler) > 0
     with pytest.raises(BudgetExceededError):
         await turn(handler, session, "more")
+
+
+async def test_turns_running_at_once_share_what_the_day_had_left(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 0}, server={"TENANT_DAILY_USD": "*:0.000001"})
+    first, second = await handler.create_session("first"), await handler.create_session("second")
+    running = asyncio.create_task(turn(handler, first, "[[slow:3]] a long answer"))
+    grant = handler.session_manager.get(first).worker.grant  # type: ignore[union-attr]
+    while not grant.used.cost:  # its call is under way, metered, and not charged to the day yet
+        await asyncio.sleep(0.02)
+    late = result_of(await turn(handler, second, "may I?"))
+    assert late.is_error and "budget" in str(late.result)
+    assert not any("may I?" in r.last_user_text for r in model.message_requests())  # refused at the gateway
+    assert not result_of(await running).is_error  # a call under way is never cut
+    with pytest.raises(BudgetExceededError):
+        await turn(handler, second, "and now?")
 
 
 @pytest.fixture(scope="module")

@@ -63,18 +63,39 @@ _HOP_HEADERS = frozenset(
 )
 
 
+@dataclass
+class Tally:
+    """What one tenant's calls through this gateway cost, ever (only grows)."""
+
+    cost: float = 0.0
+
+
 @dataclass(eq=False)
 class Grant:
     """One worker's right to call the model: a token, its tenant, and what it used."""
 
     tenant: str
     token: str = field(repr=False)
+    #: Shared by every grant of the tenant: turns running at once count against one budget.
+    tally: Tally = field(default_factory=Tally)
     #: Calls answered by the gateway itself (a spare's warm-up turn): never upstream, never billed.
     warming: bool = False
     used: TurnUsage = field(default_factory=TurnUsage)
     #: What the running turn may spend (the rest of its tenant's day); None: no limit.
     budget: float | None = None
+    #: The tally the budget counts from: at the turn's start, less what the tenant's running
+    #: turns had used and not yet been charged for (the day's rest does not hold that yet).
+    baseline: float = 0.0
     _revoke: Callable[[Grant], None] = field(repr=False, default=lambda grant: None)
+
+    def bill(self, usage: TurnUsage) -> None:
+        self.used = self.used + usage
+        self.tally.cost += usage.cost
+
+    @property
+    def budget_spent(self) -> bool:
+        """Whether the tenant's calls since the turn began used up the turn's budget."""
+        return self.budget is not None and self.tally.cost - self.baseline >= self.budget
 
     def take(self) -> TurnUsage:
         """What was used since the last take (one turn's worth, read at its end)."""
@@ -132,7 +153,7 @@ class _UsageReader:
             return
         self._usage |= {key: value for key, value in usage.items() if value is not None}
         total = TurnUsage.from_api(self._usage, cost_usd(self._model, self._usage))
-        self._grant.used = self._grant.used + total - self._billed
+        self._grant.bill(total - self._billed)
         self._billed = total
 
 
@@ -159,6 +180,7 @@ class ModelGateway:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout)
         self._proxy = _proxy_for(self.upstream)
         self._grants: dict[bytes, Grant] = {}
+        self._tallies: dict[str, Tally] = {}
         self._client: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         #: Bound now, so the address is known (to the CLI options, to redaction) before serving.
@@ -171,9 +193,21 @@ class ModelGateway:
 
     def issue(self, tenant: str) -> Grant:
         """A new token for one worker of ``tenant``."""
-        grant = Grant(tenant=tenant, token="csg-" + secrets.token_urlsafe(32), _revoke=self._forget)
+        tally = self._tallies.setdefault(tenant, Tally())
+        grant = Grant(tenant=tenant, token="csg-" + secrets.token_urlsafe(32), tally=tally, _revoke=self._forget)
         self._grants[_digest(grant.token)] = grant
         return grant
+
+    def limit(self, grant: Grant, budget: float | None) -> None:
+        """Let ``grant``'s next turn spend ``budget`` (the rest of its tenant's day, as charged).
+
+        Spend of the tenant's turns still running here is not charged yet, so it counts
+        against this turn too: turns started at once share the rest instead of each
+        spending it whole. (Other nodes' running turns are not seen: a day can overshoot
+        by what they spend meanwhile.)
+        """
+        unbilled = sum(g.used.cost for g in self._grants.values() if g.tally is grant.tally)
+        grant.budget, grant.baseline = budget, grant.tally.cost - unbilled
 
     def _forget(self, grant: Grant) -> None:
         self._grants.pop(_digest(grant.token), None)
@@ -226,7 +260,7 @@ class ModelGateway:
         if request.path == "/v1/messages" and not self._permits_model(model):
             log.warning("gateway_model_refused", tenant=grant.tenant, model=model[:100])
             return _error(400, "invalid_request_error", f"model {model[:100]!r} is not permitted here (MODELS_ALLOWED)")
-        if grant.budget is not None and request.path == "/v1/messages" and grant.used.cost >= grant.budget:
+        if request.path == "/v1/messages" and grant.budget_spent:
             # A 400, which the CLI does not retry: the turn ends with this message as its error.
             return _error(400, "invalid_request_error", "the tenant's daily budget (TENANT_DAILY_USD) is spent")
         assert self._client is not None

@@ -354,7 +354,7 @@ class ClaudeHandler:
                 budget = await self._admit(session)
                 session.metrics.touch()
                 worker = await self._bind(session)
-                worker.grant.budget = budget
+                self.gateway.limit(worker.grant, budget)
                 bound = True
                 try:
                     if session.closed:  # destroyed while its worker was being bound: no billed turn

@@ -113,14 +113,18 @@ async def test_a_folder_swapped_for_a_symlink_never_moves_a_session_out_of_its_w
     sub = handler.config.runtime.workspace_root / "alice" / "sub"
     assert sub.is_symlink(), result  # the tenant's own workspace is its own to rearrange
     assert SECRET not in result  # and the link shows nothing the sandbox hides
+    probe = tool("Bash", command="cat secret.txt bob/secret.txt; echo x > planted.txt", description="probe")
     manager = handler.session_manager
-    worker = await manager.let_go(manager.get(moved))  # as an idle release does
-    assert worker is not None
-    await handler.pool.discard(worker)
     model.requests.clear()
-    with pytest.raises(ValueError, match="leads into another workspace"):
-        await turn(handler, moved, tool("Bash", command="cat secret.txt bob/secret.txt", description="probe"))
-    assert model.message_requests() == []  # no CLI started there, so nothing ran
+    for live in (True, False):  # on its live CLI, then on a new one (after an idle release)
+        with pytest.raises(ValueError, match="leads into another workspace"):
+            await turn(handler, moved, probe)
+        if live:
+            worker = await manager.let_go(manager.get(moved))
+            assert worker is not None
+            await handler.pool.discard(worker)
+    assert model.message_requests() == []  # no turn ran there
+    assert not (handler.config.runtime.workspace_root / "bob" / "planted.txt").exists()
     assert manager.get(moved).worker is None
     assert await manager.detect_orphaned_sessions() == []  # maintenance still runs past it
     await handler.destroy_session(moved, purge=True)

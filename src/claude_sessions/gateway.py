@@ -65,9 +65,11 @@ _HOP_HEADERS = frozenset(
 
 @dataclass
 class Tally:
-    """What one tenant's calls through this gateway cost, ever (only grows)."""
+    """What one tenant's calls through this gateway cost, and how much of that the registry
+    holds (the handler writes it when a turn ends); both only grow."""
 
     cost: float = 0.0
+    charged: float = 0.0
 
 
 @dataclass(eq=False)
@@ -83,8 +85,8 @@ class Grant:
     used: TurnUsage = field(default_factory=TurnUsage)
     #: What the running turn may spend (the rest of its tenant's day); None: no limit.
     budget: float | None = None
-    #: The tally the budget counts from: at the turn's start, less what the tenant's running
-    #: turns had used and not yet been charged for (the day's rest does not hold that yet).
+    #: The tally's ``charged`` just before that rest was read: everything metered since, the
+    #: tenant's other running turns included, counts against the budget.
     baseline: float = 0.0
     _revoke: Callable[[Grant], None] = field(repr=False, default=lambda grant: None)
 
@@ -193,21 +195,12 @@ class ModelGateway:
 
     def issue(self, tenant: str) -> Grant:
         """A new token for one worker of ``tenant``."""
-        tally = self._tallies.setdefault(tenant, Tally())
-        grant = Grant(tenant=tenant, token="csg-" + secrets.token_urlsafe(32), tally=tally, _revoke=self._forget)
+        grant = Grant(tenant, "csg-" + secrets.token_urlsafe(32), self.tally(tenant), _revoke=self._forget)
         self._grants[_digest(grant.token)] = grant
         return grant
 
-    def limit(self, grant: Grant, budget: float | None) -> None:
-        """Let ``grant``'s next turn spend ``budget`` (the rest of its tenant's day, as charged).
-
-        Spend of the tenant's turns still running here is not charged yet, so it counts
-        against this turn too: turns started at once share the rest instead of each
-        spending it whole. (Other nodes' running turns are not seen: a day can overshoot
-        by what they spend meanwhile.)
-        """
-        unbilled = sum(g.used.cost for g in self._grants.values() if g.tally is grant.tally)
-        grant.budget, grant.baseline = budget, grant.tally.cost - unbilled
+    def tally(self, tenant: str) -> Tally:
+        return self._tallies.setdefault(tenant, Tally())
 
     def _forget(self, grant: Grant) -> None:
         self._grants.pop(_digest(grant.token), None)

@@ -40,7 +40,7 @@ from .errors import (
     WorkerDiedError,
     WorkerStartError,
 )
-from .gateway import Grant, ModelGateway, credentials_of
+from .gateway import Grant, ModelGateway, Tally, credentials_of
 from .maintenance import Maintenance
 from .manager import ClaudeCodeSessionManager, Session
 from .metrics import TurnUsage, add_usage, is_api_error
@@ -88,8 +88,9 @@ class ClaudeHandler:
         self.telemetry = Telemetry()
         #: The wall clock budgets count days and minutes by (tests move it).
         self.clock: Callable[[], float] = time.time
-        #: Charges the database was away for: (tenant, at, cost, tokens, turns).
-        self._uncharged: deque[tuple[str, float, float, int, int]] = deque()
+        #: Charges not written yet (the database was away): the tally that metered each, and
+        #: (tenant, at, cost, tokens, turns) as the registry takes them.
+        self._uncharged: deque[tuple[Tally, tuple[str, float, float, int, int]]] = deque()
         runtime = self.config.runtime
         self._data_dir_lock = DataDirLock(runtime.DATA_DIR.resolve())
         self.registry, self.archive = open_registry(self.config, uuid.uuid4().hex[:12])
@@ -351,10 +352,16 @@ class ClaudeHandler:
         try:
             async with session.turn_lock:
                 await self._claim(session)
+                # tenant_of checks the cwd at every turn, live worker or not: a folder swapped for
+                # a symlink since must not move the session (ValueError). The tally is read before
+                # the day's rest: what is metered from here on, the tenant's other running turns
+                # included, counts against that rest (turns at once share it).
+                tally = self.gateway.tally(tenant_of(session.config, self.config))
+                baseline = tally.charged
                 budget = await self._admit(session)
                 session.metrics.touch()
                 worker = await self._bind(session)
-                self.gateway.limit(worker.grant, budget)
+                worker.grant.budget, worker.grant.baseline = budget, baseline
                 bound = True
                 try:
                     if session.closed:  # destroyed while its worker was being bound: no billed turn
@@ -547,7 +554,7 @@ class ClaudeHandler:
         usage = worker.grant.take() + TurnUsage(api_error=is_api_error(result))
         add_usage(session.metrics, usage)
         self.telemetry.turn_finished(session.owner, usage, seconds)
-        await self._charge(session.tenant, usage, turns=1)
+        await self._charge(session.tenant, usage, 1, worker.grant.tally)
 
     async def _bill_unfinished(self, session: Session, worker: Worker) -> None:
         """Calls of a turn that never finished (its CLI died or was killed) were billed all the same."""
@@ -555,23 +562,25 @@ class ClaudeHandler:
         add_usage(session.metrics, usage)
         self.telemetry.usage(session.owner, usage)
         if usage.cost or any(usage.tokens().values()):
-            await self._charge(session.tenant, usage, turns=0)
+            await self._charge(session.tenant, usage, 0, worker.grant.tally)
 
-    async def _charge(self, tenant: str, usage: TurnUsage, turns: int) -> None:
-        """Add spend to the tenant's day in the registry (what budgets and ``/v1/usage`` read)."""
-        self._uncharged.append((tenant, self.clock(), usage.cost, sum(usage.tokens().values()), turns))
+    async def _charge(self, tenant: str, usage: TurnUsage, turns: int, tally: Tally) -> None:
+        """Add spend to the tenant's day in the registry (what budgets and ``/v1/usage`` read);
+        ``tally`` metered it, and counts it as charged once written."""
+        self._uncharged.append((tally, (tenant, self.clock(), usage.cost, sum(usage.tokens().values()), turns)))
         await self._charge_pending()
 
     async def _charge_pending(self) -> None:
         """Write the charges not yet written; a database away keeps them for the next turn or pass."""
         while self._uncharged:
-            charge = self._uncharged.popleft()  # taken first: two callers never write one twice
+            tally, charge = pending = self._uncharged.popleft()  # taken first: two callers never write one twice
             try:
                 await self.registry.charge(*charge)
             except DatabaseUnavailableError:
-                self._uncharged.appendleft(charge)
+                self._uncharged.appendleft(pending)
                 log.warning("usage_charge_deferred", pending=len(self._uncharged))
                 return
+            tally.charged += charge[2]
 
     def _count_connection_error(self, session: Session) -> None:
         session.metrics.connection_errors += 1

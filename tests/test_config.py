@@ -149,9 +149,14 @@ def test_a_cli_reaches_the_gateway_past_the_operators_proxy(monkeypatch: pytest.
 
 
 def test_models_allowed_covers_an_aliases_family_and_a_names_dated_versions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELS_ALLOWED", "haiku,claude-sonnet-4-5")
+    monkeypatch.setenv("MODELS_ALLOWED", "haiku,claude-sonnet-4,opus[1m]")
     server = SystemConfig.from_env().server
-    for model in ("claude-haiku-5-5", "claude-3-5-haiku-20241022", "claude-sonnet-4-5", "claude-sonnet-4-5-20250929"):
+    for model in ("claude-haiku-5-5", "claude-3-5-haiku-20241022", "claude-sonnet-4", "claude-sonnet-4-20250514"):
         assert server.permits_model(model), model
-    for model in ("claude-opus-5-5", "claude-sonnet-4-6", "claude-sonnet-4", "haikus", "", "opus"):
+    assert server.permits_model("claude-opus-5-5")  # [1m] names a context window
+    for model in ("claude-sonnet-4-5", "claude-sonnet-4-6", "claude-sonnet-4-5-20250929", "haikus", "", "opus1"):
         assert not server.permits_model(model), model
+    monkeypatch.setenv("MODELS_ALLOWED", "opusplan")
+    server = SystemConfig.from_env().server
+    assert server.permits_model("claude-opus-5-5") and server.permits_model("claude-sonnet-5")
+    assert not server.permits_model("claude-haiku-5-5")

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from claude_agent_sdk import AssistantMessage
@@ -15,9 +16,11 @@ from claude_sessions import (
     SessionConfig,
     SessionExistsError,
     SessionNotFoundError,
+    SystemConfig,
     TurnTimeoutError,
     WorkerDiedError,
 )
+from claude_sessions.cli_options import session_cwd
 from claude_sessions.handler import INTERRUPT_GRACE_SECONDS
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
@@ -263,6 +266,24 @@ async def test_an_old_worker_is_replaced_between_turns_of_a_long_session(make_ha
     assert worker_pid(handler, session_id) != first
     assert "[user message 2 of this conversation]" in reply
     assert wait_no_cli({first}) == []
+
+
+def test_a_cwd_is_read_part_by_part_so_no_spelling_reaches_another_workspace(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    config = SystemConfig.from_env()
+    root = config.runtime.workspace_root
+    (root / "alice" / "a" / "b").mkdir(parents=True)
+    (root / "bob").mkdir()
+    (root / "alice" / "deep").symlink_to(root / "alice" / "a" / "b")
+    alias = tmp_path / "alias"  # the root under another name
+    alias.symlink_to(root)
+    assert session_cwd(SessionConfig(cwd=str(alias / "alice" / "a")), config) == root / "alice" / "a"
+    assert session_cwd(SessionConfig(cwd="alice/deep/.."), config) == root / "alice" / "a"
+    # Each resolves to bob's workspace, while its spelling starts in alice's.
+    for cwd in ("alice/deep/../../../bob", str(alias / "alice" / "deep" / ".." / ".." / ".." / "bob")):
+        with pytest.raises(ValueError, match="another workspace"):
+            session_cwd(SessionConfig(cwd=cwd), config)
 
 
 async def test_a_cwd_naming_a_file_a_loop_or_too_long_a_name_is_a_value_error(make_handler: MakeHandler) -> None:

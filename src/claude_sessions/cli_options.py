@@ -79,9 +79,11 @@ def resolve_folder(path: Path, shown: str) -> Path:
     path) for a symlink loop or a file on the way."""
     try:
         resolved = path.resolve()
-    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+        existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    except RuntimeError:  # a symlink loop (before Python 3.13)
         raise ValueError(f"cwd {shown!r} cannot be resolved (a symlink loop)") from None
-    existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    except OSError as error:  # a folder on the way its owner made unreadable, a loop since 3.13
+        raise ValueError(f"cwd {shown!r} cannot be resolved ({error.strerror})") from None
     if not existing.is_dir():
         raise ValueError(f"cwd {shown!r} names a file, not a folder")
     return resolved
@@ -104,19 +106,27 @@ def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
         raise ValueError(f"cwd: a folder name is longer than {NAME_MAX} bytes")
     named = candidate if candidate.is_absolute() else root / candidate
     written = Path(os.path.normpath(named))
-    inside = written.is_relative_to(root)
-    shown = str(written.relative_to(root)) if inside else session.cwd  # never the server's own path
+    shown = str(written.relative_to(root)) if written.is_relative_to(root) else session.cwd  # never our path
     resolved = resolve_folder(named, shown)
     if not resolved.is_relative_to(root):
         raise ValueError(f"cwd {shown!r} is outside the workspace root")
-    if inside and _workspace(written, root) != _workspace(resolved, root):
+    if _named_workspace(named, root) != resolved.relative_to(root).parts[:1]:
         raise ValueError(f"cwd {shown!r} leads into another workspace")
     return resolved
 
 
-def _workspace(path: Path, root: Path) -> tuple[str, ...]:
-    """The first-level folder of the root ``path`` lies in (empty for the root itself)."""
-    return path.relative_to(root).parts[:1]
+def _named_workspace(named: Path, root: Path) -> tuple[str, ...] | None:
+    """The first-level folder below the root that ``named`` spells out (empty: the root
+    itself), read component by component; None when it reaches the root only through
+    ``..`` or not at all."""
+    if ".." not in named.parts and named.is_relative_to(root):  # the usual case: read as written
+        return named.relative_to(root).parts[:1]
+    parts = named.parts
+    for end in range(1, len(parts) + 1):
+        if Path(*parts[:end]).resolve() == root:  # a symlinked spelling of the root counts
+            rest = parts[end : end + 1]
+            return None if rest == ("..",) else rest
+    return None
 
 
 def tenant_of(session: SessionConfig, config: SystemConfig) -> str:

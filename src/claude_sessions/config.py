@@ -151,6 +151,10 @@ _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RESERVED_TENANT = "admin"
 
 
+#: Aliases the CLI resolves to more than one family.
+_ALIAS_FAMILIES = {"opusplan": ("opus", "sonnet")}
+
+
 def _comma_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -266,11 +270,18 @@ class ServerConfig(_Section):
         return _comma_list(self.MODELS_ALLOWED)
 
     def permits_model(self, model: str) -> bool:
-        """Whether a model id the CLI calls is one ``MODELS_ALLOWED`` names: itself, a dated
-        version of it, or an id of an alias's family (``opus`` covers ``claude-opus-5-5``)."""
-        return any(
-            model == name or model.startswith(f"{name}-") or f"-{name}-" in f"-{model}-" for name in self.models_allowed
-        )
+        """Whether a model id the CLI calls is one ``MODELS_ALLOWED`` names: an id itself or
+        its dated snapshot (``claude-sonnet-4`` covers ``claude-sonnet-4-20250514``, not
+        ``claude-sonnet-4-5``), or any id of an alias's family (``opus`` and ``opus[1m]``
+        cover ``claude-opus-5-5``; ``opusplan`` plans with opus and works with sonnet)."""
+        for name in self.models_allowed:
+            name = name.split("[", 1)[0]  # [1m]: a context window, not another model
+            if "-" in name:
+                if re.fullmatch(rf"{re.escape(name)}(?:-\d{{8}}|-latest)?", model):
+                    return True
+            elif any(f"-{family}-" in f"-{model}-" for family in _ALIAS_FAMILIES.get(name, (name,))):
+                return True
+        return False
 
     @property
     def slash_commands_allowed(self) -> set[str]:

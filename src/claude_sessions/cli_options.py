@@ -92,13 +92,16 @@ def resolve_folder(path: Path, shown: str) -> Path:
 def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
     """The CLI's working directory: the session's ``cwd``, inside the workspace root.
 
-    Checked at every spawn, not only at creation: a tenant with Bash can replace
+    Checked at every turn and spawn, not only at creation: a tenant with Bash can replace
     a folder of its workspace with a symlink afterwards. Raises ``ValueError`` for a
     folder outside the root (``..``, absolute paths elsewhere, symlinks leading out)
     and for one a symlink leads into another first-level folder (another tenant's
     workspace, or the root above them all).
     """
-    root = config.runtime.workspace_root
+    return _cwd_below(session, config.runtime.workspace_root)
+
+
+def _cwd_below(session: SessionConfig, root: Path) -> Path:
     if session.cwd is None:
         return root
     candidate = Path(session.cwd)
@@ -131,7 +134,8 @@ def _named_workspace(named: Path, root: Path) -> tuple[str, ...] | None:
 
 def tenant_of(session: SessionConfig, config: SystemConfig) -> str:
     """The tenant whose workspace a session's CLI works in (a worker serves one workspace only)."""
-    inside = session_cwd(session, config).relative_to(config.runtime.workspace_root).parts
+    root = config.runtime.workspace_root  # resolved on each read: read once
+    inside = _cwd_below(session, root).relative_to(root).parts
     return inside[0] if inside else DEFAULT_TENANT
 
 

@@ -98,10 +98,7 @@ def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
     and for one a symlink leads into another first-level folder (another tenant's
     workspace, or the root above them all).
     """
-    return _cwd_below(session, config.runtime.workspace_root)
-
-
-def _cwd_below(session: SessionConfig, root: Path) -> Path:
+    root = config.runtime.workspace_root
     if session.cwd is None:
         return root
     candidate = Path(session.cwd)
@@ -134,8 +131,7 @@ def _named_workspace(named: Path, root: Path) -> tuple[str, ...] | None:
 
 def tenant_of(session: SessionConfig, config: SystemConfig) -> str:
     """The tenant whose workspace a session's CLI works in (a worker serves one workspace only)."""
-    root = config.runtime.workspace_root  # resolved on each read: read once
-    inside = _cwd_below(session, root).relative_to(root).parts
+    inside = session_cwd(session, config).relative_to(config.runtime.workspace_root).parts
     return inside[0] if inside else DEFAULT_TENANT
 
 

@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -85,6 +86,7 @@ class RuntimeConfig(_Section):
     ANTHROPIC_AUTH_TOKEN: SecretStr | None = Field(None, validation_alias="ANTHROPIC_AUTH_TOKEN")
     #: The CLI's OS sandbox (bubblewrap) for every session; ``auto``: on when it runs here.
     SANDBOX: Literal["auto", "on", "off"] = Field("auto", validation_alias="SANDBOX")
+    _workspace_root: Path = PrivateAttr()
 
     @field_validator("SANDBOX")
     @classmethod
@@ -103,12 +105,14 @@ class RuntimeConfig(_Section):
 
     @property
     def workspace_root(self) -> Path:
-        return (self.WORKSPACE_ROOT or self.DATA_DIR / "workspaces").resolve()
+        return self._workspace_root
 
     @model_validator(mode="after")
     def _workspaces_hold_nothing_of_ours(self) -> RuntimeConfig:
-        """A session's tools reach its workspace: keys, registry and code must lie elsewhere."""
-        root = self.workspace_root
+        """A session's tools reach its workspace: keys, registry and code must lie elsewhere.
+
+        Resolves the root once per change (every cwd check of every turn reads it)."""
+        root = self._workspace_root = (self.WORKSPACE_ROOT or self.DATA_DIR / "workspaces").resolve()
         ours = {
             "CLAUDE_CONFIG_DIR": self.config_dir,
             "CLAUDE_SESSIONS_DATA_DIR": self.DATA_DIR.resolve(),

@@ -79,7 +79,7 @@ class Grant:
     tenant: str
     token: str = field(repr=False)
     #: Shared by every grant of the tenant: turns running at once count against one budget.
-    tally: Tally = field(default_factory=Tally)
+    tally: Tally
     #: Calls answered by the gateway itself (a spare's warm-up turn): never upstream, never billed.
     warming: bool = False
     used: TurnUsage = field(default_factory=TurnUsage)
@@ -249,11 +249,12 @@ class ModelGateway:
         body = await request.read()
         if grant.warming and request.path.startswith("/v1/messages"):
             return _warm_reply(request.path, body)
-        model = _model_of(body) if request.path == "/v1/messages" else ""
-        if request.path == "/v1/messages" and not self._permits_model(model):
+        messages = request.path == "/v1/messages"  # a billed call (count_tokens is not)
+        model = _model_of(body) if messages else ""
+        if messages and not self._permits_model(model):
             log.warning("gateway_model_refused", tenant=grant.tenant, model=model[:100])
             return _error(400, "invalid_request_error", f"model {model[:100]!r} is not permitted here (MODELS_ALLOWED)")
-        if request.path == "/v1/messages" and grant.budget_spent:
+        if messages and grant.budget_spent:
             # A 400, which the CLI does not retry: the turn ends with this message as its error.
             return _error(400, "invalid_request_error", "the tenant's daily budget (TENANT_DAILY_USD) is spent")
         assert self._client is not None
@@ -279,7 +280,7 @@ class ModelGateway:
         async with upstream:
             relayed = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
             reader = None
-            if request.path == "/v1/messages" and upstream.status == 200:
+            if messages and upstream.status == 200:
                 reader = _UsageReader(grant, model)
             if reader is not None and not upstream.content_type.startswith("text/event-stream"):
                 content = await upstream.read()  # whole: billed before the CLI can see the answer

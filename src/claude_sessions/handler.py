@@ -356,8 +356,7 @@ class ClaudeHandler:
                 # a symlink since must not move the session (ValueError). The tally is read before
                 # the day's rest: what is metered from here on, the tenant's other running turns
                 # included, counts against that rest (turns at once share it).
-                tally = self.gateway.tally(tenant_of(session.config, self.config))
-                baseline = tally.charged
+                baseline = self.gateway.tally(tenant_of(session.config, self.config)).charged
                 budget = await self._admit(session)
                 session.metrics.touch()
                 worker = await self._bind(session)

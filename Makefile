@@ -2,15 +2,17 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
+# Installs come from uv.lock: exactly the versions the last green CI tested.
+UV_VERSION := 0.13.9
+SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(BIN)/uv sync --frozen --extra dev
 
-.PHONY: install demo serve offline-model test lint bench clean
+.PHONY: install demo serve offline-model test lint bench upgrade clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+$(VENV)/.installed: pyproject.toml uv.lock
+	test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q uv==$(UV_VERSION); }
+	$(SYNC)
 	touch $@
 
 demo: install
@@ -31,8 +33,13 @@ test: lint
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 bench: install
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(SYNC) --extra bench
 	cd bench && ../$(BIN)/python run.py
+
+# The deliberate step: the newest versions pyproject.toml allows, into uv.lock, then the whole suite.
+upgrade: install
+	UV_PYTHON_DOWNLOADS=never $(BIN)/uv lock --upgrade
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

@@ -81,12 +81,16 @@ async def test_a_message_is_text_not_a_command_nor_a_file_mention(
 
 
 async def test_settings_a_cli_writes_reach_no_other_cli(make_handler: MakeHandler, model: OfflineModel) -> None:
-    # Depth: even were /config allowed, what it writes is read by no CLI.
+    # Depth: even were /config allowed, what it writes is read by no CLI. Some CLI releases refuse
+    # the write from an SDK session: then the refusal must reach the user and nothing be written.
     handler = await make_handler(connection_pool={"MIN_SIZE": 0}, server={"SLASH_COMMANDS_ALLOWED": "config"})
     alice = await handler.create_session("alice", SessionConfig(cwd=str(workspace(handler, "alice"))))
-    await turn(handler, alice, "/config permissionMode=acceptEdits")
+    answer = await turn(handler, alice, "/config permissionMode=acceptEdits")
     settings = handler.config.runtime.config_dir / "settings.json"
-    assert json.loads(settings.read_text())["permissions"]["defaultMode"] == "acceptEdits"
+    if settings.exists():
+        assert json.loads(settings.read_text())["permissions"]["defaultMode"] == "acceptEdits"
+    else:
+        assert "Not changed" in reply_text(answer), answer
 
     bob_home = workspace(handler, "bob")
     bob = await handler.create_session("bob", SessionConfig(cwd=str(bob_home)))

@@ -19,7 +19,7 @@ from claude_sessions import ClaudeHandler, SessionConfig, SessionMetrics, System
 from conftest import MakeHandler
 from helpers import wait_no_cli
 
-SEED = Path(__file__).resolve().parents[2] / "shared" / "seed" / "000_e36653b25112b6ce.txt"
+SEED = Path(__file__).resolve().parent / "data" / "seed_examples.md"  # the specification's blocks, verbatim
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 

@@ -24,11 +24,11 @@ import psycopg
 
 from claude_sessions import ClaudeHandler, SessionConfig, SystemConfig
 from claude_sessions.config import ClusterConfig, ConnectionPoolConfig
-from claude_sessions.metrics import SessionMetrics
-from claude_sessions.registry import Registry, SessionRecord
-from claude_sessions.registry_postgres import PostgresRegistry
-from claude_sessions.registry_sqlite import SqliteRegistry
-from claude_sessions.transcripts import PostgresTranscriptStore
+from claude_sessions.observability.metrics import SessionMetrics
+from claude_sessions.store.postgres import PostgresRegistry
+from claude_sessions.store.registry import Registry, SessionRecord
+from claude_sessions.store.sqlite import SqliteRegistry
+from claude_sessions.store.transcripts import PostgresTranscriptStore
 from common import Comparison, served, summary
 
 SERVER = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

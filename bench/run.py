@@ -1,10 +1,11 @@
 """Benchmarks against the offline model on loopback: what the pool and the manager buy.
 
 Every comparison runs both sides in this one process, interleaved, and reports
-median, p95 and the ratio. Prints a table, writes bench/results/latest.json and
-draws bench/results/latest.png.
+median, p95 and the ratio. Prints the figures tables, writes bench/results/latest.json
+and latest.md, draws bench/results/latest.png, and puts the same tables in
+docs/benchmarks.md between its figures markers.
 
-    python bench/run.py [--quick]
+    python bench/run.py [--quick] [--cluster]
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from rich.markdown import Markdown
 
 import cluster_scenarios as cluster
 import scenarios
-from claude_sessions.logs import configure_logging
+from claude_sessions.observability.logs import configure_logging
 from claude_sessions.offline_model import OfflineModel
 from common import Comparison, offline_environment
 
 RESULTS = Path(__file__).parent / "results"
+#: The documentation page whose figures section each run (not a cluster-only one) replaces.
+DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+FIGURES_START, FIGURES_END = "<!-- figures:start -->", "<!-- figures:end -->"
 
 
 async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[str, Any]:
@@ -59,7 +63,7 @@ def machine() -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The README's tables, from one run."""
+    """The figures tables, from one run."""
     clustered = results["cluster"]
     cluster_lines = [f"Cluster benchmarks skipped: {clustered['skipped']}"] if "skipped" in clustered else []
     cluster_lines = cluster_lines or cluster.markdown(clustered)
@@ -101,6 +105,24 @@ def markdown(results: dict[str, Any]) -> str:
     for r in results["maintenance"]:
         lines.append(f"| {r['sessions']:,} | {r['pass_ms']:.1f} ms | {r['slowest_pass_ms']:.1f} ms |")
     return "\n".join([*lines, "", *cluster_lines]) + "\n"
+
+
+def figures_section(results: dict[str, Any], quick: bool) -> str:
+    """What goes between the documentation page's figures markers: when and where, then the tables."""
+    mode = " (--quick: fewer rounds and levels)" if quick else ""
+    run = f"Latest run{mode}: {results['when']}, {results['machine']}, {results['seconds']:.0f} s."
+    return f"{run}\n\n{markdown(results)}"
+
+
+def replace_figures(page: Path, section: str) -> bool:
+    """Replace what lies between ``page``'s figures markers with ``section``; False if it has none."""
+    text = page.read_text() if page.exists() else ""
+    start = text.find(FIGURES_START)
+    end = text.find(FIGURES_END, start + len(FIGURES_START)) if start >= 0 else -1
+    if end < 0:
+        return False
+    page.write_text(f"{text[: start + len(FIGURES_START)]}\n{section.strip()}\n{text[end:]}")
+    return True
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -175,6 +197,8 @@ def main() -> None:
     (RESULTS / f"{name}.md").write_text(markdown(results))
     if not args.cluster:
         chart(results, RESULTS / "latest.png")
+        if not replace_figures(DOCS_PAGE, figures_section(results, args.quick)):
+            console.print(f"{DOCS_PAGE} has no {FIGURES_START} ... {FIGURES_END} section: not updated")
     console.print(f"{results['machine']}; {results['seconds']} s; written to {RESULTS}/{name}.*")
 
 

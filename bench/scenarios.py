@@ -18,9 +18,9 @@ import httpx
 import openai
 
 from claude_sessions import ClaudeHandler, SessionConfig
-from claude_sessions.gateway import ModelGateway
+from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.offline_model import OfflineModel
-from claude_sessions.worker import Worker
+from claude_sessions.workers.worker import Worker
 from common import (
     Comparison,
     bare_client,

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from claude_sessions import ClaudeHandler, SystemConfig
-from claude_sessions.api import create_app
+from claude_sessions.http.app import create_app
 
 
 def app_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -> FastAPI:
@@ -49,7 +49,7 @@ def test_without_keys_the_operator_goes_straight_in(monkeypatch: pytest.MonkeyPa
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:
     """No CDN: every asset ships in the package, and the script talks to its own origin only."""
-    folder = resources.files("claude_sessions") / "console"
+    folder = resources.files("claude_sessions.http") / "static"
     assert sorted(p.name for p in folder.iterdir()) == ["app.js", "console.css", "index.html"]
     for path in folder.iterdir():
         text = path.read_text()

@@ -13,11 +13,11 @@ import pytest
 from claude_agent_sdk import SessionKey, SessionStore, SessionStoreEntry
 
 from claude_sessions import PostgresTranscriptStore, SessionConfig
-from claude_sessions.archive import FileArchive, StoreArchive, TranscriptArchive
 from claude_sessions.errors import LeaseLostError
-from claude_sessions.metrics import SessionMetrics
-from claude_sessions.registry import SessionRecord
-from claude_sessions.registry_postgres import PostgresRegistry
+from claude_sessions.observability.metrics import SessionMetrics
+from claude_sessions.store.archive import FileArchive, StoreArchive, TranscriptArchive
+from claude_sessions.store.postgres import PostgresRegistry
+from claude_sessions.store.registry import SessionRecord
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/{}"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from claude_sessions.auth import OPERATOR, Authenticator, Principal
 from claude_sessions.config import ServerConfig
+from claude_sessions.http.auth import OPERATOR, Authenticator, Principal
 
 
 def authenticator(keys: str = "", admin: str | None = None) -> Authenticator:

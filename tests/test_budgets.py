@@ -16,7 +16,7 @@ import pytest
 from claude_sessions import ClaudeHandler, SystemConfig
 from claude_sessions.errors import BudgetExceededError
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from claude_sessions.registry import seconds_to_midnight
+from claude_sessions.store.registry import seconds_to_midnight
 from conftest import MakeHandler
 from helpers import result_of, turn, wait_no_cli
 from server_process import KEYS, ServerProcess, start_server

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from claude_sessions import ConfigError, SessionConfig, SystemConfig
-from claude_sessions.cli_options import cli_env
+from claude_sessions.workers.options import cli_env
 
 
 @pytest.fixture(autouse=True)

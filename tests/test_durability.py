@@ -15,8 +15,8 @@ import pytest
 
 from claude_sessions import CapacityError, ClaudeHandler, SystemConfig
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from claude_sessions.processes import end_stray_processes, owner_mark, process_started_at
-from claude_sessions.registry_sqlite import SqliteRegistry
+from claude_sessions.store.sqlite import SqliteRegistry
+from claude_sessions.workers.processes import end_stray_processes, owner_mark, process_started_at
 from conftest import MakeHandler
 from helpers import cli_processes, reply_text, turn, wait_no_cli, worker_pid
 from server_process import sse, start_server
@@ -183,7 +183,7 @@ async def test_an_earlier_runs_stray_is_ended_before_this_run_spawns(
         sweeps.append(threading.current_thread())
         return end_stray_processes(recorded, owner)
 
-    monkeypatch.setattr("claude_sessions.handler.end_stray_processes", sweep)
+    monkeypatch.setattr("claude_sessions.sessions.handler.end_stray_processes", sweep)
     second = ClaudeHandler(SystemConfig.from_env())
     try:
         await turn(second, session_id, "a turn before anything else starts the handler")

@@ -19,9 +19,9 @@ import psutil
 import pytest
 
 from claude_sessions import SessionConfig, WorkerDiedError
-from claude_sessions.gateway import ModelGateway
+from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.offline_model import OfflineModel
-from claude_sessions.worker import WARM_UP_ROUNDS
+from claude_sessions.workers.worker import WARM_UP_ROUNDS
 from conftest import MakeHandler
 from helpers import reply_text, turn, worker_pid
 from test_sandbox import bash, needs_bubblewrap

@@ -8,7 +8,7 @@ import logging
 import pytest
 import structlog
 
-from claude_sessions.logs import configure_logging
+from claude_sessions.observability.logs import configure_logging
 
 
 def test_json_lines_carry_the_event_and_its_fields(capsys: pytest.CaptureFixture[str]) -> None:

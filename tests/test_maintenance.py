@@ -6,7 +6,7 @@ import asyncio
 
 from structlog.testing import capture_logs
 
-from claude_sessions.maintenance import Maintenance
+from claude_sessions.sessions.maintenance import Maintenance
 from conftest import MakeHandler
 from helpers import turn, wait_no_cli
 

@@ -10,8 +10,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from claude_sessions import SessionConfig, SessionLimitError, SessionOrphanedError, WorkerDiedError
+from claude_sessions.gateway.pricing import cost_usd
 from claude_sessions.offline_model import OfflineModel
-from claude_sessions.pricing import cost_usd
 from conftest import MakeHandler
 from helpers import pids_of, result_of, turn, wait_no_cli
 

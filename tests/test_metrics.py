@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from claude_agent_sdk import ResultMessage
 
-from claude_sessions.metrics import SessionMetrics, TurnUsage, add_usage, is_api_error
+from claude_sessions.observability.metrics import SessionMetrics, TurnUsage, add_usage, is_api_error
 
 
 def result(is_error: bool = False, reason: str | None = "completed") -> ResultMessage:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from claude_sessions import ClaudeHandler, SystemConfig
-from claude_sessions.api import create_app
+from claude_sessions.http.app import create_app
 
 #: What each route can answer besides success (503: any request while the server drains).
 ERRORS = {

@@ -12,7 +12,7 @@ import pytest
 
 from claude_sessions import SessionConfig, WorkerStartError
 from claude_sessions.offline_model import OfflineModel
-from claude_sessions.worker import WorkerState
+from claude_sessions.workers.worker import WorkerState
 from conftest import MakeHandler
 from helpers import pids_of, reply_text, turn, wait_no_cli, worker_pid
 

@@ -7,8 +7,8 @@ from dataclasses import asdict
 import pytest
 
 from claude_sessions import SessionConfig
+from claude_sessions.gateway.pricing import TIERS, cost_usd, prices_of
 from claude_sessions.offline_model import OfflineModel
-from claude_sessions.pricing import TIERS, cost_usd, prices_of
 from conftest import MakeHandler
 from helpers import result_of, turn
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from claude_sessions.processes import OWNER_VARIABLE, end_stray_processes, process_started_at
+from claude_sessions.workers.processes import OWNER_VARIABLE, end_stray_processes, process_started_at
 
 OWNER = "0123456789abcdef"
 

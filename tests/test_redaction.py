@@ -11,7 +11,7 @@ from claude_agent_sdk import project_key_for_directory
 
 import claude_sessions
 from claude_sessions import SystemConfig
-from claude_sessions.redaction import Redactor
+from claude_sessions.http.redaction import Redactor
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import pytest
 
 from claude_sessions import SessionConfig
 from claude_sessions.errors import BudgetExceededError, DatabaseUnavailableError, RateLimitedError
-from claude_sessions.metrics import SessionMetrics
-from claude_sessions.registry import Holder, Registry, SessionRecord, Spend
-from claude_sessions.registry_postgres import PostgresRegistry
-from claude_sessions.registry_sqlite import _MIGRATIONS, SqliteRegistry
+from claude_sessions.observability.metrics import SessionMetrics
+from claude_sessions.store.postgres import PostgresRegistry
+from claude_sessions.store.registry import Holder, Registry, SessionRecord, Spend
+from claude_sessions.store.sqlite import _MIGRATIONS, SqliteRegistry
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/{}"
 #: (node id, lease seconds) -> a registry on the test's database; every call of one test shares it.

@@ -20,7 +20,7 @@ import pytest
 import claude_sessions
 from claude_sessions import ClaudeHandler, ConfigError, SessionConfig, SystemConfig
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from claude_sessions.sandbox import bubblewrap_usable
+from claude_sessions.workers.sandbox import bubblewrap_usable, check_host, sandbox_on
 from conftest import MakeHandler
 from helpers import turn
 
@@ -244,18 +244,18 @@ def test_tools_that_write_are_refused_at_start_up_without_the_sandbox(monkeypatc
         with pytest.raises(ConfigError, match="TOOLS_ALLOWED"):
             SystemConfig.from_env()
     monkeypatch.setenv("TOOLS_ALLOWED", "Read,Grep")
-    assert not SystemConfig.from_env().runtime.sandboxed
+    assert not sandbox_on(SystemConfig.from_env().runtime)
 
 
 def test_sandbox_on_without_bubblewrap_stops_start_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap, no socat
     monkeypatch.setenv("SANDBOX", "on")
     with pytest.raises(ConfigError, match="SANDBOX"):
-        SystemConfig.from_env()
+        ClaudeHandler(SystemConfig.from_env())  # the host is probed at start-up, not when reading settings
     monkeypatch.setenv("SANDBOX", "auto")
     monkeypatch.setenv("TOOLS_ALLOWED", "Bash")
     with pytest.raises(ConfigError, match="TOOLS_ALLOWED"):
-        SystemConfig.from_env()
+        check_host(SystemConfig.from_env())
     monkeypatch.setenv("SANDBOX", "sometimes")
     with pytest.raises(ConfigError, match="SANDBOX"):
         SystemConfig.from_env()

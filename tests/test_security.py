@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from claude_sessions import ConfigError, SystemConfig
-from claude_sessions.cli_options import cli_env
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
+from claude_sessions.workers.options import cli_env
 from helpers import wait_no_cli
 from server_process import ServerProcess, start_server
 

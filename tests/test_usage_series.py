@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from claude_sessions.metrics import TurnUsage
-from claude_sessions.usage_series import BUCKET_SECONDS, UsageSeries
+from claude_sessions.observability.metrics import TurnUsage
+from claude_sessions.observability.usage_series import BUCKET_SECONDS, UsageSeries
 
 
 class Clock:

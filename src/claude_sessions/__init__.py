@@ -1,7 +1,7 @@
 """claude-sessions: many concurrent Claude Code conversations, kept healthy."""
 
-from .config import SessionConfig, SystemConfig
-from .errors import (
+from claude_sessions.config import SessionConfig, SystemConfig
+from claude_sessions.errors import (
     CapacityError,
     ClaudeSessionsError,
     ConfigError,
@@ -17,10 +17,10 @@ from .errors import (
     WorkerError,
     WorkerStartError,
 )
-from .handler import ClaudeHandler
-from .manager import ClaudeCodeSessionManager
-from .metrics import SessionMetrics
-from .transcripts import PostgresTranscriptStore
+from claude_sessions.observability.metrics import SessionMetrics
+from claude_sessions.sessions.handler import ClaudeHandler
+from claude_sessions.sessions.manager import ClaudeCodeSessionManager
+from claude_sessions.store.transcripts import PostgresTranscriptStore
 
 __all__ = [
     "CapacityError",

@@ -13,11 +13,12 @@ from typing import Annotated
 import structlog
 import typer
 
-from .config import SystemConfig
-from .errors import ClaudeSessionsError, ConfigError
-from .logs import configure_logging
-from .offline_model import ModelSettings, OfflineModelServer, loopback_env
-from .offline_model import serve as serve_offline_model
+from claude_sessions.config import SystemConfig
+from claude_sessions.errors import ClaudeSessionsError, ConfigError
+from claude_sessions.observability.logs import configure_logging
+from claude_sessions.offline_model import ModelSettings, OfflineModelServer, loopback_env
+from claude_sessions.offline_model import serve as serve_offline_model
+from claude_sessions.workers.sandbox import check_host
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = structlog.get_logger("claude_sessions.cli")
@@ -52,7 +53,9 @@ def model_endpoint(offline: bool) -> Iterator[None]:
 
 def load_config() -> SystemConfig:
     try:
-        return SystemConfig.from_env()
+        config = SystemConfig.from_env()
+        check_host(config)
+        return config
     except ConfigError as error:
         typer.echo(f"claude-sessions: {error}", err=True)
         raise typer.Exit(2) from None
@@ -76,7 +79,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING...")] = "INFO",
 ) -> None:
     """The HTTP chat API."""
-    from .server import run_server
+    from claude_sessions.http.server import run_server
 
     configure_logging(log_level)
     with model_endpoint(wants_offline(offline)):
@@ -86,7 +89,7 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Create or migrate the registry's schema (the nodes also do it themselves at start)."""
-    from .handler import open_registry
+    from claude_sessions.sessions.handler import open_registry
 
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # its retries would print a line each
 
@@ -111,7 +114,7 @@ def migrate() -> None:
 @app.command()
 def demo(offline: OfflineOption = None) -> None:
     """The seed's demonstration: pool, metrics, limits and cleanup at work."""
-    from .demo import run_demo
+    from claude_sessions.demo import run_demo
 
     configure_logging("WARNING")
     with tempfile.TemporaryDirectory(prefix="claude-sessions-demo-") as scratch, model_endpoint(wants_offline(offline)):

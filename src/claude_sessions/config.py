@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal, TypeVar, cast, get_args
 
@@ -24,8 +25,21 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .errors import ConfigError
-from .sandbox import bubblewrap_usable, tools_needing_sandbox
+from claude_sessions.errors import ConfigError
+
+#: Tools that write or run code: only a sandboxed server may offer them (``TOOLS_ALLOWED``).
+SANDBOXED_TOOLS = frozenset({"Bash", "Write", "Edit", "MultiEdit", "NotebookEdit"})
+
+
+def tool_name(rule: str) -> str:
+    """``Bash(ls:*)`` -> ``Bash``: the tool a permission rule is about."""
+    return rule.partition("(")[0].strip()
+
+
+def tools_needing_sandbox(rules: Iterable[str]) -> list[str]:
+    """The rules of ``rules`` (``TOOLS_ALLOWED``) that only a sandboxed server may grant."""
+    return sorted(rule for rule in rules if tool_name(rule) in SANDBOXED_TOOLS)
+
 
 PermissionMode = Literal["default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"]
 
@@ -87,17 +101,6 @@ class RuntimeConfig(_Section):
     #: The CLI's OS sandbox (bubblewrap) for every session; ``auto``: on when it runs here.
     SANDBOX: Literal["auto", "on", "off"] = Field("auto", validation_alias="SANDBOX")
     _workspace_root: Path = PrivateAttr()
-
-    @field_validator("SANDBOX")
-    @classmethod
-    def _sandbox_usable(cls, value: str) -> str:
-        if value == "on" and not bubblewrap_usable():
-            raise ValueError("the sandbox cannot run here: it needs bwrap and socat on PATH and user namespaces")
-        return value
-
-    @property
-    def sandboxed(self) -> bool:
-        return self.SANDBOX == "on" or (self.SANDBOX == "auto" and bubblewrap_usable())
 
     @property
     def config_dir(self) -> Path:
@@ -326,9 +329,8 @@ class SystemConfig(BaseModel):
     def _tools_that_write_need_the_sandbox(self) -> SystemConfig:
         """Bash and the editing tools reach the whole host unless the sandbox holds them."""
         unsafe = tools_needing_sandbox(self.server.tools_allowed)
-        if unsafe and not self.runtime.sandboxed:
-            sandbox = self.runtime.SANDBOX
-            raise ValueError(f"invalid TOOLS_ALLOWED: {unsafe} need the sandbox, which is off (SANDBOX={sandbox})")
+        if unsafe and self.runtime.SANDBOX == "off":
+            raise ValueError(f"invalid TOOLS_ALLOWED: {unsafe} need the sandbox, which is off (SANDBOX=off)")
         return self
 
     @classmethod

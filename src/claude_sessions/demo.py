@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .config import SystemConfig
-from .errors import SessionLimitError
-from .handler import ClaudeHandler
+from claude_sessions.config import SystemConfig
+from claude_sessions.errors import SessionLimitError
+from claude_sessions.sessions.handler import ClaudeHandler
 
 
 async def _ask(handler: ClaudeHandler, session_id: str, prompt: str) -> str:

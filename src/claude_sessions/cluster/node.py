@@ -1,0 +1,117 @@
+"""This node among the others: its heartbeat, which keeps its leases, and its draining.
+
+A node's leases last as long as its heartbeat is fresh (``CLUSTER_LEASE_SECONDS``).
+Each beat also checks that this node still holds the sessions whose CLIs it runs: a
+node that was paused (SIGSTOP, a long GC, a cut network) finds on waking that
+another node took them over, and drops those CLIs before they can run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+
+import structlog
+
+from claude_sessions.config import ServerConfig
+from claude_sessions.errors import DatabaseUnavailableError
+from claude_sessions.store.registry import NodeStatus, Registry
+
+log = structlog.get_logger("claude_sessions.cluster")
+
+#: Set on a request another node forwarded here: it is served here or refused, never sent on.
+FORWARDED: ContextVar[bool] = ContextVar("claude_sessions_forwarded", default=False)
+FORWARDED_HEADER = "x-claude-sessions-forwarded"
+
+
+def forwarding_mark(server: ServerConfig) -> str:
+    """The value of ``FORWARDED_HEADER`` on this cluster's own forwards.
+
+    Derived from every key (the nodes share them, a tenant knows only its own), so a
+    client cannot pass a request off as forwarded and change how a node treats it.
+    """
+    admin = server.ADMIN_API_KEY.get_secret_value() if server.ADMIN_API_KEY is not None else ""
+    keys = f"{server.API_KEYS.get_secret_value()}\0{admin}".encode()
+    return hmac.new(keys, b"claude-sessions forwarded request", hashlib.sha256).hexdigest()
+
+
+#: Beats per lease: a node misses two before its leases lapse.
+BEATS_PER_LEASE = 3
+
+
+class Node:
+    """This node's presence in the registry.
+
+    What a beat and a drain do to sessions is the session layer's, handed in: ``keep``
+    runs after each beat that reached the database, ``hand_over`` lets the idle sessions go.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        url: str,
+        live_workers: Callable[[], int],
+        keep: Callable[[], Awaitable[None]],
+        hand_over: Callable[[], Awaitable[int]],
+    ) -> None:
+        self.registry = registry
+        self.url = url
+        self.status: NodeStatus = "up"
+        self.interval = registry.lease_seconds / BEATS_PER_LEASE
+        self._live_workers, self._keep, self._hand_over = live_workers, keep, hand_over
+        self._task: asyncio.Task[None] | None = None
+        self.database_ok = True
+
+    @property
+    def node_id(self) -> str:
+        return self.registry.node_id
+
+    async def beat(self) -> None:
+        """Renew this node's leases, drop CLIs it no longer holds, write what an outage held back."""
+        try:
+            await self.registry.heartbeat(self.url, self._live_workers(), self.status)
+            await self._keep()
+        except DatabaseUnavailableError as error:
+            if self.database_ok:
+                log.warning("database_unavailable", error=str(error))
+            self.database_ok = False
+            return
+        if not self.database_ok:
+            log.info("database_available")
+        self.database_ok = True
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="claude-sessions-heartbeat")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except Exception:  # one bad beat must not stop the next
+                log.exception("heartbeat_failed")
+            await asyncio.sleep(self.interval)
+
+    async def drain(self) -> int:
+        """Stop taking sessions: the other nodes take this node's on their next message, at once."""
+        self.status = "draining"
+        with contextlib.suppress(DatabaseUnavailableError):
+            await self.registry.heartbeat(self.url, self._live_workers(), self.status)
+        released = await self._hand_over()
+        log.info("node_draining", node_id=self.node_id, sessions_handed_over=released)
+        return released
+
+    async def stop(self) -> None:
+        """Stop beating and leave, so the others do not wait for the leases to lapse."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.status = "down"
+        with contextlib.suppress(DatabaseUnavailableError):
+            await self.registry.leave()

@@ -1,0 +1,263 @@
+"""What every route of the HTTP API shares: the service it serves, who calls, the error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import structlog
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from claude_sessions.config import ServerConfig, SessionConfig, SystemConfig
+from claude_sessions.errors import (
+    CapacityError,
+    ClaudeSessionsError,
+    DatabaseUnavailableError,
+    HandlerClosedError,
+    LeaseLostError,
+    SessionBusyError,
+    SessionExistsError,
+    SessionLimitError,
+    SessionNotFoundError,
+    SessionOrphanedError,
+    SlashCommandRefusedError,
+    TurnRefusedError,
+    TurnTimeoutError,
+    WorkerDiedError,
+    WorkerStartError,
+)
+from claude_sessions.http.auth import Authenticator, Principal
+from claude_sessions.http.redaction import PRINCIPAL_STATE, SESSION_KEY_STATE
+from claude_sessions.sessions.handler import ClaudeHandler
+from claude_sessions.sessions.manager import ClaudeCodeSessionManager, Session, session_key
+
+log = structlog.get_logger("claude_sessions.api")
+
+#: A public session id: the library's ``[A-Za-z0-9._-]{1,128}``, anchored, and not
+#: made of dots only (``.`` and ``..`` read as folders to every path-handling tool).
+PUBLIC_ID = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+#: How long a running turn may take to wind down after it was interrupted at shutdown.
+INTERRUPT_GRACE_SECONDS = 5.0
+
+
+# -- the service ------------------------------------------------------------------
+
+
+class Lifecycle:
+    """Draining at shutdown: new requests answer 503, the running ones end first.
+
+    ``in_flight`` counts the requests being answered (a stream until its last event).
+    """
+
+    def __init__(self, handler: ClaudeHandler) -> None:
+        self.handler = handler
+        self.draining = False
+        self.in_flight = 0
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new requests; let running ones end within ``timeout``, then stop their turns.
+
+        Sessions not mid-turn are handed to the other nodes at once, the others as their
+        turns end. A turn still running is interrupted (its stream ends with the CLI's ``result``);
+        one whose CLI does not answer the interrupt loses its worker (its stream ends
+        with an ``error`` event).
+        """
+        # The other nodes take this node's idle sessions at once. Only then does the gate
+        # close: a peer that read this node as the holder a moment ago still gets its answer.
+        try:
+            await self.handler.node.drain()
+        finally:
+            self.draining = True
+        log.info("drain_started", requests=self.in_flight, timeout=timeout)
+        if await self._settled(timeout):
+            return
+        busy = [s for s in self.handler.session_manager.sessions() if s.is_busy]
+        log.warning("drain_interrupting_turns", sessions=[s.id for s in busy])
+        await asyncio.gather(*(self.handler.interrupt(s.id) for s in busy), return_exceptions=True)
+        if await self._settled(INTERRUPT_GRACE_SECONDS):
+            return
+        stuck = [s.worker for s in busy if s.is_busy and s.worker is not None]
+        await asyncio.gather(*(self.handler.pool.discard(w) for w in stuck), return_exceptions=True)
+        await self._settled(1.0)
+
+    async def _settled(self, timeout: float) -> bool:
+        """Whether every request in flight ended within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.in_flight
+
+
+@dataclass
+class Service:
+    """What the routes serve; kept on ``app.state.service``."""
+
+    handler: ClaudeHandler
+    authenticator: Authenticator
+    lifecycle: Lifecycle
+    #: Seconds a client should wait before retrying a 429 or a 503.
+    retry_after: int = field(default=1)
+
+    @property
+    def config(self) -> SystemConfig:
+        return self.handler.config
+
+    @property
+    def manager(self) -> ClaudeCodeSessionManager:
+        return self.handler.session_manager
+
+    async def own_session(self, request: Request, principal: Principal, session_id: str) -> Session:
+        """The caller's session, as the registry has it; another tenant's answers exactly like an unknown id."""
+        key = session_key(session_id, principal.tenant)
+        request.scope.setdefault("state", {})[SESSION_KEY_STATE] = (key, session_id)
+        try:
+            return await self.manager.fetch(key)
+        except SessionNotFoundError:
+            raise ApiError(404, "not_found", f"session {session_id!r} not found") from None
+
+
+def get_service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+def resolve_options(options: SessionConfig, server: ServerConfig) -> SessionConfig:
+    """The options a session runs with: an omitted permission mode is the operator's default.
+
+    Stored explicitly, so every CLI of the session starts with it pinned; spares are
+    warmed with options resolved the same way, so they still match.
+    """
+    if options.permission_mode is not None:
+        return options
+    return options.model_copy(update={"permission_mode": server.default_permission_mode})
+
+
+# -- who calls --------------------------------------------------------------------
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="A tenant's key from API_KEYS, or ADMIN_API_KEY (none needed on a keyless loopback server).",
+)
+
+
+def caller(
+    request: Request,
+    service: ServiceDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    principal = service.authenticator.authenticate(request.headers.get("authorization"))
+    if principal is None:
+        raise ApiError(401, "unauthorized", "missing or unknown API key", {"WWW-Authenticate": "Bearer"})
+    state = request.scope.setdefault("state", {})
+    state["tenant"] = principal.tenant
+    state[PRINCIPAL_STATE] = principal
+    return principal
+
+
+def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:
+    if not principal.is_admin:
+        raise ApiError(403, "forbidden", "this endpoint needs the admin key")
+    return principal
+
+
+Caller = Annotated[Principal, Depends(caller)]
+Admin = Annotated[Principal, Depends(admin)]
+
+
+# -- errors -------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="a stable name: not_found, session_busy, model_error, ...")
+    message: str
+    status: int | None = Field(None, description="model_error only: the model API's HTTP status, when known")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {"type", "message"}}``."""
+
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    401: "Missing or unknown API key.",
+    403: "The admin key is needed.",
+    404: "No such session (another tenant's session answers the same).",
+    409: "The id is taken, or the session is running a turn.",
+    410: "The session lost its transcript; delete it.",
+    413: "The request body is too large.",
+    422: "Invalid request: body, parameters or the server's policy.",
+    429: "A session limit, the tenant's daily budget or its turn rate is reached; see Retry-After.",
+    502: "The session's CLI process died, or the model call failed after the CLI's retries.",
+    503: "At capacity, no worker could start, or the server is shutting down; see Retry-After.",
+    504: "The turn ran past OPT_MESSAGE_TIMEOUT and was interrupted.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer (503: any, while draining)."""
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in (*statuses, 503)}
+
+
+class ApiError(Exception):
+    """An answer other than success, with the contract's error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"type": self.kind, "message": self.message, **self.extra}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return ApiError(status, kind, message, headers).response()
+
+
+def api_error(error: ClaudeSessionsError, retry_after: int) -> ApiError:
+    """Map a typed library error to its HTTP answer."""
+    if isinstance(error, TurnRefusedError):
+        return ApiError(429, error.kind, str(error), {"Retry-After": str(error.retry_after)})
+    retry = {"Retry-After": str(retry_after)}
+    table: list[tuple[type[Exception], int, str, dict[str, str] | None]] = [
+        (SessionNotFoundError, 404, "not_found", None),
+        (SessionExistsError, 409, "session_exists", None),
+        (SessionBusyError, 409, "session_busy", None),
+        (SessionOrphanedError, 410, "session_orphaned", None),
+        (SlashCommandRefusedError, 422, "slash_command_refused", None),
+        (SessionLimitError, 429, "session_limit", retry),
+        (TurnTimeoutError, 504, "turn_timeout", None),
+        (WorkerDiedError, 502, "worker_died", None),
+        (WorkerStartError, 503, "worker_unavailable", retry),
+        (CapacityError, 503, "at_capacity", retry),
+        (HandlerClosedError, 503, "shutting_down", retry),
+        (DatabaseUnavailableError, 503, "database_unavailable", retry),
+        (LeaseLostError, 503, "session_moved", retry),
+    ]
+    for kind, status, name, headers in table:
+        if isinstance(error, kind):
+            return ApiError(status, name, str(error), headers)
+    return ApiError(503, "unavailable", str(error), retry)
+
+
+def shutting_down(retry_after: int) -> ApiError:
+    return ApiError(503, "shutting_down", "the server is shutting down", {"Retry-After": str(retry_after)})

@@ -1,0 +1,404 @@
+"""The OpenAI-compatible endpoint: ``/v1/chat/completions`` and ``/v1/models`` on live conversations.
+
+A chat client resends the whole history each time. When the earlier messages are
+exactly a conversation this tenant's session holds (a digest of them, per tenant),
+only the new user message reaches that session's CLI. Any other history starts a new
+session whose CLI resumes the earlier messages as real earlier turns
+(:mod:`.conversations`). Errors keep OpenAI's shape, so its clients raise their own types.
+
+Accepted and ignored (the CLI decides): ``temperature``, ``top_p``, ``max_tokens``,
+``max_completion_tokens``, ``presence_penalty``, ``frequency_penalty``, ``stop``, ``seed``,
+``logit_bias``, ``logprobs``, ``top_logprobs``, ``parallel_tool_calls``, ``response_format``
+of type ``text``, ``user``, ``metadata``, ``store``, ``service_tier``, ``reasoning_effort``.
+Refused with 400 naming the ``param``: ``n`` > 1, ``tools`` / ``functions``, images, audio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any, Literal
+
+from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
+
+from claude_sessions.config import SessionConfig
+from claude_sessions.errors import ClaudeSessionsError
+from claude_sessions.http.auth import Principal
+from claude_sessions.http.common import ApiError, Caller, ServiceDep, api_error, resolve_options
+from claude_sessions.http.sessions import TurnStream, dumps, workspace_of
+from claude_sessions.observability.metrics import SessionMetrics, is_api_error
+from claude_sessions.observability.telemetry import DEFAULT_TENANT
+from claude_sessions.sessions.manager import Session
+from claude_sessions.store.conversations import Turn, history_digest
+
+router = APIRouter(tags=["openai"])
+
+PATHS = ("/v1/chat/completions", "/v1/models")
+ORIGIN = "openai"
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    410: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def is_openai(request: Request) -> bool:
+    return request.url.path in PATHS
+
+
+def _status(error: ApiError) -> int:
+    return 400 if error.status == 422 else error.status  # OpenAI's bad request is a 400
+
+
+def openai_body(error: ApiError) -> dict[str, Any]:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = _TYPES.get(_status(error), "server_error")
+    return {"error": {"message": error.message, "type": kind, "param": error.extra.get("param"), "code": error.kind}}
+
+
+def openai_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(openai_body(error), status_code=_status(error), headers=error.headers)
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error, server_error, ...")
+    param: str | None = Field(description="the request field at fault, when one is")
+    code: str | None = Field(description="this server's stable name of the error (model_error, session_busy, ...)")
+
+
+class OpenAIErrorBody(BaseModel):
+    """Every error of this surface, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "Invalid request: a field, or a feature not offered (n > 1, tools, images, audio); `param` names it.",
+    401: "Missing or unknown API key.",
+    404: "X-Session-ID names no session of this tenant.",
+    409: "The session is running a turn.",
+    410: "The session lost its transcript.",
+    413: "The request body is too large.",
+    429: "A session limit, the tenant's daily budget or its turn rate is reached; see Retry-After.",
+    502: "The model call failed after the CLI's retries, or the session's CLI died.",
+    503: "At capacity, no worker could start, or the server is shutting down; see Retry-After.",
+    504: "The turn ran past OPT_MESSAGE_TIMEOUT.",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": OpenAIErrorBody, "description": _DESCRIPTIONS[status]} for status in (*statuses, 503)}
+
+
+def invalid(param: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_request", message, extra={"param": param})
+
+
+def validation_error(error: RequestValidationError) -> ApiError:
+    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid body"}
+    param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+    return ApiError(400, "invalid_request", f"{param or 'body'}: {first['msg']}", extra={"param": param})
+
+
+# -- bodies ---------------------------------------------------------------------------
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    role: Literal["system", "developer", "user", "assistant"] = Field(
+        description="tool and function messages are not supported (no tools are offered here)"
+    )
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    include_usage: bool = False
+
+
+class ChatCompletionBody(BaseModel):
+    """OpenAI's request; sampling fields and unknown ones are accepted and ignored (module docstring).
+
+    Strict: what the schema calls an integer or a boolean must be one (``1.0`` is refused).
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=10_000)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(None, description="at most 1: one conversation answers once")
+    tools: list[Any] | None = Field(None, description="not supported: the session's tools are Claude Code's own")
+    functions: list[Any] | None = Field(None, description="not supported, as tools")
+    audio: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+
+def _text(message: ChatMessage, index: int) -> str:
+    """A message's text: a string, or text parts; anything else is refused, never dropped."""
+    if message.content is None:
+        return ""
+    if isinstance(message.content, str):
+        return message.content
+    texts = []
+    for part in message.content:
+        if part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type")
+            raise invalid(f"messages[{index}].content", f"content parts of type {kind!r} are not supported")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _refuse_unsupported(body: ChatCompletionBody, models: list[str]) -> None:
+    if body.model not in models:
+        raise invalid("model", f"model {body.model!r} is not offered here; GET /v1/models lists {models}")
+    if body.n is not None and body.n > 1:
+        raise invalid("n", "n > 1 is not supported: one conversation answers once")
+    for name in ("tools", "functions"):
+        if getattr(body, name):
+            raise invalid(name, f"{name} are not supported: the session's tools are Claude Code's own")
+    if body.audio or "audio" in (body.modalities or []):
+        raise invalid("audio" if body.audio else "modalities", "audio is not supported")
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise invalid("response_format", "only response_format of type text is supported")
+
+
+def _conversation(body: ChatCompletionBody) -> tuple[str | None, list[Turn], str]:
+    """(system prompt, earlier turns, the new user message) of a request."""
+    system: list[str] = []
+    turns: list[Turn] = []
+    for index, message in enumerate(body.messages):
+        text = _text(message, index)
+        if message.role in ("system", "developer"):
+            system.append(text)
+        else:
+            turns.append(("user" if message.role == "user" else "assistant", text))
+    if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
+        raise invalid("messages", "the last message must be a non-empty user message")
+    *earlier, (_, prompt) = turns
+    return ("\n\n".join(system) or None), earlier, prompt
+
+
+# -- the session a request continues ----------------------------------------------------
+
+
+def _tenant(principal: Principal) -> str:
+    return principal.tenant or DEFAULT_TENANT
+
+
+async def _session_for(
+    request: Request,
+    service: ServiceDep,
+    principal: Principal,
+    body: ChatCompletionBody,
+    explicit: str | None,
+) -> tuple[Session, str]:
+    """The session to run the turn on, and the digest of the history it now continues."""
+    system, earlier, _ = _conversation(body)
+    digest = history_digest(_tenant(principal), system, body.model, earlier)
+    if explicit is not None:
+        return await service.own_session(request, principal, explicit), digest
+    if earlier:
+        for session in await service.manager.listing(principal.tenant):
+            if session.metadata.get("history_digest") == digest and not session.closed:
+                return session, digest
+    root = service.config.runtime.workspace_root
+    options = SessionConfig(system_prompt=system, model=body.model, cwd=workspace_of(root, principal, None))
+    server = service.config.server
+    key = await service.handler.create_session(
+        None,
+        resolve_options(options, server),
+        {"origin": ORIGIN, "history_digest": digest},
+        owner=principal.tenant,
+        owner_limit=server.TENANT_MAX_SESSIONS if principal.tenant is not None else None,
+        history=earlier,
+    )
+    return service.manager.get(key), digest
+
+
+# -- answers --------------------------------------------------------------------------
+
+
+def _usage(before: SessionMetrics, after: SessionMetrics) -> dict[str, int]:
+    prompt = (after.input_tokens + after.cache_read_tokens + after.cache_creation_tokens) - (
+        before.input_tokens + before.cache_read_tokens + before.cache_creation_tokens
+    )
+    completion = after.output_tokens - before.output_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _texts(message: Message) -> list[str]:
+    if isinstance(message, AssistantMessage) and message.error is None:
+        return [block.text for block in message.content if isinstance(block, TextBlock)]
+    return []
+
+
+def _finish_reason(result: ResultMessage | None) -> str:
+    return "length" if result is not None and result.subtype == "error_max_turns" else "stop"
+
+
+class _Completion:
+    """One turn of a session, told as an OpenAI completion."""
+
+    def __init__(self, session: Session, model: str, digest_of: Any) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.session, self.model = session, model
+        self.before = dataclasses.replace(session.metrics)
+        self.text: list[str] = []
+        self.result: ResultMessage | None = None
+        self._digest_of = digest_of
+
+    def take(self, message: Message) -> list[str]:
+        """Follow one SDK message; the new text it brings. A model error raises (502)."""
+        if isinstance(message, ResultMessage):
+            if is_api_error(message):
+                extra = {"status": message.api_error_status} if message.api_error_status else None
+                raise ApiError(502, "model_error", message.result or "the model call failed", extra=extra)
+            self.result = message
+            self.session.metadata["history_digest"] = self._digest_of("".join(self.text))
+        texts = _texts(message)
+        self.text += texts
+        return texts
+
+    def usage(self) -> dict[str, int]:
+        return _usage(self.before, self.session.metrics)
+
+    def answer(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
+                    "finish_reason": _finish_reason(self.result),
+                    "logprobs": None,
+                }
+            ],
+            "usage": self.usage(),
+        }
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+
+
+async def _chunks(
+    completion: _Completion, turn: AsyncGenerator[Message, None], first: list[str], include_usage: bool
+) -> AsyncIterator[dict[str, str]]:
+    """SSE data of a streamed completion, ending with ``[DONE]`` (or an error object)."""
+    try:
+        async with contextlib.aclosing(turn):
+            yield {"data": dumps(completion.chunk({"role": "assistant", "content": ""}))}
+            for text in first:
+                yield {"data": dumps(completion.chunk({"content": text}))}
+            async for message in turn:
+                for text in completion.take(message):
+                    yield {"data": dumps(completion.chunk({"content": text}))}
+        yield {"data": dumps(completion.chunk({}, _finish_reason(completion.result)))}
+        if include_usage:
+            yield {"data": dumps({**completion.chunk({}), "choices": [], "usage": completion.usage()})}
+        yield {"data": "[DONE]"}
+    except (ApiError, ClaudeSessionsError) as error:
+        failure = error if isinstance(error, ApiError) else api_error(error, 1)
+        yield {"data": dumps(openai_body(failure))}
+
+
+# -- routes -----------------------------------------------------------------------------
+
+
+@router.get("/v1/models", response_model=None, responses=_errors(401))
+async def list_models(_: Caller, service: ServiceDep) -> dict[str, Any]:
+    """The models a session may use (``MODELS_ALLOWED``)."""
+    return {
+        "object": "list",
+        "data": [
+            {"id": model, "object": "model", "created": 0, "owned_by": "anthropic"}
+            for model in service.config.server.models_allowed
+        ],
+    }
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={
+        200: {
+            "description": "A `chat.completion`, or with `stream`, `chat.completion.chunk` events and `data: [DONE]`.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **_errors(400, 401, 404, 409, 410, 413, 429, 502, 504),
+    },
+)
+async def chat_completions(
+    request: Request,
+    body: ChatCompletionBody,
+    principal: Caller,
+    service: ServiceDep,
+    x_session_id: Annotated[str | None, Header(alias="X-Session-ID", max_length=128)] = None,
+) -> Response:
+    """A completion on a live conversation; ``X-Session-ID`` names the session used."""
+    _refuse_unsupported(body, service.config.server.models_allowed)
+    system, earlier, prompt = _conversation(body)
+    session, _ = await _session_for(request, service, principal, body, x_session_id)
+    tenant = _tenant(principal)
+
+    def digest_of(reply: str) -> str:
+        return history_digest(tenant, system, body.model, [*earlier, ("user", prompt), ("assistant", reply)])
+
+    completion = _Completion(session, body.model, digest_of)
+    headers = {"X-Session-ID": session.public_id}
+    turn = service.handler.send_message(session.id, prompt)
+    if not body.stream:
+        async with contextlib.aclosing(turn):
+            async for message in turn:
+                completion.take(message)
+        await service.manager.save(session)
+        return JSONResponse(completion.answer(), headers=headers)
+    first: list[str] = []
+    try:  # until the first words or the end: a model error still answers with its status
+        async for message in turn:
+            first += completion.take(message)
+            if first or completion.result is not None:
+                break
+    except BaseException:
+        await turn.aclose()
+        raise
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    deadline = time.monotonic() + service.config.optimization.MESSAGE_TIMEOUT
+    return TurnStream(
+        _chunks(completion, turn, first, include_usage),
+        deadline=deadline,
+        headers=headers,
+        sep="\n",
+        ping=15,
+        shutdown_grace_period=service.config.optimization.DESTROY_TIMEOUT,
+        background=BackgroundTask(turn.aclose),  # as the sessions route: freed even if the stream never starts
+    )

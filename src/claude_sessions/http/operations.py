@@ -1,0 +1,279 @@
+"""The service surface of the HTTP API: health, pool, usage over time, metrics, admin views.
+
+``/v1/health``, ``/v1/pool`` and ``/v1/usage/timeseries`` answer a tenant with its own
+sessions, workers and totals only (and no pids); the admin and the keyless operator
+see everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from claude_sessions.errors import DatabaseUnavailableError
+from claude_sessions.http.auth import Principal
+from claude_sessions.http.common import Admin, Caller, ServiceDep, error_responses
+from claude_sessions.http.sessions import SessionObject, session_json
+from claude_sessions.observability.telemetry import DEFAULT_TENANT
+from claude_sessions.observability.usage_series import BUCKET_SECONDS
+from claude_sessions.sessions.handler import ClaudeHandler
+
+router = APIRouter()
+
+
+class Connection(BaseModel):
+    id: str
+    pid: int | None = Field(None, description="the admin's view only")
+    state: str
+    age_seconds: float
+    uses: int
+    healthy: bool
+
+
+class PoolStatus(BaseModel):
+    pool_size: int
+    idle: int
+    healthy_connections: int
+    max_size: int
+    min_size: int
+    connections: list[Connection]
+
+
+class NodeInfo(BaseModel):
+    node_id: str
+    url: str
+    last_seen: float = Field(description="seconds since the epoch of its last heartbeat")
+    live_workers: int
+    status: Literal["up", "draining", "down"]
+
+
+class HealthReport(BaseModel):
+    status: Literal["ok", "degraded"]
+    reasons: list[str]
+    sessions: dict[str, int]
+    pool: dict[str, int]
+    totals: dict[str, float]
+    errors: dict[str, int]
+    nodes: list[NodeInfo] | None = Field(None, description="the admin's view only: every node of the deployment")
+
+
+class CleanupAnswer(BaseModel):
+    inactive: list[str]
+    orphaned: list[str]
+
+
+class UsagePoint(BaseModel):
+    start: int = Field(description="the minute's start, in seconds since the epoch")
+    turns: int = Field(description="turns that ended in this minute")
+    tokens: int = Field(description="tokens of every kind the model was billed")
+    cost: float = Field(description="spend in US dollars")
+    errors: int = Field(description="turns the model call failed")
+
+
+class UsageSeriesAnswer(BaseModel):
+    """Per-minute usage over the last hour on this node, oldest minute first, empty minutes included."""
+
+    bucket_seconds: int
+    minutes: int
+    points: list[UsagePoint]
+
+
+class OwnedSession(SessionObject):
+    owner: str | None = Field(description="the tenant; null for the operator of a keyless server")
+
+
+class AllSessions(BaseModel):
+    sessions: list[OwnedSession]
+
+
+_TENANT_VIEW = " A tenant sees its own sessions and workers only; the admin sees everything."
+
+
+def _view(principal: Principal) -> str | None:
+    """Whose view: None for the admin and the operator (everything), else the tenant's."""
+    return None if principal.is_admin else principal.tenant
+
+
+def _workspace(handler: ClaudeHandler, tenant: str | None) -> Path | None:
+    return None if tenant is None else handler.config.runtime.workspace_root / tenant
+
+
+@router.get(
+    "/v1/health",
+    tags=["service"],
+    response_model=None,
+    responses={
+        200: {"model": HealthReport, "description": "The health report." + _TENANT_VIEW},
+        **error_responses(401),
+    },
+)
+async def health(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+    """Sessions across the deployment (this node's last view if the database is away)."""
+    view, nodes, reasons = _view(principal), None, []
+    try:
+        await (service.manager.refresh() if view is None else service.manager.listing(view))
+        nodes = [dataclasses.asdict(n) for n in await service.handler.registry.nodes()] if view is None else None
+    except DatabaseUnavailableError:
+        reasons.append("database unavailable")
+    report = service.manager.get_session_health_report(view)
+    reasons += await _degradations(service.handler)
+    extra = {} if view is not None else {"nodes": nodes or []}
+    return {"status": "degraded" if reasons else "ok", "reasons": reasons, **report, **extra}
+
+
+@router.get(
+    "/v1/pool",
+    tags=["service"],
+    response_model=None,
+    responses={200: {"model": PoolStatus, "description": "The worker pool." + _TENANT_VIEW}, **error_responses(401)},
+)
+async def pool(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+    return service.handler.pool.status(_workspace(service.handler, _view(principal)))
+
+
+@router.get(
+    "/v1/usage/timeseries",
+    tags=["service"],
+    response_model=None,
+    responses={
+        200: {"model": UsageSeriesAnswer, "description": "Turns, tokens and cost per minute." + _TENANT_VIEW},
+        **error_responses(401),
+    },
+)
+async def usage_timeseries(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+    """What the console charts: the last hour, minute by minute, as this node counted it."""
+    series, view = service.handler.telemetry.series, _view(principal)
+    return {
+        "bucket_seconds": BUCKET_SECONDS,
+        "minutes": series.minutes,
+        "points": series.points(view, everyone=view is None),
+    }
+
+
+class SpendFigures(BaseModel):
+    cost_usd: float
+    tokens: int
+    turns: int = Field(description="turns finished")
+
+
+class TenantLimits(BaseModel):
+    daily_usd: float | None = Field(description="TENANT_DAILY_USD for this tenant; null: none")
+    turns_per_minute: int | None = Field(description="TENANT_TURNS_PER_MINUTE for this tenant; null: none")
+
+
+class TenantUsageReport(BaseModel):
+    tenant: str
+    today: SpendFigures = Field(description="this UTC day")
+    month: SpendFigures = Field(description="this UTC month")
+    limits: TenantLimits
+
+
+class UsageAnswer(BaseModel):
+    tenants: list[TenantUsageReport]
+
+
+@router.get(
+    "/v1/usage",
+    tags=["service"],
+    response_model=None,
+    responses={
+        200: {"model": UsageAnswer, "description": "Spend, tokens and turns, with the limits." + _TENANT_VIEW},
+        **error_responses(401),
+    },
+)
+async def usage(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+    """A tenant's spend, tokens and turns today and this month, against its limits (every node's)."""
+    handler, server, own = service.handler, service.config.server, principal.tenant or DEFAULT_TENANT
+    mine = _view(principal) is not None
+    found = {u.tenant: u for u in await handler.registry.usage(own if mine else None, handler.clock())}
+
+    def report(name: str) -> dict[str, Any]:
+        used = found.get(name)
+        return {
+            "tenant": name,
+            "today": dataclasses.asdict(used.today) if used else _NOTHING,
+            "month": dataclasses.asdict(used.month) if used else _NOTHING,
+            "limits": {"daily_usd": server.daily_usd(name), "turns_per_minute": server.turns_per_minute(name)},
+        }
+
+    return {"tenants": [report(name) for name in sorted({own} if mine else {own, *found})]}
+
+
+_NOTHING = {"cost_usd": 0.0, "tokens": 0, "turns": 0}
+
+
+@router.get(
+    "/metrics",
+    tags=["service"],
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}},
+        **error_responses(401, 403),
+    },
+)
+async def metrics(_: Admin, service: ServiceDep) -> Response:
+    return Response(generate_latest(service.handler.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.post(
+    "/v1/admin/cleanup",
+    tags=["admin"],
+    response_model=None,
+    responses={200: {"model": CleanupAnswer, "description": "What was removed."}, **error_responses(401, 403)},
+)
+async def cleanup(_: Admin, service: ServiceDep) -> dict[str, Any]:
+    inactive = await service.manager.cleanup_inactive_sessions()
+    orphaned = await service.manager.detect_orphaned_sessions()
+    return {"inactive": inactive, "orphaned": orphaned}
+
+
+@router.get(
+    "/v1/admin/sessions",
+    tags=["admin"],
+    response_model=None,
+    responses={
+        200: {"model": AllSessions, "description": "Every session of the deployment, with its owner."},
+        **error_responses(401, 403),
+    },
+)
+async def all_sessions(_: Admin, service: ServiceDep) -> dict[str, Any]:
+    sessions = await service.manager.refresh()
+    return {"sessions": [{**session_json(s, with_metrics=True), "owner": s.owner} for s in sessions]}
+
+
+async def _degradations(handler: ClaudeHandler) -> list[str]:
+    """Why the service is not fully healthy (empty when it is)."""
+    reasons = []
+    pool = handler.get_pool_status()
+    if handler.config.connection_pool.MIN_SIZE and not pool["healthy_connections"]:
+        reasons.append("pool has no healthy worker")
+    if handler.session_manager.is_full():
+        reasons.append("session limit reached")
+    if not handler.maintenance.is_running:
+        reasons.append("maintenance task is not running")
+    base_url = handler.config.runtime.ANTHROPIC_BASE_URL
+    if base_url and not await _reachable(base_url):
+        reasons.append(f"model endpoint {base_url} is unreachable")
+    return reasons
+
+
+async def _reachable(url: str, timeout: float = 1.0) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(parts.hostname, port)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True

@@ -1,0 +1,198 @@
+"""How a session's options become the CLI's options and environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import structlog
+from claude_agent_sdk import ClaudeAgentOptions, SessionStore
+
+from claude_sessions.config import SessionConfig, SystemConfig
+from claude_sessions.observability.telemetry import DEFAULT_TENANT
+from claude_sessions.workers.processes import OWNER_VARIABLE, owner_mark
+from claude_sessions.workers.sandbox import scoped_tools, session_env, session_settings
+
+_cli_log = structlog.get_logger("claude_sessions.cli")
+
+#: The longest file name Linux accepts; a longer folder name is bad input, not a server error.
+NAME_MAX = 255
+
+
+#: What a CLI process may inherit from the server; every other variable is blanked,
+#: so no server secret (API_KEYS, database or Redis URLs, ...) reaches a session's tools.
+#: Of Anthropic's variables only model choices pass: the endpoint and the key are the gateway's.
+CLI_ENV_ALLOWED = re.compile(
+    r"PATH|HOME|USER|LOGNAME|SHELL|LANG|LANGUAGE|TERM|TZ|TMPDIR|LC_\w+|XDG_\w+"
+    r"|ANTHROPIC_\w*MODEL\w*|CLAUDE_CODE_\w+|CLAUDE_CONFIG_DIR|DISABLE_\w+"
+    r"|(?i:https?_proxy|no_proxy)|SSL_CERT_\w+|NODE_EXTRA_CA_CERTS"
+)
+#: Never inherited, whatever the allow-list says: credentials, and ways around the gateway.
+CLI_ENV_DENIED = re.compile(r"(?:\w+_)?(?:KEY|TOKEN|SECRET|PASSWORD)(?:_\w+)?|CLAUDE_CODE_USE_\w+|CLAUDE_CODE_API_\w+")
+
+
+#: Features that let work outlive its session on a pooled worker or reach another CLI:
+#: every CLI on a host listens on a socket other CLIs can message (ListAgents, SendMessage),
+#: and scheduled or background work answers later, in another session's turns.
+SESSION_BOUND = {
+    "CLAUDE_CODE_HARBOR_KITE": "0",
+    "CLAUDE_CODE_DISABLE_CRON": "1",
+    "CLAUDE_CODE_DISABLE_BACKGROUND_TASKS": "1",
+}
+#: The same tools, denied again by rule (depth, should a CLI version ignore a variable).
+UNBOUND_TOOLS = ("ListAgents", "SendMessage", "CronCreate", "ScheduleWakeup", "Monitor", "Workflow")
+
+
+def cli_env(config: SystemConfig, gateway_url: str, token: str) -> dict[str, str]:
+    """The CLI's environment: the server's, minus what it must not see, plus ours.
+
+    The SDK starts the CLI with the server's whole environment and lets these
+    values override it, so variables outside ``CLI_ENV_ALLOWED`` are set empty.
+    The model is reached through the gateway with the worker's own ``token``; the
+    operator's credentials never reach a CLI. Retries and the per-request timeout
+    are bounded so that an API outage ends a turn with an error instead of hanging
+    it for minutes.
+    """
+    runtime, opt = config.runtime, config.optimization
+    env = {name: "" for name in os.environ if not CLI_ENV_ALLOWED.fullmatch(name) or CLI_ENV_DENIED.fullmatch(name)}
+    env |= {
+        "ANTHROPIC_BASE_URL": gateway_url,
+        "ANTHROPIC_API_KEY": token,
+        OWNER_VARIABLE: owner_mark(runtime.DATA_DIR),
+        "CLAUDE_CONFIG_DIR": str(runtime.config_dir),
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": str(opt.CLI_MAX_RETRIES),
+        "API_TIMEOUT_MS": str(int(opt.CLI_API_TIMEOUT * 1000)),
+        **SESSION_BOUND,
+    }
+    # The operator's proxy serves the CLI's own web tools, never its way to the gateway on loopback.
+    bypass = ",".join(filter(None, [os.environ.get("NO_PROXY") or os.environ.get("no_proxy"), "127.0.0.1,localhost"]))
+    env |= {"NO_PROXY": bypass, "no_proxy": bypass}
+    return env
+
+
+def resolve_folder(path: Path, shown: str) -> Path:
+    """``path`` with every symlink followed; ``ValueError`` naming ``shown`` (never the server's
+    path) for a symlink loop or a file on the way."""
+    try:
+        resolved = path.resolve()
+        existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+    except RuntimeError:  # a symlink loop (before Python 3.13)
+        raise ValueError(f"cwd {shown!r} cannot be resolved (a symlink loop)") from None
+    except OSError as error:  # a folder on the way its owner made unreadable, a loop since 3.13
+        raise ValueError(f"cwd {shown!r} cannot be resolved ({error.strerror})") from None
+    if not existing.is_dir():
+        raise ValueError(f"cwd {shown!r} names a file, not a folder")
+    return resolved
+
+
+def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
+    """The CLI's working directory: the session's ``cwd``, inside the workspace root.
+
+    Checked at every turn and spawn, not only at creation: a tenant with Bash can replace
+    a folder of its workspace with a symlink afterwards. Raises ``ValueError`` for a
+    folder outside the root (``..``, absolute paths elsewhere, symlinks leading out)
+    and for one a symlink leads into another first-level folder (another tenant's
+    workspace, or the root above them all).
+    """
+    root = config.runtime.workspace_root
+    if session.cwd is None:
+        return root
+    candidate = Path(session.cwd)
+    if any(len(os.fsencode(part)) > NAME_MAX for part in candidate.parts):
+        raise ValueError(f"cwd: a folder name is longer than {NAME_MAX} bytes")
+    named = candidate if candidate.is_absolute() else root / candidate
+    written = Path(os.path.normpath(named))
+    shown = str(written.relative_to(root)) if written.is_relative_to(root) else session.cwd  # never our path
+    resolved = resolve_folder(named, shown)
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"cwd {shown!r} is outside the workspace root")
+    if _named_workspace(named, root) != resolved.relative_to(root).parts[:1]:
+        raise ValueError(f"cwd {shown!r} leads into another workspace")
+    return resolved
+
+
+def _named_workspace(named: Path, root: Path) -> tuple[str, ...] | None:
+    """The first-level folder below the root that ``named`` spells out (empty: the root
+    itself), read component by component; None when it reaches the root only through
+    ``..`` or not at all."""
+    if ".." not in named.parts and named.is_relative_to(root):  # the usual case: read as written
+        return named.relative_to(root).parts[:1]
+    parts = named.parts
+    for end in range(1, len(parts) + 1):
+        if Path(*parts[:end]).resolve() == root:  # a symlinked spelling of the root counts
+            rest = parts[end : end + 1]
+            return None if rest == ("..",) else rest
+    return None
+
+
+def tenant_of(session: SessionConfig, config: SystemConfig) -> str:
+    """The tenant whose workspace a session's CLI works in (a worker serves one workspace only)."""
+    inside = session_cwd(session, config).relative_to(config.runtime.workspace_root).parts
+    return inside[0] if inside else DEFAULT_TENANT
+
+
+def make_private_dirs(root: Path, path: Path) -> None:
+    """Create ``root`` and ``path`` below it, each new folder readable by its owner only."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        current.mkdir(mode=0o700, exist_ok=True)
+
+
+def operator_settings(config: SystemConfig, cwd: Path) -> str:
+    """The settings a CLI working in ``cwd`` runs with, given on its command line (the highest user layer).
+
+    Whatever the tools allow, the CLI's config directory (every tenant's transcripts), the
+    data directory, the server's code, the operator's home and other tenants' workspaces
+    stay unreadable and unwritable (``sandbox.permission_deny``), no hook runs, no tool
+    reaches beyond its own session (``UNBOUND_TOOLS``), and with ``SANDBOX`` on, commands
+    run in bubblewrap (``sandbox.sandbox_settings``).
+    """
+    settings = session_settings(config, cwd)
+    settings["permissions"]["deny"] += list(UNBOUND_TOOLS)
+    return json.dumps({**settings, "disableAllHooks": True})
+
+
+def build_options(
+    session: SessionConfig,
+    config: SystemConfig,
+    gateway_url: str,
+    token: str,
+    resume: str | None = None,
+    session_store: SessionStore | None = None,
+) -> ClaudeAgentOptions:
+    """SDK options for one worker; ``resume`` continues an existing conversation.
+
+    With a ``session_store`` (cluster mode) the CLI's transcript is mirrored there and
+    a resume reads it from there, so any node continues any conversation.
+
+    Everything that decides what the CLI may do is pinned here: model, permission
+    mode and tools explicitly, and no settings file is read (``setting_sources=[]``,
+    no ``.mcp.json``). So neither a settings file a CLI wrote (``/config``) nor one
+    a tenant put in its workspace (``.claude/settings.json``, hooks, MCP servers)
+    reaches any CLI.
+    """
+    cwd = session_cwd(session, config)
+    make_private_dirs(config.runtime.workspace_root, cwd)
+    return ClaudeAgentOptions(
+        env=cli_env(config, gateway_url, token) | session_env(config, cwd),
+        cwd=str(cwd),
+        system_prompt=session.system_prompt,
+        max_turns=session.max_turns,
+        # One that names none runs the first allowed (the CLI's own default may not be).
+        model=session.model or config.server.models_allowed[0],
+        allowed_tools=scoped_tools(session.allowed_tools, cwd),
+        disallowed_tools=list(session.disallowed_tools),
+        permission_mode=session.permission_mode or "default",
+        setting_sources=[],
+        settings=operator_settings(config, cwd),
+        strict_mcp_config=True,
+        resume=resume,
+        session_store=session_store,
+        stderr=lambda line: _cli_log.debug("cli_stderr", line=line.rstrip()),
+    )

@@ -10,6 +10,7 @@ from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
 
 from claude_sessions import ClaudeHandler
 from claude_sessions.offline_model import loopback_env
+from claude_sessions.sessions.session import Session
 
 
 def cli_processes() -> list[psutil.Process]:
@@ -65,9 +66,9 @@ def offline_env(model_url: str, root: Path) -> dict[str, str]:
     }
 
 
-async def turn(handler: ClaudeHandler, session_id: str, prompt: str) -> list[Message]:
-    """Every message of one turn."""
-    return [m async for m in handler.send_message(session_id, prompt)]
+async def turn(handler: ClaudeHandler, session: str | Session, prompt: str) -> list[Message]:
+    """Every message of one turn, of a session by id or as read."""
+    return [m async for m in handler.send_message(session, prompt)]
 
 
 def result_of(messages: list[Message]) -> ResultMessage:

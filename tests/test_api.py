@@ -483,6 +483,16 @@ def test_tenant_views_carry_no_pid_path_address_or_key(
     assert admin.get("/v1/health").json()["sessions"]["active"] >= 2
 
 
+def test_me_says_who_calls_and_which_limits_apply(
+    alice: httpx.Client, admin: httpx.Client, server: ServerProcess
+) -> None:
+    unset = {"daily_usd": None, "turns_per_minute": None}
+    assert alice.get("/v1/me").json() == {"tenant": "alice", "admin": False, "limits": {"max_sessions": 3, **unset}}
+    assert admin.get("/v1/me").json()["admin"] is True
+    anonymous = httpx.get(f"{server.base_url}/v1/me")
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "unauthorized"
+
+
 STALLING = "[[big:1024]] more than the socket buffers hold"  # a turn's SSE carries the reply twice
 # One delta of the reply: 768K characters, 9 MB once JSON-escaped, more than any socket buffers here
 # (tcp_wmem's 4 MB), still under the SDK's line limit of 1M characters.

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from claude_sessions.cluster.node import FORWARDED_HEADER
+from claude_sessions.http.forwarding import FORWARDED_HEADER
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from cluster import (
     Cluster,

@@ -205,7 +205,7 @@ async def test_no_scheduled_or_background_work_outlives_its_session(
 async def test_a_worker_that_spoke_unasked_is_never_handed_on(make_handler: MakeHandler) -> None:
     handler = await make_handler(connection_pool={"MIN_SIZE": 0})
     client = await handler._get_or_create_pooled_client()
-    pid = handler._lent[id(client)].pid
+    pid = handler.lender.lent[id(client)].pid
     await client.query("a reply nobody reads")
     await asyncio.sleep(1)
     await handler._return_pooled_client(client)
@@ -219,7 +219,7 @@ async def test_a_model_changed_on_a_lent_client_never_reaches_a_session(
 ) -> None:
     handler = await make_handler(connection_pool={"MIN_SIZE": 0})
     async with handler._get_or_create_pooled_client() as client:
-        pid = handler._lent[id(client)].pid
+        pid = handler.lender.lent[id(client)].pid
         await client.set_model("claude-haiku-4-5")
     assert wait_no_cli({pid}) == []
     session_id = await handler.create_session("victim")

@@ -194,7 +194,7 @@ async def test_dropping_a_session_never_removes_a_newer_one_of_the_same_id(make_
     assert "x" in manager and manager.get("x") is not older
 
 
-async def test_a_request_reads_its_session_from_the_registry_once(
+async def test_a_turn_given_the_session_a_request_read_reads_the_registry_no_more(
     make_handler: MakeHandler, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handler = await make_handler(connection_pool={"MIN_SIZE": 0})
@@ -207,16 +207,8 @@ async def test_a_request_reads_its_session_from_the_registry_once(
         return await real_get(key)
 
     monkeypatch.setattr(handler.registry, "get", counted)
-
-    async def request() -> None:  # as the API serves a turn: the owner check, then the handler's own read
-        await handler.session_manager.fetch(session_id)
-        await handler.session_manager.fetch(session_id)
-
-    await asyncio.create_task(request())
-    assert len(reads) == 1
-    await asyncio.create_task(request())  # the next request reads afresh
-    assert len(reads) == 2
-    await handler.session_manager.fetch(session_id)
-    await asyncio.sleep(0.3)  # a moment later, even in the same task, the registry answers again
-    await handler.session_manager.fetch(session_id)
-    assert len(reads) == 4
+    session = await handler.session_manager.fetch(session_id)  # as the API checks the owner
+    assert result_of(await turn(handler, session, "hello")).is_error is False
+    assert reads == [session_id]  # the turn took the session it was given
+    await turn(handler, session_id, "by id")  # by id, it reads the registry itself, once
+    assert reads == [session_id, session_id]

@@ -90,7 +90,7 @@ async def test_a_pooled_client_is_warm_counted_and_given_back(make_handler: Make
     handler = await make_handler(connection_pool={"MIN_SIZE": 1})
     (spare,) = handler.get_pool_status()["connections"]
     async with handler._get_or_create_pooled_client(SessionConfig()) as client:
-        assert handler._lent[id(client)].pid == spare["pid"]
+        assert handler.lender.lent[id(client)].pid == spare["pid"]
         (lent,) = [c for c in handler.get_pool_status()["connections"] if c["pid"] == spare["pid"]]
         assert lent["state"] == "lent"
         await client.query("hello from the seed")
@@ -101,11 +101,11 @@ async def test_a_pooled_client_is_warm_counted_and_given_back(make_handler: Make
 
     kept = await handler._get_or_create_pooled_client()
     await handler.run_maintenance()  # a lent client is no stray
-    assert handler._lent[id(kept)].is_alive()
+    assert handler.lender.lent[id(kept)].is_alive()
     await handler._return_pooled_client(kept)
     with pytest.raises(ValueError, match="not lent"):
         await handler._return_pooled_client(kept)
     forgotten = await handler._get_or_create_pooled_client()
-    pid = handler._lent[id(forgotten)].pid
+    pid = handler.lender.lent[id(forgotten)].pid
     await handler.close()  # never given back: closed with everything else
     assert wait_no_cli({pid}) == []

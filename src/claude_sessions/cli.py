@@ -89,7 +89,7 @@ def serve(
 @app.command()
 def migrate() -> None:
     """Create or migrate the registry's schema (the nodes also do it themselves at start)."""
-    from claude_sessions.sessions.handler import open_registry
+    from claude_sessions.store.backends import open_registry
 
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # its retries would print a line each
 

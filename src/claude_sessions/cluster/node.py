@@ -10,34 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 
 import structlog
 
-from claude_sessions.config import ServerConfig
 from claude_sessions.errors import DatabaseUnavailableError
 from claude_sessions.store.registry import NodeStatus, Registry
 
 log = structlog.get_logger("claude_sessions.cluster")
-
-#: Set on a request another node forwarded here: it is served here or refused, never sent on.
-FORWARDED: ContextVar[bool] = ContextVar("claude_sessions_forwarded", default=False)
-FORWARDED_HEADER = "x-claude-sessions-forwarded"
-
-
-def forwarding_mark(server: ServerConfig) -> str:
-    """The value of ``FORWARDED_HEADER`` on this cluster's own forwards.
-
-    Derived from every key (the nodes share them, a tenant knows only its own), so a
-    client cannot pass a request off as forwarded and change how a node treats it.
-    """
-    admin = server.ADMIN_API_KEY.get_secret_value() if server.ADMIN_API_KEY is not None else ""
-    keys = f"{server.API_KEYS.get_secret_value()}\0{admin}".encode()
-    return hmac.new(keys, b"claude-sessions forwarded request", hashlib.sha256).hexdigest()
-
 
 #: Beats per lease: a node misses two before its leases lapse.
 BEATS_PER_LEASE = 3

@@ -31,12 +31,12 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
-from claude_sessions.cluster.node import FORWARDED, FORWARDED_HEADER, forwarding_mark
 from claude_sessions.config import ServerConfig, SessionConfig
 from claude_sessions.errors import ClaudeSessionsError, SessionHeldElsewhereError
 from claude_sessions.http import console, openai, operations, sessions
 from claude_sessions.http.auth import Authenticator
 from claude_sessions.http.common import (
+    FORWARDED_STATE,
     ApiError,
     Lifecycle,
     Service,
@@ -45,7 +45,7 @@ from claude_sessions.http.common import (
     resolve_options,
     shutting_down,
 )
-from claude_sessions.http.forwarding import Forwarder
+from claude_sessions.http.forwarding import FORWARDED_HEADER, Forwarder, forwarding_mark
 from claude_sessions.http.redaction import RedactingMiddleware, Redactor
 from claude_sessions.http.sessions import message_json, session_json, turn_json, workspace_of
 from claude_sessions.sessions.handler import ClaudeHandler
@@ -81,10 +81,11 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        FORWARDED.set(hmac.compare_digest(headers.get(FORWARDED_HEADER.encode(), b""), self.mark))
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state[FORWARDED_STATE] = hmac.compare_digest(headers.get(FORWARDED_HEADER.encode(), b""), self.mark)
         began = time.perf_counter()
         status = 0
         length = headers.get(b"content-length", b"")

@@ -34,7 +34,8 @@ from claude_sessions.errors import (
 from claude_sessions.http.auth import Authenticator, Principal
 from claude_sessions.http.redaction import PRINCIPAL_STATE, SESSION_KEY_STATE
 from claude_sessions.sessions.handler import ClaudeHandler
-from claude_sessions.sessions.manager import ClaudeCodeSessionManager, Session, session_key
+from claude_sessions.sessions.manager import ClaudeCodeSessionManager
+from claude_sessions.sessions.session import Session, session_key
 
 log = structlog.get_logger("claude_sessions.api")
 
@@ -78,7 +79,7 @@ class Lifecycle:
             return
         busy = [s for s in self.handler.session_manager.sessions() if s.is_busy]
         log.warning("drain_interrupting_turns", sessions=[s.id for s in busy])
-        await asyncio.gather(*(self.handler.interrupt(s.id) for s in busy), return_exceptions=True)
+        await asyncio.gather(*(self.handler.interrupt(s) for s in busy), return_exceptions=True)
         if await self._settled(INTERRUPT_GRACE_SECONDS):
             return
         stuck = [s.worker for s in busy if s.is_busy and s.worker is not None]
@@ -119,6 +120,15 @@ class Service:
             return await self.manager.fetch(key)
         except SessionNotFoundError:
             raise ApiError(404, "not_found", f"session {session_id!r} not found") from None
+
+
+#: The request scope's flag for a request another node forwarded here (set by the app's middleware).
+FORWARDED_STATE = "forwarded"
+
+
+def is_forwarded(request: Request) -> bool:
+    """Whether another node of this cluster sent the request here (its mark checked by the app's middleware)."""
+    return bool(request.scope.get("state", {}).get(FORWARDED_STATE, False))
 
 
 def get_service(request: Request) -> Service:

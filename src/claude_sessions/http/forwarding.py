@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 
 import aiohttp
 import structlog
@@ -18,12 +20,27 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response, StreamingResponse
 from yarl import URL
 
-from claude_sessions.cluster.node import FORWARDED_HEADER
+from claude_sessions.config import ServerConfig
 from claude_sessions.errors import SessionHeldElsewhereError
 from claude_sessions.http.common import ApiError
 from claude_sessions.store.registry import Registry
 
 log = structlog.get_logger("claude_sessions.api")
+
+#: Marks a request another node forwarded here: it is served here or refused, never sent on.
+FORWARDED_HEADER = "x-claude-sessions-forwarded"
+
+
+def forwarding_mark(server: ServerConfig) -> str:
+    """The value of ``FORWARDED_HEADER`` on this cluster's own forwards.
+
+    Derived from every key (the nodes share them, a tenant knows only its own), so a
+    client cannot pass a request off as forwarded and change how a node treats it.
+    """
+    admin = server.ADMIN_API_KEY.get_secret_value() if server.ADMIN_API_KEY is not None else ""
+    keys = f"{server.API_KEYS.get_secret_value()}\0{admin}".encode()
+    return hmac.new(keys, b"claude-sessions forwarded request", hashlib.sha256).hexdigest()
+
 
 #: Per-connection headers, and the ones the other node sets for itself.
 _HOP_BY_HOP = {"host", "content-length", "connection", "keep-alive", "transfer-encoding", "te", "upgrade"}

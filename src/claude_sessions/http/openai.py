@@ -32,11 +32,11 @@ from starlette.background import BackgroundTask
 from claude_sessions.config import SessionConfig
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.auth import Principal
-from claude_sessions.http.common import ApiError, Caller, ServiceDep, api_error, resolve_options
+from claude_sessions.http.common import ApiError, Caller, ServiceDep, api_error, is_forwarded, resolve_options
 from claude_sessions.http.sessions import TurnStream, dumps, workspace_of
 from claude_sessions.observability.metrics import SessionMetrics, is_api_error
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
-from claude_sessions.sessions.manager import Session
+from claude_sessions.sessions.session import Session
 from claude_sessions.store.conversations import Turn, history_digest
 
 router = APIRouter(tags=["openai"])
@@ -375,7 +375,7 @@ async def chat_completions(
 
     completion = _Completion(session, body.model, digest_of)
     headers = {"X-Session-ID": session.public_id}
-    turn = service.handler.send_message(session.id, prompt)
+    turn = service.handler.send_message(session, prompt, forwarded=is_forwarded(request))
     if not body.stream:
         async with contextlib.aclosing(turn):
             async for message in turn:

@@ -94,6 +94,18 @@ class AllSessions(BaseModel):
     sessions: list[OwnedSession]
 
 
+class Limits(BaseModel):
+    max_sessions: int | None = Field(description="sessions held at once (TENANT_MAX_SESSIONS); null: unset")
+    daily_usd: float | None = Field(description="spend per UTC day (TENANT_DAILY_USD); null: unset")
+    turns_per_minute: int | None = Field(description="turns started per minute (TENANT_TURNS_PER_MINUTE); null: unset")
+
+
+class Me(BaseModel):
+    tenant: str | None = Field(description="the key's tenant; null for the operator of a keyless server")
+    admin: bool
+    limits: Limits
+
+
 _TENANT_VIEW = " A tenant sees its own sessions and workers only; the admin sees everything."
 
 
@@ -104,6 +116,26 @@ def _view(principal: Principal) -> str | None:
 
 def _workspace(handler: ClaudeHandler, tenant: str | None) -> Path | None:
     return None if tenant is None else handler.config.runtime.workspace_root / tenant
+
+
+@router.get(
+    "/v1/me",
+    tags=["service"],
+    response_model=None,
+    responses={
+        200: {"model": Me, "description": "Who the caller is, and the limits that apply."},
+        **error_responses(401),
+    },
+)
+async def me(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+    """What a console or a client needs to know of itself before it starts."""
+    server, budgeted = service.config.server, principal.tenant or DEFAULT_TENANT
+    limits = {
+        "max_sessions": server.TENANT_MAX_SESSIONS if principal.tenant is not None else None,
+        "daily_usd": server.daily_usd(budgeted),
+        "turns_per_minute": server.turns_per_minute(budgeted),
+    }
+    return {"tenant": principal.tenant, "admin": principal.is_admin, "limits": limits}
 
 
 @router.get(

@@ -38,11 +38,12 @@ from claude_sessions.http.common import (
     ServiceDep,
     api_error,
     error_responses,
+    is_forwarded,
     resolve_options,
 )
 from claude_sessions.http.redaction import SESSION_KEY_STATE
 from claude_sessions.observability.metrics import is_api_error
-from claude_sessions.sessions.manager import Session, session_key
+from claude_sessions.sessions.session import Session, session_key
 from claude_sessions.workers.options import resolve_folder
 
 log = structlog.get_logger("claude_sessions.api")
@@ -389,7 +390,7 @@ async def delete_session(
     purge: Annotated[bool, Query(description="also delete the transcript now")] = False,
 ) -> Response:
     session = await service.own_session(request, principal, session_id)
-    await service.handler.destroy_session(session.id, purge=purge)
+    await service.handler.destroy_session(session.id, purge=purge, forwarded=is_forwarded(request))
     return Response(status_code=204)
 
 
@@ -406,7 +407,7 @@ async def interrupt(
     request: Request, session_id: SessionIdPath, principal: Caller, service: ServiceDep
 ) -> dict[str, Any]:
     session = await service.own_session(request, principal, session_id)
-    await service.handler.interrupt(session.id)
+    await service.handler.interrupt(session, forwarded=is_forwarded(request))
     return {"session_id": session.public_id, "interrupted": True}
 
 
@@ -458,7 +459,7 @@ async def send_message(
             raise ApiError(422, "invalid_request", "Idempotency-Key was already used with another content")
         messages: AsyncIterator[dict[str, Any]] = _replay(replies)
     else:
-        turn = handler.send_message(session.id, body.content)
+        turn = handler.send_message(session, body.content, forwarded=is_forwarded(request))
         first = await anext(turn)  # errors before the first message keep their HTTP status
 
         async def keep(turn_messages: list[dict[str, Any]]) -> None:

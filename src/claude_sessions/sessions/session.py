@@ -1,0 +1,122 @@
+"""One session: its key in the registry, its state, and what this node holds for it.
+
+A session's record (``SessionRecord``) is what every node shares; :class:`Session` adds what only
+this node knows: the worker it holds here and its turn lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from claude_sessions.config import SessionConfig
+from claude_sessions.observability.metrics import SessionMetrics
+from claude_sessions.observability.telemetry import DEFAULT_TENANT
+from claude_sessions.store.archive import Conversation
+from claude_sessions.store.registry import SessionRecord
+from claude_sessions.workers.worker import Worker
+
+
+def session_key(public_id: str, owner: str | None = None) -> str:
+    """The registry key: tenants' ids live in their own namespace ("/" is not allowed in ids)."""
+    return public_id if owner is None else f"{owner}/{public_id}"
+
+
+def public_id(key: str) -> str:
+    """The id a caller knows for a registry key (the tenant's prefix removed)."""
+    return key.rpartition("/")[2]
+
+
+def tenant_of_key(key: str) -> str:
+    return key.rpartition("/")[0] or DEFAULT_TENANT
+
+
+@dataclass(eq=False)
+class Session:
+    """One logical conversation: options, metrics, and the worker it holds on this node, if any."""
+
+    id: str  # the registry key, see session_key()
+    config: SessionConfig
+    metadata: dict[str, Any] = field(default_factory=dict)
+    owner: str | None = None
+    metrics: SessionMetrics = field(default_factory=SessionMetrics)
+    worker: Worker | None = None
+    #: The CLI's own conversation id, learned when a turn starts.
+    claude_session_id: str | None = None
+    #: The CLI has written that conversation's transcript (a reply was seen): from
+    #: now on a missing transcript means the conversation was lost (an orphan).
+    recorded: bool = False
+    #: Unregistered; a running turn releases the worker when it ends.
+    closed: bool = False
+    #: Its transcript vanished: it answers an error instead of starting afresh.
+    orphaned: bool = False
+    #: The lease's fencing token as last read or claimed: every write carries it.
+    fence: int = 0
+    #: The node holding its live CLI, and whether a turn runs there, as last read.
+    holder: str | None = None
+    holder_url: str | None = None
+    busy_elsewhere: bool = False
+    turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def is_busy(self) -> bool:
+        return self.turn_lock.locked()
+
+    @property
+    def public_id(self) -> str:
+        return public_id(self.id)
+
+    @property
+    def tenant(self) -> str:
+        return self.owner or DEFAULT_TENANT
+
+    @property
+    def state(self) -> str:
+        if self.orphaned:
+            return "orphaned"
+        if self.is_busy or self.busy_elsewhere:
+            return "busy"
+        return "active" if self.worker is not None or self.holder is not None else "idle"
+
+    def record(self) -> SessionRecord:
+        return SessionRecord(
+            self.id,
+            self.owner,
+            self.config,
+            self.metadata,
+            self.metrics,
+            self.claude_session_id,
+            self.orphaned,
+            self.recorded,
+            busy=self.is_busy,
+            fence=self.fence,
+        )
+
+    @classmethod
+    def restore(cls, record: SessionRecord) -> Session:
+        session = cls(id=record.key, config=record.config, owner=record.owner)
+        session.take(record)
+        return session
+
+    def take(self, record: SessionRecord) -> None:
+        """Adopt the registry's state (written by whichever node ran the last turn).
+
+        Metrics change in place: a caller holding ``get_session_metrics()`` keeps seeing them live.
+        """
+        self.metadata = record.metadata
+        vars(self.metrics).update(vars(record.metrics))
+        self.claude_session_id, self.recorded, self.orphaned = (
+            record.claude_session_id,
+            record.recorded,
+            record.orphaned,
+        )
+        self.fence, self.holder, self.holder_url = record.fence, record.holder, record.holder_url
+        self.busy_elsewhere = record.busy
+
+    def conversation(self, project: str) -> Conversation | None:
+        return None if self.claude_session_id is None else (project, self.claude_session_id)
+
+    def has_expired(self, timeout_seconds: float, now: float) -> bool:
+        # Cheapest test first: maintenance runs this over every session with a worker.
+        return self.metrics.last_activity < now - timeout_seconds and not self.is_busy

@@ -1,0 +1,350 @@
+"""A turn's path on this node: the session's lease, its worker, the prompt, every reply, the bill.
+
+:class:`Turns` is the one owner of a session's binding to a worker here: it binds one (resuming
+the conversation in a new CLI when needed), drops one that failed a turn, and hands one back
+when the session is gone or this node drains. A turn is bounded by ``OPT_MESSAGE_TIMEOUT``; a
+worker that dies mid-turn fails that turn with :class:`WorkerDiedError` and the next message
+resumes the same conversation in a new worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+
+import anyio
+import structlog
+from claude_agent_sdk import AssistantMessage, ClaudeSDKError, Message, ResultMessage, SystemMessage
+
+from claude_sessions.cluster.node import Node
+from claude_sessions.config import SessionConfig, SystemConfig
+from claude_sessions.errors import (
+    CapacityError,
+    LeaseLostError,
+    SessionBusyError,
+    SessionHeldElsewhereError,
+    SessionNotFoundError,
+    SessionOrphanedError,
+    TurnTimeoutError,
+    WorkerDiedError,
+    WorkerStartError,
+)
+from claude_sessions.gateway.relay import ModelGateway
+from claude_sessions.observability.telemetry import Telemetry
+from claude_sessions.sessions.billing import Billing
+from claude_sessions.sessions.manager import ClaudeCodeSessionManager
+from claude_sessions.sessions.session import Session
+from claude_sessions.store.archive import TranscriptArchive
+from claude_sessions.store.registry import Holder, Registry
+from claude_sessions.workers.options import tenant_of
+from claude_sessions.workers.pool import NoLiveRoom, WorkerPool
+from claude_sessions.workers.worker import Worker
+
+log = structlog.get_logger("claude_sessions.handler")
+
+#: How long an interrupted turn may take to wind down before its worker is discarded.
+INTERRUPT_GRACE_SECONDS = 5.0
+#: How often a turn waiting for a live worker looks again.
+CAPACITY_POLL_SECONDS = 0.05
+
+
+class Turns:
+    """Runs sessions' turns on this node's workers."""
+
+    def __init__(
+        self,
+        config: SystemConfig,
+        manager: ClaudeCodeSessionManager,
+        pool: WorkerPool,
+        gateway: ModelGateway,
+        billing: Billing,
+        telemetry: Telemetry,
+        archive: TranscriptArchive,
+        node: Node,
+    ) -> None:
+        self.config, self.manager, self.pool, self.gateway = config, manager, pool, gateway
+        self.billing, self.telemetry, self.archive, self.node = billing, telemetry, archive, node
+
+    @property
+    def registry(self) -> Registry:
+        return self.manager.registry
+
+    async def run(
+        self, session: Session, prompt: str, command: str | None, *, forwarded: bool
+    ) -> AsyncGenerator[Message, None]:
+        """One turn of ``session``: yields the SDK's messages, ending with the ``ResultMessage``.
+
+        ``forwarded``: another node sent this request here as the session's holder.
+        """
+        if session.is_busy:
+            raise SessionBusyError(f"session {session.public_id!r} is running a turn")
+        bound = False
+        try:
+            async with session.turn_lock:
+                await self._claim(session, forwarded)
+                # tenant_of checks the cwd at every turn, live worker or not: a folder swapped for
+                # a symlink since must not move the session (ValueError). The tally is read before
+                # the day's rest: what is metered from here on, the tenant's other running turns
+                # included, counts against that rest (turns at once share it).
+                baseline = self.gateway.tally(tenant_of(session.config, self.config)).charged
+                budget = await self.billing.admit(session)
+                session.metrics.touch()
+                worker = await self._bind(session)
+                worker.grant.budget, worker.grant.baseline = budget, baseline
+                bound = True
+                try:
+                    if session.closed:  # destroyed while its worker was being bound: no billed turn
+                        raise SessionNotFoundError(f"session {session.public_id!r} not found")
+                    # aclosing: an abandoned turn winds down before the lock is released.
+                    async with contextlib.aclosing(self._turn(session, worker, prompt, command)) as turn:
+                        async for message in turn:
+                            yield message
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._save_turn_end(session)
+        finally:
+            if bound:
+                with anyio.CancelScope(shield=True):
+                    await self._hand_back(session)
+
+    async def interrupt(self, session: Session, *, forwarded: bool) -> None:
+        """Stop the running turn of a session (nothing happens when it is idle)."""
+        if session.is_busy and session.worker is not None:
+            await interrupt_worker(session.worker)
+        else:
+            await self.refuse_if_held_elsewhere(session.id, forwarded=forwarded)
+
+    async def refuse_if_held_elsewhere(self, key: str, *, forwarded: bool) -> None:
+        """A session whose live CLI runs on another live node is acted on there (the API forwards)."""
+        if forwarded:
+            return
+        holder = await self.registry.holder(key)
+        if holder is not None:
+            raise held_elsewhere(key, holder)
+
+    async def _save_turn_end(self, session: Session) -> None:
+        session.metrics.touch()
+        try:
+            await self.manager.save(session, ending=True)
+        except LeaseLostError:
+            if session.worker is not None:
+                await self._drop_worker(session, session.worker)
+
+    async def _hand_back(self, session: Session) -> None:
+        """After a turn: the worker goes back if the session is gone, or to another node if this one drains."""
+        if session.closed:
+            worker = self.manager.detach(session)
+        elif self.node.status != "up":
+            worker = await self.manager.let_go(session)
+        else:
+            return
+        if worker is not None:
+            await self.pool.release(worker)
+
+    async def _claim(self, session: Session, forwarded: bool) -> None:
+        """Take the session's lease for this turn, or send the caller to the live node holding it.
+
+        A CLI this node kept from an older lease (another node ran turns since) holds
+        a stale conversation: it is dropped and the conversation resumed afresh.
+        """
+        elsewhere = session.holder not in (None, self.registry.node_id)
+        if elsewhere and session.holder_url and not forwarded:
+            # Read a moment ago (``fetch``): a live node holds it. A claim could only say the same;
+            # should that node have let go since, it takes the forwarded turn itself.
+            raise held_elsewhere(session.id, Holder(str(session.holder), session.holder_url))
+        claim = await self.registry.claim(session.id)
+        if claim is None:
+            self.manager.get(session.id)  # the view still has it: gone since
+            raise SessionNotFoundError(f"session {session.public_id!r} not found")
+        if isinstance(claim, Holder):
+            if forwarded:  # sent here as its holder, but it moved on meanwhile
+                raise SessionBusyError(f"session {session.public_id!r} is moving between nodes; retry")
+            raise held_elsewhere(session.id, claim)
+        if claim != session.fence and session.worker is not None:
+            await self._drop_worker(session, session.worker)
+        session.fence, session.holder = claim, self.registry.node_id
+
+    async def _bind(self, session: Session) -> Worker:
+        """The session's worker; a new one (resuming the conversation) if it has none.
+
+        A conversation whose transcript vanished is never silently restarted.
+        """
+        manager = self.manager
+        if not session.orphaned and session.worker is None and await manager.is_orphaned(session):
+            await manager.mark_orphaned(session)  # it holds no worker to give back
+        if session.orphaned:
+            raise SessionOrphanedError(f"session {session.public_id!r} lost its transcript; delete it")
+        worker = session.worker
+        if worker is not None and worker.is_alive() and not self.pool.is_expired(worker) and worker.settle():
+            return worker
+        if worker is not None and worker.is_alive():  # too old, too used, or it acted on its own
+            log.info("session_worker_retired", session_id=session.id, worker=worker.id, uses=worker.uses)
+            session.worker = None
+            self.pool.release_soon(worker)
+        elif worker is not None:  # died between turns
+            self._count_connection_error(session)
+            session.worker = None
+            await self.pool.discard(worker)
+        try:
+            worker = await self.acquire(session.config, resume=await manager.conversation_to_resume(session))
+        except WorkerStartError:
+            self._count_connection_error(session)
+            raise
+        session.worker = worker
+        self.archive.fence(worker.grant.token, (session.id, session.fence))
+        if session.claude_session_id is not None:
+            log.info("session_resumed", session_id=session.id, claude_session_id=session.claude_session_id)
+        return worker
+
+    async def acquire(self, config: SessionConfig, resume: str | None = None) -> Worker:
+        """A worker within ``CP_MAX_LIVE``: past it, free the idle pool's oldest worker,
+        then the least recently used idle session's; if every live worker is mid-turn,
+        wait up to ``OPT_CREATE_TIMEOUT`` and raise :class:`CapacityError`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.optimization.CREATE_TIMEOUT
+        while True:
+            try:
+                return await self.pool.acquire(config, resume)
+            except NoLiveRoom:
+                pass
+            if await self.pool.evict_idle():
+                continue
+            victim = self.manager.least_recently_used_worker()
+            if victim is not None:
+                worker = await self.manager.let_go(victim)
+                if worker is not None:
+                    await self.pool.discard(worker)
+                continue
+            if loop.time() >= deadline:
+                raise CapacityError(f"all {self.pool.max_live} live workers are mid-turn; try again shortly") from None
+            await asyncio.sleep(CAPACITY_POLL_SECONDS)
+
+    async def _turn(
+        self, session: Session, worker: Worker, prompt: str, command: str | None
+    ) -> AsyncGenerator[Message, None]:
+        """One turn on ``worker``, bounded as a whole (prompt written, every reply read).
+
+        What a caller was told is committed first: the turn's count when it
+        starts, the conversation id when first seen, the usage before the result.
+        """
+        metrics = session.metrics
+        began = time.perf_counter()
+        deadline = asyncio.get_running_loop().time() + self.config.optimization.MESSAGE_TIMEOUT
+        settled = False  # the turn ended, or its worker was dealt with
+        asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
+        worker.uses += 1
+        worker.grant.take()  # calls made between turns (none expected) are no turn's
+        metrics.message_count += 1
+        try:
+            await self.manager.save(session)
+            async with asyncio.timeout_at(deadline):
+                await worker.ask(prompt, verbatim=command is None)
+            asked = True
+            replies = worker.client.receive_response()
+            while not settled:
+                async with asyncio.timeout_at(deadline):
+                    message = await anext(replies)
+                if not worker.runs_as_launched(message):
+                    log.warning("session_worker_drifted", session_id=session.id)
+                if learn_conversation(session, message):
+                    await self.manager.save(session)
+                if isinstance(message, ResultMessage):
+                    settled = True
+                    await self.billing.record(session, worker, message, time.perf_counter() - began)
+                    await self.manager.save(session)
+                yield message
+        except TimeoutError:
+            settled = True
+            metrics.timeouts += 1
+            self.telemetry.turn_timeouts.labels(session.tenant).inc()
+            await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
+            raise TurnTimeoutError(
+                f"turn exceeded {self.config.optimization.MESSAGE_TIMEOUT:g}s and was interrupted"
+            ) from None
+        except LeaseLostError:
+            settled = True  # another node runs this conversation now: this CLI must stop at once
+            await self._drop_worker(session, worker)
+            raise
+        except (ClaudeSDKError, StopAsyncIteration, OSError) as error:
+            settled = True
+            self._count_connection_error(session)
+            await self._drop_worker(session, worker)
+            raise WorkerDiedError(f"the CLI process of session {session.public_id!r} failed: {error}") from error
+        finally:
+            if not settled and worker is session.worker and worker.is_alive():
+                # Abandoned by the caller (closed generator, cancelled stream): the
+                # shield lets the wind-down finish before the session is free again.
+                with anyio.CancelScope(shield=True):
+                    await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
+
+    def _count_connection_error(self, session: Session) -> None:
+        session.metrics.connection_errors += 1
+        self.telemetry.connection_errors.labels(session.tenant).inc()
+
+    async def _wind_down(self, session: Session, worker: Worker, began: float) -> None:
+        """Interrupt the running turn and drain it; discard the worker if it will not stop."""
+        try:
+            async with asyncio.timeout(INTERRUPT_GRACE_SECONDS):
+                await worker.client.interrupt()
+                async for message in worker.client.receive_response():
+                    learn_conversation(session, message)
+                    if isinstance(message, ResultMessage):
+                        await self.billing.record(session, worker, message, time.perf_counter() - began)
+                        return
+        except Exception as error:
+            log.warning("turn_wind_down_failed", session_id=session.id, error=repr(error))
+        await self._drop_worker(session, worker)
+
+    async def _drop_worker(self, session: Session, worker: Worker) -> None:
+        """Kill a worker that failed this turn (died, stuck, or cut mid-prompt)."""
+        if session.worker is worker:
+            session.worker = None
+        await self.pool.discard(worker, graceful=False)
+        await self.billing.bill_unfinished(session, worker)
+
+
+async def interrupt_worker(worker: Worker) -> None:
+    try:
+        async with asyncio.timeout(INTERRUPT_GRACE_SECONDS):
+            await worker.client.interrupt()
+    except Exception as error:
+        log.info("interrupt_failed", worker=worker.id, error=repr(error))
+
+
+def held_elsewhere(session_id: str, holder: Holder) -> SessionHeldElsewhereError:
+    message = f"session {session_id!r} runs on node {holder.node_id}"
+    return SessionHeldElsewhereError(message, session_id, holder.node_id, holder.url)
+
+
+def slash_command(prompt: str) -> str | None:
+    """The CLI command a message starts with (``"/model x"`` -> ``"model"``), or None."""
+    text = prompt.lstrip()
+    if not text.startswith("/"):
+        return None
+    return text[1:].split(maxsplit=1)[0] if text[1:].strip() else ""
+
+
+def learn_conversation(session: Session, message: Message) -> bool:
+    """Track the CLI's conversation id; True when something new was learned.
+
+    The id is known from a turn's ``init`` message, before the CLI writes the
+    transcript (it changes on ``/clear``, not on resume); a model reply, or the
+    result of a turn that reached the API, proves the transcript exists.
+    """
+    if isinstance(message, SystemMessage) and message.subtype == "init":
+        claude_id, recorded = message.data.get("session_id"), False
+    elif isinstance(message, AssistantMessage) or (isinstance(message, ResultMessage) and message.duration_api_ms > 0):
+        claude_id, recorded = message.session_id, True
+    else:
+        return False
+    if not claude_id:
+        return False
+    if claude_id != session.claude_session_id:
+        session.claude_session_id, session.recorded = claude_id, recorded
+        return True
+    if recorded and not session.recorded:
+        session.recorded = True
+        return True
+    return False

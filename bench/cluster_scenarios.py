@@ -211,7 +211,7 @@ async def maintenance_at_scale(n: int) -> dict[str, Any]:
             config.connection_pool = ConnectionPoolConfig(MIN_SIZE=0, MAX_SIZE=0)
             config.session_manager.MAX_SESSIONS = n
             handler = ClaudeHandler(config)
-            project = handler.session_manager.project_of(SessionConfig())
+            project = handler.session_manager.conversations.project_of(SessionConfig())
             for start in range(0, n, 30):
                 batch = range(start, min(n, start + 30))
                 await asyncio.gather(*(nodes[i % 3].create(_record(f"s{i}", f"c{i}"), n, None, True) for i in batch))

@@ -92,5 +92,5 @@ def transcript_file(handler: ClaudeHandler, session_id: str) -> Path | None:
     session = handler.session_manager.get(session_id)
     if session.claude_session_id is None:
         return None
-    project = handler.session_manager.project_of(session.config)
+    project = handler.session_manager.conversations.project_of(session.config)
     return handler.config.runtime.config_dir / "projects" / project / f"{session.claude_session_id}.jsonl"

@@ -107,7 +107,9 @@ async def test_purge_deletes_the_transcript_and_retention_purges_later(
     for session_id in (purged, kept):
         await turn(handler, session_id, "leave a transcript")
     purged_one, kept_one = (manager.get(s) for s in (purged, kept))
-    conversations = [(manager.project_of(s.config), s.claude_session_id or "") for s in (purged_one, kept_one)]
+    conversations = [
+        (manager.conversations.project_of(s.config), s.claude_session_id or "") for s in (purged_one, kept_one)
+    ]
     assert [await handler.archive.exists(c) for c in conversations] == [True, True]
     await handler.destroy_session(purged, purge=True)
     assert not await handler.archive.exists(conversations[0])

@@ -99,7 +99,7 @@ async def test_spares_warm_up_without_an_upstream_call_and_start_clean(
     session_id = await handler.create_session("first")
     messages = await turn(handler, session_id, "hello")
     assert "[user message 1 of this conversation]" in reply_text(messages)  # the warm-up left no context
-    history = await handler.session_manager.read_transcript(handler.session_manager.get(session_id))
+    history = await handler.session_manager.conversations.read_transcript(handler.session_manager.get(session_id))
     assert [m["message"]["content"] for m in history if m["type"] == "user"] == ["hello"]
 
 

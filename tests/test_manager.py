@@ -86,7 +86,7 @@ async def test_session_with_deleted_transcript_is_an_orphan(
     manager = handler.session_manager
     session = manager.get(talked)
     assert session.claude_session_id is not None
-    conversation = (manager.project_of(session.config), session.claude_session_id)
+    conversation = (manager.conversations.project_of(session.config), session.claude_session_id)
     assert await handler.archive.exists(conversation)
     assert await manager.detect_orphaned_sessions() == []
     await handler.archive.delete(handler.archive.name(conversation))

@@ -19,6 +19,7 @@ ERRORS = {
     ("post", "/v1/sessions/{session_id}/interrupt"): {401, 404, 422, 503},
     ("get", "/v1/sessions/{session_id}/history"): {401, 404, 422, 503},
     ("post", "/v1/sessions/{session_id}/messages"): {401, 404, 409, 410, 413, 422, 502, 503, 504},
+    ("get", "/v1/me"): {401, 503},
     ("get", "/v1/health"): {401, 503},
     ("get", "/v1/pool"): {401, 503},
     ("get", "/metrics"): {401, 403, 503},

@@ -33,7 +33,8 @@ from claude_sessions.config import SessionConfig
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import ApiError, Caller, ServiceDep, api_error, is_forwarded, resolve_options
-from claude_sessions.http.sessions import TurnStream, dumps, workspace_of
+from claude_sessions.http.sessions import workspace_of
+from claude_sessions.http.streaming import TurnStream, dumps
 from claude_sessions.observability.metrics import SessionMetrics, is_api_error
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.sessions.session import Session

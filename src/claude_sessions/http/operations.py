@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 from claude_sessions.errors import DatabaseUnavailableError
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import Admin, Caller, ServiceDep, error_responses
-from claude_sessions.http.sessions import SessionObject, session_json
+from claude_sessions.http.sessions import SessionObject
+from claude_sessions.http.streaming import session_json
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.observability.usage_series import BUCKET_SECONDS
 from claude_sessions.sessions.handler import ClaudeHandler

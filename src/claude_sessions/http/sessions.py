@@ -8,42 +8,32 @@ with a ``result`` or an ``error`` event. A turn the model call failed (the CLI's
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import json
 import pathlib
-import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 import structlog
-from claude_agent_sdk import AssistantMessage, Message, ResultMessage, StreamEvent, UserMessage
+from claude_agent_sdk import Message
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
-from sse_starlette import EventSourceResponse
-from sse_starlette.sse import SendTimeoutError
 from starlette.background import BackgroundTask
-from starlette.types import Receive, Scope, Send
 
 from claude_sessions.config import _TOOL_NAME, SessionConfig
-from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import (
     PUBLIC_ID,
     ApiError,
     Caller,
     ServiceDep,
-    api_error,
     error_responses,
     is_forwarded,
     resolve_options,
 )
 from claude_sessions.http.redaction import SESSION_KEY_STATE
-from claude_sessions.observability.metrics import is_api_error
-from claude_sessions.sessions.session import Session, session_key
+from claude_sessions.http.streaming import TurnStream, as_json, replayed, session_json, sse_events, turn_json
+from claude_sessions.sessions.session import session_key
 from claude_sessions.workers.options import resolve_folder
 
 log = structlog.get_logger("claude_sessions.api")
@@ -56,11 +46,6 @@ WORKSPACE_PATH = rf"^{_NAME}(?:/{_NAME})*$"
 ToolName = Annotated[str, Field(pattern=rf"^{_TOOL_NAME.pattern}$")]
 
 SessionIdPath = Annotated[str, Path(pattern=PUBLIC_ID, max_length=128, description="the session's public id")]
-
-#: However late in a turn, a send may take this long (the last event of a turn that
-#: ran to its deadline still reaches a client that reads).
-MIN_SEND_SECONDS = 1.0
-
 
 # -- request bodies -------------------------------------------------------------
 
@@ -145,159 +130,6 @@ SSE_EVENT_SCHEMA = {
     "required": ["event", "data"],
 }
 
-
-# -- serialisation ----------------------------------------------------------------
-
-
-def message_kind(message: Message) -> str:
-    """The SSE event name of an SDK message."""
-    if isinstance(message, ResultMessage):
-        return "result"
-    if isinstance(message, AssistantMessage):
-        return "assistant"
-    if isinstance(message, UserMessage):
-        return "user"
-    if isinstance(message, StreamEvent):
-        return "stream_event"
-    return "system"
-
-
-def _block_type(block: object) -> str:
-    """``TextBlock`` -> ``text``, ``ToolUseBlock`` -> ``tool_use``: the Messages API's names."""
-    name = type(block).__name__.removesuffix("Block")
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def message_json(message: Message) -> dict[str, Any]:
-    """An SDK message as JSON, its kind in ``type`` and each content block's kind in its own."""
-    payload = dataclasses.asdict(message)
-    content = getattr(message, "content", None)
-    if isinstance(content, list):
-        payload["content"] = [
-            {"type": _block_type(block), **item} if dataclasses.is_dataclass(block) else item
-            for block, item in zip(content, payload["content"], strict=True)
-        ]
-    return {"type": message_kind(message), **payload}
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()
-
-
-def session_json(session: Session, with_metrics: bool = False) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "session_id": session.public_id,
-        "state": session.state,
-        "created_at": _iso(session.metrics.created_at),
-        "last_activity": _iso(session.metrics.last_activity),
-        "metadata": session.metadata,
-        "options": session.config.model_dump(exclude_none=True, exclude_defaults=True),
-    }
-    if with_metrics:
-        body["metrics"] = session.metrics.as_dict()
-    return body
-
-
-def turn_json(session_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``?stream=false`` answer: the reply's text, its result and every message."""
-    text = "".join(
-        str(block.get("text", ""))
-        for m in messages
-        if m["type"] == "assistant"
-        for block in m.get("content", [])
-        if block.get("type") == "text"
-    )
-    result = messages[-1] if messages and messages[-1]["type"] == "result" else None
-    return {"session_id": session_id, "text": text, "result": result, "messages": messages}
-
-
-# -- model errors ---------------------------------------------------------------------
-
-
-class ModelError(ApiError):
-    """A turn whose model call failed after the CLI's retries: 502 ``model_error``."""
-
-    def __init__(self, result: ResultMessage) -> None:
-        message = result.result or "; ".join(result.errors or []) or "the model call failed"
-        extra = {"status": result.api_error_status} if result.api_error_status is not None else None
-        super().__init__(502, "model_error", message, extra=extra)
-
-
-async def _as_json(
-    first: Message,
-    turn: AsyncGenerator[Message, None],
-    on_result: Callable[[list[dict[str, Any]]], Awaitable[None]],
-) -> AsyncIterator[dict[str, Any]]:
-    """A turn's messages as JSON; ``on_result`` keeps the whole turn before its result is sent.
-
-    A model error ends it with :class:`ModelError` (never kept for replay); the CLI's
-    synthetic assistant message that carries the API error's text is not content.
-    """
-    seen: list[dict[str, Any]] = []
-    async with contextlib.aclosing(turn):
-        message: Message | None = first
-        while message is not None:
-            if isinstance(message, ResultMessage) and is_api_error(message):
-                raise ModelError(message)
-            if not (isinstance(message, AssistantMessage) and message.error is not None):
-                data = message_json(message)
-                seen.append(data)
-                if isinstance(message, ResultMessage):
-                    await on_result(seen)
-                yield data
-            message = await anext(turn, None)
-
-
-async def _replay(messages: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    for data in messages:
-        yield data
-
-
-async def _events(messages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, str]]:
-    """SSE events of one turn; a failure ends the stream with an ``error`` event."""
-    try:
-        async for data in messages:
-            yield {"event": data["type"], "data": dumps(data)}
-    except ClaudeSessionsError as error:
-        yield {"event": "error", "data": dumps(api_error(error, 1).body())}
-    except ApiError as error:
-        yield {"event": "error", "data": dumps(error.body())}
-
-
-class TurnStream(EventSourceResponse):
-    """A turn's SSE stream: every send is bounded by the time left until the turn's deadline.
-
-    A client that stops reading fills the socket's buffers and blocks a send; that
-    send gives up at the deadline, and closing the stream winds the turn down, so a
-    stalled client never holds a worker past ``OPT_MESSAGE_TIMEOUT``.
-    """
-
-    def __init__(self, content: AsyncIterator[dict[str, str]], deadline: float, **kwargs: Any) -> None:
-        self.deadline = deadline
-        super().__init__(content, **kwargs)
-
-    @property
-    def send_timeout(self) -> float:
-        return max(MIN_SEND_SECONDS, self.deadline - time.monotonic())
-
-    @send_timeout.setter
-    def send_timeout(self, _: float | None) -> None:
-        """The deadline decides; EventSourceResponse's own value is ignored."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        except SendTimeoutError:
-            log.warning("sse_client_stalled", path=scope.get("path"))
-            if self.background is not None:
-                await self.background()
-
-
-# -- routes -------------------------------------------------------------------------
 
 router = APIRouter(tags=["sessions"])
 
@@ -423,7 +255,7 @@ async def history(
     request: Request, session_id: SessionIdPath, principal: Caller, service: ServiceDep
 ) -> dict[str, Any]:
     session = await service.own_session(request, principal, session_id)
-    return {"messages": await service.manager.read_transcript(session)}
+    return {"messages": await service.manager.conversations.read_transcript(session)}
 
 
 @router.post(
@@ -457,7 +289,7 @@ async def send_message(
         content, replies = stored
         if content != body.content:
             raise ApiError(422, "invalid_request", "Idempotency-Key was already used with another content")
-        messages: AsyncIterator[dict[str, Any]] = _replay(replies)
+        messages: AsyncIterator[dict[str, Any]] = replayed(replies)
     else:
         turn = handler.send_message(session, body.content, forwarded=is_forwarded(request))
         first = await anext(turn)  # errors before the first message keep their HTTP status
@@ -466,11 +298,11 @@ async def send_message(
             if idempotency_key:
                 await handler.registry.save_reply(session.id, idempotency_key, body.content, turn_messages)
 
-        messages = _as_json(first, turn, keep)
+        messages = as_json(first, turn, keep)
     if not stream:
         return JSONResponse(turn_json(session.public_id, [m async for m in messages]))
     return TurnStream(
-        _events(messages),
+        sse_events(messages),
         deadline=deadline,
         ping=15,
         shutdown_grace_period=service.config.optimization.DESTROY_TIMEOUT,

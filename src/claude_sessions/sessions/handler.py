@@ -169,7 +169,7 @@ class ClaudeHandler:
 
     async def worker_warmed(self, worker: Worker) -> None:
         """A warm-up conversation is nobody's: its transcript goes at once."""
-        project = self.session_manager.project_of(worker.config)
+        project = self.session_manager.conversations.project_of(worker.config)
         for conversation in worker.warmed_conversations:
             await self.archive.delete(self.archive.name((project, conversation)))
 

@@ -12,15 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import structlog
-from claude_agent_sdk import project_key_for_directory
 
 from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.errors import (
@@ -32,6 +29,8 @@ from claude_sessions.errors import (
 )
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.observability.telemetry import Telemetry
+from claude_sessions.sessions.conversations import Conversations
+from claude_sessions.sessions.health import health_report
 from claude_sessions.sessions.session import Session, public_id, session_key, tenant_of_key
 from claude_sessions.store.archive import TranscriptArchive
 from claude_sessions.store.conversations import Turn, transcript_entries
@@ -41,9 +40,6 @@ from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
 
 log = structlog.get_logger("claude_sessions.manager")
-
-#: A session active within this many seconds counts as "recent" in the health report.
-RECENT_SECONDS = 300.0
 
 
 class ClaudeCodeSessionManager:
@@ -64,7 +60,7 @@ class ClaudeCodeSessionManager:
         self.telemetry = telemetry or Telemetry()
         self._sessions: dict[str, Session] = {}
         self._closing = False
-        self._projects: dict[str | None, str] = {}
+        self.conversations = Conversations(config, archive)
         #: Sessions whose last write found the database away: written again when it is back.
         self.unsaved: set[Session] = set()
 
@@ -268,7 +264,7 @@ class ClaudeCodeSessionManager:
         worker = await self._forget(session, purge)
         if worker is not None:
             await self.pool.release(worker)
-        conversation = session.conversation(self.project_of(session.config))
+        conversation = session.conversation(self.conversations.project_of(session.config))
         if purge and conversation is not None and not session.is_busy:
             # Only now: the CLI writes the transcript until it lets go of the conversation.
             name = self.archive.name(conversation)
@@ -283,7 +279,7 @@ class ClaudeCodeSessionManager:
         (the caller deletes it after the worker let go; maintenance catches the rest).
         """
         await self.registry.delete(session.id)
-        conversation = session.conversation(self.project_of(session.config))
+        conversation = session.conversation(self.conversations.project_of(session.config))
         if conversation is not None:
             await self.registry.retire_transcript(self.archive.name(conversation), at=0.0 if purge else None)
         session.closed = True
@@ -314,67 +310,13 @@ class ClaudeCodeSessionManager:
 
     # -- conversations -----------------------------------------------------------------
 
-    def project_of(self, options: SessionConfig) -> str:
-        """The CLI's project key for a session's working directory."""
-        return self._project_of_cwd(options.cwd)
-
-    def _project_of_cwd(self, cwd: str | None) -> str:
-        """Resolved once per ``cwd``, the only option it depends on (orphan detection asks for every session).
-
-        A ``cwd`` a symlink has since led elsewhere is taken as written (the stored folder is
-        the one its CLI ran in): the session can still be found, deleted and checked, while
-        a spawn there is refused.
-        """
-        project = self._projects.get(cwd)
-        if project is None:
-            try:
-                folder = session_cwd(SessionConfig(cwd=cwd), self.config)
-            except ValueError:
-                folder = Path(os.path.normpath(self.config.runtime.workspace_root / (cwd or "")))
-            project = self._projects[cwd] = project_key_for_directory(folder)
-        return project
-
     async def import_conversation(self, session: Session, history: Sequence[Turn]) -> None:
         """Give a new session a conversation of earlier turns, as a transcript its first CLI resumes."""
         conversation = str(uuid.uuid4())
         entries = transcript_entries(conversation, session_cwd(session.config, self.config), history)
-        await self.archive.write((self.project_of(session.config), conversation), entries)
+        await self.archive.write((self.conversations.project_of(session.config), conversation), entries)
         session.claude_session_id, session.recorded = conversation, True
         await self.save(session)
-
-    async def read_transcript(self, session: Session) -> list[dict[str, Any]]:
-        """The conversation as the CLI recorded it: user and assistant entries, oldest first."""
-        conversation = session.conversation(self.project_of(session.config))
-        if conversation is None:
-            return []
-        return [
-            {
-                "type": entry["type"],
-                "uuid": entry.get("uuid"),
-                "timestamp": entry.get("timestamp"),
-                "message": entry.get("message"),
-            }
-            for entry in await self.archive.entries(conversation)
-            if entry.get("type") in ("user", "assistant") and not entry.get("isMeta") and not _is_command(entry)
-        ]
-
-    async def is_orphaned(self, session: Session) -> bool:
-        """The conversation was recorded, but its transcript is gone."""
-        conversation = session.conversation(self.project_of(session.config))
-        return session.recorded and conversation is not None and not await self.archive.exists(conversation)
-
-    async def conversation_to_resume(self, session: Session) -> str | None:
-        """The conversation a new worker must continue, if any.
-
-        A conversation id seen only at a turn's start, whose transcript never got
-        written (the process died first), names nothing to continue: it is dropped.
-        """
-        conversation = session.conversation(self.project_of(session.config))
-        if conversation is None or session.recorded or await self.archive.exists(conversation):
-            return session.claude_session_id
-        log.info("conversation_never_recorded", session_id=session.id, claude_session_id=session.claude_session_id)
-        session.claude_session_id = None
-        return None
 
     async def mark_orphaned(self, session: Session) -> Worker | None:
         """Record that a session lost its transcript; returns the worker to release."""
@@ -408,7 +350,8 @@ class ClaudeCodeSessionManager:
         back its worker; it goes when deleted or expired.
         """
         candidates = {
-            (self._project_of_cwd(cwd), claude_id): key for key, cwd, claude_id in await self.registry.conversations()
+            (self.conversations.project_of_cwd(cwd), claude_id): key
+            for key, cwd, claude_id in await self.registry.conversations()
         }
         found: list[Session] = []
         for conversation in await self.archive.missing(candidates):
@@ -516,41 +459,6 @@ class ClaudeCodeSessionManager:
         workspace (``WORKSPACE_ROOT/<tenant>``) only. Sessions are this node's view:
         ``refresh()`` first for the whole cluster's.
         """
-        now = time.time()
         sessions = self.sessions() if tenant is None else self.owned_by(tenant)
-        metrics = [s.metrics for s in sessions]
-        half_timeout = self.config.session_manager.TIMEOUT_MINUTES * 30
         pool = self.pool.status(None if tenant is None else self.config.runtime.workspace_root / tenant)
-        return {
-            "sessions": {
-                "active": len(sessions),
-                "recent": sum(1 for m in metrics if m.idle_seconds(now) <= RECENT_SECONDS),
-                "old": sum(1 for m in metrics if m.idle_seconds(now) > half_timeout),
-                "busy": sum(1 for s in sessions if s.is_busy or s.busy_elsewhere),
-                "with_worker": sum(1 for s in sessions if s.worker is not None),
-                "max": self.config.session_manager.MAX_SESSIONS,
-            },
-            "pool": {
-                "size": pool["pool_size"],
-                "idle": pool["idle"],
-                "healthy": pool["healthy_connections"],
-                "max_size": pool["max_size"],
-                "min_size": pool["min_size"],
-            },
-            "totals": {
-                "messages": sum(m.message_count for m in metrics),
-                "tokens": sum(m.total_tokens for m in metrics),
-                "cost": round(sum(m.total_cost for m in metrics), 6),
-            },
-            "errors": {
-                "api": sum(m.api_errors for m in metrics),
-                "connection": sum(m.connection_errors for m in metrics),
-                "timeouts": sum(m.timeouts for m in metrics),
-            },
-        }
-
-
-def _is_command(entry: dict[str, Any]) -> bool:
-    """The CLI's record of a command it ran itself (the ``/clear`` that readied a pooled worker)."""
-    content = (entry.get("message") or {}).get("content")
-    return isinstance(content, str) and content.startswith(("<command-name>", "<local-command-stdout>"))
+        return health_report(sessions, pool, self.config.session_manager)

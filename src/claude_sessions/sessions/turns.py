@@ -172,7 +172,7 @@ class Turns:
         A conversation whose transcript vanished is never silently restarted.
         """
         manager = self.manager
-        if not session.orphaned and session.worker is None and await manager.is_orphaned(session):
+        if not session.orphaned and session.worker is None and await manager.conversations.is_orphaned(session):
             await manager.mark_orphaned(session)  # it holds no worker to give back
         if session.orphaned:
             raise SessionOrphanedError(f"session {session.public_id!r} lost its transcript; delete it")
@@ -188,7 +188,9 @@ class Turns:
             session.worker = None
             await self.pool.discard(worker)
         try:
-            worker = await self.acquire(session.config, resume=await manager.conversation_to_resume(session))
+            worker = await self.acquire(
+                session.config, resume=await manager.conversations.conversation_to_resume(session)
+            )
         except WorkerStartError:
             self._count_connection_error(session)
             raise

@@ -1,0 +1,89 @@
+"""Sessions' conversations as the CLI records them: where each lives, what it holds, whether it is lost.
+
+A conversation is named by the CLI's project key (from the session's working directory) and
+its conversation id; the archive holds its transcript (the CLI's files, or PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import structlog
+from claude_agent_sdk import project_key_for_directory
+
+from claude_sessions.config import SessionConfig, SystemConfig
+from claude_sessions.sessions.session import Session
+from claude_sessions.store.archive import TranscriptArchive
+from claude_sessions.workers.options import session_cwd
+
+log = structlog.get_logger("claude_sessions.manager")
+
+
+class Conversations:
+    """Finds and reads sessions' transcripts in the archive."""
+
+    def __init__(self, config: SystemConfig, archive: TranscriptArchive) -> None:
+        self.config, self.archive = config, archive
+        self._projects: dict[str | None, str] = {}
+
+    def project_of(self, options: SessionConfig) -> str:
+        """The CLI's project key for a session's working directory."""
+        return self.project_of_cwd(options.cwd)
+
+    def project_of_cwd(self, cwd: str | None) -> str:
+        """Resolved once per ``cwd``, the only option it depends on (orphan detection asks for every session).
+
+        A ``cwd`` a symlink has since led elsewhere is taken as written (the stored folder is
+        the one its CLI ran in): the session can still be found, deleted and checked, while
+        a spawn there is refused.
+        """
+        project = self._projects.get(cwd)
+        if project is None:
+            try:
+                folder = session_cwd(SessionConfig(cwd=cwd), self.config)
+            except ValueError:
+                folder = Path(os.path.normpath(self.config.runtime.workspace_root / (cwd or "")))
+            project = self._projects[cwd] = project_key_for_directory(folder)
+        return project
+
+    async def read_transcript(self, session: Session) -> list[dict[str, Any]]:
+        """The conversation as the CLI recorded it: user and assistant entries, oldest first."""
+        conversation = session.conversation(self.project_of(session.config))
+        if conversation is None:
+            return []
+        return [
+            {
+                "type": entry["type"],
+                "uuid": entry.get("uuid"),
+                "timestamp": entry.get("timestamp"),
+                "message": entry.get("message"),
+            }
+            for entry in await self.archive.entries(conversation)
+            if entry.get("type") in ("user", "assistant") and not entry.get("isMeta") and not _is_command(entry)
+        ]
+
+    async def is_orphaned(self, session: Session) -> bool:
+        """The conversation was recorded, but its transcript is gone."""
+        conversation = session.conversation(self.project_of(session.config))
+        return session.recorded and conversation is not None and not await self.archive.exists(conversation)
+
+    async def conversation_to_resume(self, session: Session) -> str | None:
+        """The conversation a new worker must continue, if any.
+
+        A conversation id seen only at a turn's start, whose transcript never got
+        written (the process died first), names nothing to continue: it is dropped.
+        """
+        conversation = session.conversation(self.project_of(session.config))
+        if conversation is None or session.recorded or await self.archive.exists(conversation):
+            return session.claude_session_id
+        log.info("conversation_never_recorded", session_id=session.id, claude_session_id=session.claude_session_id)
+        session.claude_session_id = None
+        return None
+
+
+def _is_command(entry: dict[str, Any]) -> bool:
+    """The CLI's record of a command it ran itself (the ``/clear`` that readied a pooled worker)."""
+    content = (entry.get("message") or {}).get("content")
+    return isinstance(content, str) and content.startswith(("<command-name>", "<local-command-stdout>"))

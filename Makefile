@@ -6,7 +6,7 @@ PYTHON ?= python3
 UV_VERSION := 0.13.9
 SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(BIN)/uv sync --frozen --extra dev
 
-.PHONY: install demo serve offline-model test lint bench upgrade clean
+.PHONY: install demo serve offline-model test test-fast lint bench upgrade clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q -n 2 --dist loadfile
+
+# The tests that start no CLI (logic on fake workers, stores, config, the API in process): under a minute.
+test-fast: lint
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow"
 
 bench: install
 	$(SYNC) --extra bench

@@ -17,6 +17,19 @@ from server_process import STARTED
 
 MakeHandler = Callable[..., Awaitable[ClaudeHandler]]
 
+#: Fixtures that start real CLIs (directly or through a server): their tests are ``slow``.
+CLI_FIXTURES = {"cli_env", "offline_server"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: starts real CLI processes (make test-fast leaves these out)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLI_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def no_server_outlives_its_test() -> Iterator[None]:

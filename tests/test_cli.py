@@ -9,10 +9,13 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 
 from cluster import fresh_database
 from helpers import wait_no_cli
 from server_process import SCRIPT, free_port
+
+pytestmark = pytest.mark.slow  # each test runs the console script, some start CLIs or a database
 
 
 def offline_env(tmp_path: Path) -> dict[str, str]:

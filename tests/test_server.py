@@ -6,6 +6,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from helpers import wait_no_cli
 from server_process import free_port, sse, start_server
@@ -56,6 +58,7 @@ def test_sigterm_interrupts_a_turn_that_outlasts_the_drain(offline_server: Offli
     assert wait_no_cli(workers) == []
 
 
+@pytest.mark.slow  # a server process, waiting out an unreachable endpoint
 def test_health_is_degraded_when_the_model_endpoint_is_unreachable(tmp_path: Path) -> None:
     dead_url = f"http://127.0.0.1:{free_port()}"
     server = start_server(tmp_path, dead_url)

@@ -34,7 +34,7 @@ from claude_sessions.sessions.turns import Turns, interrupt_worker, slash_comman
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.conversations import Turn
 from claude_sessions.workers.options import build_options, session_cwd, tenant_of
-from claude_sessions.workers.pool import WorkerPool
+from claude_sessions.workers.pool import StartWorker, WorkerPool
 from claude_sessions.workers.processes import DataDirLock, end_stray_processes, owner_mark, process_started_at
 from claude_sessions.workers.sandbox import check_host
 from claude_sessions.workers.worker import Worker
@@ -51,7 +51,8 @@ FORGET_NODES_SECONDS = 86400.0
 class ClaudeHandler:
     """Creates sessions, runs their turns and keeps the machinery healthy."""
 
-    def __init__(self, config: SystemConfig | None = None) -> None:
+    def __init__(self, config: SystemConfig | None = None, *, start_worker: StartWorker = Worker.start) -> None:
+        """``start_worker`` starts one CLI: ``Worker.start``; tests pass a fake to check the logic alone."""
         self.config = config or SystemConfig.from_env()
         check_host(self.config)
         self.telemetry = Telemetry()
@@ -75,6 +76,7 @@ class ClaudeHandler:
             ),
             max_live=limits.MAX_LIVE or self.config.session_manager.MAX_SESSIONS,
             events=self,
+            start_worker=start_worker,
         )
         self.session_manager = ClaudeCodeSessionManager(
             self.config, self.pool, self.registry, self.archive, self.telemetry

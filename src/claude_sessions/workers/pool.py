@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +27,10 @@ log = structlog.get_logger("claude_sessions.pool")
 
 #: (session options, conversation to resume, the worker's gateway token) -> the CLI's options.
 OptionsFactory = Callable[[SessionConfig, str | None, str], ClaudeAgentOptions]
+
+
+#: Starts and connects one worker: (options set, the CLI's options, its grant, timeout) -> worker.
+StartWorker = Callable[[SessionConfig, ClaudeAgentOptions, Grant, float], Awaitable[Worker]]
 
 
 class NoLiveRoom(Exception):
@@ -61,6 +65,7 @@ class WorkerPool:
         options_for: OptionsFactory,
         max_live: int,
         events: PoolEvents,
+        start_worker: StartWorker = Worker.start,
     ) -> None:
         self.limits = limits
         self.timeouts = timeouts
@@ -73,6 +78,8 @@ class WorkerPool:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.max_live = max_live
         self._events = events
+        #: How a CLI is started: ``Worker.start``; tests pass a fake to check the pool's logic alone.
+        self._start_worker = start_worker
         #: Option sets acquired lately, most recent last: only these get spares on demand.
         self._demand: OrderedDict[str, SessionConfig] = OrderedDict()
         #: Bumped by ``shutdown``: a CLI that finishes connecting afterwards closes itself.
@@ -184,7 +191,7 @@ class WorkerPool:
         grant = self._events.grant_for(config)
         try:
             options = self._options_for(config, resume, grant.token)
-            worker = await Worker.start(config, options, grant, self.timeouts.CREATE_TIMEOUT)
+            worker = await self._start_worker(config, options, grant, self.timeouts.CREATE_TIMEOUT)
         except BaseException:
             grant.revoke()
             raise

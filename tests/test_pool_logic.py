@@ -1,0 +1,126 @@
+"""The pool's and the handler's bookkeeping on fake workers (no CLI): spares, reuse, limits, failures.
+
+The same rules are proved on the real CLI in test_pool.py and test_handler.py; these run in
+milliseconds, so a change to the logic shows at once (``make test-fast``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_sessions import ClaudeHandler, SystemConfig, WorkerStartError
+from claude_sessions.workers.worker import WorkerState
+from fakes import FakeStarts, FakeWorker
+
+FastHandler = Callable[..., Awaitable[ClaudeHandler]]
+
+
+@pytest.fixture
+def starts() -> FakeStarts:
+    return FakeStarts()
+
+
+@pytest.fixture
+async def fast_handler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, starts: FakeStarts
+) -> AsyncIterator[FastHandler]:
+    for name, folder in {"CLAUDE_SESSIONS_DATA_DIR": "data", "CLAUDE_CONFIG_DIR": "claude"}.items():
+        monkeypatch.setenv(name, str(tmp_path / folder))
+    monkeypatch.setenv("WORKSPACE_ROOT", str(tmp_path / "workspaces"))
+    handlers: list[ClaudeHandler] = []
+
+    async def make(**pool: Any) -> ClaudeHandler:
+        config = SystemConfig.from_env()
+        for key, value in pool.items():
+            setattr(config.connection_pool, key, value)
+        handler = ClaudeHandler(config, start_worker=starts)
+        handlers.append(handler)
+        await handler.start()
+        return handler
+
+    yield make
+    for handler in handlers:
+        await handler.close()
+    assert starts.alive() == [], "a fake worker was left open"
+
+
+def worker_of(handler: ClaudeHandler, session_id: str) -> FakeWorker:
+    worker = handler.session_manager.get(session_id).worker
+    assert isinstance(worker, FakeWorker)
+    return worker
+
+
+async def test_spares_are_started_and_warmed_up_to_the_minimum(fast_handler: FastHandler, starts: FakeStarts) -> None:
+    handler = await fast_handler(MIN_SIZE=2)
+    assert len(starts.started) == 2 and all(w.resets == 1 for w in starts.started)  # warm-up ends with /clear
+    assert {w.state for w in starts.started} == {WorkerState.IDLE}
+    assert handler.get_pool_status()["idle"] == 2
+
+
+async def test_a_destroyed_sessions_worker_is_reset_and_serves_the_next_session(
+    fast_handler: FastHandler, starts: FakeStarts
+) -> None:
+    handler = await fast_handler(MIN_SIZE=0)
+    first = await handler.create_session("first")
+    worker = worker_of(handler, first)
+    await handler.destroy_session(first)
+    assert worker.state is WorkerState.IDLE and worker.resets == 1
+    second = await handler.create_session("second")
+    assert worker_of(handler, second) is worker and len(starts.started) == 1
+
+
+async def test_a_worker_whose_reset_fails_is_closed_not_kept(fast_handler: FastHandler, starts: FakeStarts) -> None:
+    handler = await fast_handler(MIN_SIZE=0)
+    session_id = await handler.create_session("s")
+    worker = worker_of(handler, session_id)
+    worker.reset_works = False
+    await handler.destroy_session(session_id)
+    assert worker.state is WorkerState.CLOSED and not worker.is_alive()
+    assert handler.get_pool_status()["pool_size"] == 0
+
+
+async def test_past_max_live_the_least_recently_used_idle_session_gives_up_its_worker(
+    fast_handler: FastHandler, starts: FakeStarts
+) -> None:
+    handler = await fast_handler(MIN_SIZE=0, MAX_LIVE=2, MAX_SIZE=0)
+    oldest, newer = await handler.create_session("oldest"), await handler.create_session("newer")
+    given_up = worker_of(handler, oldest)
+    handler.session_manager.get(newer).metrics.touch()
+    third = await handler.create_session("third")
+    assert handler.session_manager.get(oldest).worker is None and not given_up.is_alive()
+    assert worker_of(handler, third) is not given_up and len(starts.alive()) == 2
+
+
+async def test_a_failed_start_registers_no_session(fast_handler: FastHandler, starts: FakeStarts) -> None:
+    handler = await fast_handler(MIN_SIZE=0)
+    starts.fail = True
+    with pytest.raises(WorkerStartError):
+        await handler.create_session("never")
+    assert len(handler.session_manager) == 0 and handler.get_pool_status()["pool_size"] == 0
+    starts.fail = False
+    assert await handler.create_session("never") == "never"  # the id is free again
+
+
+async def test_health_check_retires_a_dead_spare_and_the_pool_is_refilled(
+    fast_handler: FastHandler, starts: FakeStarts
+) -> None:
+    handler = await fast_handler(MIN_SIZE=1)
+    (spare,) = starts.started
+    spare.die()
+    report = await handler.run_maintenance()
+    assert report["retired"] == 1 and report["spawned"] == 1
+    (fresh,) = starts.alive()
+    assert fresh is not spare and fresh.state is WorkerState.IDLE
+
+
+async def test_close_ends_every_worker_bound_or_idle(fast_handler: FastHandler, starts: FakeStarts) -> None:
+    handler = await fast_handler(MIN_SIZE=1)
+    await handler.create_session("bound")
+    await handler.create_session("another")
+    assert len(starts.alive()) >= 2
+    await handler.close()
+    assert starts.alive() == []

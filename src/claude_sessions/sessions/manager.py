@@ -1,4 +1,4 @@
-"""The session registry: limits, activity, cleanup, orphans, metrics and health.
+"""The seed's session manager: this node's view of the sessions, their limits, cleanup and orphans.
 
 The seed's ``ClaudeCodeSessionManager``. The :class:`Registry` is the truth (shared by
 every node in a cluster); this class keeps this node's view of it, with what only

@@ -263,9 +263,10 @@ async def metrics(_: Admin, service: ServiceDep) -> Response:
     responses={200: {"model": CleanupAnswer, "description": "What was removed."}, **error_responses(401, 403)},
 )
 async def cleanup(_: Admin, service: ServiceDep) -> dict[str, Any]:
-    inactive = await service.manager.cleanup_inactive_sessions()
-    orphaned = await service.manager.detect_orphaned_sessions()
-    return {"inactive": inactive, "orphaned": orphaned}
+    """A maintenance pass now, under the same leader lock as the scheduled ones: in a cluster, the
+    sessions' cleanup runs on one node at a time (on another node than the leader, the lists are empty)."""
+    report = await service.handler.run_maintenance()
+    return {"inactive": report["inactive"], "orphaned": report["orphaned"]}
 
 
 @router.get(

@@ -26,7 +26,8 @@ from claude_sessions import ClaudeHandler, SessionConfig, SystemConfig
 from claude_sessions.config import ClusterConfig, ConnectionPoolConfig
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.store.postgres import PostgresRegistry
-from claude_sessions.store.registry import Registry, SessionRecord
+from claude_sessions.store.records import SessionRecord
+from claude_sessions.store.registry import Registry
 from claude_sessions.store.sqlite import SqliteRegistry
 from claude_sessions.store.transcripts import PostgresTranscriptStore
 from common import Comparison, served, summary
@@ -88,8 +89,8 @@ async def _rate(call: Callable[[int], Awaitable[object]], n: int) -> float:
 
 async def _registry_rates(registry: Registry, n: int) -> dict[str, Any]:
     await registry.open()
-    await registry.join("bench")
-    await registry.heartbeat("http://127.0.0.1:9", 0, "up")
+    await registry.nodes.join("bench")
+    await registry.nodes.heartbeat("http://127.0.0.1:9", 0, "up")
     try:
         return {
             "backend": registry.kind,
@@ -202,8 +203,8 @@ async def maintenance_at_scale(n: int) -> dict[str, Any]:
         began = time.perf_counter()
         for i, node in enumerate(nodes):
             await node.open()
-            await node.join(f"bench{i}")
-            await node.heartbeat(f"http://127.0.0.1:{9001 + i}", 0, "up")
+            await node.nodes.join(f"bench{i}")
+            await node.nodes.heartbeat(f"http://127.0.0.1:{9001 + i}", 0, "up")
         with tempfile.TemporaryDirectory(prefix="scale-") as scratch:
             config = SystemConfig.from_env()
             config.runtime.DATA_DIR = Path(scratch)

@@ -17,7 +17,7 @@ from claude_sessions.errors import LeaseLostError
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.store.archive import FileArchive, StoreArchive, TranscriptArchive
 from claude_sessions.store.postgres import PostgresRegistry
-from claude_sessions.store.registry import SessionRecord
+from claude_sessions.store.records import SessionRecord
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/{}"
 
@@ -40,8 +40,8 @@ def database() -> Iterator[str]:
 async def registry(database: str) -> AsyncIterator[PostgresRegistry]:
     registry = PostgresRegistry(database, "a", 1.0)
     await registry.open()
-    await registry.join("owner-a")
-    await registry.heartbeat("http://a", 0, "up")
+    await registry.nodes.join("owner-a")
+    await registry.nodes.heartbeat("http://a", 0, "up")
     yield registry
     await registry.close()
 
@@ -129,7 +129,7 @@ async def test_a_worker_whose_lease_moved_cannot_write_the_conversation(
     await other.open()
     try:
         await asyncio.sleep(1.1)  # node a is paused: its heartbeat lapses
-        await other.heartbeat("http://b", 0, "up")
+        await other.nodes.heartbeat("http://b", 0, "up")
         assert await other.claim("s") == 2
         with pytest.raises(LeaseLostError):
             await mirror.append(key, said("after the pause"))

@@ -16,7 +16,7 @@ import pytest
 from claude_sessions import ClaudeHandler, SystemConfig
 from claude_sessions.errors import BudgetExceededError
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from claude_sessions.store.registry import seconds_to_midnight
+from claude_sessions.store.spend import seconds_to_midnight
 from conftest import MakeHandler
 from helpers import result_of, turn, wait_no_cli
 from server_process import KEYS, ServerProcess, start_server
@@ -25,7 +25,7 @@ TENANT = "default"  # a library caller's sessions without an owner
 
 
 async def spent_today(handler: ClaudeHandler) -> float:
-    found = await handler.registry.usage(TENANT, handler.clock())
+    found = await handler.registry.spend.usage(TENANT, handler.clock())
     return found[0].today.cost_usd if found else 0.0
 
 
@@ -53,7 +53,7 @@ async def test_a_spent_day_refuses_turns_until_midnight_and_a_restart_keeps_the_
             await turn(again, session, "after a restart")
         again.clock = lambda: time.time() + seconds_to_midnight(time.time())  # the next UTC day
         assert not result_of(await turn(again, session, "a new day")).is_error
-        (usage,) = await again.registry.usage(TENANT, again.clock())
+        (usage,) = await again.registry.spend.usage(TENANT, again.clock())
         assert usage.today.turns == 1 and usage.month.turns >= 1
     finally:
         await again.close()

@@ -175,9 +175,7 @@ async def test_an_earlier_runs_stray_is_ended_before_this_run_spawns(
     stray = await asyncio.create_subprocess_exec("sleep", "60")
     data_dir = SystemConfig.from_env().runtime.DATA_DIR.resolve()
     registry = SqliteRegistry(data_dir / "sessions.db", "earlier-node", 15.0)
-    await registry.add_worker(
-        owner_mark(data_dir), stray.pid, process_started_at(stray.pid)
-    )  # as a crashed run left it
+    await registry.pids.add(owner_mark(data_dir), stray.pid, process_started_at(stray.pid))  # as a crashed run left it
     await registry.close()
     sweeps: list[threading.Thread] = []
 

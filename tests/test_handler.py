@@ -22,7 +22,7 @@ from claude_sessions import (
 )
 from claude_sessions.offline_model import OfflineModel
 from claude_sessions.sessions.turns import INTERRUPT_GRACE_SECONDS
-from claude_sessions.workers.options import session_cwd
+from claude_sessions.workers.workspaces import session_cwd
 from conftest import MakeHandler
 from helpers import reply_text, result_of, transcript_file, turn, wait_no_cli, worker_pid
 

@@ -6,13 +6,14 @@ milliseconds, so a change to the logic shows at once (``make test-fast``).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from claude_sessions import ClaudeHandler, SystemConfig, WorkerStartError
+from claude_sessions import CapacityError, ClaudeHandler, SystemConfig, WorkerStartError
 from claude_sessions.workers.worker import WorkerState
 from fakes import FakeStarts, FakeWorker
 
@@ -124,3 +125,28 @@ async def test_close_ends_every_worker_bound_or_idle(fast_handler: FastHandler, 
     assert len(starts.alive()) >= 2
     await handler.close()
     assert starts.alive() == []
+
+
+async def test_a_create_past_max_live_waits_queued_until_a_turn_ends(
+    fast_handler: FastHandler, starts: FakeStarts
+) -> None:
+    handler = await fast_handler(MIN_SIZE=0, MAX_LIVE=1, MAX_SIZE=0)
+    running = handler.session_manager.get(await handler.create_session("running"))
+    await running.turn_lock.acquire()  # its turn runs: its worker cannot be given up
+    waiting = asyncio.create_task(handler.create_session("waiting"))
+    await asyncio.sleep(0.1)
+    assert not waiting.done() and len(starts.started) == 1
+    running.turn_lock.release()
+    handler.pool.room_changed()  # as every turn's end does
+    assert await asyncio.wait_for(waiting, 5) == "waiting"
+    assert running.worker is None and len(starts.alive()) == 1
+
+
+async def test_a_create_that_finds_no_room_in_time_is_refused(fast_handler: FastHandler, starts: FakeStarts) -> None:
+    handler = await fast_handler(MIN_SIZE=0, MAX_LIVE=1, MAX_SIZE=0)
+    handler.config.optimization.CREATE_TIMEOUT = 0.2
+    running = handler.session_manager.get(await handler.create_session("running"))
+    async with running.turn_lock:
+        with pytest.raises(CapacityError, match="mid-turn"):
+            await handler.create_session("refused")
+    assert "refused" not in handler.session_manager and len(starts.started) == 1

@@ -18,7 +18,8 @@ from claude_sessions import SessionConfig
 from claude_sessions.errors import BudgetExceededError, DatabaseUnavailableError, RateLimitedError
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.store.postgres import PostgresRegistry
-from claude_sessions.store.registry import Holder, Registry, SessionRecord, Spend
+from claude_sessions.store.records import Holder, SessionRecord, Spend
+from claude_sessions.store.registry import Registry
 from claude_sessions.store.sqlite import _MIGRATIONS, SqliteRegistry
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/{}"
@@ -53,8 +54,8 @@ async def make_registry(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         else:
             registry = PostgresRegistry(url, node_id, lease, timeout=5.0)
         await registry.open()
-        await registry.join(f"owner-{node_id}")
-        await registry.heartbeat(f"http://{node_id}", 0, "up")
+        await registry.nodes.join(f"owner-{node_id}")
+        await registry.nodes.heartbeat(f"http://{node_id}", 0, "up")
         made.append(registry)
         return registry
 
@@ -104,14 +105,14 @@ async def test_a_lease_moves_only_from_a_stale_or_draining_holder_and_fences_the
     assert await a.holder("s") is None  # not held by another node
     assert await a.save(record("s", fence=1, metrics=SessionMetrics(message_count=1)))
     await asyncio.sleep(1.1)  # a's heartbeat lapses (say it was paused)
-    await b.heartbeat("http://b", 0, "up")
+    await b.nodes.heartbeat("http://b", 0, "up")
     assert await b.claim("s") == 2
     assert not await a.save(record("s", fence=1, metrics=SessionMetrics(message_count=99)))  # fenced out
     assert (await b.get("s")).metrics.message_count == 1  # type: ignore[union-attr]
     assert await a.held() == {} and await b.held() == {"s": 2}
-    await a.heartbeat("http://a", 0, "up")  # back from the pause: still not its lease
+    await a.nodes.heartbeat("http://a", 0, "up")  # back from the pause: still not its lease
     assert await a.claim("s") == Holder("b", "http://b")
-    await b.heartbeat("http://b", 0, "draining")
+    await b.nodes.heartbeat("http://b", 0, "draining")
     assert await a.claim("s") == 3  # a draining node's sessions move at once
     await a.release("s", 2)  # an old token releases nothing
     assert await a.held() == {"s": 3}
@@ -125,12 +126,12 @@ async def test_a_node_that_leaves_frees_its_leases_and_a_restart_frees_its_prede
 ) -> None:
     a, b = await make_registry("a", 60.0), await make_registry("b", 60.0)
     await a.create(record("s"), 10, None, hold=True)
-    await a.leave()
+    await a.nodes.leave()
     assert await b.claim("s") == 2
     a2 = await make_registry("a2", 60.0)
-    await b.join("owner-b")  # as b's successor on the same data directory: b is dead
+    await b.nodes.join("owner-b")  # as b's successor on the same data directory: b is dead
     assert await a2.claim("s") == 3
-    assert {n.node_id for n in await a2.nodes()} == {"a2"}
+    assert {n.node_id for n in await a2.nodes.listing()} == {"a2"}
 
 
 async def test_expired_skips_sessions_mid_turn_on_a_live_node(make_registry: MakeRegistry) -> None:
@@ -144,25 +145,25 @@ async def test_expired_skips_sessions_mid_turn_on_a_live_node(make_registry: Mak
     await a.save(record("busy", metrics=old, busy=True, fence=1))
     await a.create(record("fresh"), 10, None, hold=False)
     assert sorted(await a.expired(idle_before=2000.0)) == ["idle", "starting"]
-    await a.leave()  # its holder is gone: a turn that never ended does not pin it forever
+    await a.nodes.leave()  # its holder is gone: a turn that never ended does not pin it forever
     assert sorted(await a.expired(idle_before=2000.0)) == ["busy", "idle", "starting"]
 
 
 async def test_workers_replies_and_retired_transcripts(make_registry: MakeRegistry) -> None:
     registry = await make_registry("a", 15.0)
-    await registry.add_worker("here", 123, 1000.5)
-    await registry.add_worker("elsewhere", 123, 7.0)
-    assert await registry.take_workers("here") == [(123, 1000.5)] and await registry.take_workers("here") == []
+    await registry.pids.add("here", 123, 1000.5)
+    await registry.pids.add("elsewhere", 123, 7.0)
+    assert await registry.pids.take("here") == [(123, 1000.5)] and await registry.pids.take("here") == []
     await registry.create(record("s"), 10, None, hold=False)
-    await registry.save_reply("s", "key-1", "hello", [{"type": "result"}])
-    assert await registry.reply("s", "key-1") == ("hello", [{"type": "result"}])
-    assert await registry.reply("s", "other") is None
-    await registry.retire_transcript("proj/t")
-    assert await registry.take_retired_transcripts(retired_before=0) == []
-    assert await registry.take_retired_transcripts(retired_before=9e12) == ["proj/t"]
+    await registry.replies.save("s", "key-1", "hello", [{"type": "result"}])
+    assert await registry.replies.get("s", "key-1") == ("hello", [{"type": "result"}])
+    assert await registry.replies.get("s", "other") is None
+    await registry.retired.add("proj/t")
+    assert await registry.retired.take(retired_before=0) == []
+    assert await registry.retired.take(retired_before=9e12) == ["proj/t"]
     await registry.delete("s")  # deleted while its turn was still running
-    await registry.save_reply("s", "key-2", "hello", [{"type": "result"}])
-    assert await registry.reply("s", "key-1") is None and await registry.reply("s", "key-2") is None
+    await registry.replies.save("s", "key-2", "hello", [{"type": "result"}])
+    assert await registry.replies.get("s", "key-1") is None and await registry.replies.get("s", "key-2") is None
 
 
 async def test_one_node_leads_maintenance_at_a_time(make_registry: MakeRegistry) -> None:
@@ -204,31 +205,31 @@ async def test_turn_admissions_hold_the_rate_exactly_on_every_node(make_registry
     nodes = [await make_registry(name, 15.0) for name in ("a", "b", "c")]
     now = 1_800_000_000.0
     attempts = await asyncio.gather(
-        *(nodes[i % 3].admit("acme", now + i / 1000, None, 7) for i in range(21)), return_exceptions=True
+        *(nodes[i % 3].spend.admit("acme", now + i / 1000, None, 7) for i in range(21)), return_exceptions=True
     )
     refused = [a for a in attempts if isinstance(a, RateLimitedError)]
     assert attempts.count(None) == 7 and len(refused) == 14  # no budget: nothing left to say
     assert all(r.retry_after == 60 for r in refused)  # the first start leaves the window in 60 s
-    assert await nodes[1].admit("other", now, None, 7) is None  # each tenant has its own count
+    assert await nodes[1].spend.admit("other", now, None, 7) is None  # each tenant has its own count
     with pytest.raises(RateLimitedError) as limited:
-        await nodes[2].admit("acme", now + 59.0, None, 7)
+        await nodes[2].spend.admit("acme", now + 59.0, None, 7)
     assert limited.value.retry_after == 1
-    assert await nodes[2].admit("acme", now + 60.5, None, 7) is None  # the first minute's starts left it
+    assert await nodes[2].spend.admit("acme", now + 60.5, None, 7) is None  # the first minute's starts left it
 
 
 async def test_a_spent_day_refuses_turns_until_midnight_and_usage_adds_up(make_registry: MakeRegistry) -> None:
     registry = await make_registry("a", 15.0)
     noon = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 12 * 3600
-    assert await registry.admit("acme", noon, 1.0, None) == pytest.approx(1.0)
-    await registry.charge("acme", noon, 0.75, 1000, 1)
-    assert await registry.admit("acme", noon, 1.0, None) == pytest.approx(0.25)  # what is left
-    await registry.charge("acme", noon, 0.5, 600, 1)  # one turn may overshoot
+    assert await registry.spend.admit("acme", noon, 1.0, None) == pytest.approx(1.0)
+    await registry.spend.charge("acme", noon, 0.75, 1000, 1)
+    assert await registry.spend.admit("acme", noon, 1.0, None) == pytest.approx(0.25)  # what is left
+    await registry.spend.charge("acme", noon, 0.5, 600, 1)  # one turn may overshoot
     with pytest.raises(BudgetExceededError) as spent:
-        await registry.admit("acme", noon + 60, 1.0, None)
+        await registry.spend.admit("acme", noon + 60, 1.0, None)
     assert spent.value.retry_after == 12 * 3600 - 60
-    assert await registry.admit("acme", noon + 12 * 3600, 1.0, None) == pytest.approx(1.0)  # a new day
-    await registry.charge("acme", noon + 12 * 3600, 0.25, 100, 1)
-    await registry.charge("zeta", noon, 2.0, 50, 2)
-    (acme,) = await registry.usage("acme", noon + 12 * 3600)
+    assert await registry.spend.admit("acme", noon + 12 * 3600, 1.0, None) == pytest.approx(1.0)  # a new day
+    await registry.spend.charge("acme", noon + 12 * 3600, 0.25, 100, 1)
+    await registry.spend.charge("zeta", noon, 2.0, 50, 2)
+    (acme,) = await registry.spend.usage("acme", noon + 12 * 3600)
     assert acme.today == Spend(0.25, 100, 1) and acme.month.tokens == 1700 and acme.month.turns == 3
-    assert [u.tenant for u in await registry.usage(None, noon)] == ["acme", "zeta"]
+    assert [u.tenant for u in await registry.spend.usage(None, noon)] == ["acme", "zeta"]

@@ -66,77 +66,96 @@ def _health_table(report: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
+class _Report:
+    """The demo's numbered chapters on the console."""
+
+    def __init__(self, console: Console) -> None:
+        self.console, self.step = console, 0
+
+    def heading(self, text: str) -> None:
+        self.step += 1
+        self.console.rule(f"[bold]{self.step}. {text}")
+
+
 async def run_demo(config: SystemConfig, console: Console | None = None) -> None:
     """Walk through the features; ``config`` decides limits and where the model is."""
-    console = console or Console()
-    step = 0
-
-    def heading(text: str) -> None:
-        nonlocal step
-        step += 1
-        console.rule(f"[bold]{step}. {text}")
-
-    heading("Start the handler: the pool warms CP_MIN_SIZE workers before anyone asks")
+    report = _Report(console or Console())
+    report.heading("Start the handler: the pool warms CP_MIN_SIZE workers before anyone asks")
     began = time.perf_counter()
     handler = ClaudeHandler(config)
     try:
         await handler.start()
-        console.print(f"Started in {time.perf_counter() - began:.2f} s (cold CLI processes connected in parallel).")
-        console.print(_pool_table(handler.get_pool_status(), "Pool after start"))
-
-        heading("Create sessions: warm workers are taken at once")
-        ids = []
-        for name in ("alice", "bob", "carol"):
-            began = time.perf_counter()
-            ids.append(await handler.create_session(name))
-            console.print(f"created [cyan]{name}[/] in {(time.perf_counter() - began) * 1000:.0f} ms")
-
-        heading("Talk: replies stream back, usage and cost are metered")
-        for session_id in ids:
-            reply = await _ask(handler, session_id, f"Hello, I am {session_id}.")
-            console.print(f"[cyan]{session_id}[/] <- {reply}")
-        reply = await _ask(handler, "alice", "Do you remember my name?")
-        console.print(f"[cyan]alice[/] <- {reply}")
-        console.print(_metrics_table(handler))
-
-        heading("Pool reuse: a destroyed session's worker is reset (/clear) and serves the next one")
-        bob = handler.session_manager.get("bob").worker
-        bob_pid = bob.pid if bob else None
-        await handler.destroy_session("bob")
-        await handler.create_session("dave")
-        dave = handler.session_manager.get("dave").worker
-        reused = dave is not None and dave.pid == bob_pid
-        console.print(f"bob's worker pid {bob_pid} -> dave's worker pid {dave.pid if dave else '-'}: reused={reused}")
-        reply = await _ask(handler, "dave", "Who spoke to you before me?")
-        console.print(f"[cyan]dave[/] <- {reply}")
-        console.print("(message 1 of dave's conversation: nothing of bob's reached the model)")
-
-        heading(f"Limits: at most SM_MAX_SESSIONS={config.session_manager.MAX_SESSIONS} sessions")
-        index = 0
-        while True:
-            try:
-                await handler.create_session(f"extra-{index}")
-                index += 1
-            except SessionLimitError as error:
-                console.print(f"session {len(handler.session_manager) + 1} refused: [red]{error}[/]")
-                break
-        console.print(f"registered sessions: {len(handler.session_manager)}")
-
-        timeout = config.session_manager.TIMEOUT_MINUTES * 60
-        heading(f"Cleanup: sessions idle longer than {timeout:g} s are removed, their workers released")
-        await asyncio.sleep(timeout / 2)
-        await _ask(handler, "alice", "I am still here.")
-        await asyncio.sleep(timeout / 2 + 0.5)
-        removed = await handler.session_manager.cleanup_inactive_sessions()
-        console.print(f"removed {len(removed)} inactive sessions: {removed}")
-        console.print(f"still registered: {[s.id for s in handler.session_manager.sessions()]}")
-        console.print(_pool_table(handler.get_pool_status(), "Pool after cleanup"))
-
-        heading("Health report")
-        console.print(_health_table(handler.session_manager.get_session_health_report()))
+        report.console.print(
+            f"Started in {time.perf_counter() - began:.2f} s (cold CLI processes connected in parallel)."
+        )
+        report.console.print(_pool_table(handler.get_pool_status(), "Pool after start"))
+        await _create_and_talk(handler, report)
+        await _reuse(handler, report)
+        await _limits(handler, config, report)
+        await _cleanup(handler, config, report)
+        report.heading("Health report")
+        report.console.print(_health_table(handler.session_manager.get_session_health_report()))
     finally:
         pids = [c["pid"] for c in handler.get_pool_status()["connections"]]
-        heading("Close: maintenance stops, every CLI process ends")
+        report.heading("Close: maintenance stops, every CLI process ends")
         await handler.close()
         alive = [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-        console.print(f"CLI processes before close: {len(pids)}, alive after close: {len(alive)}")
+        report.console.print(f"CLI processes before close: {len(pids)}, alive after close: {len(alive)}")
+
+
+async def _create_and_talk(handler: ClaudeHandler, report: _Report) -> None:
+    console = report.console
+    report.heading("Create sessions: warm workers are taken at once")
+    ids = []
+    for name in ("alice", "bob", "carol"):
+        began = time.perf_counter()
+        ids.append(await handler.create_session(name))
+        console.print(f"created [cyan]{name}[/] in {(time.perf_counter() - began) * 1000:.0f} ms")
+    report.heading("Talk: replies stream back, usage and cost are metered")
+    for session_id in ids:
+        reply = await _ask(handler, session_id, f"Hello, I am {session_id}.")
+        console.print(f"[cyan]{session_id}[/] <- {reply}")
+    reply = await _ask(handler, "alice", "Do you remember my name?")
+    console.print(f"[cyan]alice[/] <- {reply}")
+    console.print(_metrics_table(handler))
+
+
+async def _reuse(handler: ClaudeHandler, report: _Report) -> None:
+    console = report.console
+    report.heading("Pool reuse: a destroyed session's worker is reset (/clear) and serves the next one")
+    bob = handler.session_manager.get("bob").worker
+    bob_pid = bob.pid if bob else None
+    await handler.destroy_session("bob")
+    await handler.create_session("dave")
+    dave = handler.session_manager.get("dave").worker
+    reused = dave is not None and dave.pid == bob_pid
+    console.print(f"bob's worker pid {bob_pid} -> dave's worker pid {dave.pid if dave else '-'}: reused={reused}")
+    reply = await _ask(handler, "dave", "Who spoke to you before me?")
+    console.print(f"[cyan]dave[/] <- {reply}")
+    console.print("(message 1 of dave's conversation: nothing of bob's reached the model)")
+
+
+async def _limits(handler: ClaudeHandler, config: SystemConfig, report: _Report) -> None:
+    report.heading(f"Limits: at most SM_MAX_SESSIONS={config.session_manager.MAX_SESSIONS} sessions")
+    index = 0
+    while True:
+        try:
+            await handler.create_session(f"extra-{index}")
+            index += 1
+        except SessionLimitError as error:
+            report.console.print(f"session {len(handler.session_manager) + 1} refused: [red]{error}[/]")
+            break
+    report.console.print(f"registered sessions: {len(handler.session_manager)}")
+
+
+async def _cleanup(handler: ClaudeHandler, config: SystemConfig, report: _Report) -> None:
+    console = report.console
+    timeout = config.session_manager.TIMEOUT_MINUTES * 60
+    report.heading(f"Cleanup: sessions idle longer than {timeout:g} s are removed, their workers released")
+    await asyncio.sleep(timeout / 2)
+    await _ask(handler, "alice", "I am still here.")
+    await asyncio.sleep(timeout / 2 + 0.5)
+    removed = await handler.session_manager.cleanup_inactive_sessions()
+    console.print(f"removed {len(removed)} inactive sessions: {removed}")
+    console.print(f"still registered: {[s.id for s in handler.session_manager.sessions()]}")
+    console.print(_pool_table(handler.get_pool_status(), "Pool after cleanup"))

@@ -227,26 +227,15 @@ def build_app(model: OfflineModel) -> Starlette:
         entry.reply = reply
         entry.usage = model.charge(body, reply)
         message_id = f"msg_offline_{entry.seq}"
-        content: dict[str, Any]
-        if tool is None:
-            content = {"type": "text", "text": reply}
-        else:
+        content: dict[str, Any] = {"type": "text", "text": reply}
+        if tool is not None:
             content = {"type": "tool_use", "id": f"toolu_offline_{entry.seq}", "name": tool[0], "input": tool[1]}
         stop_reason = "end_turn" if tool is None else "tool_use"
         if not body.get("stream"):
             await asyncio.sleep(delay)
-            return JSONResponse(
-                {
-                    "id": message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": body.get("model", "offline"),
-                    "content": [content],
-                    "stop_reason": stop_reason,
-                    "stop_sequence": None,
-                    "usage": asdict(entry.usage),
-                }
-            )
+            message = {"id": message_id, "type": "message", "role": "assistant", "model": body.get("model", "offline")}
+            extra = {"stop_reason": stop_reason, "stop_sequence": None, "usage": asdict(entry.usage)}
+            return JSONResponse({**message, "content": [content], **extra})
         return EventSourceResponse(
             _stream(body, message_id, content, stop_reason, entry.usage, delay, model.settings.token_delay),
             ping=600,
@@ -260,14 +249,7 @@ def build_app(model: OfflineModel) -> Starlette:
 
     async def other(request: Request) -> Response:
         """Anything else the CLI may probe: answered, logged, never an error page."""
-        body: dict[str, Any] = {}
-        if request.method == "POST":
-            raw = await request.body()
-            try:
-                body = json.loads(raw) if raw else {}
-            except json.JSONDecodeError:
-                body = {"raw": raw.decode(errors="replace")}
-        model.log(request.url.path, body, dict(request.headers))
+        model.log(request.url.path, await _any_body(request), dict(request.headers))
         return JSONResponse({"data": [], "has_more": False})
 
     return Starlette(
@@ -277,6 +259,15 @@ def build_app(model: OfflineModel) -> Starlette:
             Route("/{path:path}", other, methods=["GET", "POST", "HEAD"]),
         ]
     )
+
+
+async def _any_body(request: Request) -> dict[str, Any]:
+    """A probe's body as logged: its JSON, or its raw text."""
+    raw = await request.body() if request.method == "POST" else b""
+    try:
+        return json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {"raw": raw.decode(errors="replace")}
 
 
 async def _stream(

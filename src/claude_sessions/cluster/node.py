@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from claude_sessions.errors import DatabaseUnavailableError
-from claude_sessions.store.registry import NodeStatus, Registry
+from claude_sessions.store.records import NodeStatus
+from claude_sessions.store.registry import Registry
 
 log = structlog.get_logger("claude_sessions.cluster")
 
@@ -53,7 +54,7 @@ class Node:
     async def beat(self) -> None:
         """Renew this node's leases, drop CLIs it no longer holds, write what an outage held back."""
         try:
-            await self.registry.heartbeat(self.url, self._live_workers(), self.status)
+            await self.registry.nodes.heartbeat(self.url, self._live_workers(), self.status)
             await self._keep()
         except DatabaseUnavailableError as error:
             if self.database_ok:
@@ -80,7 +81,7 @@ class Node:
         """Stop taking sessions: the other nodes take this node's on their next message, at once."""
         self.status = "draining"
         with contextlib.suppress(DatabaseUnavailableError):
-            await self.registry.heartbeat(self.url, self._live_workers(), self.status)
+            await self.registry.nodes.heartbeat(self.url, self._live_workers(), self.status)
         released = await self._hand_over()
         log.info("node_draining", node_id=self.node_id, sessions_handed_over=released)
         return released
@@ -94,4 +95,4 @@ class Node:
             self._task = None
         self.status = "down"
         with contextlib.suppress(DatabaseUnavailableError):
-            await self.registry.leave()
+            await self.registry.nodes.leave()

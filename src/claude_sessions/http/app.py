@@ -37,9 +37,11 @@ from claude_sessions.http import console, openai, operations, sessions
 from claude_sessions.http.auth import Authenticator
 from claude_sessions.http.common import (
     FORWARDED_STATE,
+    OURS,
     ApiError,
     Lifecycle,
     Service,
+    Surface,
     api_error,
     error_response,
     resolve_options,
@@ -165,9 +167,14 @@ def _body_problem(error: BaseException | None) -> str | None:
     return None
 
 
+def _surface(request: Request) -> Surface:
+    """The surface the request is on, which decides how its errors read: ours, or OpenAI's on its endpoint."""
+    return openai.SURFACE if openai.is_openai(request) else OURS
+
+
 def _render(request: Request, error: ApiError) -> JSONResponse:
-    """The error in the shape the caller's surface speaks: ours, or OpenAI's on its endpoint."""
-    return openai.openai_response(error) if openai.is_openai(request) else error.response()
+    response: JSONResponse = _surface(request).render(error)
+    return response
 
 
 def _install_error_handlers(app: FastAPI, retry_after: int, forwarder: Forwarder) -> None:
@@ -188,13 +195,7 @@ def _install_error_handlers(app: FastAPI, retry_after: int, forwarder: Forwarder
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        if openai.is_openai(request):
-            return openai.openai_response(openai.validation_error(error))
-        problems = []
-        for item in error.errors()[:5]:
-            where = ".".join(str(p) for p in item["loc"] if p != "body") or "body"
-            problems.append(f"{where if len(where) <= 100 else where[:97] + '...'}: {item['msg']}")
-        return error_response(422, "invalid_request", "; ".join(problems))
+        return _render(request, _surface(request).invalid(error))
 
     @app.exception_handler(ValueError)
     async def _on_value_error(request: Request, error: ValueError) -> JSONResponse:
@@ -283,13 +284,15 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     lifecycle = Lifecycle(handler)
     service = Service(handler, authenticator, lifecycle, retry_after)
     mark = forwarding_mark(server)
-    forwarder = Forwarder(handler.registry, config.optimization.MESSAGE_TIMEOUT, retry_after, mark)
+    forwarder = Forwarder(
+        handler.holder_of, config.cluster.LEASE_SECONDS, config.optimization.MESSAGE_TIMEOUT, retry_after, mark
+    )
 
     # Spares are warmed with exactly the options sessions will ask for: each key
     # holder's workspace (or the operator's defaults), the permission mode resolved.
     root = config.runtime.workspace_root
     warm = [SessionConfig(cwd=workspace_of(root, p, None)) for p in authenticator.principals()] or [SessionConfig()]
-    handler.pool.warm_configs = [resolve_options(options, server) for options in warm]
+    handler.warm([resolve_options(options, server) for options in warm])
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -308,7 +311,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(RedactingMiddleware, redactor=Redactor(config, [handler.gateway.base_url]))
+    app.add_middleware(RedactingMiddleware, redactor=Redactor(config, [handler.gateway_url]))
     app.add_middleware(
         RequestContext, max_body=server.MAX_BODY_BYTES, lifecycle=lifecycle, retry_after=retry_after, mark=mark
     )

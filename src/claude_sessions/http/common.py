@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import structlog
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -34,8 +36,8 @@ from claude_sessions.errors import (
 from claude_sessions.http.auth import Authenticator, Principal
 from claude_sessions.http.redaction import PRINCIPAL_STATE, SESSION_KEY_STATE
 from claude_sessions.sessions.handler import ClaudeHandler
-from claude_sessions.sessions.manager import ClaudeCodeSessionManager
 from claude_sessions.sessions.session import Session, session_key
+from claude_sessions.sessions.view import SessionView
 
 log = structlog.get_logger("claude_sessions.api")
 
@@ -71,19 +73,18 @@ class Lifecycle:
         # The other nodes take this node's idle sessions at once. Only then does the gate
         # close: a peer that read this node as the holder a moment ago still gets its answer.
         try:
-            await self.handler.node.drain()
+            await self.handler.hand_over()
         finally:
             self.draining = True
         log.info("drain_started", requests=self.in_flight, timeout=timeout)
         if await self._settled(timeout):
             return
-        busy = [s for s in self.handler.session_manager.sessions() if s.is_busy]
+        busy = self.handler.busy_sessions()
         log.warning("drain_interrupting_turns", sessions=[s.id for s in busy])
         await asyncio.gather(*(self.handler.interrupt(s) for s in busy), return_exceptions=True)
         if await self._settled(INTERRUPT_GRACE_SECONDS):
             return
-        stuck = [s.worker for s in busy if s.is_busy and s.worker is not None]
-        await asyncio.gather(*(self.handler.pool.discard(w) for w in stuck), return_exceptions=True)
+        await self.handler.end_stuck_turns(busy)
         await self._settled(1.0)
 
     async def _settled(self, timeout: float) -> bool:
@@ -109,7 +110,7 @@ class Service:
         return self.handler.config
 
     @property
-    def manager(self) -> ClaudeCodeSessionManager:
+    def manager(self) -> SessionView:
         return self.handler.session_manager
 
     async def own_session(self, request: Request, principal: Principal, session_id: str) -> Session:
@@ -237,6 +238,27 @@ class ApiError(Exception):
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def validation_problems(error: RequestValidationError) -> ApiError:
+    """A body or parameter that failed validation: up to five problems, each naming its field."""
+    problems = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"] if p != "body") or "body"
+        problems.append(f"{where if len(where) <= 100 else where[:97] + '...'}: {item['msg']}")
+    return ApiError(422, "invalid_request", "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class Surface:
+    """How one surface of the API answers errors: its JSON shape, and its words for a bad request."""
+
+    render: Callable[[ApiError], JSONResponse]
+    invalid: Callable[[RequestValidationError], ApiError]
+
+
+#: This API's own error shape (the OpenAI-compatible endpoint has its own surface).
+OURS = Surface(ApiError.response, validation_problems)
 
 
 def error_response(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import structlog
@@ -23,7 +24,7 @@ from yarl import URL
 from claude_sessions.config import ServerConfig
 from claude_sessions.errors import SessionHeldElsewhereError
 from claude_sessions.http.common import ApiError
-from claude_sessions.store.registry import Registry
+from claude_sessions.store.records import Holder
 
 log = structlog.get_logger("claude_sessions.api")
 
@@ -57,8 +58,15 @@ class Forwarder:
     503 so the retry finds the session free to take over here.
     """
 
-    def __init__(self, registry: Registry, turn_seconds: float, retry_after: int, mark: str) -> None:
-        self._registry = registry
+    def __init__(
+        self,
+        holder_of: Callable[[str], Awaitable[Holder | None]],
+        lease_seconds: float,
+        turn_seconds: float,
+        retry_after: int,
+        mark: str,
+    ) -> None:
+        self._holder_of, self._lease_seconds = holder_of, lease_seconds
         self._mark = mark  # FORWARDED_HEADER's value: the other node knows it came from a node
         # No read timeout beyond the turn's own: the holder bounds every turn.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=2.0, sock_read=turn_seconds + 30.0)
@@ -88,8 +96,8 @@ class Forwarder:
             )
         )
         try:
-            while not (await asyncio.wait({sending}, timeout=self._registry.lease_seconds / 3))[0]:
-                holder = await self._registry.holder(held.session_key)
+            while not (await asyncio.wait({sending}, timeout=self._lease_seconds / 3))[0]:
+                holder = await self._holder_of(held.session_key)
                 if holder is None or holder.node_id != held.node_id:
                     log.warning("forward_abandoned", node_id=held.node_id, reason="its lease lapsed")
                     raise self._unavailable()

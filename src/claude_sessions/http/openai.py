@@ -32,7 +32,7 @@ from starlette.background import BackgroundTask
 from claude_sessions.config import SessionConfig
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.auth import Principal
-from claude_sessions.http.common import ApiError, Caller, ServiceDep, api_error, is_forwarded, resolve_options
+from claude_sessions.http.common import ApiError, Caller, ServiceDep, Surface, api_error, is_forwarded, resolve_options
 from claude_sessions.http.sessions import workspace_of
 from claude_sessions.http.streaming import TurnStream, dumps
 from claude_sessions.observability.metrics import SessionMetrics, is_api_error
@@ -113,6 +113,10 @@ def validation_error(error: RequestValidationError) -> ApiError:
     first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid body"}
     param = ".".join(str(p) for p in first["loc"] if p != "body") or None
     return ApiError(400, "invalid_request", f"{param or 'body'}: {first['msg']}", extra={"param": param})
+
+
+#: How this endpoint answers errors: OpenAI's shape, a bad request as its 400.
+SURFACE = Surface(openai_response, validation_error)
 
 
 # -- bodies ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from claude_sessions.errors import DatabaseUnavailableError
@@ -153,7 +153,7 @@ async def health(principal: Caller, service: ServiceDep) -> dict[str, Any]:
     view, nodes, reasons = _view(principal), None, []
     try:
         await (service.manager.refresh() if view is None else service.manager.listing(view))
-        nodes = [dataclasses.asdict(n) for n in await service.handler.registry.nodes()] if view is None else None
+        nodes = [dataclasses.asdict(n) for n in await service.handler.nodes()] if view is None else None
     except DatabaseUnavailableError:
         reasons.append("database unavailable")
     report = service.manager.get_session_health_report(view)
@@ -169,7 +169,7 @@ async def health(principal: Caller, service: ServiceDep) -> dict[str, Any]:
     responses={200: {"model": PoolStatus, "description": "The worker pool." + _TENANT_VIEW}, **error_responses(401)},
 )
 async def pool(principal: Caller, service: ServiceDep) -> dict[str, Any]:
-    return service.handler.pool.status(_workspace(service.handler, _view(principal)))
+    return service.handler.get_pool_status(_workspace(service.handler, _view(principal)))
 
 
 @router.get(
@@ -183,7 +183,7 @@ async def pool(principal: Caller, service: ServiceDep) -> dict[str, Any]:
 )
 async def usage_timeseries(principal: Caller, service: ServiceDep) -> dict[str, Any]:
     """What the console charts: the last hour, minute by minute, as this node counted it."""
-    series, view = service.handler.telemetry.series, _view(principal)
+    series, view = service.handler.usage_series, _view(principal)
     return {
         "bucket_seconds": BUCKET_SECONDS,
         "minutes": series.minutes,
@@ -226,7 +226,7 @@ async def usage(principal: Caller, service: ServiceDep) -> dict[str, Any]:
     """A tenant's spend, tokens and turns today and this month, against its limits (every node's)."""
     handler, server, own = service.handler, service.config.server, principal.tenant or DEFAULT_TENANT
     mine = _view(principal) is not None
-    found = {u.tenant: u for u in await handler.registry.usage(own if mine else None, handler.clock())}
+    found = {u.tenant: u for u in await handler.usage(own if mine else None)}
 
     def report(name: str) -> dict[str, Any]:
         used = found.get(name)
@@ -253,7 +253,7 @@ _NOTHING = {"cost_usd": 0.0, "tokens": 0, "turns": 0}
     },
 )
 async def metrics(_: Admin, service: ServiceDep) -> Response:
-    return Response(generate_latest(service.handler.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(service.handler.prometheus_text(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.post(
@@ -285,14 +285,7 @@ async def all_sessions(_: Admin, service: ServiceDep) -> dict[str, Any]:
 
 async def _degradations(handler: ClaudeHandler) -> list[str]:
     """Why the service is not fully healthy (empty when it is)."""
-    reasons = []
-    pool = handler.get_pool_status()
-    if handler.config.connection_pool.MIN_SIZE and not pool["healthy_connections"]:
-        reasons.append("pool has no healthy worker")
-    if handler.session_manager.is_full():
-        reasons.append("session limit reached")
-    if not handler.maintenance.is_running:
-        reasons.append("maintenance task is not running")
+    reasons = handler.problems()
     base_url = handler.config.runtime.ANTHROPIC_BASE_URL
     if base_url and not await _reachable(base_url):
         reasons.append(f"model endpoint {base_url} is unreachable")

@@ -78,7 +78,7 @@ def run_server(config: SystemConfig, host: str | None = None, port: int | None =
     elif Authenticator(config.server).is_open:
         log.warning("no_api_keys", detail="no API_KEYS or ADMIN_API_KEY: listening on loopback only", host=host)
     handler = ClaudeHandler(config)
-    handler.node.url = config.cluster.NODE_URL or f"http://{host}:{port}"
+    handler.serve_at(config.cluster.NODE_URL or f"http://{host}:{port}")
     app = create_app(handler)
     service: Service = app.state.service
     drain_seconds = config.optimization.DESTROY_TIMEOUT

@@ -34,7 +34,7 @@ from claude_sessions.http.common import (
 from claude_sessions.http.redaction import SESSION_KEY_STATE
 from claude_sessions.http.streaming import TurnStream, as_json, replayed, session_json, sse_events, turn_json
 from claude_sessions.sessions.session import session_key
-from claude_sessions.workers.options import resolve_folder
+from claude_sessions.workers.workspaces import resolve_folder
 
 log = structlog.get_logger("claude_sessions.api")
 
@@ -283,7 +283,7 @@ async def send_message(
     handler = service.handler
     session = await service.own_session(request, principal, session_id)
     deadline = time.monotonic() + service.config.optimization.MESSAGE_TIMEOUT
-    stored = await handler.registry.reply(session.id, idempotency_key) if idempotency_key else None
+    stored = await handler.stored_reply(session.id, idempotency_key) if idempotency_key else None
     turn: AsyncGenerator[Message, None] | None = None
     if stored is not None:  # already accepted: replay, never a second turn
         content, replies = stored
@@ -296,7 +296,7 @@ async def send_message(
 
         async def keep(turn_messages: list[dict[str, Any]]) -> None:
             if idempotency_key:
-                await handler.registry.save_reply(session.id, idempotency_key, body.content, turn_messages)
+                await handler.keep_reply(session.id, idempotency_key, body.content, turn_messages)
 
         messages = as_json(first, turn, keep)
     if not stream:

@@ -47,7 +47,7 @@ class Billing:
         if daily is None and per_minute is None:
             return None
         try:
-            return await self.registry.admit(tenant, self.clock(), daily, per_minute)
+            return await self.registry.spend.admit(tenant, self.clock(), daily, per_minute)
         except TurnRefusedError as refusal:
             self.telemetry.turns_refused.labels(tenant, refusal.kind).inc()
             raise
@@ -79,7 +79,7 @@ class Billing:
         while self._uncharged:
             tally, charge = pending = self._uncharged.popleft()  # taken first: two callers never write one twice
             try:
-                await self.registry.charge(*charge)
+                await self.registry.spend.charge(*charge)
             except DatabaseUnavailableError:
                 self._uncharged.appendleft(pending)
                 log.warning("usage_charge_deferred", pending=len(self._uncharged))

@@ -16,7 +16,7 @@ from claude_agent_sdk import project_key_for_directory
 from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.sessions.session import Session
 from claude_sessions.store.archive import TranscriptArchive
-from claude_sessions.workers.options import session_cwd
+from claude_sessions.workers.workspaces import session_cwd
 
 log = structlog.get_logger("claude_sessions.manager")
 

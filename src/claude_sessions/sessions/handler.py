@@ -14,30 +14,36 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
 import structlog
 from claude_agent_sdk import ClaudeSDKClient, Message
+from prometheus_client import generate_latest
 
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
-from claude_sessions.errors import DatabaseUnavailableError, HandlerClosedError, SlashCommandRefusedError
-from claude_sessions.gateway.relay import Grant, ModelGateway, credentials_of
+from claude_sessions.errors import HandlerClosedError, SlashCommandRefusedError
+from claude_sessions.gateway.relay import ModelGateway, credentials_of
 from claude_sessions.observability.telemetry import DEFAULT_TENANT, LiveState, Telemetry
+from claude_sessions.observability.usage_series import UsageSeries
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.lending import Lender, PooledClient
 from claude_sessions.sessions.maintenance import Maintenance
 from claude_sessions.sessions.manager import ClaudeCodeSessionManager
 from claude_sessions.sessions.session import Session
 from claude_sessions.sessions.turns import Turns, interrupt_worker, slash_command
+from claude_sessions.sessions.worker_events import WorkerEvents
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.conversations import Turn
-from claude_sessions.workers.options import build_options, session_cwd, tenant_of
+from claude_sessions.store.records import Holder, NodeRecord, TenantUsage
+from claude_sessions.workers.options import build_options
 from claude_sessions.workers.pool import StartWorker, WorkerPool
-from claude_sessions.workers.processes import DataDirLock, end_stray_processes, owner_mark, process_started_at
+from claude_sessions.workers.processes import DataDirLock, end_stray_processes, owner_mark
 from claude_sessions.workers.sandbox import check_host
 from claude_sessions.workers.worker import Worker
+from claude_sessions.workers.workspaces import session_cwd, tenant_of
 
 log = structlog.get_logger("claude_sessions.handler")
 
@@ -61,23 +67,15 @@ class ClaudeHandler:
         runtime = self.config.runtime
         self._data_dir_lock = DataDirLock(runtime.DATA_DIR.resolve())
         self.registry, self.archive = open_registry(self.config, uuid.uuid4().hex[:12])
+        #: This data directory's mark on every CLI it starts (found again after a crash).
+        self._mark = owner_mark(runtime.DATA_DIR)
         self.gateway = ModelGateway(
             runtime.ANTHROPIC_BASE_URL,
             credentials_of(runtime),
             timeout=self.config.optimization.CLI_API_TIMEOUT,
             permits_model=self.config.server.permits_model,
         )
-        limits = self.config.connection_pool
-        self.pool = WorkerPool(
-            limits,
-            self.config.optimization,
-            lambda session, resume, token: build_options(
-                session, self.config, self.gateway.base_url, token, resume, self.archive.mirror_for(token)
-            ),
-            max_live=limits.MAX_LIVE or self.config.session_manager.MAX_SESSIONS,
-            events=self,
-            start_worker=start_worker,
-        )
+        self.pool = self._pool(start_worker)
         self.session_manager = ClaudeCodeSessionManager(
             self.config, self.pool, self.registry, self.archive, self.telemetry
         )
@@ -90,23 +88,39 @@ class ClaudeHandler:
             hand_over=self.session_manager.release_all_idle,
         )
         self.billing = Billing(self.registry, self.telemetry, self.config.server, lambda: self.clock())
+        manager, pool = self.session_manager, self.pool
         self.turns = Turns(
-            self.config,
-            self.session_manager,
-            self.pool,
-            self.gateway,
-            self.billing,
-            self.telemetry,
-            self.archive,
-            self.node,
+            self.config, manager, pool, self.gateway, self.billing, self.telemetry, self.archive, self.node
         )
         self.lender = Lender(self.pool, self.turns.acquire, self.config.optimization.DESTROY_TIMEOUT)
-        self._mark = owner_mark(runtime.DATA_DIR)
         self.session_manager.load_now()
         self.telemetry.watch(self._live_state)
         self.maintenance = Maintenance(self.config.session_manager.CLEANUP_INTERVAL * 60, self.run_maintenance)
         self._started: asyncio.Task[None] | None = None
         self._closed = False
+
+    def _pool(self, start_worker: StartWorker) -> WorkerPool:
+        """The worker pool: each CLI starts with its session's options and a gateway grant of its tenant's."""
+        limits = self.config.connection_pool
+        events = WorkerEvents(
+            self.gateway,
+            self.registry,
+            self.archive,
+            self.telemetry,
+            tenant_of=lambda session: tenant_of(session, self.config),
+            project_of=lambda session: self.session_manager.conversations.project_of(session),
+            mark=self._mark,
+        )
+        return WorkerPool(
+            limits,
+            self.config.optimization,
+            lambda session, resume, token: build_options(
+                session, self.config, self.gateway.base_url, token, resume, self.archive.mirror_for(token)
+            ),
+            max_live=limits.MAX_LIVE or self.config.session_manager.MAX_SESSIONS,
+            events=events,
+            start_worker=start_worker,
+        )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -124,8 +138,8 @@ class ClaudeHandler:
         await self.registry.open()
         await self.archive.open()
         # CLI processes an earlier run on this data directory recorded, read before this run records its own.
-        earlier = await self.registry.take_workers(self._mark)
-        await self.registry.join(self._mark)
+        earlier = await self.registry.pids.take(self._mark)
+        await self.registry.nodes.join(self._mark)
         ended = await asyncio.to_thread(end_stray_processes, earlier, self._mark)
         await self.gateway.start()
         await self.session_manager.refresh()
@@ -164,33 +178,10 @@ class ClaudeHandler:
         await self.session_manager.save_unsaved()
         await self.archive.catch_up()
 
-    # -- pool events: gateway tokens, metrics and the ledger of live CLI processes ------
-
-    def grant_for(self, config: SessionConfig) -> Grant:
-        return self.gateway.issue(tenant_of(config, self.config))
-
-    async def worker_warmed(self, worker: Worker) -> None:
-        """A warm-up conversation is nobody's: its transcript goes at once."""
-        project = self.session_manager.conversations.project_of(worker.config)
-        for conversation in worker.warmed_conversations:
-            await self.archive.delete(self.archive.name((project, conversation)))
-
-    async def worker_started(self, worker: Worker, seconds: float) -> None:
-        self.telemetry.connect_seconds.observe(seconds)
-        with contextlib.suppress(DatabaseUnavailableError):  # the owner mark finds it after a crash
-            await self.registry.add_worker(self._mark, worker.pid, process_started_at(worker.pid))
-
-    async def worker_closed(self, worker: Worker) -> None:
-        self.archive.forget(worker.grant.token)
-        if not self.registry.closed:  # a late close after shutdown
-            with contextlib.suppress(DatabaseUnavailableError):
-                await self.registry.remove_worker(self._mark, worker.pid)
-
     async def shutdown_pool(self) -> None:
         """Close every pooled worker; sessions resume in new workers on their next message."""
         for session in self.session_manager.sessions():
-            if not session.is_busy:
-                session.worker = None
+            session.unbind()
         await self.pool.shutdown()
 
     async def __aenter__(self) -> ClaudeHandler:
@@ -243,7 +234,7 @@ class ClaudeHandler:
         if session.closed:  # destroyed while its worker was starting
             await self.pool.release(worker)
         else:
-            session.worker = worker
+            session.bind(worker)
             session.metrics.touch()  # inactivity counts from when the session is ready, not from the request
             await manager.save(session)
         self.telemetry.sessions_created.labels(tenant).inc()
@@ -269,8 +260,9 @@ class ClaudeHandler:
             session = await self.session_manager.fetch(session)
         await self.turns.interrupt(session, forwarded=forwarded)
 
-    def get_pool_status(self) -> dict[str, Any]:
-        return self.pool.status()
+    def get_pool_status(self, workspace: Path | None = None) -> dict[str, Any]:
+        """The pool's status; with ``workspace``, only the workers working inside it, and no pids."""
+        return self.pool.status(workspace)
 
     def _get_or_create_pooled_client(self, config: SessionConfig | None = None) -> PooledClient:
         """The seed's pool call: a connected ``ClaudeSDKClient`` for ``config``, warm when one is idle.
@@ -292,6 +284,70 @@ class ClaudeHandler:
     async def _return_pooled_client(self, client: ClaudeSDKClient) -> None:
         """Take back a lent client: reset with ``/clear`` and pooled, or closed."""
         await self.lender.take_back(client)
+
+    # -- what the HTTP API serves besides turns -------------------------------------
+
+    def warm(self, configs: Sequence[SessionConfig]) -> None:
+        """Keep spares warm for these options (each tenant's, say) instead of the default ones."""
+        self.pool.warm_configs = list(configs)
+
+    def serve_at(self, url: str) -> None:
+        """Where the other nodes reach this one (``CLAUDE_SESSIONS_NODE_URL``, else the server's address)."""
+        self.node.url = url
+
+    @property
+    def gateway_url(self) -> str:
+        return self.gateway.base_url
+
+    async def stored_reply(self, key: str, idempotency_key: str) -> tuple[str, list[dict[str, Any]]] | None:
+        """The turn kept under an Idempotency-Key: (the request it answered, its messages), if any."""
+        return await self.registry.replies.get(key, idempotency_key)
+
+    async def keep_reply(self, key: str, idempotency_key: str, request: str, messages: list[dict[str, Any]]) -> None:
+        await self.registry.replies.save(key, idempotency_key, request, messages)
+
+    async def holder_of(self, key: str) -> Holder | None:
+        """The live node running a session's CLI, if another does."""
+        return await self.registry.holder(key)
+
+    async def usage(self, tenant: str | None) -> list[TenantUsage]:
+        """Spend, tokens and turns today and this month, for a tenant or (None) every one, across nodes."""
+        return await self.registry.spend.usage(tenant, self.clock())
+
+    @property
+    def usage_series(self) -> UsageSeries:
+        """This node's turns, tokens and spend per minute over the last hour (the console's charts)."""
+        return self.telemetry.series
+
+    def prometheus_text(self) -> bytes:
+        """The Prometheus exposition of this node's telemetry."""
+        return generate_latest(self.telemetry.registry)
+
+    async def nodes(self) -> list[NodeRecord]:
+        return await self.registry.nodes.listing()
+
+    def problems(self) -> list[str]:
+        """Why this node is not fully healthy, as far as it knows without asking the network."""
+        reasons = []
+        if self.config.connection_pool.MIN_SIZE and not self.pool.status()["healthy_connections"]:
+            reasons.append("pool has no healthy worker")
+        if self.session_manager.is_full():
+            reasons.append("session limit reached")
+        if not self.maintenance.is_running:
+            reasons.append("maintenance task is not running")
+        return reasons
+
+    async def hand_over(self) -> int:
+        """Drain: the other nodes take this node's idle sessions at once, its busy ones as their turns end."""
+        return await self.node.drain()
+
+    def busy_sessions(self) -> list[Session]:
+        return [s for s in self.session_manager.sessions() if s.is_busy]
+
+    async def end_stuck_turns(self, sessions: Sequence[Session]) -> None:
+        """Close the workers of turns that did not stop when interrupted (their streams end in an error)."""
+        stuck = [s.worker for s in sessions if s.is_busy and s.worker is not None]
+        await asyncio.gather(*(self.pool.discard(w) for w in stuck), return_exceptions=True)
 
     # -- turns ------------------------------------------------------------------
 
@@ -363,9 +419,9 @@ class ClaudeHandler:
         """Delete removed sessions' transcripts past ``SM_TRANSCRIPT_RETENTION_DAYS``; forget old replies and nodes."""
         now = time.time()
         days = self.config.session_manager.TRANSCRIPT_RETENTION_DAYS
-        names = await self.registry.take_retired_transcripts(retired_before=now - days * 86400)
+        names = await self.registry.retired.take(retired_before=now - days * 86400)
         for name in names:
             await self.archive.delete(name)
-        await self.registry.forget_replies(older_than=now - REPLAY_SECONDS)
-        await self.registry.forget_nodes(unseen_since=now - FORGET_NODES_SECONDS)
+        await self.registry.replies.forget(older_than=now - REPLAY_SECONDS)
+        await self.registry.nodes.forget(unseen_since=now - FORGET_NODES_SECONDS)
         return len(names)

@@ -14,7 +14,7 @@ from claude_sessions.config import SessionConfig
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.store.archive import Conversation
-from claude_sessions.store.registry import SessionRecord
+from claude_sessions.store.records import SessionRecord
 from claude_sessions.workers.worker import Worker
 
 
@@ -58,6 +58,18 @@ class Session:
     holder_url: str | None = None
     busy_elsewhere: bool = False
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def bind(self, worker: Worker) -> None:
+        """Make ``worker`` this session's CLI on this node: the one place a binding is made."""
+        self.worker = worker
+
+    def unbind(self, *, during_turn: bool = False) -> Worker | None:
+        """Take the session's worker away and return it (None if it holds none). Between turns
+        only, unless ``during_turn``: a running turn hands its worker back itself."""
+        if self.worker is None or (self.is_busy and not during_turn):
+            return None
+        worker, self.worker = self.worker, None
+        return worker
 
     @property
     def is_busy(self) -> bool:

@@ -21,7 +21,6 @@ from claude_agent_sdk import AssistantMessage, ClaudeSDKError, Message, ResultMe
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.errors import (
-    CapacityError,
     LeaseLostError,
     SessionBusyError,
     SessionHeldElsewhereError,
@@ -34,20 +33,19 @@ from claude_sessions.errors import (
 from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
-from claude_sessions.sessions.manager import ClaudeCodeSessionManager
 from claude_sessions.sessions.session import Session
+from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.archive import TranscriptArchive
-from claude_sessions.store.registry import Holder, Registry
-from claude_sessions.workers.options import tenant_of
-from claude_sessions.workers.pool import NoLiveRoom, WorkerPool
+from claude_sessions.store.records import Holder
+from claude_sessions.store.registry import Registry
+from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
+from claude_sessions.workers.workspaces import tenant_of
 
 log = structlog.get_logger("claude_sessions.handler")
 
 #: How long an interrupted turn may take to wind down before its worker is discarded.
 INTERRUPT_GRACE_SECONDS = 5.0
-#: How often a turn waiting for a live worker looks again.
-CAPACITY_POLL_SECONDS = 0.05
 
 
 class Turns:
@@ -56,7 +54,7 @@ class Turns:
     def __init__(
         self,
         config: SystemConfig,
-        manager: ClaudeCodeSessionManager,
+        manager: SessionView,
         pool: WorkerPool,
         gateway: ModelGateway,
         billing: Billing,
@@ -108,6 +106,7 @@ class Turns:
             if bound:
                 with anyio.CancelScope(shield=True):
                     await self._hand_back(session)
+            self.pool.room_changed()  # the session's worker, idle again, may be given up for a waiter
 
     async def interrupt(self, session: Session, *, forwarded: bool) -> None:
         """Stop the running turn of a session (nothing happens when it is idle)."""
@@ -135,7 +134,7 @@ class Turns:
     async def _hand_back(self, session: Session) -> None:
         """After a turn: the worker goes back if the session is gone, or to another node if this one drains."""
         if session.closed:
-            worker = self.manager.detach(session)
+            worker = session.unbind()
         elif self.node.status != "up":
             worker = await self.manager.let_go(session)
         else:
@@ -181,11 +180,11 @@ class Turns:
             return worker
         if worker is not None and worker.is_alive():  # too old, too used, or it acted on its own
             log.info("session_worker_retired", session_id=session.id, worker=worker.id, uses=worker.uses)
-            session.worker = None
+            session.unbind(during_turn=True)
             self.pool.release_soon(worker)
         elif worker is not None:  # died between turns
             self._count_connection_error(session)
-            session.worker = None
+            session.unbind(during_turn=True)
             await self.pool.discard(worker)
         try:
             worker = await self.acquire(
@@ -194,34 +193,24 @@ class Turns:
         except WorkerStartError:
             self._count_connection_error(session)
             raise
-        session.worker = worker
+        session.bind(worker)
         self.archive.fence(worker.grant.token, (session.id, session.fence))
         if session.claude_session_id is not None:
             log.info("session_resumed", session_id=session.id, claude_session_id=session.claude_session_id)
         return worker
 
     async def acquire(self, config: SessionConfig, resume: str | None = None) -> Worker:
-        """A worker within ``CP_MAX_LIVE``: past it, free the idle pool's oldest worker,
-        then the least recently used idle session's; if every live worker is mid-turn,
-        wait up to ``OPT_CREATE_TIMEOUT`` and raise :class:`CapacityError`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.optimization.CREATE_TIMEOUT
-        while True:
-            try:
-                return await self.pool.acquire(config, resume)
-            except NoLiveRoom:
-                pass
-            if await self.pool.evict_idle():
-                continue
-            victim = self.manager.least_recently_used_worker()
-            if victim is not None:
-                worker = await self.manager.let_go(victim)
-                if worker is not None:
-                    await self.pool.discard(worker)
-                continue
-            if loop.time() >= deadline:
-                raise CapacityError(f"all {self.pool.max_live} live workers are mid-turn; try again shortly") from None
-            await asyncio.sleep(CAPACITY_POLL_SECONDS)
+        """A worker within ``CP_MAX_LIVE``; past it, the least recently used idle session here gives its up."""
+        return await self.pool.acquire(config, resume, make_room=self._free_an_idle_sessions_worker)
+
+    async def _free_an_idle_sessions_worker(self) -> bool:
+        victim = self.manager.least_recently_used_worker()
+        if victim is None:
+            return False
+        worker = await self.manager.let_go(victim)
+        if worker is not None:
+            await self.pool.discard(worker)
+        return True
 
     async def _turn(
         self, session: Session, worker: Worker, prompt: str, command: str | None
@@ -302,7 +291,7 @@ class Turns:
     async def _drop_worker(self, session: Session, worker: Worker) -> None:
         """Kill a worker that failed this turn (died, stuck, or cut mid-prompt)."""
         if session.worker is worker:
-            session.worker = None
+            session.unbind(during_turn=True)
         await self.pool.discard(worker, graceful=False)
         await self.billing.bill_unfinished(session, worker)
 

@@ -21,7 +21,9 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from claude_sessions.errors import DatabaseUnavailableError
-from claude_sessions.store.registry import USAGE_SCHEMA, Registry, Transaction
+from claude_sessions.store.records import Transaction
+from claude_sessions.store.registry import Registry
+from claude_sessions.store.spend import USAGE_SCHEMA
 from claude_sessions.store.transcripts import TRANSCRIPT_TABLE, UNAVAILABLE
 
 log = structlog.get_logger("claude_sessions.registry")
@@ -152,7 +154,7 @@ class PostgresRegistry(Registry):
             raise DatabaseUnavailableError(f"the database is unreachable: {error}") from error
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self) -> AsyncIterator[Transaction]:
         try:
             async with asyncio.timeout(self.timeout), self._pool.connection() as conn, conn.transaction():
                 yield _PostgresTransaction(conn)
@@ -162,7 +164,7 @@ class PostgresRegistry(Registry):
     async def _lock_creates(self, tx: Transaction) -> None:
         await tx.run("SELECT pg_advisory_xact_lock(?)", (_CREATE_LOCK,))
 
-    async def _lock_tenant(self, tx: Transaction, tenant: str) -> None:
+    async def lock_tenant(self, tx: Transaction, tenant: str) -> None:
         await tx.run("SELECT pg_advisory_xact_lock(?, hashtext(?))", (_TENANT_LOCK_CLASS, tenant))
 
     async def lead(self) -> bool:

@@ -13,7 +13,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from claude_sessions.store.registry import USAGE_SCHEMA, Registry, Transaction
+from claude_sessions.store.records import Transaction
+from claude_sessions.store.registry import Registry
+from claude_sessions.store.spend import USAGE_SCHEMA
 
 #: Schema versions in order; ``PRAGMA user_version`` says how many a database has had.
 _MIGRATIONS = [
@@ -116,7 +118,7 @@ class SqliteRegistry(Registry):
         """Nothing to do: the file was opened and migrated when the registry was made."""
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self) -> AsyncIterator[Transaction]:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield _SqliteTransaction(self._db)
@@ -128,7 +130,7 @@ class SqliteRegistry(Registry):
     async def _lock_creates(self, tx: Transaction) -> None:
         """``BEGIN IMMEDIATE`` already holds the only writer's lock."""
 
-    async def _lock_tenant(self, tx: Transaction, tenant: str) -> None:
+    async def lock_tenant(self, tx: Transaction, tenant: str) -> None:
         """``BEGIN IMMEDIATE`` already holds the only writer's lock."""
 
     async def lead(self) -> bool:

@@ -11,15 +11,11 @@ import structlog
 from claude_agent_sdk import ClaudeAgentOptions, SessionStore
 
 from claude_sessions.config import SessionConfig, SystemConfig
-from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.workers.processes import OWNER_VARIABLE, owner_mark
 from claude_sessions.workers.sandbox import scoped_tools, session_env, session_settings
+from claude_sessions.workers.workspaces import session_cwd
 
 _cli_log = structlog.get_logger("claude_sessions.cli")
-
-#: The longest file name Linux accepts; a longer folder name is bad input, not a server error.
-NAME_MAX = 255
-
 
 #: What a CLI process may inherit from the server; every other variable is blanked,
 #: so no server secret (API_KEYS, database or Redis URLs, ...) reaches a session's tools.
@@ -72,67 +68,6 @@ def cli_env(config: SystemConfig, gateway_url: str, token: str) -> dict[str, str
     bypass = ",".join(filter(None, [os.environ.get("NO_PROXY") or os.environ.get("no_proxy"), "127.0.0.1,localhost"]))
     env |= {"NO_PROXY": bypass, "no_proxy": bypass}
     return env
-
-
-def resolve_folder(path: Path, shown: str) -> Path:
-    """``path`` with every symlink followed; ``ValueError`` naming ``shown`` (never the server's
-    path) for a symlink loop or a file on the way."""
-    try:
-        resolved = path.resolve()
-        existing = next(p for p in (resolved, *resolved.parents) if p.exists())
-    except RuntimeError:  # a symlink loop (before Python 3.13)
-        raise ValueError(f"cwd {shown!r} cannot be resolved (a symlink loop)") from None
-    except OSError as error:  # a folder on the way its owner made unreadable, a loop since 3.13
-        raise ValueError(f"cwd {shown!r} cannot be resolved ({error.strerror})") from None
-    if not existing.is_dir():
-        raise ValueError(f"cwd {shown!r} names a file, not a folder")
-    return resolved
-
-
-def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
-    """The CLI's working directory: the session's ``cwd``, inside the workspace root.
-
-    Checked at every turn and spawn, not only at creation: a tenant with Bash can replace
-    a folder of its workspace with a symlink afterwards. Raises ``ValueError`` for a
-    folder outside the root (``..``, absolute paths elsewhere, symlinks leading out)
-    and for one a symlink leads into another first-level folder (another tenant's
-    workspace, or the root above them all).
-    """
-    root = config.runtime.workspace_root
-    if session.cwd is None:
-        return root
-    candidate = Path(session.cwd)
-    if any(len(os.fsencode(part)) > NAME_MAX for part in candidate.parts):
-        raise ValueError(f"cwd: a folder name is longer than {NAME_MAX} bytes")
-    named = candidate if candidate.is_absolute() else root / candidate
-    written = Path(os.path.normpath(named))
-    shown = str(written.relative_to(root)) if written.is_relative_to(root) else session.cwd  # never our path
-    resolved = resolve_folder(named, shown)
-    if not resolved.is_relative_to(root):
-        raise ValueError(f"cwd {shown!r} is outside the workspace root")
-    if _named_workspace(named, root) != resolved.relative_to(root).parts[:1]:
-        raise ValueError(f"cwd {shown!r} leads into another workspace")
-    return resolved
-
-
-def _named_workspace(named: Path, root: Path) -> tuple[str, ...] | None:
-    """The first-level folder below the root that ``named`` spells out (empty: the root
-    itself), read component by component; None when it reaches the root only through
-    ``..`` or not at all."""
-    if ".." not in named.parts and named.is_relative_to(root):  # the usual case: read as written
-        return named.relative_to(root).parts[:1]
-    parts = named.parts
-    for end in range(1, len(parts) + 1):
-        if Path(*parts[:end]).resolve() == root:  # a symlinked spelling of the root counts
-            rest = parts[end : end + 1]
-            return None if rest == ("..",) else rest
-    return None
-
-
-def tenant_of(session: SessionConfig, config: SystemConfig) -> str:
-    """The tenant whose workspace a session's CLI works in (a worker serves one workspace only)."""
-    inside = session_cwd(session, config).relative_to(config.runtime.workspace_root).parts
-    return inside[0] if inside else DEFAULT_TENANT
 
 
 def make_private_dirs(root: Path, path: Path) -> None:

@@ -9,6 +9,7 @@ blocks the pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -19,7 +20,7 @@ import structlog
 from claude_agent_sdk import ClaudeAgentOptions
 
 from claude_sessions.config import ConnectionPoolConfig, OptimizationConfig, SessionConfig
-from claude_sessions.errors import WorkerStartError
+from claude_sessions.errors import CapacityError, WorkerStartError
 from claude_sessions.gateway.relay import Grant
 from claude_sessions.workers.worker import Worker, WorkerState
 
@@ -29,12 +30,10 @@ log = structlog.get_logger("claude_sessions.pool")
 OptionsFactory = Callable[[SessionConfig, str | None, str], ClaudeAgentOptions]
 
 
+#: Frees a live slot held outside the pool (an idle session's worker); False when there is none.
+MakeRoom = Callable[[], Awaitable[bool]]
 #: Starts and connects one worker: (options set, the CLI's options, its grant, timeout) -> worker.
 StartWorker = Callable[[SessionConfig, ClaudeAgentOptions, Grant, float], Awaitable[Worker]]
-
-
-class NoLiveRoom(Exception):
-    """No idle worker fits and ``CP_MAX_LIVE`` processes are alive: make room first."""
 
 
 class PoolEvents(Protocol):
@@ -84,6 +83,8 @@ class WorkerPool:
         self._demand: OrderedDict[str, SessionConfig] = OrderedDict()
         #: Bumped by ``shutdown``: a CLI that finishes connecting afterwards closes itself.
         self._generation = 0
+        #: Set, then replaced, whenever a live slot may have come free: what waiting acquires wait on.
+        self._room_changed = asyncio.Event()
 
     # -- predicates and figures -------------------------------------------
 
@@ -115,20 +116,45 @@ class WorkerPool:
 
     # -- taking and returning ---------------------------------------------
 
-    async def acquire(self, config: SessionConfig, resume: str | None = None) -> Worker:
+    async def acquire(
+        self, config: SessionConfig, resume: str | None = None, make_room: MakeRoom | None = None
+    ) -> Worker:
         """A worker bound to the caller: a warm one when possible, else a new one.
 
-        A worker resuming a conversation is always new: a live process cannot
-        switch to another existing conversation.
+        A worker resuming a conversation is always new: a live process cannot switch to
+        another existing conversation. At ``CP_MAX_LIVE``, the idle pool's oldest worker is
+        closed, else ``make_room`` frees one held outside the pool; when neither can, the
+        caller waits, queued until a worker closes or a turn ends, up to ``OPT_CREATE_TIMEOUT``,
+        then :class:`CapacityError`.
         """
-        worker = self._take_idle(config.fingerprint) if resume is None else None
+        deadline = asyncio.get_running_loop().time() + self.timeouts.CREATE_TIMEOUT
+        while True:
+            worker = self._take_idle(config.fingerprint) if resume is None else None
+            if worker is not None or self.live_count() < self.max_live:
+                break
+            if await self.evict_idle() or (make_room is not None and await make_room()):
+                continue
+            await self._wait_for_room(deadline)
         if worker is None:
-            if self.live_count() >= self.max_live:
-                raise NoLiveRoom
             worker = await self._spawn(config, resume)
         worker.state = WorkerState.BOUND
         self.refill_soon(config)
         return worker
+
+    async def _wait_for_room(self, deadline: float) -> None:
+        """Until the room may have changed (``room_changed``), or :class:`CapacityError` at ``deadline``."""
+        changed = self._room_changed
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise CapacityError(f"all {self.max_live} live workers are mid-turn; try again shortly")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await changed.wait()
+
+    def room_changed(self) -> None:
+        """A live slot may be free now (a worker closed, a start ended, a turn ended): wake every waiter."""
+        self._room_changed.set()
+        self._room_changed = asyncio.Event()
 
     def _take_idle(self, fingerprint: str) -> Worker | None:
         queue = self._idle.get(fingerprint)
@@ -147,6 +173,7 @@ class WorkerPool:
             if reset and self._has_room() and worker.state is WorkerState.RESETTING:  # not closed meanwhile
                 worker.state = WorkerState.IDLE
                 self._idle.setdefault(worker.fingerprint, deque()).append(worker)
+                self.room_changed()  # an idle worker can be evicted for a waiter
                 return
         await self._close(worker)
 
@@ -180,6 +207,8 @@ class WorkerPool:
     def _reserve(self, fingerprint: str, count: int) -> None:
         """Count spawns in flight, so concurrent refills do not overshoot."""
         self._spawning[fingerprint] = self._spawning.get(fingerprint, 0) + count
+        if count < 0:
+            self.room_changed()
 
     async def _connect(self, config: SessionConfig, resume: str | None, warm: bool = False) -> Worker:
         """Start a CLI (``warm``: and warm it up) and register it.
@@ -221,6 +250,7 @@ class WorkerPool:
             worker.state = WorkerState.CLOSED
             worker.grant.revoke()
             self._workers.pop(worker.id, None)
+            self.room_changed()
             await self._events.worker_closed(worker)
 
     def _spawn_task(self, coro: Coroutine[Any, Any, Any]) -> None:

@@ -1,0 +1,94 @@
+"""What the registry stores and answers, and what its small stores need of it.
+
+Plain values, shared by the registry, its SQLite and PostgreSQL backends and their callers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from claude_sessions.config import SessionConfig
+from claude_sessions.observability.metrics import SessionMetrics
+
+#: What ``create`` did: made it, or which rule refused it.
+CreateOutcome = Literal["created", "exists", "global", "tenant"]
+#: A node serving turns; ``draining`` ones finish theirs and hand sessions over.
+NodeStatus = Literal["up", "draining", "down"]
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A session as stored: enough to list it and to resume its conversation anywhere."""
+
+    key: str
+    owner: str | None
+    config: SessionConfig
+    metadata: dict[str, Any]
+    metrics: SessionMetrics
+    claude_session_id: str | None
+    orphaned: bool
+    #: The CLI has written the conversation's transcript (a reply was seen).
+    recorded: bool = False
+    #: A turn is running on the holder.
+    busy: bool = False
+    #: The node holding the session's live CLI, if any, and the lease's fencing token.
+    holder: str | None = None
+    fence: int = 0
+    #: Where the holder answers (a live holder's, as read).
+    holder_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The live node that runs a session's CLI, and where to reach it."""
+
+    node_id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Spend:
+    cost_usd: float
+    tokens: int
+    turns: int
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    """What a tenant used today and this month (UTC)."""
+
+    tenant: str
+    today: Spend
+    month: Spend
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node_id: str
+    url: str
+    last_seen: float
+    live_workers: int
+    status: NodeStatus
+
+
+class Transaction(Protocol):
+    """One database transaction; ``run`` answers the rows and sets ``rowcount``."""
+
+    rowcount: int
+
+    async def run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+class Database(Protocol):
+    """What a small store of the registry needs: its transactions and this node's identity."""
+
+    node_id: str
+    lease_seconds: float
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    async def lock_tenant(self, tx: Transaction, tenant: str) -> None:
+        """Hold, until ``tx`` ends, the lock that makes one tenant's turn admissions exact."""

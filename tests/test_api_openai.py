@@ -219,3 +219,10 @@ def test_each_error_class_is_the_clients_own(alice: openai.OpenAI, server: Serve
         assert limited[-1].json()["error"]["type"] == "rate_limit_error"
     with pytest.raises(openai.RateLimitError):
         ask(alice, [{"role": "user", "content": "one too many"}])
+    too_large = httpx.post(  # refused by the middleware, before any route: still OpenAI's shape
+        f"{server.base_url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEYS['alice']}"},
+        content=b"x" * (2 * 1024 * 1024 + 1),
+    )
+    assert too_large.status_code == 413
+    assert too_large.json()["error"] == {**too_large.json()["error"], "param": None, "code": "body_too_large"}

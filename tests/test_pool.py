@@ -166,7 +166,7 @@ async def test_a_registry_failure_after_spawn_leaks_no_cli_nor_its_slot(
     async def broken(owner: str, pid: int, started_at: float) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(handler.registry, "add_worker", broken)
+    monkeypatch.setattr(handler.registry.pids, "add", broken)
     with pytest.raises(WorkerStartError, match="disk I/O error"):
         await handler.create_session("s")
     assert handler.pool.live_count() == 0 and "s" not in handler.session_manager

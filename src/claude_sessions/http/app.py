@@ -94,9 +94,10 @@ class RequestContext:
         length = headers.get(b"content-length", b"")
         refusal: JSONResponse | None = None
         if self.lifecycle.draining:
-            refusal = shutting_down(self.retry_after).response()
+            refusal = _surface(scope["path"]).render(shutting_down(self.retry_after))
         elif length.isdigit() and int(length) > self.max_body:
-            refusal = error_response(413, "body_too_large", f"request body exceeds {self.max_body} bytes")
+            too_large = ApiError(413, "body_too_large", f"request body exceeds {self.max_body} bytes")
+            refusal = _surface(scope["path"]).render(too_large)
         if refusal is not None:
             refusal.headers["X-Request-ID"] = request_id
             await refusal(scope, receive, send)
@@ -167,13 +168,13 @@ def _body_problem(error: BaseException | None) -> str | None:
     return None
 
 
-def _surface(request: Request) -> Surface:
-    """The surface the request is on, which decides how its errors read: ours, or OpenAI's on its endpoint."""
-    return openai.SURFACE if openai.is_openai(request) else OURS
+def _surface(path: str) -> Surface:
+    """The surface a path is on, which decides how its errors read: ours, or OpenAI's on its endpoint."""
+    return openai.SURFACE if path in openai.PATHS else OURS
 
 
 def _render(request: Request, error: ApiError) -> JSONResponse:
-    response: JSONResponse = _surface(request).render(error)
+    response: JSONResponse = _surface(request.url.path).render(error)
     return response
 
 
@@ -195,7 +196,7 @@ def _install_error_handlers(app: FastAPI, retry_after: int, forwarder: Forwarder
 
     @app.exception_handler(RequestValidationError)
     async def _on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return _render(request, _surface(request).invalid(error))
+        return _render(request, _surface(request.url.path).invalid(error))
 
     @app.exception_handler(ValueError)
     async def _on_value_error(request: Request, error: ValueError) -> JSONResponse:

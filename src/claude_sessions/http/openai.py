@@ -56,10 +56,6 @@ _TYPES = {
 }
 
 
-def is_openai(request: Request) -> bool:
-    return request.url.path in PATHS
-
-
 def _status(error: ApiError) -> int:
     return 400 if error.status == 422 else error.status  # OpenAI's bad request is a 400
 

@@ -38,7 +38,7 @@ from claude_sessions.http.streaming import TurnStream, dumps
 from claude_sessions.observability.metrics import SessionMetrics, is_api_error
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.sessions.session import Session
-from claude_sessions.store.conversations import Turn, history_digest
+from claude_sessions.store.history import Turn, history_digest
 
 router = APIRouter(tags=["openai"])
 

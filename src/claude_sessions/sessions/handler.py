@@ -36,7 +36,7 @@ from claude_sessions.sessions.session import Session
 from claude_sessions.sessions.turns import Turns, interrupt_worker, slash_command
 from claude_sessions.sessions.worker_events import WorkerEvents
 from claude_sessions.store.backends import open_registry
-from claude_sessions.store.conversations import Turn
+from claude_sessions.store.history import Turn
 from claude_sessions.store.records import Holder, NodeRecord, TenantUsage
 from claude_sessions.workers.options import build_options
 from claude_sessions.workers.pool import StartWorker, WorkerPool

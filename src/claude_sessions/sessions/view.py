@@ -32,7 +32,7 @@ from claude_sessions.sessions.conversations import Conversations
 from claude_sessions.sessions.health import health_report
 from claude_sessions.sessions.session import Session, public_id, session_key, tenant_of_key
 from claude_sessions.store.archive import TranscriptArchive
-from claude_sessions.store.conversations import Turn, transcript_entries
+from claude_sessions.store.history import Turn, transcript_entries
 from claude_sessions.store.records import CreateOutcome, SessionRecord
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.pool import WorkerPool

@@ -44,6 +44,7 @@ async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[
     comparisons += await scenarios.session_start(rounds)
     comparisons.append(await scenarios.manager_overhead(10 if quick else 150))
     comparisons.append(await scenarios.http_overhead(rounds))
+    comparisons.append(await scenarios.first_text(rounds, model))
     comparisons += await scenarios.gateway_overhead(100 if quick else 500)
     comparisons += await scenarios.openai_completions(rounds, model)
     return {

@@ -382,6 +382,42 @@ async def http_overhead(rounds: int) -> Comparison:
     )
 
 
+async def first_text(rounds: int, model: OfflineModel) -> Comparison:
+    """5b. When the model's first text delta left it, and when it reached a client of the HTTP API (SSE)."""
+    from_model, through_api = [], []
+    async with served("first-text") as server, httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        await client.post("/v1/sessions", json={"session_id": "bench"})
+        for i in range(rounds + 3):
+            prompt = f"first text {i} one two three"
+            began = time.monotonic()  # the offline model runs in this process: one clock for both
+            async with client.stream("POST", "/v1/sessions/bench/messages", json={"content": prompt}) as r:
+                arrived = await _first_text_delta(r)
+            sent = next(m for m in reversed(model.message_requests()) if prompt in json.dumps(m.body["messages"]))
+            if i >= 3 and sent.first_text_at is not None:  # the first rounds warm both paths
+                from_model.append(sent.first_text_at - began)
+                through_api.append(arrived - began)
+    return Comparison(
+        "first text of a reply",
+        "the model sends its first text delta",
+        summary(from_model),
+        "it reaches the HTTP client (SSE stream_event)",
+        summary(through_api),
+        "+5 ms or less at p50",
+    )
+
+
+async def _first_text_delta(response: httpx.Response) -> float:
+    """``time.monotonic()`` when the stream's first text delta arrived (the rest is read to its end)."""
+    event, arrived = "", None
+    async for line in response.aiter_lines():
+        if line.startswith("event:"):
+            event = line.partition(":")[2].strip()
+        elif arrived is None and event == "stream_event" and '"text_delta"' in line:
+            arrived = time.monotonic()
+    assert arrived is not None, "the turn brought no text delta"
+    return arrived
+
+
 async def memory(levels: list[int]) -> list[dict[str, Any]]:
     """6. RSS of this process plus every CLI, live vs idle (released) sessions; resume latency."""
     rows = []

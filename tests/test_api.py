@@ -493,6 +493,30 @@ def test_me_says_who_calls_and_which_limits_apply(
     assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "unauthorized"
 
 
+def test_a_reply_streams_as_text_deltas_while_the_model_writes_it(alice: httpx.Client) -> None:
+    assert alice.post("/v1/sessions", json={"session_id": "drip"}).status_code == 201
+    content = "[[drip:0.15]] one two three four five six seven eight"
+    arrivals: list[tuple[float, str, dict[str, Any]]] = []
+    with alice.stream("POST", "/v1/sessions/drip/messages", json={"content": content}) as stream:
+        arrivals += [(time.monotonic(), kind, data) for kind, data in sse(stream)]
+    deltas = [
+        (at, data["event"]["delta"]["text"])
+        for at, kind, data in arrivals
+        if kind == "stream_event" and data["event"].get("delta", {}).get("type") == "text_delta"
+    ]
+    (assistant,) = [data for _, kind, data in arrivals if kind == "assistant"]
+    assert len(deltas) > 5 and "".join(text for _, text in deltas) == assistant["content"][0]["text"]
+    assert deltas[-1][0] - deltas[0][0] > 0.5  # each word as it came, not the reply at once
+    assert [kind for _, kind, _ in arrivals][-1] == "result"
+    whole = alice.post("/v1/sessions/drip/messages?stream=false", json={"content": "again"}).json()
+    assert "You said: again" in whole["text"] and {m["type"] for m in whole["messages"]} <= {
+        "system",
+        "assistant",
+        "user",
+        "result",
+    }
+
+
 STALLING = "[[big:1024]] more than the socket buffers hold"  # a turn's SSE carries the reply twice
 # One delta of the reply: 768K characters, 9 MB once JSON-escaped, more than any socket buffers here
 # (tcp_wmem's 4 MB), still under the SDK's line limit of 1M characters.

@@ -5,6 +5,7 @@ CLI was really shown)."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,6 +107,19 @@ def test_streaming_with_usage_ends_with_done(alice: openai.OpenAI) -> None:
     assert text == "(offline model) You said: stream me [user message 1 of this conversation]"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+def test_a_streamed_completion_sends_a_chunk_per_delta_as_it_comes(alice: openai.OpenAI) -> None:
+    words = "one two three four five six seven eight"
+    messages: Messages = [{"role": "user", "content": f"[[drip:0.15]] {words}"}]
+    arrivals: list[tuple[float, str]] = []
+    for chunk in create(alice, model="sonnet", messages=messages, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append((time.monotonic(), chunk.choices[0].delta.content))
+    assert len(arrivals) > 5 and words in "".join(text for _, text in arrivals)
+    assert arrivals[-1][0] - arrivals[0][0] > 0.5
+    whole = alice.chat.completions.create(model="sonnet", messages=[{"role": "user", "content": "once"}])
+    assert whole.choices[0].message.content is not None and whole.choices[0].message.content.count("once") == 1
 
 
 def test_three_exchanges_reach_the_cli_as_one_conversation(alice: openai.OpenAI, model: OfflineModel) -> None:

@@ -154,12 +154,21 @@ def test_a_tenant_chats_and_sees_the_reply_and_tool_calls_stream_in(
     expect(page.get_by_text("Answered in")).to_have_count(2)
     expect(page.get_by_text("is answering…")).to_have_count(0)
     expect(page.locator('[data-fact="messages"]')).to_have_text("2")
+
+    # The reply grows on the page as the model writes it, word by word.
+    console.send("[[drip:0.3]] one two three four five six seven eight nine ten")
+    growing = page.locator(".bubble.assistant").filter(has_text="one two")
+    expect(growing).to_be_visible()
+    expect(page.get_by_text("is answering…")).to_be_visible()  # seen before the reply was whole
+    assert "ten" not in growing.inner_text()
+    expect(page.locator(".bubble.assistant").filter(has_text="nine ten")).to_be_visible()
+    expect(page.get_by_text("Answered in")).to_have_count(3)
     page.screenshot(path=shots / "console-session.png")
 
     # The sessions table shows it, refreshed without a reload; a reload keeps the conversation.
     page.get_by_role("link", name="Sessions", exact=True).click()
     row = page.get_by_role("row").filter(has_text=session_id)
-    expect(row.locator('[data-cell="messages"]')).to_have_text("2")
+    expect(row.locator('[data-cell="messages"]')).to_have_text("3")
     page.reload()
     page.get_by_role("link", name=session_id).click()
     expect(page.locator(".bubble.user").filter(has_text="Hello from the console")).to_be_visible()

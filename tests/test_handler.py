@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from claude_agent_sdk import AssistantMessage
+from claude_agent_sdk import AssistantMessage, StreamEvent
 
 from claude_sessions import (
     SessionBusyError,
@@ -24,7 +24,7 @@ from claude_sessions.offline_model import OfflineModel
 from claude_sessions.sessions.turns import INTERRUPT_GRACE_SECONDS
 from claude_sessions.workers.workspaces import session_cwd
 from conftest import MakeHandler
-from helpers import reply_text, result_of, transcript_file, turn, wait_no_cli, worker_pid
+from helpers import pids_of, reply_text, result_of, transcript_file, turn, wait_no_cli, worker_pid
 
 
 async def test_create_send_destroy_round_trip(make_handler: MakeHandler) -> None:
@@ -300,3 +300,19 @@ async def test_a_cwd_naming_a_file_a_loop_or_too_long_a_name_is_a_value_error(ma
         with pytest.raises(ValueError, match=reason):
             await handler.create_session(config=SessionConfig(cwd=cwd))
     assert len(handler.session_manager) == 0 and handler.get_pool_status()["pool_size"] == 0
+
+
+async def test_a_turn_streams_text_deltas_on_a_pooled_worker_too(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    (spare,) = pids_of(handler)
+    session_id = await handler.create_session()
+    assert worker_pid(handler, session_id) == spare  # a warmed-up spare, not a CLI started for it
+    messages = await turn(handler, session_id, "one two three four")
+    deltas = [
+        (index, m.event["delta"]["text"])
+        for index, m in enumerate(messages)
+        if isinstance(m, StreamEvent) and m.event["type"] == "content_block_delta"
+    ]
+    assert len(deltas) > 1 and "".join(text for _, text in deltas) == reply_text(messages)
+    first_whole = next(i for i, m in enumerate(messages) if isinstance(m, AssistantMessage))
+    assert deltas[0][0] < first_whole

@@ -12,6 +12,7 @@ concurrent tests never disturb each other:
 ``[[fail:500]]`` (any status)  answer that HTTP status with an API error body
 ``[[hang]]``                  accept the request and never answer
 ``[[slow:1.5]]``              wait that many seconds before the first token
+``[[drip:0.2]]``              wait that many seconds between the reply's text deltas
 ``[[big:64]]``                add that many KiB (UTF-8) to the reply, in words of 1 KiB of a
                               4-byte character: one character against the SDK's line limit,
                               12 bytes once JSON-escaped (a surrogate pair)
@@ -39,6 +40,7 @@ from starlette.routing import Route
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _FAIL = re.compile(r"\[\[fail:(\d{3})\]\]")
 _SLOW = re.compile(r"\[\[slow:([0-9.]+)\]\]")
+_DRIP = re.compile(r"\[\[drip:([0-9.]+)\]\]")
 _HANG = "[[hang]]"
 _BIG = re.compile(r"\[\[big:(\d{1,5})\]\]")
 _BIG_WORD = "\U0001d465" * 256  # 1 KiB of UTF-8: a mathematical italic x, outside the BMP
@@ -113,6 +115,8 @@ class LoggedRequest:
     status: int = 200
     usage: Usage | None = None
     reply: str = ""
+    #: When its first text delta was sent (``time.monotonic``), on a streamed reply.
+    first_text_at: float | None = None
 
     @property
     def user_texts(self) -> list[str]:
@@ -236,8 +240,9 @@ def build_app(model: OfflineModel) -> Starlette:
             message = {"id": message_id, "type": "message", "role": "assistant", "model": body.get("model", "offline")}
             extra = {"stop_reason": stop_reason, "stop_sequence": None, "usage": asdict(entry.usage)}
             return JSONResponse({**message, "content": [content], **extra})
+        drip = float(found.group(1)) if (found := _DRIP.search(text)) else model.settings.token_delay
         return EventSourceResponse(
-            _stream(body, message_id, content, stop_reason, entry.usage, delay, model.settings.token_delay),
+            _stream(entry, body, message_id, content, stop_reason, delay, drip),
             ping=600,
         )
 
@@ -271,15 +276,16 @@ async def _any_body(request: Request) -> dict[str, Any]:
 
 
 async def _stream(
+    entry: LoggedRequest,
     body: dict[str, Any],
     message_id: str,
     content: dict[str, Any],
     stop_reason: str,
-    usage: Usage,
     first_token_delay: float,
     token_delay: float,
 ) -> AsyncIterator[dict[str, str]]:
-    """The Messages API's SSE sequence for one reply."""
+    """The Messages API's SSE sequence for one reply (``entry`` notes when its first text went)."""
+    usage = entry.usage or Usage(0, 0)
 
     def event(kind: str, payload: dict[str, Any]) -> dict[str, str]:
         return {"event": kind, "data": json.dumps({"type": kind, **payload})}
@@ -304,6 +310,7 @@ async def _stream(
     if content["type"] == "text":
         yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
         for piece in re.findall(r"\S+\s*", content["text"]):
+            entry.first_text_at = entry.first_text_at or time.monotonic()
             yield event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
             if token_delay:
                 await asyncio.sleep(token_delay)

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
-from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
+from claude_agent_sdk import AssistantMessage, Message, ResultMessage, StreamEvent, TextBlock
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -247,10 +247,13 @@ def _usage(before: SessionMetrics, after: SessionMetrics) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _texts(message: Message) -> list[str]:
-    if isinstance(message, AssistantMessage) and message.error is None:
-        return [block.text for block in message.content if isinstance(block, TextBlock)]
-    return []
+def _text_delta(message: Message) -> str | None:
+    """The text a stream event adds to the reply, if it is a text delta."""
+    if isinstance(message, StreamEvent) and message.event.get("type") == "content_block_delta":
+        delta = message.event.get("delta") or {}
+        if delta.get("type") == "text_delta":
+            return str(delta.get("text", ""))
+    return None
 
 
 def _finish_reason(result: ResultMessage | None) -> str:
@@ -268,6 +271,8 @@ class _Completion:
         self.text: list[str] = []
         self.result: ResultMessage | None = None
         self._digest_of = digest_of
+        #: Deltas of the message being generated were taken: its whole form adds nothing.
+        self._streamed = False
 
     def take(self, message: Message) -> list[str]:
         """Follow one SDK message; the new text it brings. A model error raises (502)."""
@@ -277,9 +282,20 @@ class _Completion:
                 raise ApiError(502, "model_error", message.result or "the model call failed", extra=extra)
             self.result = message
             self.session.metadata["history_digest"] = self._digest_of("".join(self.text))
-        texts = _texts(message)
+        texts = self._texts(message)
         self.text += texts
         return texts
+
+    def _texts(self, message: Message) -> list[str]:
+        """Text as it streams; a whole assistant message adds only what no delta brought (a CLI's own reply)."""
+        if (delta := _text_delta(message)) is not None:
+            self._streamed = True
+            return [delta]
+        if isinstance(message, AssistantMessage):
+            streamed, self._streamed = self._streamed, False
+            if message.error is None and not streamed:
+                return [block.text for block in message.content if isinstance(block, TextBlock)]
+        return []
 
     def usage(self) -> dict[str, int]:
         return _usage(self.before, self.session.metrics)

@@ -90,7 +90,8 @@ def session_json(session: Session, with_metrics: bool = False) -> dict[str, Any]
 
 
 def turn_json(session_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ``?stream=false`` answer: the reply's text, its result and every message."""
+    """The ``?stream=false`` answer: the reply's text, its result and every whole message (no deltas)."""
+    messages = [m for m in messages if m["type"] != "stream_event"]
     text = "".join(
         str(block.get("text", ""))
         for m in messages
@@ -132,7 +133,8 @@ async def as_json(
                 raise ModelError(message)
             if not (isinstance(message, AssistantMessage) and message.error is not None):
                 data = message_json(message)
-                seen.append(data)
+                if not isinstance(message, StreamEvent):  # deltas are for a live stream, not kept
+                    seen.append(data)
                 if isinstance(message, ResultMessage):
                     await on_result(seen)
                 yield data

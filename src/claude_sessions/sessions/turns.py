@@ -278,15 +278,25 @@ class Turns:
         """Interrupt the running turn and drain it; discard the worker if it will not stop."""
         try:
             async with asyncio.timeout(INTERRUPT_GRACE_SECONDS):
-                await worker.client.interrupt()
-                async for message in worker.client.receive_response():
-                    learn_conversation(session, message)
-                    if isinstance(message, ResultMessage):
-                        await self.billing.record(session, worker, message, time.perf_counter() - began)
-                        return
+                # Read while the interrupt is on its way: its answer comes after what the CLI already
+                # wrote, and replies left unread (a stalled client's turn) would hold it back.
+                async with asyncio.TaskGroup() as interrupting:
+                    interrupting.create_task(worker.client.interrupt())
+                    result = await self._drain(session, worker)
+                await self.billing.record(session, worker, result, time.perf_counter() - began)
+                return
         except Exception as error:
             log.warning("turn_wind_down_failed", session_id=session.id, error=repr(error))
         await self._drop_worker(session, worker)
+
+    @staticmethod
+    async def _drain(session: Session, worker: Worker) -> ResultMessage:
+        """The rest of a turn, read to its ``ResultMessage``."""
+        async for message in worker.client.receive_response():
+            learn_conversation(session, message)
+            if isinstance(message, ResultMessage):
+                return message
+        raise WorkerDiedError("the CLI ended the turn without a result")
 
     async def _drop_worker(self, session: Session, worker: Worker) -> None:
         """Kill a worker that failed this turn (died, stuck, or cut mid-prompt)."""

@@ -127,6 +127,7 @@ def build_options(
         setting_sources=[],
         settings=operator_settings(config, cwd),
         strict_mcp_config=True,
+        include_partial_messages=True,  # the model's text as it is generated, on every surface
         resume=resume,
         session_store=session_store,
         stderr=lambda line: _cli_log.debug("cli_stderr", line=line.rstrip()),

@@ -483,6 +483,33 @@ def test_tenant_views_carry_no_pid_path_address_or_key(
     assert admin.get("/v1/health").json()["sessions"]["active"] >= 2
 
 
+def test_a_session_may_name_its_model_by_a_full_claude_id(alice: httpx.Client) -> None:
+    created = alice.post("/v1/sessions", json={"session_id": "full-id", "model": "claude-haiku-4-5"})
+    assert created.status_code == 201 and created.json()["options"]["model"] == "claude-haiku-4-5"
+    refused = alice.post("/v1/sessions", json={"model": "gpt-9"})
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "model"
+    assert "'gpt-9' is not offered here; ask for one of opus, sonnet, haiku" in refused.json()["error"]["message"]
+
+
+def test_history_as_a_chat_shows_who_said_what_and_the_tools_between(
+    alice: httpx.Client, server: ServerProcess
+) -> None:
+    (server.root / "workspaces" / "alice").mkdir(parents=True, exist_ok=True)
+    (server.root / "workspaces" / "alice" / "todo.txt").write_text("buy milk\n")
+    assert alice.post("/v1/sessions", json={"session_id": "chat"}).status_code == 201
+    for content in ["hello", '[[tool:Read:{"file_path": "todo.txt"}]]']:
+        assert alice.post("/v1/sessions/chat/messages?stream=false", json={"content": content}).status_code == 200
+    chat = alice.get("/v1/sessions/chat/history?format=messages").json()["messages"]
+    assert [m["role"] for m in chat] == ["user", "assistant", "user", "assistant", "user", "assistant"]
+    assert chat[0] == {"role": "user", "content": "hello"} and "You said: hello" in chat[1]["content"]
+    assert chat[3]["tool_calls"][0]["name"] == "Read" and chat[3]["tool_calls"][0]["input"]["file_path"] == "todo.txt"
+    (result,) = chat[4]["tool_results"]
+    assert "buy milk" in result["content"] and result["is_error"] is False
+    assert "buy milk" in chat[5]["content"]
+    raw = alice.get("/v1/sessions/chat/history").json()["messages"]
+    assert {m["type"] for m in raw} == {"user", "assistant"}  # the raw form stays the default
+
+
 def test_me_says_who_calls_and_which_limits_apply(
     alice: httpx.Client, admin: httpx.Client, server: ServerProcess
 ) -> None:

@@ -30,6 +30,7 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
         OPT_CLI_MAX_RETRIES="0",
         CP_MIN_SIZE="1",
         CLAUDE_SESSIONS_MAX_BODY_BYTES=str(2 * 1024 * 1024),
+        MODEL_ALIASES="gpt-4o-mini:haiku",
     )
     yield process
     assert process.stop() in (0, -signal.SIGTERM)
@@ -189,8 +190,13 @@ def test_sessions_made_here_are_listed_with_their_origin(alice: openai.OpenAI, s
     assert listed["metadata"]["origin"] == "openai"
 
 
-def test_models_lists_what_a_session_may_use(alice: openai.OpenAI) -> None:
-    assert [m.id for m in alice.models.list()] == ["opus", "sonnet", "haiku"]
+def test_names_front_ends_send_reach_the_model_they_stand_for(alice: openai.OpenAI, model: OfflineModel) -> None:
+    assert [m.id for m in alice.models.list()] == ["opus", "sonnet", "haiku", "gpt-4o-mini"]  # allowed, then aliases
+    for name, family in [("gpt-4o-mini", "haiku"), ("claude-sonnet-4-5", "sonnet")]:
+        model.requests.clear()
+        answer = create(alice, model=name, messages=[{"role": "user", "content": f"as {name}"}])
+        assert answer.model == name  # the client's own name, echoed
+        assert family in model.message_requests()[-1].body["model"]
 
 
 def test_each_error_class_is_the_clients_own(alice: openai.OpenAI, server: ServerProcess) -> None:

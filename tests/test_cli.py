@@ -48,6 +48,36 @@ def test_invalid_config_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     assert "Traceback" not in done.stdout + done.stderr
 
 
+def test_serve_checks_the_configuration_before_it_starts_anything(tmp_path: Path) -> None:
+    env = {**offline_env(tmp_path), "CP_MIN_SIZE": "9", "CP_MAX_SIZE": "3"}
+    done = subprocess.run([SCRIPT, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "offline_model_started" not in done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "claude-sessions: invalid configuration: CP_MIN_SIZE (9) must not exceed CP_MAX_SIZE (3)"
+    ]
+
+
+def test_serve_says_where_it_listens_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**offline_env(tmp_path), "CP_MIN_SIZE": "0"}
+    server = subprocess.Popen(
+        [SCRIPT, "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert server.stdout is not None
+        lines = iter(server.stdout.readline, "")
+        banner = next(line for line in lines if line.startswith("claude-sessions listening"))
+        url = f"http://127.0.0.1:{port}"
+        assert banner.strip() == (
+            f"claude-sessions listening on {url} (console at {url}/console); "
+            "model: the offline model (no Anthropic credentials); loopback only, no keys"
+        )
+        assert httpx.get(f"{url}/console", timeout=10).status_code == 200  # listening already
+    finally:
+        server.terminate()
+        assert server.wait(60) in (0, -15)
+
+
 def test_offline_model_command_serves_the_messages_api(tmp_path: Path) -> None:
     port = free_port()
     server = subprocess.Popen(

@@ -160,3 +160,32 @@ def test_models_allowed_covers_an_aliases_family_and_a_names_dated_versions(monk
     server = SystemConfig.from_env().server
     assert server.permits_model("claude-opus-5-5") and server.permits_model("claude-sonnet-5")
     assert not server.permits_model("claude-haiku-5-5")
+
+
+def test_a_full_claude_id_of_an_allowed_family_and_an_alias_resolve_to_a_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MODELS_ALLOWED", "sonnet,haiku")
+    monkeypatch.setenv("MODEL_ALIASES", "gpt-4o:sonnet, gpt-4o-mini:claude-haiku-4-5")
+    server = SystemConfig.from_env().server
+    assert server.resolve_model("sonnet") == "sonnet"
+    assert server.resolve_model("claude-sonnet-4-5") == "claude-sonnet-4-5"
+    assert server.resolve_model("claude-sonnet-4-5-20250929") == "claude-sonnet-4-5-20250929"
+    assert server.resolve_model("gpt-4o") == "sonnet" and server.resolve_model("gpt-4o-mini") == "claude-haiku-4-5"
+    for refused in ("claude-opus-4-5", "opus", "gpt-5", "sonnet-ish", "claude-"):
+        assert server.resolve_model(refused) is None, refused
+    assert server.model_names() == ["sonnet", "haiku", "gpt-4o", "gpt-4o-mini"]
+
+
+@pytest.mark.parametrize(
+    ("aliases", "says"),
+    [("gpt-4o", "expected"), ("gpt-4o:opus", "'opus' is not in MODELS_ALLOWED"), (":sonnet", "expected")],
+)
+def test_a_bad_model_alias_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, aliases: str, says: str
+) -> None:
+    monkeypatch.setenv("MODELS_ALLOWED", "sonnet")
+    monkeypatch.setenv("MODEL_ALIASES", aliases)
+    with pytest.raises(ConfigError, match="MODEL_ALIASES") as refused:
+        SystemConfig.from_env()
+    assert says in str(refused.value)

@@ -82,8 +82,10 @@ def serve(
     from claude_sessions.http.server import run_server
 
     configure_logging(log_level)
-    with model_endpoint(wants_offline(offline)):
-        run_server(load_config(), host, port)
+    load_config()  # the whole configuration is checked before anything starts
+    offline = wants_offline(offline)
+    with model_endpoint(offline):
+        run_server(load_config(), host, port, offline=offline)
 
 
 @app.command()

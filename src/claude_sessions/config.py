@@ -198,6 +198,8 @@ class ServerConfig(_Section):
     SLASH_COMMANDS_ALLOWED: str = Field("compact", validation_alias="SLASH_COMMANDS_ALLOWED")
     #: The models a session may name (the OpenAI endpoint's /v1/models); default: the CLI's aliases.
     MODELS_ALLOWED: str = Field("opus,sonnet,haiku", validation_alias="MODELS_ALLOWED")
+    #: Other names clients use, each mapped onto an allowed model: ``gpt-4o:sonnet,...``.
+    MODEL_ALIASES: str = Field("", validation_alias="MODEL_ALIASES")
     #: ``tenant:amount,...`` (``*``: every other tenant): US dollars a tenant may spend per UTC day.
     TENANT_DAILY_USD: str = Field("", validation_alias="TENANT_DAILY_USD")
     #: ``tenant:n,...`` (``*``: every other tenant): turns a tenant may start per minute.
@@ -226,6 +228,17 @@ class ServerConfig(_Section):
         if not _comma_list(value):
             raise ValueError("name at least one model")
         return value
+
+    @model_validator(mode="after")
+    def _aliases(self) -> ServerConfig:
+        for entry in _comma_list(self.MODEL_ALIASES):
+            name, _, model = entry.partition(":")
+            if not (name.strip() and re.fullmatch(_MODEL_NAME, name.strip()) and model.strip()):
+                raise ValueError(f'invalid MODEL_ALIASES entry {entry[:60]!r}: expected "name:model,name2:model2"')
+            if self._allowed(model.strip()) is None:
+                allowed = ", ".join(self.models_allowed)
+                raise ValueError(f"invalid MODEL_ALIASES: {model.strip()!r} is not in MODELS_ALLOWED ({allowed})")
+        return self
 
     @field_validator("PERMISSION_MODES_ALLOWED")
     @classmethod
@@ -275,6 +288,25 @@ class ServerConfig(_Section):
     @property
     def models_allowed(self) -> list[str]:
         return _comma_list(self.MODELS_ALLOWED)
+
+    @property
+    def model_aliases(self) -> dict[str, str]:
+        pairs = (entry.partition(":") for entry in _comma_list(self.MODEL_ALIASES))
+        return {name.strip(): model.strip() for name, _, model in pairs}
+
+    def model_names(self) -> list[str]:
+        """Every name a client may ask for by itself: the allowed models, then the aliases."""
+        return [*self.models_allowed, *self.model_aliases]
+
+    def resolve_model(self, name: str) -> str | None:
+        """The model a session asking for ``name`` runs: an alias's model, an allowed name, or a full
+        Claude id of an allowed family (``claude-sonnet-4-5`` where ``sonnet`` is); None if none is."""
+        return self._allowed(self.model_aliases.get(name, name))
+
+    def _allowed(self, name: str) -> str | None:
+        if name in self.models_allowed or (name.startswith("claude-") and self.permits_model(name)):
+            return name
+        return None
 
     def permits_model(self, model: str) -> bool:
         """Whether a model id the CLI calls is one ``MODELS_ALLOWED`` names: an id itself or

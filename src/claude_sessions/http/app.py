@@ -258,10 +258,13 @@ def _state_the_policy(app: FastAPI, server: ServerConfig) -> None:
             tools["maxItems"] = 0
         content = bodies["MessageBody"]["properties"]["content"]
         content["pattern"] = _slash_pattern(server.slash_commands_allowed)
+        also = "Or a full Claude id of an allowed family (claude-sonnet-4-5 where sonnet is)."
         for choice in fields["model"]["anyOf"]:
             if choice.get("type") == "string":
-                choice["enum"] = server.models_allowed
-        bodies["ChatCompletionBody"]["properties"]["model"]["enum"] = server.models_allowed
+                choice["enum"] = server.model_names()
+        fields["model"]["description"] = f"One of MODELS_ALLOWED or MODEL_ALIASES. {also}"
+        completion_model = bodies["ChatCompletionBody"]["properties"]["model"]
+        completion_model |= {"enum": server.model_names(), "description": also}
         for path in openai.PATHS:  # its bad requests are OpenAI's 400, never FastAPI's 422
             for operation in schema["paths"][path].values():
                 operation["responses"].pop("422", None)

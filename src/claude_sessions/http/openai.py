@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
-from claude_sessions.config import SessionConfig
+from claude_sessions.config import ServerConfig, SessionConfig
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import ApiError, Caller, ServiceDep, Surface, api_error, is_forwarded, resolve_options
@@ -169,9 +169,10 @@ def _text(message: ChatMessage, index: int) -> str:
     return "".join(texts)
 
 
-def _refuse_unsupported(body: ChatCompletionBody, models: list[str]) -> None:
-    if body.model not in models:
-        raise invalid("model", f"model {body.model!r} is not offered here; GET /v1/models lists {models}")
+def _refuse_unsupported(body: ChatCompletionBody, server: ServerConfig) -> None:
+    if server.resolve_model(body.model) is None:
+        names = server.model_names()
+        raise invalid("model", f"model {body.model!r} is not offered here; GET /v1/models lists {names}")
     if body.n is not None and body.n > 1:
         raise invalid("n", "n > 1 is not supported: one conversation answers once")
     for name in ("tools", "functions"):
@@ -223,8 +224,9 @@ async def _session_for(
             if session.metadata.get("history_digest") == digest and not session.closed:
                 return session, digest
     root = service.config.runtime.workspace_root
-    options = SessionConfig(system_prompt=system, model=body.model, cwd=workspace_of(root, principal, None))
     server = service.config.server
+    model = server.resolve_model(body.model)
+    options = SessionConfig(system_prompt=system, model=model, cwd=workspace_of(root, principal, None))
     key = await service.handler.create_session(
         None,
         resolve_options(options, server),
@@ -353,12 +355,12 @@ async def _chunks(
 
 @router.get("/v1/models", response_model=None, responses=_errors(401))
 async def list_models(_: Caller, service: ServiceDep) -> dict[str, Any]:
-    """The models a session may use (``MODELS_ALLOWED``)."""
+    """The models a session may ask for: ``MODELS_ALLOWED``, then ``MODEL_ALIASES``' names."""
     return {
         "object": "list",
         "data": [
             {"id": model, "object": "model", "created": 0, "owned_by": "anthropic"}
-            for model in service.config.server.models_allowed
+            for model in service.config.server.model_names()
         ],
     }
 
@@ -382,7 +384,7 @@ async def chat_completions(
     x_session_id: Annotated[str | None, Header(alias="X-Session-ID", max_length=128)] = None,
 ) -> Response:
     """A completion on a live conversation; ``X-Session-ID`` names the session used."""
-    _refuse_unsupported(body, service.config.server.models_allowed)
+    _refuse_unsupported(body, service.config.server)
     system, earlier, prompt = _conversation(body)
     session, _ = await _session_for(request, service, principal, body, x_session_id)
     tenant = _tenant(principal)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import signal
+import socket
 from collections.abc import Callable, Coroutine
 from types import FrameType
 from typing import Any
@@ -44,11 +45,16 @@ class DrainingServer(uvicorn.Server):
     skips the rest of the drain.
     """
 
-    def __init__(self, config: uvicorn.Config, drain: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Coroutine[Any, Any, None]], banner: str) -> None:
         super().__init__(config)
-        self._drain = drain
+        self._drain, self._banner = drain, banner
         self._signal: int | None = None
         self._draining: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # listening, the handler started: say where, for people
+            print(self._banner, flush=True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._signal is None:
@@ -68,8 +74,13 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
-def run_server(config: SystemConfig, host: str | None = None, port: int | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then let running turns finish and close every worker."""
+def run_server(
+    config: SystemConfig, host: str | None = None, port: int | None = None, *, offline: bool = False
+) -> None:
+    """Serve until SIGTERM/SIGINT, then let running turns finish and close every worker.
+
+    ``offline``: the model is the offline stand-in (said in the start-up line).
+    """
     host = host or config.server.HOST
     port = config.server.PORT if port is None else port
     if Authenticator(config.server).is_open and not is_loopback(host):
@@ -93,5 +104,16 @@ def run_server(config: SystemConfig, host: str | None = None, port: int | None =
             timeout_graceful_shutdown=int(drain_seconds + SHUTDOWN_MARGIN),
         ),
         drain=lambda: service.lifecycle.drain(drain_seconds),
+        banner=banner(config, host, port, offline),
     )
     server.run()
+
+
+def banner(config: SystemConfig, host: str, port: int, offline: bool) -> str:
+    """The start-up line: where it listens, the console, which model, who may call."""
+    url = f"http://{host}:{port}"
+    model = "the offline model (no Anthropic credentials)" if offline else "the Anthropic API"
+    if offline is False and config.runtime.ANTHROPIC_BASE_URL:
+        model = f"the model at {config.runtime.ANTHROPIC_BASE_URL}"
+    callers = "loopback only, no keys" if Authenticator(config.server).is_open else "API keys required"
+    return f"claude-sessions listening on {url} (console at {url}/console); model: {model}; {callers}"

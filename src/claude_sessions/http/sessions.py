@@ -33,6 +33,7 @@ from claude_sessions.http.common import (
 )
 from claude_sessions.http.redaction import SESSION_KEY_STATE
 from claude_sessions.http.streaming import TurnStream, as_json, replayed, session_json, sse_events, turn_json
+from claude_sessions.sessions.conversations import chat_messages
 from claude_sessions.sessions.session import session_key
 from claude_sessions.workers.workspaces import resolve_folder
 
@@ -151,13 +152,16 @@ def session_options(service: ServiceDep, body: CreateSessionBody, principal: Pri
     extra = sorted(set(body.allowed_tools) - server.tools_allowed)
     if extra:
         raise ApiError(422, "invalid_request", f"allowed_tools: not permitted on this server: {extra}")
-    if body.model is not None and body.model not in server.models_allowed:
-        raise ApiError(422, "invalid_request", f"model: {body.model!r} is not permitted on this server")
+    model = None if body.model is None else server.resolve_model(body.model)
+    if body.model is not None and model is None:
+        names = ", ".join(server.model_names())
+        message = f"model: {body.model!r} is not offered here; ask for one of {names}, or a full Claude id of those"
+        raise ApiError(422, "invalid_request", message, extra={"param": "model"})
     mode = body.permission_mode
     if mode is not None and mode not in server.permission_modes_allowed:
         raise ApiError(422, "invalid_request", f"permission_mode: {mode!r} is not permitted on this server")
     options = body.options(cwd=workspace_of(service.config.runtime.workspace_root, principal, body.cwd))
-    return resolve_options(options, server)
+    return resolve_options(options.model_copy(update={"model": model}) if model else options, server)
 
 
 @router.post(
@@ -252,10 +256,20 @@ async def interrupt(
     },
 )
 async def history(
-    request: Request, session_id: SessionIdPath, principal: Caller, service: ServiceDep
+    request: Request,
+    session_id: SessionIdPath,
+    principal: Caller,
+    service: ServiceDep,
+    shape: Annotated[
+        Literal["raw", "messages"],
+        Query(
+            alias="format", description="raw: the CLI's transcript entries; messages: {role, content} as a chat shows"
+        ),
+    ] = "raw",
 ) -> dict[str, Any]:
     session = await service.own_session(request, principal, session_id)
-    return {"messages": await service.manager.conversations.read_transcript(session)}
+    entries = await service.manager.conversations.read_transcript(session)
+    return {"messages": chat_messages(entries) if shape == "messages" else entries}
 
 
 @router.post(

@@ -87,3 +87,52 @@ def _is_command(entry: dict[str, Any]) -> bool:
     """The CLI's record of a command it ran itself (the ``/clear`` that readied a pooled worker)."""
     content = (entry.get("message") or {}).get("content")
     return isinstance(content, str) and content.startswith(("<command-name>", "<local-command-stdout>"))
+
+
+def chat_messages(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Transcript entries (``read_transcript``) as a chat renders them: ``{role, content}`` in order,
+    with the model's tool calls, the tools' results and a count of images beside the text.
+
+    The CLI writes one entry per content block of an assistant message; those of one message are
+    joined again.
+    """
+    messages: list[dict[str, Any]] = []
+    last_id: str | None = None
+    for entry in entries:
+        message = entry.get("message") or {}
+        role = "assistant" if entry["type"] == "assistant" else "user"
+        message_id = message.get("id") if role == "assistant" else None
+        if message_id is not None and message_id == last_id and messages:
+            _add_blocks(messages[-1], message.get("content"))
+            continue
+        last_id = message_id
+        chat: dict[str, Any] = {"role": role, "content": ""}
+        _add_blocks(chat, message.get("content"))
+        messages.append(chat)
+    return messages
+
+
+def _add_blocks(chat: dict[str, Any], content: Any) -> None:
+    """Add a message's content (a string, or blocks) to its chat form."""
+    for block in [{"type": "text", "text": content}] if isinstance(content, str) else content or []:
+        kind = block.get("type")
+        if kind == "text":
+            chat["content"] += ("\n\n" if chat["content"] else "") + str(block.get("text", ""))
+        elif kind == "tool_use":
+            call = {"id": block.get("id"), "name": block.get("name"), "input": block.get("input")}
+            chat.setdefault("tool_calls", []).append(call)
+        elif kind == "tool_result":
+            result = {
+                "tool_use_id": block.get("tool_use_id"),
+                "content": _result_text(block.get("content")),
+                "is_error": bool(block.get("is_error")),
+            }
+            chat.setdefault("tool_results", []).append(result)
+        elif kind == "image":
+            chat["images"] = chat.get("images", 0) + 1
+
+
+def _result_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(str(b.get("text", "")) for b in content or [] if isinstance(b, dict) and b.get("type") == "text")

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
 
-from claude_sessions import ClaudeHandler
+from claude_sessions import ClaudeHandler, ModelError
 from claude_sessions.offline_model import loopback_env
 from claude_sessions.sessions.session import Session
 
@@ -69,6 +69,17 @@ def offline_env(model_url: str, root: Path) -> dict[str, str]:
 async def turn(handler: ClaudeHandler, session: str | Session, prompt: str) -> list[Message]:
     """Every message of one turn, of a session by id or as read."""
     return [m async for m in handler.send_message(session, prompt)]
+
+
+async def failed_turn(handler: ClaudeHandler, session: str | Session, prompt: str) -> tuple[list[Message], ModelError]:
+    """Every message of a turn whose model call failed, and the ``ModelError`` raised after them."""
+    messages: list[Message] = []
+    try:
+        async for message in handler.send_message(session, prompt):
+            messages.append(message)
+    except ModelError as error:
+        return messages, error
+    raise AssertionError(f"the turn raised no ModelError: {messages[-1:]!r}")
 
 
 def result_of(messages: list[Message]) -> ResultMessage:

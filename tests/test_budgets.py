@@ -18,7 +18,7 @@ from claude_sessions.errors import BudgetExceededError
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from claude_sessions.store.spend import seconds_to_midnight
 from conftest import MakeHandler
-from helpers import result_of, turn, wait_no_cli
+from helpers import failed_turn, result_of, turn, wait_no_cli
 from server_process import KEYS, ServerProcess, start_server
 
 TENANT = "default"  # a library caller's sessions without an owner
@@ -65,9 +65,9 @@ async def test_the_gateway_ends_a_turn_at_what_the_day_had_left(make_handler: Ma
     session = await handler.create_session("stopped")
     before = len(model.message_requests())
     # The first model call may start (nothing spent yet); the one after the tool call may not.
-    messages = await turn(handler, session, 'look [[tool:Read:{"file_path": "notes.txt"}]]')
+    messages, failed = await failed_turn(handler, session, 'look [[tool:Read:{"file_path": "notes.txt"}]]')
     result = result_of(messages)
-    assert result.is_error and "budget" in str(result.result)
+    assert result.is_error and "budget" in str(result.result) and "budget" in failed.message
     assert len(model.message_requests()) - before == 1  # the overshoot is one step of one turn
     assert await spent_today(handler) > 0
     with pytest.raises(BudgetExceededError):
@@ -83,8 +83,9 @@ async def test_turns_running_at_once_share_what_the_day_had_left(
     grant = handler.session_manager.get(first).worker.grant  # type: ignore[union-attr]
     while not grant.used.cost:  # its call is under way, metered, and not charged to the day yet
         await asyncio.sleep(0.02)
-    late = result_of(await turn(handler, second, "may I?"))
-    assert late.is_error and "budget" in str(late.result)
+    messages, failed = await failed_turn(handler, second, "may I?")
+    late = result_of(messages)
+    assert late.is_error and "budget" in str(late.result) and "budget" in failed.message
     assert not any("may I?" in r.last_user_text for r in model.message_requests())  # refused at the gateway
     assert not result_of(await running).is_error  # a call under way is never cut
     with pytest.raises(BudgetExceededError):

@@ -23,7 +23,7 @@ from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.offline_model import OfflineModel
 from claude_sessions.workers.worker import WARM_UP_ROUNDS
 from conftest import MakeHandler
-from helpers import reply_text, turn, worker_pid
+from helpers import failed_turn, reply_text, result_of, turn, worker_pid
 from test_sandbox import bash, needs_bubblewrap
 
 OPERATOR_KEY = "sk-ant-operator-" + uuid.uuid4().hex
@@ -155,9 +155,8 @@ async def test_an_unreachable_upstream_is_a_model_error_not_a_hang(
     monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
     handler = await make_handler(connection_pool={"MIN_SIZE": 0}, optimization={"CLI_MAX_RETRIES": 0})
     session_id = await handler.create_session("nowhere")
-    messages = await turn(handler, session_id, "anyone there?")
-    result = messages[-1]
-    assert getattr(result, "is_error", False)
+    messages, _ = await failed_turn(handler, session_id, "anyone there?")
+    assert result_of(messages).is_error
     metrics = handler.session_manager.get_session_metrics(session_id)
     assert metrics is not None and metrics.api_errors == 1 and metrics.total_tokens == 0
 

@@ -12,6 +12,8 @@ import pytest
 from claude_agent_sdk import AssistantMessage, StreamEvent
 
 from claude_sessions import (
+    ClaudeHandler,
+    ClaudeSessionsError,
     SessionBusyError,
     SessionConfig,
     SessionExistsError,
@@ -24,7 +26,7 @@ from claude_sessions.offline_model import OfflineModel
 from claude_sessions.sessions.turns import INTERRUPT_GRACE_SECONDS
 from claude_sessions.workers.workspaces import session_cwd
 from conftest import MakeHandler
-from helpers import pids_of, reply_text, result_of, transcript_file, turn, wait_no_cli, worker_pid
+from helpers import failed_turn, pids_of, reply_text, result_of, transcript_file, turn, wait_no_cli, worker_pid
 
 
 async def test_create_send_destroy_round_trip(make_handler: MakeHandler) -> None:
@@ -119,8 +121,9 @@ async def test_abandoned_stream_winds_down_and_frees_the_session(make_handler: M
 async def test_api_error_is_counted_and_session_still_usable(make_handler: MakeHandler, model: OfflineModel) -> None:
     handler = await make_handler(connection_pool={"MIN_SIZE": 1})
     session_id = await handler.create_session("api-error")
-    result = result_of(await turn(handler, session_id, "[[fail:500]] boom"))
-    assert result.is_error
+    messages, failed = await failed_turn(handler, session_id, "[[fail:500]] boom")
+    assert result_of(messages).is_error  # the turn's messages first, then the typed error
+    assert failed.status == 500 and isinstance(failed, ClaudeSessionsError)
     metrics = handler.session_manager.get_session_metrics(session_id)
     assert metrics is not None and metrics.api_errors == 1
     # CLAUDE_CODE_MAX_RETRIES bounds the CLI's retries: 1 try + 2 retries, not minutes of them.
@@ -316,3 +319,22 @@ async def test_a_turn_streams_text_deltas_on_a_pooled_worker_too(make_handler: M
     assert len(deltas) > 1 and "".join(text for _, text in deltas) == reply_text(messages)
     first_whole = next(i for i, m in enumerate(messages) if isinstance(m, AssistantMessage))
     assert deltas[0][0] < first_whole
+
+
+@pytest.mark.slow  # a real CLI, on the offline model the handler starts itself
+async def test_without_credentials_the_library_answers_from_the_offline_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLAUDE_SESSIONS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude"))
+    monkeypatch.setenv("WORKSPACE_ROOT", str(tmp_path / "workspaces"))
+    monkeypatch.setenv("CP_MIN_SIZE", "0")
+    async with ClaudeHandler() as handler:  # as the README's example: nothing configured
+        session_id = await handler.create_session("offline")
+        pid = worker_pid(handler, session_id)
+        assert "(offline model) You said: Hello" in reply_text(await turn(handler, session_id, "Hello"))
+    logged = capsys.readouterr().out
+    assert logged.count("offline_model_answers") == 1 and "no Anthropic credentials" in logged
+    assert wait_no_cli({pid}) == []

@@ -13,7 +13,7 @@ from claude_sessions import SessionConfig, SessionLimitError, SessionOrphanedErr
 from claude_sessions.gateway.pricing import cost_usd
 from claude_sessions.offline_model import OfflineModel
 from conftest import MakeHandler
-from helpers import pids_of, result_of, turn, wait_no_cli
+from helpers import failed_turn, pids_of, result_of, turn, wait_no_cli
 
 
 async def test_limit_holds_under_a_storm_of_concurrent_creates(make_handler: MakeHandler) -> None:
@@ -161,7 +161,7 @@ async def test_health_report_has_the_seed_shape(make_handler: MakeHandler) -> No
     handler = await make_handler(connection_pool={"MIN_SIZE": 1, "MAX_SIZE": 5})
     session_id = await handler.create_session()
     await turn(handler, session_id, "hi")
-    await turn(handler, session_id, "[[fail:529]] overloaded")
+    await failed_turn(handler, session_id, "[[fail:529]] overloaded")
     report = handler.session_manager.get_session_health_report()
     assert report["sessions"]["active"] == 1 and report["sessions"]["recent"] == 1 and report["sessions"]["old"] == 0
     assert report["pool"]["max_size"] == 5 and report["pool"]["size"] >= 1

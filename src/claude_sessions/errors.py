@@ -47,6 +47,17 @@ class SessionOrphanedError(ClaudeSessionsError):
     """The session's transcript is gone: its conversation cannot be continued."""
 
 
+class ModelError(ClaudeSessionsError):
+    """The turn's model call failed after the CLI's retries; raised once the turn's messages are out.
+
+    ``status`` is the model API's HTTP status, when known.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.status = message, status
+
+
 class TurnTimeoutError(ClaudeSessionsError, TimeoutError):
     """A turn ran past ``OPT_MESSAGE_TIMEOUT``; it was interrupted."""
 

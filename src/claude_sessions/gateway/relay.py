@@ -193,6 +193,12 @@ class ModelGateway:
 
     # -- tokens -------------------------------------------------------------------
 
+    def point_at(self, upstream: str, credentials: Mapping[str, str]) -> None:
+        """Relay to another upstream (the offline model a handler started for itself); before ``start``."""
+        self.upstream = upstream.rstrip("/")
+        self._proxy = _proxy_for(self.upstream)
+        self._credentials = dict(credentials)
+
     def issue(self, tenant: str) -> Grant:
         """A new token for one worker of ``tenant``."""
         grant = Grant(tenant, "csg-" + secrets.token_urlsafe(32), self.tally(tenant), _revoke=self._forget)

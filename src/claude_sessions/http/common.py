@@ -22,6 +22,7 @@ from claude_sessions.errors import (
     DatabaseUnavailableError,
     HandlerClosedError,
     LeaseLostError,
+    ModelError,
     SessionBusyError,
     SessionExistsError,
     SessionLimitError,
@@ -269,6 +270,8 @@ def api_error(error: ClaudeSessionsError, retry_after: int) -> ApiError:
     """Map a typed library error to its HTTP answer."""
     if isinstance(error, TurnRefusedError):
         return ApiError(429, error.kind, str(error), {"Retry-After": str(error.retry_after)})
+    if isinstance(error, ModelError):  # the model API's status, when known, beside its message
+        return ApiError(502, "model_error", error.message, extra={"status": error.status} if error.status else None)
     retry = {"Retry-After": str(retry_after)}
     table: list[tuple[type[Exception], int, str, dict[str, str] | None]] = [
         (SessionNotFoundError, 404, "not_found", None),

@@ -35,7 +35,7 @@ from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import ApiError, Caller, ServiceDep, Surface, api_error, is_forwarded, resolve_options
 from claude_sessions.http.sessions import workspace_of
 from claude_sessions.http.streaming import TurnStream, dumps
-from claude_sessions.observability.metrics import SessionMetrics, is_api_error
+from claude_sessions.observability.metrics import SessionMetrics, model_error
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.sessions.session import Session
 from claude_sessions.store.history import Turn, history_digest
@@ -279,9 +279,8 @@ class _Completion:
     def take(self, message: Message) -> list[str]:
         """Follow one SDK message; the new text it brings. A model error raises (502)."""
         if isinstance(message, ResultMessage):
-            if is_api_error(message):
-                extra = {"status": message.api_error_status} if message.api_error_status else None
-                raise ApiError(502, "model_error", message.result or "the model call failed", extra=extra)
+            if (failed := model_error(message)) is not None:
+                raise api_error(failed, 1)
             self.result = message
             self.session.metadata["history_digest"] = self._digest_of("".join(self.text))
         texts = self._texts(message)

@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.common import ApiError, api_error
-from claude_sessions.observability.metrics import is_api_error
+from claude_sessions.observability.metrics import model_error
 from claude_sessions.sessions.session import Session
 
 log = structlog.get_logger("claude_sessions.api")
@@ -106,15 +106,6 @@ def turn_json(session_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]
 # -- model errors ---------------------------------------------------------------------
 
 
-class ModelError(ApiError):
-    """A turn whose model call failed after the CLI's retries: 502 ``model_error``."""
-
-    def __init__(self, result: ResultMessage) -> None:
-        message = result.result or "; ".join(result.errors or []) or "the model call failed"
-        extra = {"status": result.api_error_status} if result.api_error_status is not None else None
-        super().__init__(502, "model_error", message, extra=extra)
-
-
 async def as_json(
     first: Message,
     turn: AsyncGenerator[Message, None],
@@ -122,15 +113,15 @@ async def as_json(
 ) -> AsyncIterator[dict[str, Any]]:
     """A turn's messages as JSON; ``on_result`` keeps the whole turn before its result is sent.
 
-    A model error ends it with :class:`ModelError` (never kept for replay); the CLI's
+    A model error ends it with 502 ``model_error`` (never kept for replay); the CLI's
     synthetic assistant message that carries the API error's text is not content.
     """
     seen: list[dict[str, Any]] = []
     async with contextlib.aclosing(turn):
         message: Message | None = first
         while message is not None:
-            if isinstance(message, ResultMessage) and is_api_error(message):
-                raise ModelError(message)
+            if isinstance(message, ResultMessage) and (failed := model_error(message)) is not None:
+                raise api_error(failed, 1)
             if not (isinstance(message, AssistantMessage) and message.error is not None):
                 data = message_json(message)
                 if not isinstance(message, StreamEvent):  # deltas are for a live stream, not kept

@@ -8,6 +8,8 @@ from typing import Any
 
 from claude_agent_sdk import ResultMessage
 
+from claude_sessions.errors import ModelError
+
 
 @dataclass
 class SessionMetrics:
@@ -91,6 +93,15 @@ class TurnUsage:
 def is_api_error(result: ResultMessage) -> bool:
     """A turn the model call failed (an interrupted turn also ends with ``is_error``: not this)."""
     return result.is_error and not (result.terminal_reason or "").startswith("aborted")
+
+
+def model_error(result: ResultMessage) -> ModelError | None:
+    """The error of a turn whose model call failed, or None."""
+    if not is_api_error(result):
+        return None
+    return ModelError(
+        result.result or "; ".join(result.errors or []) or "the model call failed", result.api_error_status
+    )
 
 
 def add_usage(metrics: SessionMetrics, usage: TurnUsage) -> None:

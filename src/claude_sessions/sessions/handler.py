@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 import uuid
@@ -23,11 +24,12 @@ from claude_agent_sdk import ClaudeSDKClient, Message
 from prometheus_client import generate_latest
 
 from claude_sessions.cluster.node import Node
-from claude_sessions.config import SessionConfig, SystemConfig
+from claude_sessions.config import RuntimeConfig, SessionConfig, SystemConfig
 from claude_sessions.errors import HandlerClosedError, SlashCommandRefusedError
 from claude_sessions.gateway.relay import ModelGateway, credentials_of
 from claude_sessions.observability.telemetry import DEFAULT_TENANT, LiveState, Telemetry
 from claude_sessions.observability.usage_series import UsageSeries
+from claude_sessions.offline_model import OfflineModelServer, loopback_env
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.lending import Lender, PooledClient
 from claude_sessions.sessions.maintenance import Maintenance
@@ -69,6 +71,8 @@ class ClaudeHandler:
         self.registry, self.archive = open_registry(self.config, uuid.uuid4().hex[:12])
         #: This data directory's mark on every CLI it starts (found again after a crash).
         self._mark = owner_mark(runtime.DATA_DIR)
+        #: Neither credentials nor an endpoint: the offline model answers, as ``serve`` does (see ``_start``).
+        self._offline_model = OfflineModelServer() if _without_credentials(runtime) else None
         self.gateway = ModelGateway(
             runtime.ANTHROPIC_BASE_URL,
             credentials_of(runtime),
@@ -141,6 +145,11 @@ class ClaudeHandler:
         earlier = await self.registry.pids.take(self._mark)
         await self.registry.nodes.join(self._mark)
         ended = await asyncio.to_thread(end_stray_processes, earlier, self._mark)
+        if self._offline_model is not None:
+            await asyncio.to_thread(self._offline_model.start)
+            url = self._offline_model.base_url
+            self.gateway.point_at(url, {"x-api-key": loopback_env(url)["ANTHROPIC_API_KEY"]})
+            log.warning("offline_model_answers", reason="no Anthropic credentials and no ANTHROPIC_BASE_URL", url=url)
         await self.gateway.start()
         await self.session_manager.refresh()
         await self.node.beat()
@@ -167,6 +176,8 @@ class ClaudeHandler:
         await self.node.stop()
         count = await self.session_manager.close()
         await self.gateway.close()
+        if self._offline_model is not None:
+            await asyncio.to_thread(self._offline_model.stop)
         await self.archive.close()
         await self.registry.close()
         self._data_dir_lock.release()
@@ -425,3 +436,9 @@ class ClaudeHandler:
         await self.registry.replies.forget(older_than=now - REPLAY_SECONDS)
         await self.registry.nodes.forget(unseen_since=now - FORGET_NODES_SECONDS)
         return len(names)
+
+
+def _without_credentials(runtime: RuntimeConfig) -> bool:
+    """No Anthropic key, token or endpoint anywhere: nothing could answer but the offline model."""
+    given = runtime.ANTHROPIC_BASE_URL or runtime.ANTHROPIC_API_KEY or runtime.ANTHROPIC_AUTH_TOKEN
+    return not (given or os.environ.get("CLAUDE_CODE_OAUTH_TOKEN"))

@@ -31,6 +31,7 @@ from claude_sessions.errors import (
     WorkerStartError,
 )
 from claude_sessions.gateway.relay import ModelGateway
+from claude_sessions.observability.metrics import model_error
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.session import Session
@@ -246,6 +247,8 @@ class Turns:
                     await self.billing.record(session, worker, message, time.perf_counter() - began)
                     await self.manager.save(session)
                 yield message
+            if isinstance(message, ResultMessage) and (failed := model_error(message)) is not None:
+                raise failed  # after the turn's messages, the result included
         except TimeoutError:
             settled = True
             metrics.timeouts += 1

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
 from cluster import fresh_database
-from helpers import wait_no_cli
+from helpers import is_cli, wait_no_cli
 from server_process import SCRIPT, free_port
 
 pytestmark = pytest.mark.slow  # each test runs the console script, some start CLIs or a database
@@ -76,6 +80,32 @@ def test_serve_says_where_it_listens_in_one_line(tmp_path: Path) -> None:
     finally:
         server.terminate()
         assert server.wait(60) in (0, -15)
+
+
+def clis_naming(folder: Path) -> list[int]:
+    """Live CLI processes, whoever started them, whose command line names ``folder``."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if is_cli(process) and str(folder) in " ".join(process.cmdline()):
+                found.append(process.pid)
+    return found
+
+
+def test_the_readmes_library_example_runs_as_written_with_nothing_configured(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    example = re.search(r"```python\n(from claude_sessions import .*?)```", readme, re.DOTALL)
+    assert example is not None
+    script = "import asyncio\nasync def main():\n" + textwrap.indent(example.group(1), "    ") + "asyncio.run(main())\n"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE_", "SM_", "CP_", "OPT_"))}
+    python = str(Path(SCRIPT).with_name("python"))
+    done = subprocess.run(
+        [python, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "AssistantMessage" in done.stdout and "ResultMessage" in done.stdout and "offline model" in done.stdout
+    assert "offline_model_answers" in done.stdout + done.stderr  # it says so
+    assert clis_naming(tmp_path) == []  # its CLIs ended with it (each names its workspace on its command line)
 
 
 def test_offline_model_command_serves_the_messages_api(tmp_path: Path) -> None:

@@ -342,7 +342,7 @@ def test_omitted_permission_mode_is_stored_resolved(alice: httpx.Client) -> None
     assert alice.get("/v1/sessions/mode").json()["options"]["permission_mode"] == "default"
     events = stream_turn(alice, "mode", "which mode?")
     init = next(data for kind, data in events if kind == "system" and data["subtype"] == "init")
-    assert init["data"]["permissionMode"] == "default"  # type: ignore[index]
+    assert init["data"]["permission_mode"] == "default"  # type: ignore[index]
 
 
 def test_model_error_ends_the_stream_with_an_error_event_and_json_with_502(
@@ -453,7 +453,7 @@ def test_tenant_views_carry_no_pid_path_address_or_key(
     assert bob.post("/v1/sessions", json={"session_id": "other"}).status_code == 201
     with alice.stream("POST", "/v1/sessions/seen/messages", json={"content": "hello"}) as response:
         answers.append(response.read().decode())
-    assert '"cwd":"<workspace>/sub"' in answers[-1]  # the system/init event, its path neutral
+    assert '"subtype":"init"' in answers[-1] and '"cwd"' not in answers[-1]  # the init names no path at all
     slow = threading.Thread(target=stream_turn, args=(alice, "seen", "[[slow:1.5]] busy now"))
     slow.start()
     time.sleep(0.5)
@@ -535,7 +535,16 @@ def test_a_reply_streams_as_text_deltas_while_the_model_writes_it(alice: httpx.C
     assert len(deltas) > 5 and "".join(text for _, text in deltas) == assistant["content"][0]["text"]
     assert deltas[-1][0] - deltas[0][0] > 0.5  # each word as it came, not the reply at once
     assert [kind for _, kind, _ in arrivals][-1] == "result"
+    inits = [data for _, kind, data in arrivals if kind == "system" and data.get("subtype") == "init"]
+    assert len(inits) == 1, [(k, d.get("subtype")) for _, k, d in arrivals if k != "stream_event"]
+    (init,) = inits
+    assert set(init["data"]) == {"session_id", "model", "tools", "permission_mode"} and len(json.dumps(init)) <= 1024
+    assert init["data"]["session_id"] == "drip"  # ours, not the CLI's
+    (result,) = [data for _, kind, data in arrivals if kind == "result"]
+    assert 0 < result["turn_cost_usd"] <= result["total_cost_usd"]
     whole = alice.post("/v1/sessions/drip/messages?stream=false", json={"content": "again"}).json()
+    # The SDK's total is the conversation's running total; the turn's own cost is beside it.
+    assert whole["result"]["total_cost_usd"] > whole["result"]["turn_cost_usd"] > 0
     assert "You said: again" in whole["text"] and {m["type"] for m in whole["messages"]} <= {
         "system",
         "assistant",

@@ -65,6 +65,6 @@ def test_an_omitted_permission_mode_is_the_first_allowed_one_pinned_on_a_warm_wo
     assert bound and bound <= spares  # the spare, warmed with the same resolved options, was taken
     with alice.stream("POST", "/v1/sessions/planned/messages", json={"content": "which mode?"}) as response:
         init = next(data for kind, data in sse(response) if data.get("subtype") == "init")
-    assert init["data"]["permissionMode"] == "plan"
+    assert init["data"]["permission_mode"] == "plan"
     refused = alice.post("/v1/sessions", json={"permission_mode": "default"})
     assert refused.status_code == 422 and "permission_mode" in refused.json()["error"]["message"]

@@ -50,10 +50,9 @@ from claude_sessions.http.common import (
 from claude_sessions.http.forwarding import FORWARDED_HEADER, Forwarder, forwarding_mark
 from claude_sessions.http.redaction import RedactingMiddleware, Redactor
 from claude_sessions.http.sessions import workspace_of
-from claude_sessions.http.streaming import message_json, session_json, turn_json
 from claude_sessions.sessions.handler import ClaudeHandler
 
-__all__ = ["create_app", "message_json", "session_json", "turn_json", "workspace_of"]
+__all__ = ["create_app"]
 
 log = structlog.get_logger("claude_sessions.api")
 

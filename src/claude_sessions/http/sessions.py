@@ -312,7 +312,7 @@ async def send_message(
             if idempotency_key:
                 await handler.keep_reply(session.id, idempotency_key, body.content, turn_messages)
 
-        messages = as_json(first, turn, keep)
+        messages = as_json(first, turn, session, keep)
     if not stream:
         return JSONResponse(turn_json(session.public_id, [m async for m in messages]))
     return TurnStream(

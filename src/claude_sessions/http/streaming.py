@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from claude_agent_sdk import AssistantMessage, Message, ResultMessage, StreamEvent, UserMessage
+from claude_agent_sdk import AssistantMessage, Message, ResultMessage, StreamEvent, SystemMessage, UserMessage
 from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
@@ -55,8 +55,16 @@ def _block_type(block: object) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def message_json(message: Message) -> dict[str, Any]:
-    """An SDK message as JSON, its kind in ``type`` and each content block's kind in its own."""
+def message_json(message: Message, session_id: str) -> dict[str, Any]:
+    """An SDK message as JSON, its kind in ``type`` and each content block's kind in its own.
+
+    A turn's ``init`` says only what a client needs (``session_id`` is ours): the CLI's own
+    (paths, plugins, agents, MCP, capabilities) is the server's business.
+    """
+    if isinstance(message, SystemMessage) and message.subtype == "init":
+        data = message.data
+        summary = {"session_id": session_id, "model": data.get("model"), "tools": data.get("tools", [])}
+        return {"type": "system", "subtype": "init", "data": {**summary, "permission_mode": data.get("permissionMode")}}
     payload = dataclasses.asdict(message)
     content = getattr(message, "content", None)
     if isinstance(content, list):
@@ -109,13 +117,17 @@ def turn_json(session_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]
 async def as_json(
     first: Message,
     turn: AsyncGenerator[Message, None],
+    session: Session,
     on_result: Callable[[list[dict[str, Any]]], Awaitable[None]],
 ) -> AsyncIterator[dict[str, Any]]:
     """A turn's messages as JSON; ``on_result`` keeps the whole turn before its result is sent.
 
-    A model error ends it with 502 ``model_error`` (never kept for replay); the CLI's
-    synthetic assistant message that carries the API error's text is not content.
+    The ``result`` adds ``turn_cost_usd``, this turn's spend, beside the SDK's ``total_cost_usd``
+    (the conversation's running total). A model error ends it with 502 ``model_error`` (never
+    kept for replay); the CLI's synthetic assistant message that carries the API error's text
+    is not content.
     """
+    spent = session.metrics.total_cost  # the turn is billed at its result, not before
     seen: list[dict[str, Any]] = []
     async with contextlib.aclosing(turn):
         message: Message | None = first
@@ -123,7 +135,9 @@ async def as_json(
             if isinstance(message, ResultMessage) and (failed := model_error(message)) is not None:
                 raise api_error(failed, 1)
             if not (isinstance(message, AssistantMessage) and message.error is not None):
-                data = message_json(message)
+                data = message_json(message, session.public_id)
+                if isinstance(message, ResultMessage):
+                    data["turn_cost_usd"] = round(session.metrics.total_cost - spent, 8)
                 if not isinstance(message, StreamEvent):  # deltas are for a live stream, not kept
                     seen.append(data)
                 if isinstance(message, ResultMessage):

@@ -11,6 +11,7 @@ import signal
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from claude_agent_sdk import (
     ToolPermissionContext,
 )
 
+from claude_sessions.gateway.pricing import cost_usd
 from claude_sessions.offline_model import OfflineModel
 from helpers import reply_text, wait_no_cli
 
@@ -177,6 +179,17 @@ async def test_total_cost_is_cumulative_over_a_conversation(options: Options) ->
         second = result(await ask(client, "four five six"))
     assert first.total_cost_usd and second.total_cost_usd
     assert second.total_cost_usd > first.total_cost_usd
+
+
+async def test_a_resumed_conversations_cost_counts_from_its_start(options: Options, model: OfflineModel) -> None:
+    conversation = str(uuid.uuid4())
+    model.requests.clear()
+    async with connected(options(session_id=conversation)) as client:
+        await ask(client, "one two three")
+    async with connected(options(resume=conversation)) as client:
+        resumed = result(await ask(client, "four five six"))
+    billed = [cost_usd(r.body["model"], asdict(r.usage)) for r in model.message_requests() if r.usage is not None]
+    assert len(billed) == 2 and resumed.total_cost_usd == pytest.approx(sum(billed))  # both turns, not the last
 
 
 async def test_an_api_error_ends_the_turn_without_raising(options: Options, cli_env: dict[str, str]) -> None:

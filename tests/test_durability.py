@@ -16,7 +16,7 @@ import pytest
 from claude_sessions import CapacityError, ClaudeHandler, SystemConfig
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
 from claude_sessions.store.sqlite import SqliteRegistry
-from claude_sessions.workers.processes import end_stray_processes, owner_mark, process_started_at
+from claude_sessions.workers.processes import data_dir_mark, end_stray_processes, process_started_at
 from conftest import MakeHandler
 from helpers import cli_processes, reply_text, turn, wait_no_cli, worker_pid
 from server_process import sse, start_server
@@ -175,7 +175,9 @@ async def test_an_earlier_runs_stray_is_ended_before_this_run_spawns(
     stray = await asyncio.create_subprocess_exec("sleep", "60")
     data_dir = SystemConfig.from_env().runtime.DATA_DIR.resolve()
     registry = SqliteRegistry(data_dir / "sessions.db", "earlier-node", 15.0)
-    await registry.pids.add(owner_mark(data_dir), stray.pid, process_started_at(stray.pid))  # as a crashed run left it
+    await registry.pids.add(
+        data_dir_mark(data_dir), stray.pid, process_started_at(stray.pid)
+    )  # as a crashed run left it
     await registry.close()
     sweeps: list[threading.Thread] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from claude_sessions.workers.processes import OWNER_VARIABLE, end_stray_processes, process_started_at
+from claude_sessions.workers.processes import MARK_VARIABLE, end_stray_processes, process_started_at
 
 OWNER = "0123456789abcdef"
 
@@ -34,8 +34,8 @@ def test_gone_processes_are_skipped() -> None:
 
 def test_an_unrecorded_process_with_this_owners_mark_is_ended_and_others_are_not() -> None:
     """A CLI still connecting when the server died is in no ledger, but carries the mark."""
-    mine = subprocess.Popen(["sleep", "60"], env={**os.environ, OWNER_VARIABLE: OWNER})
-    theirs = subprocess.Popen(["sleep", "60"], env={**os.environ, OWNER_VARIABLE: "another-owner"})
+    mine = subprocess.Popen(["sleep", "60"], env={**os.environ, MARK_VARIABLE: OWNER})
+    theirs = subprocess.Popen(["sleep", "60"], env={**os.environ, MARK_VARIABLE: "another-owner"})
     try:
         assert end_stray_processes([], OWNER) == [mine.pid]
         mine.wait(5)

@@ -42,7 +42,7 @@ from claude_sessions.store.history import Turn
 from claude_sessions.store.records import Holder, NodeRecord, TenantUsage
 from claude_sessions.workers.options import build_options
 from claude_sessions.workers.pool import StartWorker, WorkerPool
-from claude_sessions.workers.processes import DataDirLock, end_stray_processes, owner_mark
+from claude_sessions.workers.processes import DataDirLock, data_dir_mark, end_stray_processes
 from claude_sessions.workers.sandbox import check_host
 from claude_sessions.workers.worker import Worker
 from claude_sessions.workers.workspaces import session_cwd, tenant_of
@@ -70,7 +70,7 @@ class ClaudeHandler:
         self._data_dir_lock = DataDirLock(runtime.DATA_DIR.resolve())
         self.registry, self.archive = open_registry(self.config, uuid.uuid4().hex[:12])
         #: This data directory's mark on every CLI it starts (found again after a crash).
-        self._mark = owner_mark(runtime.DATA_DIR)
+        self._mark = data_dir_mark(runtime.DATA_DIR)
         #: Neither credentials nor an endpoint: the offline model answers, as ``serve`` does (see ``_start``).
         self._offline_model = OfflineModelServer() if _without_credentials(runtime) else None
         self.gateway = ModelGateway(
@@ -243,7 +243,7 @@ class ClaudeHandler:
                 await manager.drop(session)
             raise
         if session.closed:  # destroyed while its worker was starting
-            await self.pool.release(worker)
+            await self.session_manager.give_back(worker)
         else:
             session.bind(worker)
             session.metrics.touch()  # inactivity counts from when the session is ready, not from the request
@@ -358,7 +358,7 @@ class ClaudeHandler:
     async def end_stuck_turns(self, sessions: Sequence[Session]) -> None:
         """Close the workers of turns that did not stop when interrupted (their streams end in an error)."""
         stuck = [s.worker for s in sessions if s.is_busy and s.worker is not None]
-        await asyncio.gather(*(self.pool.discard(w) for w in stuck), return_exceptions=True)
+        await asyncio.gather(*(self.session_manager.give_back(w, reuse=False) for w in stuck), return_exceptions=True)
 
     # -- turns ------------------------------------------------------------------
 

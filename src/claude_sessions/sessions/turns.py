@@ -141,7 +141,7 @@ class Turns:
         else:
             return
         if worker is not None:
-            await self.pool.release(worker)
+            await self.manager.give_back(worker)
 
     async def _claim(self, session: Session, forwarded: bool) -> None:
         """Take the session's lease for this turn, or send the caller to the live node holding it.
@@ -182,11 +182,11 @@ class Turns:
         if worker is not None and worker.is_alive():  # too old, too used, or it acted on its own
             log.info("session_worker_retired", session_id=session.id, worker=worker.id, uses=worker.uses)
             session.unbind(during_turn=True)
-            self.pool.release_soon(worker)
+            self.manager.give_back_soon(worker)
         elif worker is not None:  # died between turns
             self._count_connection_error(session)
             session.unbind(during_turn=True)
-            await self.pool.discard(worker)
+            await self.manager.give_back(worker, reuse=False)
         try:
             worker = await self.acquire(
                 session.config, resume=await manager.conversations.conversation_to_resume(session)
@@ -210,7 +210,7 @@ class Turns:
             return False
         worker = await self.manager.let_go(victim)
         if worker is not None:
-            await self.pool.discard(worker)
+            await self.manager.give_back(worker, reuse=False)
         return True
 
     async def _turn(
@@ -305,7 +305,7 @@ class Turns:
         """Kill a worker that failed this turn (died, stuck, or cut mid-prompt)."""
         if session.worker is worker:
             session.unbind(during_turn=True)
-        await self.pool.discard(worker, graceful=False)
+        await self.manager.give_back(worker, reuse=False, graceful=False)
         await self.billing.bill_unfinished(session, worker)
 
 

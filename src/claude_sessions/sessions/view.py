@@ -91,7 +91,7 @@ class SessionView:
             session.closed = True
             worker = session.unbind()
             if worker is not None:
-                self.pool.release_soon(worker)
+                self.give_back_soon(worker)
 
     def _lost(self, session: Session) -> None:
         """Another node took the conversation over: this node's CLI for it must not run again."""
@@ -99,7 +99,19 @@ class SessionView:
         if worker is not None:
             log.warning("session_lease_lost", session_id=session.id, worker=worker.id)
             worker.reusable = False
-            self.pool.release_soon(worker)
+            self.give_back_soon(worker)
+
+    async def give_back(self, worker: Worker, *, reuse: bool = True, graceful: bool = True) -> None:
+        """Return a session's worker to the pool: reset and kept (``reuse``), or closed. The one
+        way a worker a session held goes back; unbind it first (``Session.unbind``)."""
+        if reuse:
+            await self.pool.release(worker)
+        else:
+            await self.pool.discard(worker, graceful)
+
+    def give_back_soon(self, worker: Worker) -> None:
+        """``give_back`` from synchronous code, in the background (the pool's shutdown awaits it)."""
+        self.pool.release_soon(worker)
 
     async def fetch(self, key: str) -> Session:
         """A session as the registry has it now, from any node.
@@ -220,7 +232,7 @@ class SessionView:
         del self._sessions[session.id]
         worker = await self._forget(session)
         if worker is not None:
-            self.pool.release_soon(worker)
+            self.give_back_soon(worker)
         return True
 
     async def remove_session(self, session_id: str, purge: bool = False) -> Session:
@@ -237,7 +249,7 @@ class SessionView:
             session = Session.restore(record)
         worker = await self._forget(session, purge)
         if worker is not None:
-            await self.pool.release(worker)
+            await self.give_back(worker)
         conversation = session.conversation(self.conversations.project_of(session.config))
         if purge and conversation is not None and not session.is_busy:
             # Only now: the CLI writes the transcript until it lets go of the conversation.
@@ -319,7 +331,7 @@ class SessionView:
             with contextlib.suppress(SessionNotFoundError):  # deleted meanwhile
                 found.append(await self.fetch(candidates[conversation]))
         workers = [w for w in [await self.mark_orphaned(s) for s in found if not s.is_busy] if w is not None]
-        await asyncio.gather(*(self.pool.release(w) for w in workers))
+        await asyncio.gather(*(self.give_back(w) for w in workers))
         orphans = [s.id for s in found]
         stray_pids = await self.reap_unowned()
         if orphans or stray_pids:
@@ -345,7 +357,7 @@ class SessionView:
         now = time.time()
         idle = [s for s in self._sessions.values() if s.worker is not None and s.has_expired(threshold, now)]
         workers = [w for w in [await self.let_go(s) for s in idle] if w is not None]
-        await asyncio.gather(*(self.pool.release(w) for w in workers))
+        await asyncio.gather(*(self.give_back(w) for w in workers))
         if idle:
             log.info("idle_workers_released", count=len(idle), session_ids=[s.id for s in idle])
         return [s.id for s in idle]
@@ -354,7 +366,7 @@ class SessionView:
         """Draining: hand every session not mid-turn over to the other nodes at once."""
         held = [s for s in self._sessions.values() if s.worker is not None and not s.is_busy]
         workers = [w for w in [await self.let_go(s) for s in held] if w is not None]
-        await asyncio.gather(*(self.pool.release(w) for w in workers))
+        await asyncio.gather(*(self.give_back(w) for w in workers))
         return len(workers)
 
     async def check_leases(self) -> None:

@@ -24,22 +24,22 @@ class NodeStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        #: The data directory this node runs on (see ``join``).
-        self.owner = ""
+        #: The mark of the data directory this node runs on (see ``join``).
+        self.mark = ""
 
-    async def join(self, owner: str) -> None:
-        """Start as the node of data directory ``owner``; an earlier node there is dead (this one holds
+    async def join(self, mark: str) -> None:
+        """Start as the node of the data directory ``mark`` names; an earlier node there is dead (this one holds
         the directory's lock), so its leases are free now, not when its heartbeat would have lapsed."""
-        self.owner = owner
+        self.mark = mark
         async with self.db.transaction() as tx:
-            await tx.run("DELETE FROM nodes WHERE owner = ?", (owner,))
+            await tx.run("DELETE FROM nodes WHERE owner = ?", (mark,))
 
     async def heartbeat(self, url: str, live_workers: int, status: NodeStatus) -> None:
         now = time.time()
         async with self.db.transaction() as tx:
             await tx.run(
                 _HEARTBEAT,
-                (self.db.node_id, self.owner, url, now, now, live_workers, status),
+                (self.db.node_id, self.mark, url, now, now, live_workers, status),
             )
 
     async def leave(self) -> None:
@@ -63,27 +63,27 @@ class NodeStore:
 
 
 class WorkerLedger:
-    """The CLI processes a node started, by data directory (``owner``): a crash leaves none behind."""
+    """The CLI processes a node started, by its data directory's mark (column ``owner``): a crash leaves none behind."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def add(self, owner: str, pid: int, started_at: float) -> None:
+    async def add(self, mark: str, pid: int, started_at: float) -> None:
         async with self.db.transaction() as tx:
             await tx.run(
                 "INSERT INTO workers (owner, pid, started_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (owner, pid) DO UPDATE SET started_at = excluded.started_at",
-                (owner, pid, started_at),
+                (mark, pid, started_at),
             )
 
-    async def remove(self, owner: str, pid: int) -> None:
+    async def remove(self, mark: str, pid: int) -> None:
         async with self.db.transaction() as tx:
-            await tx.run("DELETE FROM workers WHERE owner = ? AND pid = ?", (owner, pid))
+            await tx.run("DELETE FROM workers WHERE owner = ? AND pid = ?", (mark, pid))
 
-    async def take(self, owner: str) -> list[tuple[int, float]]:
+    async def take(self, mark: str) -> list[tuple[int, float]]:
         """The recorded CLI processes of an earlier run on this data directory; the record is cleared."""
         async with self.db.transaction() as tx:
-            rows = await tx.run("DELETE FROM workers WHERE owner = ? RETURNING pid, started_at", (owner,))
+            rows = await tx.run("DELETE FROM workers WHERE owner = ? RETURNING pid, started_at", (mark,))
         return [(int(pid), float(started)) for pid, started in rows]
 
 

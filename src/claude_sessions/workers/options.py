@@ -11,7 +11,7 @@ import structlog
 from claude_agent_sdk import ClaudeAgentOptions, SessionStore
 
 from claude_sessions.config import SessionConfig, SystemConfig
-from claude_sessions.workers.processes import OWNER_VARIABLE, owner_mark
+from claude_sessions.workers.processes import MARK_VARIABLE, data_dir_mark
 from claude_sessions.workers.sandbox import scoped_tools, session_env, session_settings
 from claude_sessions.workers.workspaces import session_cwd
 
@@ -56,7 +56,7 @@ def cli_env(config: SystemConfig, gateway_url: str, token: str) -> dict[str, str
     env |= {
         "ANTHROPIC_BASE_URL": gateway_url,
         "ANTHROPIC_API_KEY": token,
-        OWNER_VARIABLE: owner_mark(runtime.DATA_DIR),
+        MARK_VARIABLE: data_dir_mark(runtime.DATA_DIR),
         "CLAUDE_CONFIG_DIR": str(runtime.config_dir),
         "DISABLE_TELEMETRY": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",

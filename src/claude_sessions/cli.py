@@ -23,9 +23,6 @@ from claude_sessions.workers.sandbox import check_host
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 log = structlog.get_logger("claude_sessions.cli")
 
-#: Any of these means real Anthropic credentials (or an endpoint) were given.
-CREDENTIAL_VARIABLES = ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL")
-
 OfflineOption = Annotated[
     bool | None,
     typer.Option(
@@ -35,8 +32,8 @@ OfflineOption = Annotated[
 ]
 
 
-def wants_offline(flag: bool | None) -> bool:
-    return flag if flag is not None else not any(os.environ.get(v) for v in CREDENTIAL_VARIABLES)
+def wants_offline(flag: bool | None, config: SystemConfig) -> bool:
+    return flag if flag is not None else not config.runtime.has_model_credentials
 
 
 @contextlib.contextmanager
@@ -82,8 +79,7 @@ def serve(
     from claude_sessions.http.server import run_server
 
     configure_logging(log_level)
-    load_config()  # the whole configuration is checked before anything starts
-    offline = wants_offline(offline)
+    offline = wants_offline(offline, load_config())  # the whole configuration is checked before anything starts
     with model_endpoint(offline):
         run_server(load_config(), host, port, offline=offline)
 
@@ -119,7 +115,10 @@ def demo(offline: OfflineOption = None) -> None:
     from claude_sessions.demo import run_demo
 
     configure_logging("WARNING")
-    with tempfile.TemporaryDirectory(prefix="claude-sessions-demo-") as scratch, model_endpoint(wants_offline(offline)):
+    with (
+        tempfile.TemporaryDirectory(prefix="claude-sessions-demo-") as scratch,
+        model_endpoint(wants_offline(offline, load_config())),
+    ):
         os.environ.setdefault("CLAUDE_SESSIONS_DATA_DIR", scratch)
         os.environ.setdefault("SM_MAX_SESSIONS", "6")
         os.environ.setdefault("SM_TIMEOUT_MINUTES", "0.05")

@@ -7,6 +7,7 @@ Every section is a pydantic-settings model, so a bad value fails early with
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -101,6 +102,13 @@ class RuntimeConfig(_Section):
     #: The CLI's OS sandbox (bubblewrap) for every session; ``auto``: on when it runs here.
     SANDBOX: Literal["auto", "on", "off"] = Field("auto", validation_alias="SANDBOX")
     _workspace_root: Path = PrivateAttr()
+
+    @property
+    def has_model_credentials(self) -> bool:
+        """An Anthropic key, token or endpoint is given (the CLI's OAuth token in the environment);
+        without any, nothing but the offline model can answer."""
+        given = self.ANTHROPIC_BASE_URL or self.ANTHROPIC_API_KEY or self.ANTHROPIC_AUTH_TOKEN
+        return bool(given or os.environ.get("CLAUDE_CODE_OAUTH_TOKEN"))
 
     @property
     def config_dir(self) -> Path:

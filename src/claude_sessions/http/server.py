@@ -112,8 +112,11 @@ def run_server(
 def banner(config: SystemConfig, host: str, port: int, offline: bool) -> str:
     """The start-up line: where it listens, the console, which model, who may call."""
     url = f"http://{host}:{port}"
-    model = "the offline model (no Anthropic credentials)" if offline else "the Anthropic API"
-    if offline is False and config.runtime.ANTHROPIC_BASE_URL:
+    if offline:
+        model = "the offline model (no Anthropic credentials)"
+    elif config.runtime.ANTHROPIC_BASE_URL:
         model = f"the model at {config.runtime.ANTHROPIC_BASE_URL}"
+    else:
+        model = "the Anthropic API"
     callers = "loopback only, no keys" if Authenticator(config.server).is_open else "API keys required"
     return f"claude-sessions listening on {url} (console at {url}/console); model: {model}; {callers}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
 import uuid
@@ -24,7 +23,7 @@ from claude_agent_sdk import ClaudeSDKClient, Message
 from prometheus_client import generate_latest
 
 from claude_sessions.cluster.node import Node
-from claude_sessions.config import RuntimeConfig, SessionConfig, SystemConfig
+from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.errors import HandlerClosedError, SlashCommandRefusedError
 from claude_sessions.gateway.relay import ModelGateway, credentials_of
 from claude_sessions.observability.telemetry import DEFAULT_TENANT, LiveState, Telemetry
@@ -72,7 +71,7 @@ class ClaudeHandler:
         #: This data directory's mark on every CLI it starts (found again after a crash).
         self._mark = data_dir_mark(runtime.DATA_DIR)
         #: Neither credentials nor an endpoint: the offline model answers, as ``serve`` does (see ``_start``).
-        self._offline_model = OfflineModelServer() if _without_credentials(runtime) else None
+        self._offline_model = None if runtime.has_model_credentials else OfflineModelServer()
         self.gateway = ModelGateway(
             runtime.ANTHROPIC_BASE_URL,
             credentials_of(runtime),
@@ -436,9 +435,3 @@ class ClaudeHandler:
         await self.registry.replies.forget(older_than=now - REPLAY_SECONDS)
         await self.registry.nodes.forget(unseen_since=now - FORGET_NODES_SECONDS)
         return len(names)
-
-
-def _without_credentials(runtime: RuntimeConfig) -> bool:
-    """No Anthropic key, token or endpoint anywhere: nothing could answer but the offline model."""
-    given = runtime.ANTHROPIC_BASE_URL or runtime.ANTHROPIC_API_KEY or runtime.ANTHROPIC_AUTH_TOKEN
-    return not (given or os.environ.get("CLAUDE_CODE_OAUTH_TOKEN"))

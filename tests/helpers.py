@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
+import zlib
 from pathlib import Path
+from typing import Any
 
 import psutil
 from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
 
 from claude_sessions import ClaudeHandler, ModelError
+from claude_sessions.content import Content
 from claude_sessions.offline_model import loopback_env
 from claude_sessions.sessions.session import Session
 
@@ -66,7 +71,7 @@ def offline_env(model_url: str, root: Path) -> dict[str, str]:
     }
 
 
-async def turn(handler: ClaudeHandler, session: str | Session, prompt: str) -> list[Message]:
+async def turn(handler: ClaudeHandler, session: str | Session, prompt: Content) -> list[Message]:
     """Every message of one turn, of a session by id or as read."""
     return [m async for m in handler.send_message(session, prompt)]
 
@@ -105,3 +110,29 @@ def transcript_file(handler: ClaudeHandler, session_id: str) -> Path | None:
         return None
     project = handler.session_manager.conversations.project_of(session.config)
     return handler.config.runtime.config_dir / "projects" / project / f"{session.claude_session_id}.jsonl"
+
+
+def png(width: int = 1, height: int = 1) -> bytes:
+    """A real PNG of one colour: what a user would attach (the CLI reads what it is sent)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x20\x80\xc0" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def image_block(data: bytes, media_type: str = "image/png") -> dict[str, Any]:
+    """A Messages API image block of ``data``, as a client sends it."""
+    return {
+        "type": "image",
+        "source": {"type": "base64", "media_type": media_type, "data": base64.b64encode(data).decode()},
+    }
+
+
+def images_seen(request: Any) -> list[dict[str, Any]]:
+    """The image blocks of the last user message of a logged model request."""
+    users = [m for m in request.body["messages"] if m["role"] == "user"]
+    content = users[-1]["content"] if users else []
+    return [b for b in content if isinstance(b, dict) and b.get("type") == "image"] if isinstance(content, list) else []

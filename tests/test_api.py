@@ -19,7 +19,7 @@ import pytest
 
 import claude_sessions
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from helpers import wait_no_cli
+from helpers import image_block, images_seen, png, wait_no_cli
 from server_process import ADMIN_KEY, KEYS, ServerProcess, bearer, raw_request, sse, start_server
 
 
@@ -32,6 +32,8 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
         TENANT_MAX_SESSIONS="3",
         OPT_MESSAGE_TIMEOUT="3",
         OPT_CLI_MAX_RETRIES="0",  # a model error ends its turn at once
+        CLAUDE_SESSIONS_MAX_BODY_BYTES="1048576",
+        IMAGE_MAX_BYTES="65536",
     )
     yield process
     assert process.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown
@@ -122,7 +124,7 @@ def test_errors_have_one_shape(alice: httpx.Client, server: ServerProcess) -> No
     for response, status in cases:
         assert response.status_code == status, (response.request.url, response.text)
         error = response.json()["error"]
-        assert set(error) == {"type", "message"} and error["message"]
+        assert set(error) <= {"type", "message", "param"} and error["message"]
     unknown = alice.post("/v1/sessions", json={"colour": "blue"}).json()["error"]["message"]
     assert "colour" in unknown
     chunked = alice.post(  # no Content-Length: counted as it arrives
@@ -331,7 +333,10 @@ def test_tool_lists_are_json_arrays_and_the_policy_names_what_is_refused(alice: 
     assert narrowed.json()["options"]["disallowed_tools"] == ["Bash"]
     widened = alice.post("/v1/sessions", json={"allowed_tools": ["Bash"]})  # TOOLS_ALLOWED is empty here
     assert widened.status_code == 422
-    assert widened.json()["error"]["message"] == "allowed_tools: not permitted on this server: ['Bash']"
+    assert (
+        widened.json()["error"]["message"]
+        == "allowed_tools: Bash not permitted on this server; TOOLS_ALLOWED offers none"
+    )
     still_strict = alice.post("/v1/sessions", json={"allowed_tools": "Bash"})
     assert still_strict.status_code == 422 and "allowed_tools" in still_strict.json()["error"]["message"]
 
@@ -629,3 +634,68 @@ def test_every_live_worker_mid_turn_answers_503_with_retry_after(
     workers = full.cli_pids()
     assert full.stop() in (0, -signal.SIGTERM)
     assert wait_no_cli(workers) == []
+
+
+def test_a_session_shows_its_title_origin_and_model(alice: httpx.Client) -> None:
+    created = alice.post("/v1/sessions", json={"session_id": "titled"}).json()
+    assert (created["title"], created["origin"], created["model"]) == (None, "sessions", "opus")  # MODELS_ALLOWED[0]
+    first = "Plan   a trip\nto Lisbon: " + "sights, food and trams " * 10
+    assert alice.post("/v1/sessions/titled/messages?stream=false", json={"content": first}).status_code == 200
+    assert alice.post("/v1/sessions/titled/messages?stream=false", json={"content": "and Porto"}).status_code == 200
+    title = alice.get("/v1/sessions/titled").json()["title"]
+    assert title.startswith("Plan a trip to Lisbon: sights") and len(title) == 80 and title.endswith("\u2026")
+    console = alice.post("/v1/sessions", json={"origin": "console", "model": "haiku"}).json()
+    assert (console["origin"], console["model"]) == ("console", "haiku")
+    listed = {s["session_id"]: s for s in alice.get("/v1/sessions").json()["sessions"]}
+    assert listed["titled"]["title"] == title and listed[console["session_id"]]["origin"] == "console"
+    refused = alice.post("/v1/sessions", json={"origin": "openai"})  # only that endpoint makes its sessions
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "origin"
+
+
+def test_images_reach_the_model_as_image_blocks_and_bad_ones_are_refused_in_words(
+    alice: httpx.Client, model: OfflineModel
+) -> None:
+    assert alice.post("/v1/sessions", json={"session_id": "eyes"}).status_code == 201
+    content = [{"type": "text", "text": "what colour is this?"}, image_block(png(4, 4))]
+    answer = alice.post("/v1/sessions/eyes/messages?stream=false", json={"content": content})
+    assert answer.status_code == 200 and "[images seen: image/png]" in answer.json()["text"]
+    (seen,) = images_seen(model.message_requests()[-1])
+    assert seen["source"] == content[1]["source"]  # the very bytes, as an image block
+    assert alice.get("/v1/sessions/eyes").json()["title"] == "what colour is this?"
+    chat = alice.get("/v1/sessions/eyes/history?format=messages").json()["messages"]
+    assert chat[0]["content"].startswith("what colour is this?") and chat[0]["images"] == 1
+    calls = len(model.message_requests())
+    refusals = [
+        ([image_block(b"\x89PNG\r\n\x1a\n" + bytes(70_000))], 413, "image_too_large", "content.0.source.data"),
+        ([image_block(png())] * 21, 413, "image_too_large", "content"),
+        ([image_block(png(), "image/bmp")], 422, "invalid_image", "content.0.source.media_type"),
+        ([image_block(png(), "image/gif")], 422, "invalid_image", "content.0.source.data"),
+        ([{"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}], 422, "invalid_image", ""),
+        ([{"type": "audio"}], 422, "invalid_request", "content.0"),
+    ]
+    for blocks, status, kind, param in refusals:
+        refused = alice.post("/v1/sessions/eyes/messages", json={"content": blocks})
+        error = refused.json()["error"]
+        assert (refused.status_code, error["type"]) == (status, kind), refused.text[:300]
+        assert error["param"].startswith(param or "content.0.source") and error["message"].startswith(error["param"])
+    assert len(model.message_requests()) == calls  # nothing refused reached the model
+
+
+def test_errors_say_in_words_what_is_wrong_and_what_is_allowed(alice: httpx.Client) -> None:
+    raw = ("Input should", "JSON decode", "[A-Za-z", "^", "Value error", "loc")
+    cases = [
+        (alice.post("/v1/sessions", json={"cwd": "../x"}), "cwd", "cwd must be a folder inside the workspace"),
+        (
+            alice.post("/v1/sessions", content=b'{"model": ', headers={"content-type": "application/json"}),
+            None,
+            "the body is not valid JSON",
+        ),
+        (alice.post("/v1/sessions", json={"max_turns": "5"}), "max_turns", "max_turns must be an integer"),
+        (alice.post("/v1/sessions", json={"permission_mode": "yolo"}), "permission_mode", "it must be one of"),
+        (alice.post("/v1/sessions/x/messages", json={"content": 5}), "content", "content must be a string or"),
+        (alice.get("/v1/sessions/x/history?format=html"), "format", "'html'; it must be one of 'raw' or 'messages'"),
+    ]
+    for answer, param, words in cases:
+        error = answer.json()["error"]
+        assert answer.status_code == 422 and error.get("param") == param and words in error["message"], error
+        assert not any(text in error["message"] for text in raw), error["message"]

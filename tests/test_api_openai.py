@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from helpers import wait_no_cli
+from helpers import image_block, images_seen, png, wait_no_cli
 from server_process import KEYS, ServerProcess, start_server
 
 Messages = list[dict[str, Any]]
@@ -187,7 +187,7 @@ def test_sessions_made_here_are_listed_with_their_origin(alice: openai.OpenAI, s
     _, session_id = ask(alice, [{"role": "user", "content": "list me"}])
     with server.client("alice") as http:
         (listed,) = [s for s in http.get("/v1/sessions").json()["sessions"] if s["session_id"] == session_id]
-    assert listed["metadata"]["origin"] == "openai"
+    assert listed["origin"] == "openai" and listed["title"] == "list me" and listed["model"] == "sonnet"
 
 
 def test_names_front_ends_send_reach_the_model_they_stand_for(alice: openai.OpenAI, model: OfflineModel) -> None:
@@ -215,10 +215,10 @@ def test_each_error_class_is_the_clients_own(alice: openai.OpenAI, server: Serve
         with pytest.raises(openai.BadRequestError) as refused:
             create(alice, model="sonnet", messages=hello, **extra)
         assert refused.value.param == param
-    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]
+    tool = [*hello, {"role": "assistant", "content": "ok"}, {"role": "tool", "content": "42", "tool_call_id": "t"}]
     with pytest.raises(openai.BadRequestError) as refused:
-        create(alice, model="sonnet", messages=image)
-    assert refused.value.param == "messages[0].content"
+        create(alice, model="sonnet", messages=tool)
+    assert refused.value.param == "messages.2.role" and "'tool'; it must be one of 'system'" in refused.value.message
     with pytest.raises(openai.BadRequestError):
         create(alice, model="sonnet", messages=[])
     with pytest.raises(openai.NotFoundError):
@@ -246,3 +246,29 @@ def test_each_error_class_is_the_clients_own(alice: openai.OpenAI, server: Serve
     )
     assert too_large.status_code == 413
     assert too_large.json()["error"] == {**too_large.json()["error"], "param": None, "code": "body_too_large"}
+
+
+def test_an_image_url_with_a_data_url_reaches_the_model_and_others_are_refused(
+    alice: openai.OpenAI, model: OfflineModel
+) -> None:
+    data = image_block(png(2, 2))["source"]["data"]
+    part = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}", "detail": "auto"}}
+    looked = [{"role": "user", "content": [{"type": "text", "text": "describe it"}, part]}]
+    reply, _ = ask(alice, looked)
+    assert "[images seen: image/png]" in reply
+    (seen,) = images_seen(model.message_requests()[-1])
+    assert seen["source"] == {"type": "base64", "media_type": "image/png", "data": data}
+    reply, _ = ask(alice, [*looked, {"role": "assistant", "content": reply}, {"role": "user", "content": "again?"}])
+    assert "again?" in reply  # the same conversation, the image kept in its history
+    calls = len(model.message_requests())
+    refusals = [
+        ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "fetches nothing"),
+        ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}, "not a PNG image"),
+        ({"type": "image_url", "image_url": {"url": "data:image/png,rawbytes"}}, "data:<media type>;base64"),
+        ({"type": "input_audio", "input_audio": {}}, "'input_audio' are not supported"),
+    ]
+    for bad, words in refusals:
+        with pytest.raises(openai.BadRequestError) as refused:
+            create(alice, model="sonnet", messages=[{"role": "user", "content": [{"type": "text", "text": "x"}, bad]}])
+        assert refused.value.param == "messages.0.content.1" and words in refused.value.message, refused.value.message
+    assert len(model.message_requests()) == calls

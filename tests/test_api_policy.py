@@ -50,7 +50,8 @@ def test_a_tool_beyond_tools_allowed_is_422_not_permitted(alice: httpx.Client) -
     assert answer.status_code == 422
     assert answer.json()["error"] == {
         "type": "invalid_request",
-        "message": "allowed_tools: not permitted on this server: ['Bash', 'Write']",
+        "message": "allowed_tools: Bash, Write not permitted on this server; TOOLS_ALLOWED offers Read",
+        "param": "allowed_tools",
     }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from claude_sessions.offline_model import OfflineModelServer
 from helpers import wait_no_cli
@@ -177,6 +177,143 @@ def test_a_tenant_chats_and_sees_the_reply_and_tool_calls_stream_in(
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_label("API key")).to_be_focused()
     assert page.evaluate("sessionStorage.length") == 0
+
+
+MARKDOWN = """Here is the plan [[drip:0.05]]
+
+# Plan heading
+
+- first **bold** point
+- second point, with [the docs](https://example.com/docs)
+
+| Name | Value |
+|:-----|------:|
+| alpha | 1 |
+| beta | 2 |
+
+```python
+print("hello, world")
+```
+
+That is all."""
+
+ATTACK = """<script>window.pwned=1</script>
+
+<img src=x onerror="window.pwned=1"> <svg onload="window.pwned=1"></svg>
+
+[click me](javascript:window.pwned=1)
+
+[x](JaVaScRiPt:alert(1)) <a href="javascript:alert(1)">a</a>
+
+<iframe src="javascript:alert(1)"></iframe> [data](data:text/html,<script>alert(1)</script>)
+
+![tracking pixel](http://127.0.0.1:1/x.png) and [a fine link](https://example.com/)"""
+
+
+def test_a_reply_in_markdown_shows_as_markdown_and_its_code_copies(console: Console, shots: Path) -> None:
+    page = console.open().sign_in(KEYS["alice"]).page
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=console.base_url)
+    console.new_session()
+    console.send(MARKDOWN)
+    reply = page.locator(".bubble.assistant").filter(has_text="You said")
+    expect(reply.locator("h1")).to_have_text("Plan heading")  # rendered while the reply still grows
+    assert "That is all" not in reply.inner_text()
+    expect(page.get_by_text("Answered in")).to_be_visible()
+
+    expect(reply.locator("ul > li")).to_have_count(2)
+    expect(reply.locator("li strong")).to_have_text("bold")
+    link = reply.get_by_role("link", name="the docs")
+    expect(link).to_have_attribute("href", "https://example.com/docs")
+    expect(link).to_have_attribute("rel", "noopener noreferrer nofollow")
+    expect(reply.locator("table thead th")).to_have_text(["Name", "Value"])
+    expect(reply.locator("table tbody tr")).to_have_count(2)
+    code = reply.locator("pre code")
+    expect(code).to_have_text('print("hello, world")')
+    assert "monospace" in code.evaluate("(node) => getComputedStyle(node).fontFamily")
+    expect(reply.locator(".md-code-lang")).to_have_text("python")
+    expect(page.locator(".bubble.user h1")).to_have_text("Plan heading")  # the user's own text too
+
+    reply.get_by_role("button", name="Copy").click()
+    expect(reply.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == 'print("hello, world")'
+    reply.screenshot(path=shots / "console-markdown.png")
+
+
+def test_html_and_script_links_in_a_conversation_stay_inert(console: Console) -> None:
+    page = console.open().sign_in(KEYS["alice"]).page
+    dialogs: list[str] = []
+
+    def dialog_opened(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dialog_opened)
+    console.new_session()
+    console.send(ATTACK)
+    expect(page.get_by_text("Answered in")).to_be_visible()
+    page.reload()  # the same text again, from the transcript
+    expect(page.locator(".bubble.user")).to_have_count(1)
+
+    conversation = page.locator("#conversation")
+    reply = page.locator(".bubble.assistant").filter(has_text="You said")
+    expect(reply).to_contain_text("<script>window.pwned=1</script>")  # shown as the text it is
+    expect(reply).to_contain_text('<a href="javascript:alert(1)">a</a>')
+    expect(reply).to_contain_text("tracking pixel")  # an image: its alt text, never fetched
+    expect(conversation.locator("script, img, iframe, svg, object, embed")).to_have_count(0)
+    hrefs = conversation.locator("a").evaluate_all("(links) => links.map((a) => a.getAttribute('href'))")
+    assert hrefs and all(re.match(r"(https?|mailto):", href) for href in hrefs), hrefs
+    expect(reply.get_by_role("link", name="click me")).to_have_count(0)
+    url = page.url
+    reply.get_by_text("click me", exact=True).click()
+    page.wait_for_timeout(300)
+    assert page.url == url and len(page.context.pages) == 1
+    assert page.evaluate("window.pwned") is None
+    assert dialogs == []
+    assert not any("127.0.0.1:1/" in seen or seen.endswith("/x") for seen in console.urls)
+
+
+def test_markdown_renders_any_100_kb_in_linear_time(console: Console) -> None:
+    """Unclosed spans, fences and brackets by the thousand: no input makes the renderer slow or throw."""
+    page = console.open().page
+    expect(page.get_by_label("API key")).to_be_visible()
+    patterns = ["*a ", "_a", "`a``b", "[a](", "[", "<http:a", "http://a)", "> ", "- a\n", "```\n", "~~a", "\\", "|"]
+    took = page.evaluate(
+        """(patterns) => patterns.map((p) => {
+            const text = p.repeat(Math.ceil(100000 / p.length));
+            const began = performance.now();
+            document.createElement("div").append(window.ConsoleMarkdown.render(text));
+            return [p, performance.now() - began];
+        })""",
+        patterns,
+    )
+    slow = [(pattern, round(ms)) for pattern, ms in took if ms > 1000]  # quadratic would take minutes
+    assert slow == [], slow
+
+
+def test_the_sessions_list_shows_each_sessions_title_and_origin(console: Console, server: ServerProcess) -> None:
+    with api(server, "alice") as alice:
+        assert alice.post("/v1/sessions", json={"session_id": "made-by-the-api"}).status_code == 201
+    try:
+        page = console.open().sign_in(KEYS["alice"]).page
+        session_id = console.new_session()
+        console.send("Plan the garden party for Saturday")
+        expect(page.get_by_text("Answered in")).to_be_visible()
+        expect(page.locator("#session-topic")).to_have_text("Plan the garden party for Saturday")
+        expect(page.get_by_role("heading", name=SESSION_HEADING)).to_contain_text(session_id)
+
+        page.get_by_role("link", name="Sessions", exact=True).click()
+        row = page.get_by_role("row").filter(has_text=session_id)
+        expect(row.locator(".session-title")).to_have_text("Plan the garden party for Saturday")
+        expect(row.locator('[data-cell="origin"]')).to_have_text("console")
+        expect(row.get_by_role("link", name=session_id)).to_contain_text("Plan the garden party")
+        untitled = page.get_by_role("row").filter(has_text="made-by-the-api")
+        expect(untitled.locator(".session-title")).to_be_hidden()  # no message yet: the id alone
+        expect(untitled.locator('[data-cell="origin"]')).to_have_text("sessions")
+        with api(server, "alice") as alice:
+            assert alice.get(f"/v1/sessions/{session_id}").json()["origin"] == "console"
+    finally:
+        with api(server, "alice") as alice:
+            alice.delete("/v1/sessions/made-by-the-api")
 
 
 def test_refused_messages_are_explained(console: Console) -> None:

@@ -14,6 +14,8 @@ from claude_agent_sdk import AssistantMessage, StreamEvent
 from claude_sessions import (
     ClaudeHandler,
     ClaudeSessionsError,
+    InvalidContentError,
+    InvalidImageError,
     SessionBusyError,
     SessionConfig,
     SessionExistsError,
@@ -26,7 +28,19 @@ from claude_sessions.offline_model import OfflineModel
 from claude_sessions.sessions.turns import INTERRUPT_GRACE_SECONDS
 from claude_sessions.workers.workspaces import session_cwd
 from conftest import MakeHandler
-from helpers import failed_turn, pids_of, reply_text, result_of, transcript_file, turn, wait_no_cli, worker_pid
+from helpers import (
+    failed_turn,
+    image_block,
+    images_seen,
+    pids_of,
+    png,
+    reply_text,
+    result_of,
+    transcript_file,
+    turn,
+    wait_no_cli,
+    worker_pid,
+)
 
 
 async def test_create_send_destroy_round_trip(make_handler: MakeHandler) -> None:
@@ -63,8 +77,9 @@ async def test_unknown_session_and_empty_prompt_are_typed_errors(make_handler: M
     with pytest.raises(SessionNotFoundError):
         await handler.interrupt("nope")
     session_id = await handler.create_session("s")
-    with pytest.raises(ValueError, match="prompt"):
+    with pytest.raises(InvalidContentError, match="the message is empty"):
         await turn(handler, session_id, "   ")
+    assert isinstance(InvalidContentError("x", "content"), ValueError)
 
 
 async def test_second_turn_while_one_runs_is_busy(make_handler: MakeHandler) -> None:
@@ -338,3 +353,19 @@ async def test_without_credentials_the_library_answers_from_the_offline_model(
     logged = capsys.readouterr().out
     assert logged.count("offline_model_answers") == 1 and "no Anthropic credentials" in logged
     assert wait_no_cli({pid}) == []
+
+
+async def test_a_message_with_an_image_reaches_the_model_as_an_image_block(
+    make_handler: MakeHandler, model: OfflineModel
+) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1})
+    session_id = await handler.create_session("look")
+    content = [{"type": "text", "text": "What is in this picture?"}, image_block(png(3, 3))]
+    messages = [m async for m in handler.send_message(session_id, content)]
+    assert "[images seen: image/png]" in reply_text(messages) and not result_of(messages).is_error
+    (seen,) = images_seen(model.message_requests()[-1])
+    assert seen["source"] == content[1]["source"]
+    assert handler.session_manager.get(session_id).title == "What is in this picture?"
+    with pytest.raises(InvalidImageError) as refused:  # before any model call: nothing is billed
+        await turn(handler, session_id, [image_block(png(), "image/jpeg")])
+    assert refused.value.param == "content.0.source.data"

@@ -192,11 +192,16 @@ def test_a_sqlite_database_of_the_first_schema_is_migrated(tmp_path: Path) -> No
         metrics = json.dumps(asdict(SessionMetrics(last_activity=1234.5)))
         row = ("s1", None, SessionConfig().model_dump_json(), "{}", metrics, "uuid-1", 0)
         old.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        chat = ("s2", None, SessionConfig().model_dump_json(), '{"origin": "openai"}', metrics, None, 0)
+        old.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?)", chat)
     old.close()
     registry = SqliteRegistry(path, "a", 15.0)
     got = asyncio.run(registry.get("s1"))
     assert got is not None and got.claude_session_id == "uuid-1" and got.recorded and got.holder is None
-    assert asyncio.run(registry.expired(idle_before=2000.0)) == ["s1"]  # activity moved to its column
+    assert (got.title, got.origin) == (None, "sessions")
+    made_by_chat = asyncio.run(registry.get("s2"))
+    assert made_by_chat is not None and made_by_chat.origin == "openai"  # once told by its metadata
+    assert asyncio.run(registry.expired(idle_before=2000.0)) == ["s1", "s2"]  # activity moved to its column
     assert registry._db.execute("PRAGMA user_version").fetchone() == (len(_MIGRATIONS),)
     asyncio.run(registry.close())
 

@@ -214,7 +214,9 @@ class ServerConfig(_Section):
     TENANT_TURNS_PER_MINUTE: str = Field("", validation_alias="TENANT_TURNS_PER_MINUTE")
     HOST: str = Field("127.0.0.1", validation_alias="CLAUDE_SESSIONS_HOST")
     PORT: int = Field(8000, ge=0, le=65535, validation_alias="CLAUDE_SESSIONS_PORT")
-    MAX_BODY_BYTES: int = Field(1_048_576, ge=1024, validation_alias="CLAUDE_SESSIONS_MAX_BODY_BYTES")
+    MAX_BODY_BYTES: int = Field(20_971_520, ge=1024, validation_alias="CLAUDE_SESSIONS_MAX_BODY_BYTES")
+    #: The largest image a message may carry, decoded (the model API's own limit is 5 MiB).
+    IMAGE_MAX_BYTES: int = Field(5_242_880, ge=1, validation_alias="IMAGE_MAX_BYTES")
 
     @field_validator("API_KEYS")
     @classmethod
@@ -296,6 +298,11 @@ class ServerConfig(_Section):
     @property
     def models_allowed(self) -> list[str]:
         return _comma_list(self.MODELS_ALLOWED)
+
+    @property
+    def default_model(self) -> str:
+        """The model of a session that names none: the first of ``MODELS_ALLOWED``."""
+        return self.models_allowed[0]
 
     @property
     def model_aliases(self) -> dict[str, str]:

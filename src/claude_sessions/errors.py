@@ -126,3 +126,29 @@ class RateLimitedError(TurnRefusedError):
     """The tenant started its ``TENANT_TURNS_PER_MINUTE`` turns in the last minute."""
 
     kind = "rate_limited"
+
+
+class InvalidContentError(ClaudeSessionsError, ValueError):
+    """A user message's content is not text or text and image blocks; ``param`` is the block at fault."""
+
+    kind = "invalid_request"
+
+    def __init__(self, reason: str, param: str) -> None:
+        super().__init__(f"{param}: {reason}")
+        self.reason, self.param = reason, param
+
+    def within(self, prefix: str) -> InvalidContentError:
+        """The same error for content found at ``prefix`` of a larger body (``messages.2``)."""
+        return type(self)(self.reason, f"{prefix}.{self.param}")
+
+
+class InvalidImageError(InvalidContentError):
+    """An image block's media type is not one accepted, or its data is not that image."""
+
+    kind = "invalid_image"
+
+
+class ImageTooLargeError(InvalidContentError):
+    """An image decodes past ``IMAGE_MAX_BYTES``, or a message carries more images than one may."""
+
+    kind = "image_too_large"

@@ -173,6 +173,18 @@ class OfflineModel:
         )
 
 
+def _images_of(body: dict[str, Any]) -> list[str]:
+    """The media types of the images in the last user message, as the model received them."""
+    users = [m for m in body.get("messages") or [] if m.get("role") == "user"]
+    content = users[-1].get("content") if users else None
+    blocks = content if isinstance(content, list) else []
+    return [
+        str((b.get("source") or {}).get("media_type"))
+        for b in blocks
+        if isinstance(b, dict) and b.get("type") == "image"
+    ]
+
+
 def _reply_for(body: dict[str, Any]) -> str:
     """Echo the last user text and say how many user messages the model was shown."""
     text = last_user_text(body).strip()
@@ -180,6 +192,8 @@ def _reply_for(body: dict[str, Any]) -> str:
     if not text:
         return "(offline model) nothing to echo."
     reply = f"(offline model) You said: {text} [user message {turns} of this conversation]"
+    if images := _images_of(body):
+        reply += f" [images seen: {', '.join(images)}]"
     if big := _BIG.search(text):
         reply += " " + " ".join(_BIG_WORD for _ in range(int(big.group(1))))
     return reply

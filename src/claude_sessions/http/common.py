@@ -21,6 +21,8 @@ from claude_sessions.errors import (
     ClaudeSessionsError,
     DatabaseUnavailableError,
     HandlerClosedError,
+    ImageTooLargeError,
+    InvalidContentError,
     LeaseLostError,
     ModelError,
     SessionBusyError,
@@ -35,6 +37,7 @@ from claude_sessions.errors import (
     WorkerStartError,
 )
 from claude_sessions.http.auth import Authenticator, Principal
+from claude_sessions.http.problems import problems
 from claude_sessions.http.redaction import PRINCIPAL_STATE, SESSION_KEY_STATE
 from claude_sessions.sessions.handler import ClaudeHandler
 from claude_sessions.sessions.session import Session, session_key
@@ -242,12 +245,10 @@ class ApiError(Exception):
 
 
 def validation_problems(error: RequestValidationError) -> ApiError:
-    """A body or parameter that failed validation: up to five problems, each naming its field."""
-    problems = []
-    for item in error.errors()[:5]:
-        where = ".".join(str(p) for p in item["loc"] if p != "body") or "body"
-        problems.append(f"{where if len(where) <= 100 else where[:97] + '...'}: {item['msg']}")
-    return ApiError(422, "invalid_request", "; ".join(problems))
+    """A body or parameter that failed validation: up to five problems in words; ``param``, the first field."""
+    found = problems(error.errors())[:5]
+    param = found[0].param
+    return ApiError(422, "invalid_request", "; ".join(map(str, found)), extra={"param": param} if param else None)
 
 
 @dataclass(frozen=True)
@@ -272,6 +273,9 @@ def api_error(error: ClaudeSessionsError, retry_after: int) -> ApiError:
         return ApiError(429, error.kind, str(error), {"Retry-After": str(error.retry_after)})
     if isinstance(error, ModelError):  # the model API's status, when known, beside its message
         return ApiError(502, "model_error", error.message, extra={"status": error.status} if error.status else None)
+    if isinstance(error, InvalidContentError):
+        status = 413 if isinstance(error, ImageTooLargeError) else 422
+        return ApiError(status, error.kind, str(error), extra={"param": error.param})
     retry = {"Retry-After": str(retry_after)}
     table: list[tuple[type[Exception], int, str, dict[str, str] | None]] = [
         (SessionNotFoundError, 404, "not_found", None),

@@ -21,6 +21,7 @@ router = APIRouter(include_in_schema=False)
 #: The assets the page loads, by name, with their media types.
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
+    "markdown.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
 }
 #: Replaced in the page by whether the operator must sign in (keys configured) or not.

@@ -30,9 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from claude_sessions.config import ServerConfig, SessionConfig
+from claude_sessions.content import Content
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import ApiError, Caller, ServiceDep, Surface, api_error, is_forwarded, resolve_options
+from claude_sessions.http.openai_content import invalid, text_content, user_content
+from claude_sessions.http.problems import problems
 from claude_sessions.http.sessions import workspace_of
 from claude_sessions.http.streaming import TurnStream, dumps
 from claude_sessions.observability.metrics import SessionMetrics, model_error
@@ -43,7 +46,6 @@ from claude_sessions.store.history import Turn, history_digest
 router = APIRouter(tags=["openai"])
 
 PATHS = ("/v1/chat/completions", "/v1/models")
-ORIGIN = "openai"
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -101,14 +103,10 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": OpenAIErrorBody, "description": _DESCRIPTIONS[status]} for status in (*statuses, 503)}
 
 
-def invalid(param: str, message: str) -> ApiError:
-    return ApiError(400, "invalid_request", message, extra={"param": param})
-
-
 def validation_error(error: RequestValidationError) -> ApiError:
-    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid body"}
-    param = ".".join(str(p) for p in first["loc"] if p != "body") or None
-    return ApiError(400, "invalid_request", f"{param or 'body'}: {first['msg']}", extra={"param": param})
+    """OpenAI names one field per error: the first problem, in words."""
+    first = problems(error.errors())[0]
+    return ApiError(400, "invalid_request", first.message, extra={"param": first.param})
 
 
 #: How this endpoint answers errors: OpenAI's shape, a bad request as its 400.
@@ -154,21 +152,6 @@ class ChatCompletionBody(BaseModel):
     user: str | None = None
 
 
-def _text(message: ChatMessage, index: int) -> str:
-    """A message's text: a string, or text parts; anything else is refused, never dropped."""
-    if message.content is None:
-        return ""
-    if isinstance(message.content, str):
-        return message.content
-    texts = []
-    for part in message.content:
-        if part.get("type") != "text" or not isinstance(part.get("text"), str):
-            kind = part.get("type")
-            raise invalid(f"messages[{index}].content", f"content parts of type {kind!r} are not supported")
-        texts.append(part["text"])
-    return "".join(texts)
-
-
 def _refuse_unsupported(body: ChatCompletionBody, server: ServerConfig) -> None:
     if server.resolve_model(body.model) is None:
         names = server.model_names()
@@ -184,18 +167,20 @@ def _refuse_unsupported(body: ChatCompletionBody, server: ServerConfig) -> None:
         raise invalid("response_format", "only response_format of type text is supported")
 
 
-def _conversation(body: ChatCompletionBody) -> tuple[str | None, list[Turn], str]:
+def _conversation(body: ChatCompletionBody, image_max_bytes: int) -> tuple[str | None, list[Turn], Content]:
     """(system prompt, earlier turns, the new user message) of a request."""
     system: list[str] = []
     turns: list[Turn] = []
     for index, message in enumerate(body.messages):
-        text = _text(message, index)
         if message.role in ("system", "developer"):
-            system.append(text)
+            system.append(text_content(message.content, index))
+        elif message.role == "assistant":
+            turns.append(("assistant", text_content(message.content, index)))
         else:
-            turns.append(("user" if message.role == "user" else "assistant", text))
-    if not turns or turns[-1][0] != "user" or not turns[-1][1].strip():
-        raise invalid("messages", "the last message must be a non-empty user message")
+            turns.append(("user", user_content(message.content, index, image_max_bytes)))
+    last = turns[-1] if turns else None
+    if last is None or last[0] != "user" or (isinstance(last[1], str) and not last[1].strip()):
+        raise invalid("messages", "messages: the last message must be a non-empty user message")
     *earlier, (_, prompt) = turns
     return ("\n\n".join(system) or None), earlier, prompt
 
@@ -212,10 +197,11 @@ async def _session_for(
     service: ServiceDep,
     principal: Principal,
     body: ChatCompletionBody,
+    conversation: tuple[str | None, list[Turn], Content],
     explicit: str | None,
 ) -> tuple[Session, str]:
     """The session to run the turn on, and the digest of the history it now continues."""
-    system, earlier, _ = _conversation(body)
+    system, earlier, _ = conversation
     digest = history_digest(_tenant(principal), system, body.model, earlier)
     if explicit is not None:
         return await service.own_session(request, principal, explicit), digest
@@ -230,10 +216,11 @@ async def _session_for(
     key = await service.handler.create_session(
         None,
         resolve_options(options, server),
-        {"origin": ORIGIN, "history_digest": digest},
+        {"history_digest": digest},
         owner=principal.tenant,
         owner_limit=server.TENANT_MAX_SESSIONS if principal.tenant is not None else None,
         history=earlier,
+        origin="openai",
     )
     return service.manager.get(key), digest
 
@@ -384,8 +371,9 @@ async def chat_completions(
 ) -> Response:
     """A completion on a live conversation; ``X-Session-ID`` names the session used."""
     _refuse_unsupported(body, service.config.server)
-    system, earlier, prompt = _conversation(body)
-    session, _ = await _session_for(request, service, principal, body, x_session_id)
+    conversation = _conversation(body, service.config.server.IMAGE_MAX_BYTES)
+    system, earlier, prompt = conversation
+    session, _ = await _session_for(request, service, principal, body, conversation, x_session_id)
     tenant = _tenant(principal)
 
     def digest_of(reply: str) -> str:

@@ -280,7 +280,9 @@ async def cleanup(_: Admin, service: ServiceDep) -> dict[str, Any]:
 )
 async def all_sessions(_: Admin, service: ServiceDep) -> dict[str, Any]:
     sessions = await service.manager.refresh()
-    return {"sessions": [{**session_json(s, with_metrics=True), "owner": s.owner} for s in sessions]}
+    return {
+        "sessions": [{**session_json(s, service.config.server, with_metrics=True), "owner": s.owner} for s in sessions]
+    }
 
 
 async def _degradations(handler: ClaudeHandler) -> list[str]:

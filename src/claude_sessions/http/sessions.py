@@ -8,6 +8,8 @@ with a ``result`` or an ``error`` event. A turn the model call failed (the CLI's
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pathlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -17,10 +19,11 @@ import structlog
 from claude_agent_sdk import Message
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema
 from starlette.background import BackgroundTask
 
 from claude_sessions.config import _TOOL_NAME, SessionConfig
+from claude_sessions.content import MAX_IMAGES, MEDIA_TYPES
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import (
     PUBLIC_ID,
@@ -70,19 +73,58 @@ class CreateSessionBody(SessionConfig):
         "separated by /, none made of dots only. It must not be a file or a symlink leading out.",
     )
     metadata: dict[str, JsonValue] | None = None
+    origin: Literal["sessions", "console"] = Field(
+        "sessions", description="the client that makes the session, as listings show it (the console sends its own)"
+    )
 
     def options(self, cwd: str | None) -> SessionConfig:
         return SessionConfig(**self.model_dump(include=set(SessionConfig.model_fields), exclude={"cwd"}), cwd=cwd)
 
 
+#: A content block of a user message, as the Messages API has it.
+CONTENT_BLOCK_SCHEMA = {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+            "required": ["type", "text"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "type": {"const": "image"},
+                "source": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"const": "base64"},
+                        "media_type": {"enum": list(MEDIA_TYPES)},
+                        "data": {"type": "string", "contentEncoding": "base64"},
+                    },
+                    "required": ["type", "media_type", "data"],
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["type", "source"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
+
+#: Content blocks as the schema documents them (``content.check_content`` holds them to it).
+Blocks = Annotated[list[dict[str, JsonValue]], WithJsonSchema({"type": "array", "items": CONTENT_BLOCK_SCHEMA})]
+
+
 class MessageBody(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    content: str = Field(
+    content: str | Blocks = Field(
         min_length=1,
         max_length=500_000,
-        description="The user's message. One starting with a CLI command (`/name`) outside "
-        "SLASH_COMMANDS_ALLOWED answers 422 slash_command_refused.",
+        description="The user's message: text, or text and image blocks (base64; an image past IMAGE_MAX_BYTES "
+        f"or more than {MAX_IMAGES} answer 413 image_too_large, a bad one 422 invalid_image). Text starting "
+        "with a CLI command (`/name`) outside SLASH_COMMANDS_ALLOWED answers 422 slash_command_refused.",
     )
 
 
@@ -92,6 +134,9 @@ class MessageBody(BaseModel):
 class SessionObject(BaseModel):
     session_id: str
     state: Literal["active", "idle", "busy", "orphaned"]
+    title: str | None = Field(description="the first user message, at most 80 characters; null before it")
+    origin: Literal["sessions", "openai", "console"] = Field(description="the way in that made the session")
+    model: str = Field(description="the model the session runs (the first of MODELS_ALLOWED when it named none)")
     created_at: str = Field(json_schema_extra={"format": "date-time"})
     last_activity: str = Field(json_schema_extra={"format": "date-time"})
     metadata: dict[str, JsonValue]
@@ -135,6 +180,13 @@ SSE_EVENT_SCHEMA = {
 router = APIRouter(tags=["sessions"])
 
 
+def request_key(content: str | list[dict[str, JsonValue]]) -> str:
+    """What an Idempotency-Key remembers of a message: its text, or the digest of its blocks (images are large)."""
+    if isinstance(content, str):
+        return content
+    return "blocks:" + hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def workspace_of(root: pathlib.Path, principal: Principal, requested: str | None) -> str | None:
     """A tenant's sessions run in ``WORKSPACE_ROOT/<tenant>``; ``cwd`` may only go deeper."""
     if principal.tenant is None:
@@ -142,7 +194,7 @@ def workspace_of(root: pathlib.Path, principal: Principal, requested: str | None
     home = root / principal.tenant
     target = resolve_folder(home / requested, requested) if requested else home
     if not target.is_relative_to(home):
-        raise ApiError(422, "invalid_request", "cwd: must stay inside the tenant's workspace")
+        raise ApiError(422, "invalid_request", "cwd: must stay inside the tenant's workspace", extra={"param": "cwd"})
     return str(target)
 
 
@@ -151,7 +203,9 @@ def session_options(service: ServiceDep, body: CreateSessionBody, principal: Pri
     server = service.config.server
     extra = sorted(set(body.allowed_tools) - server.tools_allowed)
     if extra:
-        raise ApiError(422, "invalid_request", f"allowed_tools: not permitted on this server: {extra}")
+        offered = ", ".join(sorted(server.tools_allowed)) or "none"
+        message = f"allowed_tools: {', '.join(extra)} not permitted on this server; TOOLS_ALLOWED offers {offered}"
+        raise ApiError(422, "invalid_request", message, extra={"param": "allowed_tools"})
     model = None if body.model is None else server.resolve_model(body.model)
     if body.model is not None and model is None:
         names = ", ".join(server.model_names())
@@ -159,7 +213,9 @@ def session_options(service: ServiceDep, body: CreateSessionBody, principal: Pri
         raise ApiError(422, "invalid_request", message, extra={"param": "model"})
     mode = body.permission_mode
     if mode is not None and mode not in server.permission_modes_allowed:
-        raise ApiError(422, "invalid_request", f"permission_mode: {mode!r} is not permitted on this server")
+        offered = ", ".join(sorted(server.permission_modes_allowed))
+        message = f"permission_mode: {mode!r} is not permitted on this server; use one of {offered}"
+        raise ApiError(422, "invalid_request", message, extra={"param": "permission_mode"})
     options = body.options(cwd=workspace_of(service.config.runtime.workspace_root, principal, body.cwd))
     return resolve_options(options.model_copy(update={"model": model}) if model else options, server)
 
@@ -185,10 +241,11 @@ async def create_session(
         body.metadata,
         owner=principal.tenant,
         owner_limit=server.TENANT_MAX_SESSIONS if principal.tenant is not None else None,
+        origin=body.origin,
     )
     session = service.manager.get(key)
     request.scope["state"][SESSION_KEY_STATE] = (key, session.public_id)
-    return session_json(session, with_metrics=True)
+    return session_json(session, server, with_metrics=True)
 
 
 @router.get(
@@ -198,7 +255,7 @@ async def create_session(
 )
 async def list_sessions(principal: Caller, service: ServiceDep) -> dict[str, Any]:
     sessions = await service.manager.listing(principal.tenant)
-    return {"sessions": [session_json(s, with_metrics=True) for s in sessions]}
+    return {"sessions": [session_json(s, service.config.server, with_metrics=True) for s in sessions]}
 
 
 @router.get(
@@ -212,7 +269,8 @@ async def list_sessions(principal: Caller, service: ServiceDep) -> dict[str, Any
 async def get_session(
     request: Request, session_id: SessionIdPath, principal: Caller, service: ServiceDep
 ) -> dict[str, Any]:
-    return session_json(await service.own_session(request, principal, session_id), with_metrics=True)
+    session = await service.own_session(request, principal, session_id)
+    return session_json(session, service.config.server, with_metrics=True)
 
 
 @router.delete(
@@ -300,9 +358,10 @@ async def send_message(
     stored = await handler.stored_reply(session.id, idempotency_key) if idempotency_key else None
     turn: AsyncGenerator[Message, None] | None = None
     if stored is not None:  # already accepted: replay, never a second turn
-        content, replies = stored
-        if content != body.content:
-            raise ApiError(422, "invalid_request", "Idempotency-Key was already used with another content")
+        request_kept, replies = stored
+        if request_kept != request_key(body.content):
+            message = "Idempotency-Key: this key was already used with another content; use a new key per message"
+            raise ApiError(422, "invalid_request", message, extra={"param": "Idempotency-Key"})
         messages: AsyncIterator[dict[str, Any]] = replayed(replies)
     else:
         turn = handler.send_message(session, body.content, forwarded=is_forwarded(request))
@@ -310,7 +369,7 @@ async def send_message(
 
         async def keep(turn_messages: list[dict[str, Any]]) -> None:
             if idempotency_key:
-                await handler.keep_reply(session.id, idempotency_key, body.content, turn_messages)
+                await handler.keep_reply(session.id, idempotency_key, request_key(body.content), turn_messages)
 
         messages = as_json(first, turn, session, keep)
     if not stream:

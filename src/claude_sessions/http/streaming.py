@@ -21,6 +21,7 @@ from sse_starlette import EventSourceResponse
 from sse_starlette.sse import SendTimeoutError
 from starlette.types import Receive, Scope, Send
 
+from claude_sessions.config import ServerConfig
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.common import ApiError, api_error
 from claude_sessions.observability.metrics import model_error
@@ -83,10 +84,14 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
-def session_json(session: Session, with_metrics: bool = False) -> dict[str, Any]:
+def session_json(session: Session, server: ServerConfig, with_metrics: bool = False) -> dict[str, Any]:
+    """A session as the API shows it; ``server`` says which model a session naming none runs."""
     body: dict[str, Any] = {
         "session_id": session.public_id,
         "state": session.state,
+        "title": session.title,
+        "origin": session.origin,
+        "model": session.config.model or server.default_model,
         "created_at": _iso(session.metrics.created_at),
         "last_activity": _iso(session.metrics.last_activity),
         "metadata": session.metadata,

@@ -24,6 +24,7 @@ from prometheus_client import generate_latest
 
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
+from claude_sessions.content import Content, check_content
 from claude_sessions.errors import HandlerClosedError, SlashCommandRefusedError
 from claude_sessions.gateway.relay import ModelGateway, credentials_of
 from claude_sessions.observability.telemetry import DEFAULT_TENANT, LiveState, Telemetry
@@ -38,7 +39,7 @@ from claude_sessions.sessions.turns import Turns, interrupt_worker, slash_comman
 from claude_sessions.sessions.worker_events import WorkerEvents
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.history import Turn
-from claude_sessions.store.records import Holder, NodeRecord, TenantUsage
+from claude_sessions.store.records import Holder, NodeRecord, Origin, TenantUsage
 from claude_sessions.workers.options import build_options
 from claude_sessions.workers.pool import StartWorker, WorkerPool
 from claude_sessions.workers.processes import DataDirLock, data_dir_mark, end_stray_processes
@@ -212,13 +213,15 @@ class ClaudeHandler:
         owner: str | None = None,
         owner_limit: int | None = None,
         history: Sequence[Turn] = (),
+        origin: Origin = "sessions",
     ) -> str:
         """Register a session and bind a worker to it; returns its registry key.
 
         Without ``owner`` the key is the id itself; a tenant's sessions live in
         the tenant's own namespace (``session_key``), capped by ``owner_limit``.
         ``history`` (earlier user and assistant messages) becomes the conversation
-        the session continues: its first turn resumes it in a new CLI.
+        the session continues: its first turn resumes it in a new CLI. ``origin``: the way in
+        that made it, as its listing shows.
         """
         if session_id is not None and not (isinstance(session_id, str) and SESSION_ID.fullmatch(session_id)):
             raise ValueError("session_id must match [A-Za-z0-9._-]{1,128}")
@@ -228,7 +231,9 @@ class ClaudeHandler:
         session_id = session_id or uuid.uuid4().hex
         manager = self.session_manager
         tenant = owner or DEFAULT_TENANT
-        session = await manager.create(session_id, config, metadata, owner, owner_limit, hold=not history)
+        session = await manager.create(
+            session_id, config, metadata, owner, owner_limit, hold=not history, origin=origin
+        )
         key = session.id
         if history:
             await manager.import_conversation(session, history)
@@ -362,18 +367,19 @@ class ClaudeHandler:
     # -- turns ------------------------------------------------------------------
 
     async def send_message(
-        self, session: str | Session, prompt: str, *, forwarded: bool = False
+        self, session: str | Session, prompt: Content, *, forwarded: bool = False
     ) -> AsyncGenerator[Message, None]:
         """Run one turn and yield the SDK's messages, ending with the ``ResultMessage``.
 
         ``session``: its id, or the :class:`Session` a caller has just read (read once per request).
+        ``prompt``: text, or the Messages API's ``text`` and ``image`` blocks; bad content raises
+        :class:`InvalidContentError` (``InvalidImageError``, ``ImageTooLargeError``).
         A message starting with a CLI command outside ``SLASH_COMMANDS_ALLOWED``
         raises :class:`SlashCommandRefusedError`: commands such as ``/config`` or
         ``/model`` would change settings that belong to the operator.
         """
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("prompt must be a non-empty string")
-        command = slash_command(prompt)
+        prompt = check_content(prompt, self.config.server.IMAGE_MAX_BYTES)
+        command = slash_command(prompt) if isinstance(prompt, str) else None
         if command is not None and command not in self.config.server.slash_commands_allowed:
             raise SlashCommandRefusedError(command)
         await self.start()

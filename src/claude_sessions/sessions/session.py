@@ -11,11 +11,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from claude_sessions.config import SessionConfig
+from claude_sessions.content import Content, text_of
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.store.archive import Conversation
-from claude_sessions.store.records import SessionRecord
+from claude_sessions.store.records import Origin, SessionRecord
 from claude_sessions.workers.worker import Worker
+
+#: How long a title may be: the first user message, shortened to fit a list's line.
+TITLE_LENGTH = 80
+
+
+def title_of(content: Content) -> str:
+    """A session's title from its first user message: one line, at most ``TITLE_LENGTH`` characters."""
+    line = " ".join(text_of(content).split()) or "(image)"
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "\u2026"
 
 
 def session_key(public_id: str, owner: str | None = None) -> str:
@@ -41,6 +51,9 @@ class Session:
     metadata: dict[str, Any] = field(default_factory=dict)
     owner: str | None = None
     metrics: SessionMetrics = field(default_factory=SessionMetrics)
+    origin: Origin = "sessions"
+    #: The first user message, shortened (None before it): what a list shows.
+    title: str | None = None
     worker: Worker | None = None
     #: The CLI's own conversation id, learned when a turn starts.
     claude_session_id: str | None = None
@@ -103,11 +116,13 @@ class Session:
             self.recorded,
             busy=self.is_busy,
             fence=self.fence,
+            title=self.title,
+            origin=self.origin,
         )
 
     @classmethod
     def restore(cls, record: SessionRecord) -> Session:
-        session = cls(id=record.key, config=record.config, owner=record.owner)
+        session = cls(id=record.key, config=record.config, owner=record.owner, origin=record.origin)
         session.take(record)
         return session
 
@@ -116,7 +131,7 @@ class Session:
 
         Metrics change in place: a caller holding ``get_session_metrics()`` keeps seeing them live.
         """
-        self.metadata = record.metadata
+        self.metadata, self.title = record.metadata, record.title
         vars(self.metrics).update(vars(record.metrics))
         self.claude_session_id, self.recorded, self.orphaned = (
             record.claude_session_id,

@@ -20,6 +20,7 @@ from claude_agent_sdk import AssistantMessage, ClaudeSDKError, Message, ResultMe
 
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
+from claude_sessions.content import Content
 from claude_sessions.errors import (
     LeaseLostError,
     SessionBusyError,
@@ -34,7 +35,7 @@ from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.observability.metrics import model_error
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
-from claude_sessions.sessions.session import Session
+from claude_sessions.sessions.session import Session, title_of
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.archive import TranscriptArchive
 from claude_sessions.store.records import Holder
@@ -71,7 +72,7 @@ class Turns:
         return self.manager.registry
 
     async def run(
-        self, session: Session, prompt: str, command: str | None, *, forwarded: bool
+        self, session: Session, prompt: Content, command: str | None, *, forwarded: bool
     ) -> AsyncGenerator[Message, None]:
         """One turn of ``session``: yields the SDK's messages, ending with the ``ResultMessage``.
 
@@ -214,7 +215,7 @@ class Turns:
         return True
 
     async def _turn(
-        self, session: Session, worker: Worker, prompt: str, command: str | None
+        self, session: Session, worker: Worker, prompt: Content, command: str | None
     ) -> AsyncGenerator[Message, None]:
         """One turn on ``worker``, bounded as a whole (prompt written, every reply read).
 
@@ -229,6 +230,8 @@ class Turns:
         worker.uses += 1
         worker.grant.take()  # calls made between turns (none expected) are no turn's
         metrics.message_count += 1
+        if session.title is None and command is None:  # a CLI command is no title
+            session.title = title_of(prompt)
         try:
             await self.manager.save(session)
             async with asyncio.timeout_at(deadline):

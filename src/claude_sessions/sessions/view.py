@@ -30,10 +30,10 @@ from claude_sessions.errors import (
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.conversations import Conversations
 from claude_sessions.sessions.health import health_report
-from claude_sessions.sessions.session import Session, public_id, session_key, tenant_of_key
+from claude_sessions.sessions.session import Session, public_id, session_key, tenant_of_key, title_of
 from claude_sessions.store.archive import TranscriptArchive
 from claude_sessions.store.history import Turn, transcript_entries
-from claude_sessions.store.records import CreateOutcome, SessionRecord
+from claude_sessions.store.records import CreateOutcome, Origin, SessionRecord
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
@@ -163,13 +163,15 @@ class SessionView:
         owner: str | None = None,
         owner_limit: int | None = None,
         hold: bool = True,
+        origin: Origin = "sessions",
     ) -> Session:
         """Register a session within the limits, exactly across every node.
 
         Raises :class:`SessionExistsError` or :class:`SessionLimitError`. ``hold``: this
         node takes its lease at once (it is about to bind a CLI).
         """
-        session = Session(session_key(session_id, owner), config or SessionConfig(), dict(metadata or {}), owner)
+        key = session_key(session_id, owner)
+        session = Session(key, config or SessionConfig(), dict(metadata or {}), owner, origin=origin)
         outcome = await self._create(session, owner_limit, hold)
         if outcome == "exists":
             raise SessionExistsError(f"session {session_id!r} already exists")
@@ -289,6 +291,7 @@ class SessionView:
         entries = transcript_entries(conversation, session_cwd(session.config, self.config), history)
         await self.archive.write((self.conversations.project_of(session.config), conversation), entries)
         session.claude_session_id, session.recorded = conversation, True
+        session.title = next((title_of(content) for role, content in history if role == "user"), None)
         await self.save(session)
 
     async def mark_orphaned(self, session: Session) -> Worker | None:

@@ -16,8 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from claude_sessions.content import Content
+
 Role = Literal["user", "assistant"]
-Turn = tuple[Role, str]
+#: One earlier message: a user's (text, or text and images) or the model's text.
+Turn = tuple[Role, Content]
 
 
 def history_digest(tenant: str, system: str | None, model: str | None, turns: Sequence[Turn]) -> str:
@@ -32,17 +35,17 @@ def transcript_entries(conversation_id: str, cwd: Path, turns: Sequence[Turn]) -
     common = {"isSidechain": False, "userType": "external", "cwd": str(cwd), "sessionId": conversation_id}
     parent: str | None = None
     entries: list[dict[str, Any]] = []
-    for role, text in turns:
+    for role, content in turns:
         entry_id = str(uuid.uuid4())
         if role == "user":
-            message: dict[str, object] = {"role": "user", "content": text}
+            message: dict[str, object] = {"role": "user", "content": content}
         else:
             message = {
                 "id": f"msg_imported_{entry_id[:8]}",
                 "type": "message",
                 "role": "assistant",
                 "model": "imported",
-                "content": [{"type": "text", "text": text}],
+                "content": [{"type": "text", "text": content}],
                 "stop_reason": "end_turn",
                 "stop_sequence": None,
                 "usage": {"input_tokens": 0, "output_tokens": 0},

@@ -81,6 +81,12 @@ CREATE TABLE retired_transcripts (
 );
 """,
     USAGE_SCHEMA,
+    # Sessions say how a list shows them: a title (the first user message) and the way in that made them.
+    """
+ALTER TABLE sessions ADD COLUMN title TEXT;
+ALTER TABLE sessions ADD COLUMN origin TEXT NOT NULL DEFAULT 'sessions';
+UPDATE sessions SET origin = 'openai' WHERE metadata::json ->> 'origin' = 'openai';
+""",
 ]
 
 

@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol
 from claude_sessions.config import SessionConfig
 from claude_sessions.observability.metrics import SessionMetrics
 
+#: Which way in made a session: the sessions API, the OpenAI-compatible endpoint, the console.
+Origin = Literal["sessions", "openai", "console"]
 #: What ``create`` did: made it, or which rule refused it.
 CreateOutcome = Literal["created", "exists", "global", "tenant"]
 #: A node serving turns; ``draining`` ones finish theirs and hand sessions over.
@@ -39,6 +41,9 @@ class SessionRecord:
     fence: int = 0
     #: Where the holder answers (a live holder's, as read).
     holder_url: str | None = None
+    #: The first user message, shortened: what a list shows for the session.
+    title: str | None = None
+    origin: Origin = "sessions"
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,14 @@ from claude_sessions.store.spend import SpendStore
 
 T = TypeVar("T")
 
-_COLUMNS = "key, owner, config, metadata, metrics, claude_session_id, orphaned, recorded, busy, holder, fence"
+_COLUMNS = (
+    "key, owner, config, metadata, metrics, claude_session_id, orphaned, recorded, busy, holder, fence, title, origin"
+)
 #: A session with its holder and busy flag as they stand: a dead or draining holder holds nothing.
 #: The first parameter is the oldest fresh heartbeat time.
 _SELECT = (
     "SELECT s.key, s.owner, s.config, s.metadata, s.metrics, s.claude_session_id, s.orphaned, s.recorded,"
-    " CASE WHEN n.node_id IS NULL THEN 0 ELSE s.busy END, n.node_id, s.fence, n.url FROM sessions s"
+    " CASE WHEN n.node_id IS NULL THEN 0 ELSE s.busy END, n.node_id, s.fence, n.url, s.title, s.origin FROM sessions s"
     " LEFT JOIN nodes n ON n.node_id = s.holder AND n.status = 'up' AND n.last_seen > ?"
 )
 #: The nodes whose leases hold: heartbeat fresh (the first parameter: the oldest fresh time) and up.
@@ -50,7 +52,7 @@ def _config(raw: str) -> SessionConfig:
 
 
 def _record(row: tuple[Any, ...]) -> SessionRecord:
-    key, owner, config, metadata, metrics, claude_id, orphaned, recorded, busy, holder, fence, holder_url = row
+    key, owner, config, metadata, metrics, claude_id, orphaned, recorded, busy, holder, fence, url, title, origin = row
     return SessionRecord(
         key=key,
         owner=owner,
@@ -63,7 +65,9 @@ def _record(row: tuple[Any, ...]) -> SessionRecord:
         busy=bool(busy),
         holder=holder,
         fence=int(fence),
-        holder_url=holder_url,
+        holder_url=url,
+        title=title,
+        origin=origin,
     )
 
 
@@ -140,7 +144,7 @@ class Registry(ABC):
                 if mine >= owner_limit:
                     return "tenant"
             await tx.run(
-                f"INSERT INTO sessions ({_COLUMNS}, last_activity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO sessions ({_COLUMNS}, last_activity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.key,
                     record.owner,
@@ -153,6 +157,8 @@ class Registry(ABC):
                     int(hold),  # busy while its CLI starts
                     self.node_id if hold else None,
                     1 if hold else 0,
+                    record.title,
+                    record.origin,
                     record.metrics.last_activity,
                 ),
             )
@@ -186,7 +192,7 @@ class Registry(ABC):
         async with self.transaction() as tx:
             await tx.run(
                 "UPDATE sessions SET metadata = ?, metrics = ?, claude_session_id = ?, orphaned = ?, recorded = ?,"
-                " busy = ?, last_activity = ? WHERE key = ? AND fence = ?",
+                " busy = ?, last_activity = ?, title = ? WHERE key = ? AND fence = ?",
                 (
                     json.dumps(record.metadata),
                     json.dumps(asdict(record.metrics)),
@@ -195,6 +201,7 @@ class Registry(ABC):
                     int(record.recorded),
                     int(record.busy),
                     record.metrics.last_activity,
+                    record.title,
                     record.key,
                     record.fence,
                 ),

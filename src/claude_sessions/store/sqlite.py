@@ -78,6 +78,12 @@ DROP TABLE workers;
 ALTER TABLE workers_by_owner RENAME TO workers;
 """,
     USAGE_SCHEMA,
+    # Sessions say how a list shows them: a title (the first user message) and the way in that made them.
+    """
+ALTER TABLE sessions ADD COLUMN title TEXT;
+ALTER TABLE sessions ADD COLUMN origin TEXT NOT NULL DEFAULT 'sessions';
+UPDATE sessions SET origin = 'openai' WHERE json_extract(metadata, '$.origin') = 'openai';
+""",
 ]
 
 

@@ -120,7 +120,7 @@ def build_options(
         system_prompt=session.system_prompt,
         max_turns=session.max_turns,
         # One that names none runs the first allowed (the CLI's own default may not be).
-        model=session.model or config.server.models_allowed[0],
+        model=session.model or config.server.default_model,
         allowed_tools=scoped_tools(session.allowed_tools, cwd),
         disallowed_tools=list(session.disallowed_tools),
         permission_mode=session.permission_mode or "default",

@@ -22,6 +22,7 @@ import structlog
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, Message, ResultMessage, SystemMessage
 
 from claude_sessions.config import SessionConfig
+from claude_sessions.content import Content
 from claude_sessions.errors import WorkerStartError
 from claude_sessions.gateway.relay import Grant
 
@@ -153,13 +154,13 @@ class Worker:
         log.debug("worker_connected", worker=worker.id, pid=worker.pid, seconds=round(time.perf_counter() - began, 3))
         return worker
 
-    async def ask(self, prompt: str, verbatim: bool) -> None:
-        """Send a user message; ``verbatim`` makes the CLI take it as plain text.
+    async def ask(self, prompt: Content, verbatim: bool) -> None:
+        """Send a user message (text, or text and image blocks); ``verbatim`` makes the CLI take it as plain text.
 
         Marked ``client_composed``, a message is never dispatched as a CLI command
         nor expanded (``@/path`` would make the CLI read a file of the host).
         """
-        if not verbatim:
+        if not verbatim and isinstance(prompt, str):
             await self.client.query(prompt)
             return
 

@@ -1,7 +1,8 @@
 // claude-sessions console: plain JavaScript over the HTTP API, no library, no build step.
 //
 // The API key lives in this tab's sessionStorage and travels only in the Authorization
-// header. Every text from the server is put on the page with textContent, never as HTML.
+// header. Every text from the server is put on the page with textContent, never as HTML;
+// messages and replies go through markdown.js, which builds inert nodes the same way.
 "use strict";
 
 (() => {
@@ -366,13 +367,13 @@
   function createSessionRow(session) {
     const row = element("tr");
     const idCell = element("th", { attrs: { scope: "row", id: uid("session") } }, row);
-    if (mine(session)) {
-      element("a", { text: session.session_id, attrs: { href: `#/session/${enc(session.session_id)}` } }, idCell);
-    } else {
-      element("code", { text: session.session_id }, idCell);
-    }
+    const label = mine(session)
+      ? element("a", { className: "session-label", attrs: { href: `#/session/${enc(session.session_id)}` } }, idCell)
+      : element("span", { className: "session-label" }, idCell);
+    element("span", { className: "session-title" }, label); // the first message, once there is one
+    element("code", { className: "session-id", text: session.session_id }, label);
     element("td", { className: "owner-col", text: session.owner ?? "operator" }, row);
-    for (const name of ["state", "messages", "tokens", "cost", "activity"]) {
+    for (const name of ["origin", "state", "messages", "tokens", "cost", "activity"]) {
       element("td", { className: ["messages", "tokens", "cost"].includes(name) ? "num" : "", attrs: { "data-cell": name } }, row);
     }
     const actions = element("td", { className: "actions-cell" }, row);
@@ -388,6 +389,17 @@
   function updateSessionRow(row, session) {
     const metrics = session.metrics || {};
     const cell = (name) => $(`[data-cell="${name}"]`, row);
+    const title = $(".session-title", row);
+    const label = session.title || "";
+    if (title.textContent !== label) {
+      title.textContent = label;
+      title.closest("th").title = label;
+      row.classList.toggle("titled", Boolean(label));
+    }
+    const origin = session.origin || "–";
+    if (cell("origin").textContent !== origin) {
+      cell("origin").replaceChildren(element("span", { className: `origin origin-${session.origin || "unknown"}`, text: origin }));
+    }
     if (cell("state").textContent !== session.state) badge(cell("state"), session.state);
     cell("messages").textContent = integer.format(metrics.message_count ?? 0);
     cell("tokens").textContent = integer.format(metrics.total_tokens ?? 0);
@@ -402,7 +414,7 @@
     const error = $("#new-session-error");
     const prompt = $("#new-system-prompt").value.trim();
     const model = $("#new-model").value;
-    const body = {};
+    const body = { origin: "console" };
     if (prompt) body.system_prompt = prompt;
     if (model) body.model = model;
     error.textContent = "";
@@ -449,6 +461,7 @@
   async function openSession(id) {
     state.sessionId = id;
     $("#session-name").textContent = id;
+    $("#session-topic").textContent = "";
     for (const dd of document.querySelectorAll("#session-facts dd")) dd.textContent = "–";
     const conversation = $("#conversation");
     conversation.replaceChildren();
@@ -491,6 +504,8 @@
     const metrics = session.metrics || {};
     const fact = (name) => $(`#session-facts [data-fact="${name}"]`);
     badge(fact("state"), session.state);
+    const topic = $("#session-topic");
+    if (topic.textContent !== (session.title || "")) topic.textContent = session.title || "";
     fact("messages").textContent = integer.format(metrics.message_count ?? 0);
     fact("tokens").textContent = integer.format(metrics.total_tokens ?? 0);
     fact("cost").textContent = money(metrics.total_cost);
@@ -499,11 +514,12 @@
 
   /** One bubble of the conversation: ``lines`` are its text (an error's: the sentence, then the detail).
    * ``before``: the turn's own "is answering" bubble, so a turn's messages stay together. */
-  function bubble(conversation, kind, who, lines, { extra, before } = {}) {
+  function bubble(conversation, kind, who, lines, { extra, before, markdown = false } = {}) {
     const box = element("div", { className: `bubble ${kind}` });
     element("span", { className: "who", text: who }, box);
     const texts = Array.isArray(lines) ? lines : [lines];
-    element("span", { className: "text", text: texts[0] ?? "" }, box);
+    if (markdown) showMarkdown(element("div", { className: "text md" }, box), texts[0] ?? "");
+    else element("span", { className: "text", text: texts[0] ?? "" }, box);
     if (texts.length > 1 && texts[1] && texts[1] !== texts[0]) {
       element("small", { className: "detail", text: `\n${texts[1]}` }, box);
     }
@@ -512,6 +528,12 @@
     conversation.insertBefore(box, before && before.parentNode === conversation ? before : null);
     conversation.scrollTop = conversation.scrollHeight;
     return box;
+  }
+
+  /** A tenant's text as markdown: inert nodes built by markdown.js, never parsed as HTML. */
+  function showMarkdown(node, text) {
+    const markdown = window.ConsoleMarkdown;
+    node.replaceChildren(markdown ? markdown.render(text) : document.createTextNode(text));
   }
 
   function textOf(content) {
@@ -530,8 +552,8 @@
       if (block.type === "text") {
         const text = block.text || "";
         if (INTERRUPTED.test(text)) bubble(conversation, "status", "", "Interrupted.", { before });
-        else if (role === "assistant") bubble(conversation, "assistant", "Claude", text, { before });
-        else if (!live) bubble(conversation, "user", "You", text); // a live turn's prompt is already shown
+        else if (role === "assistant") bubble(conversation, "assistant", "Claude", text, { before, markdown: true });
+        else if (!live) bubble(conversation, "user", "You", text, { markdown: true }); // a live turn's prompt is already shown
       } else if (block.type === "tool_use") {
         const input = JSON.stringify(block.input ?? {}, null, 2);
         bubble(conversation, "tool", `Tool call · ${block.name}`, "", { extra: input, before });
@@ -587,9 +609,18 @@
 
   async function send(id, content) {
     const conversation = $("#conversation");
-    bubble(conversation, "user", "You", content);
+    bubble(conversation, "user", "You", content, { markdown: true });
     const pending = bubble(conversation, "pending assistant", "Claude", "is answering…");
-    let partial = null;
+    let partial = null; // the reply growing from text deltas: its bubble and text so far
+    let partialText = "";
+    let painting = false;
+    const paint = () => {
+      painting = false;
+      if (!partial) return;
+      const follow = conversation.scrollHeight - conversation.scrollTop - conversation.clientHeight < 48;
+      showMarkdown($(".text", partial), partialText);
+      if (follow) conversation.scrollTop = conversation.scrollHeight;
+    };
     let interrupted = false;
     let ended = false;
     state.streaming.add(id);
@@ -606,13 +637,19 @@
         if (event === "stream_event") {
           const delta = message.event && message.event.delta;
           if (delta && delta.type === "text_delta") {
-            partial = partial || bubble(conversation, "assistant", "Claude", "", { before: pending });
-            $(".text", partial).textContent += delta.text;
+            partial = partial || bubble(conversation, "assistant", "Claude", "", { before: pending, markdown: true });
+            partialText += delta.text;
+            if (!painting) {
+              painting = true; // once a frame at most, however fast the deltas come
+              if (document.hidden) setTimeout(paint, 100);
+              else requestAnimationFrame(paint);
+            }
           }
         } else if (event === "assistant" || event === "user") {
           if (event === "assistant" && partial) {
             partial.remove();
             partial = null;
+            partialText = "";
           }
           interrupted ||= textOf(message.content).split("\n").some((line) => INTERRUPTED.test(line));
           render(conversation, event, message.content, { live: true, before: pending });

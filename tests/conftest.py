@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ CLI_FIXTURES = {"cli_env", "offline_server"}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: starts real CLI processes (make test-fast leaves these out)")
+    # A workspace disk and cgroups per handler would only slow tests of other things down (servers
+    # inherit this too); test_containment turns the limits on.
+    os.environ.setdefault("LIMITS", "off")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

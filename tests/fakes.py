@@ -27,9 +27,15 @@ class FakeProcess:
 
     pid: int = field(default_factory=lambda: next(_pids))
     returncode: int | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
     def kill(self) -> None:
         self.returncode = -9
+        self.ended.set()
+
+    async def wait(self) -> int:
+        await self.ended.wait()
+        return -9
 
 
 @dataclass(eq=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 import time
 import zlib
@@ -10,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
 
 from claude_sessions import ClaudeHandler, ModelError
 from claude_sessions.content import Content
-from claude_sessions.offline_model import loopback_env
+from claude_sessions.offline_model import OfflineModel, loopback_env
 from claude_sessions.sessions.session import Session
+from claude_sessions.workers.sandbox import bubblewrap_usable
 
 
 def cli_processes() -> list[psutil.Process]:
@@ -136,3 +139,33 @@ def images_seen(request: Any) -> list[dict[str, Any]]:
     users = [m for m in request.body["messages"] if m["role"] == "user"]
     content = users[-1]["content"] if users else []
     return [b for b in content if isinstance(b, dict) and b.get("type") == "image"] if isinstance(content, list) else []
+
+
+#: For tests of the CLI's sandbox: skipped where bubblewrap cannot run.
+needs_bubblewrap = pytest.mark.skipif(not bubblewrap_usable(), reason="bubblewrap (bwrap, socat) is not usable here")
+
+
+def tool(name: str, **tool_input: Any) -> str:
+    return f"[[tool:{name}:{json.dumps(tool_input)}]]"
+
+
+async def run_tool(handler: ClaudeHandler, session_id: str, model: OfflineModel, name: str, **tool_input: Any) -> str:
+    """Have the model call a tool; the tool_result the CLI sent back, ``ERROR: `` first if it failed."""
+    model.requests.clear()
+    await turn(handler, session_id, tool(name, **tool_input))
+    for request in reversed(model.message_requests()):
+        last = (request.body.get("messages") or [{}])[-1]
+        content = last.get("content")
+        for block in content if isinstance(content, list) else []:
+            if isinstance(block, dict) and block.get("type") == "tool_result":  # the answer to this turn's call
+                text = json.dumps(block.get("content"))
+                return f"ERROR: {text}" if block.get("is_error") else text
+    raise AssertionError("the CLI sent no tool_result")
+
+
+async def bash(handler: ClaudeHandler, session_id: str, model: OfflineModel, command: str) -> str:
+    return await run_tool(handler, session_id, model, "Bash", command=command, description="probe")
+
+
+def python(code: str) -> str:
+    return f"python3 -c {json.dumps(code)}"

@@ -237,11 +237,20 @@ def test_metrics_change_as_messages_are_sent(alice: httpx.Client, admin: httpx.C
     assert "session_id" not in text
 
 
-def test_health_pool_and_request_ids(alice: httpx.Client, server: ServerProcess) -> None:
+def test_health_pool_and_request_ids(alice: httpx.Client, admin: httpx.Client, server: ServerProcess) -> None:
     health = alice.get("/v1/health")
     body = health.json()
     assert health.status_code == 200 and body["status"] == "ok" and body["reasons"] == []
-    assert {"sessions", "pool", "totals"} <= body.keys()
+    assert {"sessions", "pool", "totals"} <= body.keys() and "limits" not in body  # the operator's business
+    limits = admin.get("/v1/health").json()["limits"]  # off in this suite (conftest); test_containment has them on
+    assert limits == {
+        "mode": "off",
+        "reason": "LIMITS=off",
+        "memory_mb": 2048,
+        "pids_max": 256,
+        "workspace_max_mb": 1024,
+        "workspace": "off",
+    }
     pool = alice.get("/v1/pool").json()
     assert {"pool_size", "healthy_connections", "max_size", "min_size", "connections"} <= pool.keys()
     assert len(health.headers["X-Request-ID"]) == 32

@@ -52,6 +52,14 @@ def test_invalid_config_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     assert "Traceback" not in done.stdout + done.stderr
 
 
+def test_limits_on_that_cannot_hold_stop_serve_with_one_line_naming_limits(tmp_path: Path) -> None:
+    env = {**offline_env(tmp_path), "LIMITS": "on", "SANDBOX": "off"}
+    done = subprocess.run([SCRIPT, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "offline_model_started" not in done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("claude-sessions: LIMITS=on: the limits cannot be enforced here: the sandbox is off")
+
+
 def test_serve_checks_the_configuration_before_it_starts_anything(tmp_path: Path) -> None:
     env = {**offline_env(tmp_path), "CP_MIN_SIZE": "9", "CP_MAX_SIZE": "3"}
     done = subprocess.run([SCRIPT, "serve"], env=env, capture_output=True, text=True, timeout=60, check=False)

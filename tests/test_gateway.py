@@ -23,8 +23,7 @@ from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.offline_model import OfflineModel
 from claude_sessions.workers.worker import WARM_UP_ROUNDS
 from conftest import MakeHandler
-from helpers import failed_turn, reply_text, result_of, turn, worker_pid
-from test_sandbox import bash, needs_bubblewrap
+from helpers import bash, failed_turn, needs_bubblewrap, reply_text, result_of, turn, worker_pid
 
 OPERATOR_KEY = "sk-ant-operator-" + uuid.uuid4().hex
 TINY_CALL = {"model": "claude-haiku-5-5", "max_tokens": 8, "messages": [{"role": "user", "content": "ping"}]}

@@ -106,16 +106,42 @@ async def test_a_failed_start_registers_no_session(fast_handler: FastHandler, st
     assert await handler.create_session("never") == "never"  # the id is free again
 
 
-async def test_health_check_retires_a_dead_spare_and_the_pool_is_refilled(
+def accepted(handler: ClaudeHandler, worker: FakeWorker) -> bool:
+    """Whether the model gateway still takes the worker's token."""
+    return handler.gateway.grant_of({"x-api-key": worker.grant.token}) is not None
+
+
+async def test_a_dead_spare_is_noticed_at_once_its_token_revoked_and_the_pool_refilled(
     fast_handler: FastHandler, starts: FakeStarts
 ) -> None:
     handler = await fast_handler(MIN_SIZE=1)
     (spare,) = starts.started
     spare.die()
-    report = await handler.run_maintenance()
-    assert report["retired"] == 1 and report["spawned"] == 1
+    for _ in range(100):  # no health check: the process's end wakes the pool
+        if len(starts.started) == 2 and starts.started[1].state is WorkerState.IDLE:
+            break
+        await asyncio.sleep(0.01)
     (fresh,) = starts.alive()
     assert fresh is not spare and fresh.state is WorkerState.IDLE
+    assert not accepted(handler, spare) and spare.state is WorkerState.CLOSED
+    report = await handler.run_maintenance()
+    assert report["retired"] == 0 and report["spawned"] == 0
+
+
+async def test_a_dead_cli_a_session_holds_between_turns_is_let_go_at_once(
+    fast_handler: FastHandler, starts: FakeStarts
+) -> None:
+    handler = await fast_handler(MIN_SIZE=0)
+    await handler.create_session("holder")
+    session = handler.session_manager.get("holder")
+    held = session.worker
+    assert isinstance(held, FakeWorker)
+    held.die()
+    for _ in range(100):
+        if session.worker is None and held.state is WorkerState.CLOSED:
+            break
+        await asyncio.sleep(0.01)
+    assert session.worker is None and held.state is WorkerState.CLOSED and not accepted(handler, held)
 
 
 async def test_close_ends_every_worker_bound_or_idle(fast_handler: FastHandler, starts: FakeStarts) -> None:

@@ -8,11 +8,9 @@ which the model's request log shows exactly.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -20,41 +18,14 @@ import pytest
 import claude_sessions
 from claude_sessions import ClaudeHandler, ConfigError, SessionConfig, SystemConfig
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from claude_sessions.workers.sandbox import bubblewrap_usable, check_host, sandbox_on
+from claude_sessions.workers.sandbox import check_host, sandbox_on
 from conftest import MakeHandler
-from helpers import turn
+from helpers import bash, needs_bubblewrap, python, run_tool, tool, turn
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex
 PACKAGE = Path(claude_sessions.__file__).resolve().parent
 HOME = Path.home()
 TENANT = SessionConfig(cwd="alice", allowed_tools=("Bash", "Write"))
-needs_bubblewrap = pytest.mark.skipif(not bubblewrap_usable(), reason="bubblewrap (bwrap, socat) is not usable here")
-
-
-def tool(name: str, **tool_input: Any) -> str:
-    return f"[[tool:{name}:{json.dumps(tool_input)}]]"
-
-
-async def run_tool(handler: ClaudeHandler, session_id: str, model: OfflineModel, name: str, **tool_input: Any) -> str:
-    """Have the model call a tool; the tool_result the CLI sent back, ``ERROR: `` first if it failed."""
-    model.requests.clear()
-    await turn(handler, session_id, tool(name, **tool_input))
-    for request in reversed(model.message_requests()):
-        last = (request.body.get("messages") or [{}])[-1]
-        content = last.get("content")
-        for block in content if isinstance(content, list) else []:
-            if isinstance(block, dict) and block.get("type") == "tool_result":  # the answer to this turn's call
-                text = json.dumps(block.get("content"))
-                return f"ERROR: {text}" if block.get("is_error") else text
-    raise AssertionError("the CLI sent no tool_result")
-
-
-async def bash(handler: ClaudeHandler, session_id: str, model: OfflineModel, command: str) -> str:
-    return await run_tool(handler, session_id, model, "Bash", command=command, description="probe")
-
-
-def python(code: str) -> str:
-    return f"python3 -c {json.dumps(code)}"
 
 
 async def tenant(make_handler: MakeHandler, config: SessionConfig = TENANT) -> tuple[ClaudeHandler, str]:

@@ -80,8 +80,12 @@ def serve(
 
     configure_logging(log_level)
     offline = wants_offline(offline, load_config())  # the whole configuration is checked before anything starts
-    with model_endpoint(offline):
-        run_server(load_config(), host, port, offline=offline)
+    try:
+        with model_endpoint(offline):
+            run_server(load_config(), host, port, offline=offline)
+    except ConfigError as error:  # what only the host can say (LIMITS=on where they cannot hold)
+        typer.echo(f"claude-sessions: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -101,6 +101,12 @@ class RuntimeConfig(_Section):
     ANTHROPIC_AUTH_TOKEN: SecretStr | None = Field(None, validation_alias="ANTHROPIC_AUTH_TOKEN")
     #: The CLI's OS sandbox (bubblewrap) for every session; ``auto``: on when it runs here.
     SANDBOX: Literal["auto", "on", "off"] = Field("auto", validation_alias="SANDBOX")
+    #: What one session's tools may take: memory, processes and threads, a CPU share, and its
+    #: tenant's workspace size. ``auto``: on where the host can enforce them.
+    LIMITS: Literal["auto", "on", "off"] = Field("auto", validation_alias="LIMITS")
+    SESSION_MEMORY_MB: int = Field(2048, ge=16, validation_alias="SESSION_MEMORY_MB")
+    SESSION_PIDS_MAX: int = Field(256, ge=16, validation_alias="SESSION_PIDS_MAX")
+    WORKSPACE_MAX_MB: int = Field(1024, ge=8, validation_alias="WORKSPACE_MAX_MB")
     _workspace_root: Path = PrivateAttr()
 
     @property

@@ -56,6 +56,15 @@ class NodeInfo(BaseModel):
     status: Literal["up", "draining", "down"]
 
 
+class LimitsReport(BaseModel):
+    mode: Literal["v2", "v1", "off"] = Field(description="the cgroup version holding memory, processes and CPU")
+    reason: str | None = Field(None, description="why the limits are off, when they are")
+    memory_mb: int
+    pids_max: int
+    workspace_max_mb: int
+    workspace: Literal["loop", "quota", "off"] = Field(description="how a workspace's size is held")
+
+
 class HealthReport(BaseModel):
     status: Literal["ok", "degraded"]
     reasons: list[str]
@@ -64,6 +73,7 @@ class HealthReport(BaseModel):
     totals: dict[str, float]
     errors: dict[str, int]
     nodes: list[NodeInfo] | None = Field(None, description="the admin's view only: every node of the deployment")
+    limits: LimitsReport | None = Field(None, description="the admin's view only: what a session's tools may take")
 
 
 class CleanupAnswer(BaseModel):
@@ -158,7 +168,7 @@ async def health(principal: Caller, service: ServiceDep) -> dict[str, Any]:
         reasons.append("database unavailable")
     report = service.manager.get_session_health_report(view)
     reasons += await _degradations(service.handler)
-    extra = {} if view is not None else {"nodes": nodes or []}
+    extra = {} if view is not None else {"nodes": nodes or [], "limits": service.handler.containment.report()}
     return {"status": "degraded" if reasons else "ok", "reasons": reasons, **report, **extra}
 
 

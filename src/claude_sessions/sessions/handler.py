@@ -25,7 +25,7 @@ from prometheus_client import generate_latest
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.content import Content, check_content
-from claude_sessions.errors import HandlerClosedError, SlashCommandRefusedError
+from claude_sessions.errors import ConfigError, HandlerClosedError, SlashCommandRefusedError
 from claude_sessions.gateway.relay import ModelGateway, credentials_of
 from claude_sessions.observability.telemetry import DEFAULT_TENANT, LiveState, Telemetry
 from claude_sessions.observability.usage_series import UsageSeries
@@ -40,20 +40,17 @@ from claude_sessions.sessions.worker_events import WorkerEvents
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.history import Turn
 from claude_sessions.store.records import Holder, NodeRecord, Origin, TenantUsage
+from claude_sessions.workers.containment import Containment
 from claude_sessions.workers.options import build_options
 from claude_sessions.workers.pool import StartWorker, WorkerPool
 from claude_sessions.workers.processes import DataDirLock, data_dir_mark, end_stray_processes
-from claude_sessions.workers.sandbox import check_host
+from claude_sessions.workers.sandbox import check_host, sandbox_on
 from claude_sessions.workers.worker import Worker
 from claude_sessions.workers.workspaces import session_cwd, tenant_of
 
 log = structlog.get_logger("claude_sessions.handler")
 
 SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-#: How long a turn submitted with an Idempotency-Key can be replayed.
-REPLAY_SECONDS = 24 * 3600.0
-#: A node unseen this long is forgotten by the maintenance leader.
-FORGET_NODES_SECONDS = 86400.0
 
 
 class ClaudeHandler:
@@ -71,6 +68,12 @@ class ClaudeHandler:
         self.registry, self.archive = open_registry(self.config, uuid.uuid4().hex[:12])
         #: This data directory's mark on every CLI it starts (found again after a crash).
         self._mark = data_dir_mark(runtime.DATA_DIR)
+        #: What one session's tools may take of this host (``LIMITS``): its cgroups, disks and view.
+        try:
+            self.containment = Containment.prepare(self.config, self._mark, sandbox_on(runtime))
+        except ConfigError:
+            self._data_dir_lock.release()
+            raise
         #: Neither credentials nor an endpoint: the offline model answers, as ``serve`` does (see ``_start``).
         self._offline_model = None if runtime.has_model_credentials else OfflineModelServer()
         self.gateway = ModelGateway(
@@ -114,12 +117,20 @@ class ClaudeHandler:
             tenant_of=lambda session: tenant_of(session, self.config),
             project_of=lambda session: self.session_manager.conversations.project_of(session),
             mark=self._mark,
+            containment=self.containment,
+            let_go=lambda worker: self.session_manager.let_go_dead(worker),
         )
         return WorkerPool(
             limits,
             self.config.optimization,
             lambda session, resume, token: build_options(
-                session, self.config, self.gateway.base_url, token, resume, self.archive.mirror_for(token)
+                session,
+                self.config,
+                self.gateway.base_url,
+                token,
+                self.containment,
+                resume,
+                self.archive.mirror_for(token),
             ),
             max_live=limits.MAX_LIVE or self.config.session_manager.MAX_SESSIONS,
             events=events,
@@ -180,6 +191,7 @@ class ClaudeHandler:
             await asyncio.to_thread(self._offline_model.stop)
         await self.archive.close()
         await self.registry.close()
+        await asyncio.to_thread(self.containment.close)
         self._data_dir_lock.release()
         log.info("handler_closed", sessions=count)
 
@@ -412,7 +424,7 @@ class ClaudeHandler:
         if await self.registry.lead():
             inactive = await manager.cleanup_inactive_sessions()
             orphans = await manager.detect_orphaned_sessions()
-            purged = await self._purge_transcripts()
+            purged = await manager.purge_retired(self.config.session_manager.TRANSCRIPT_RETENTION_DAYS)
         else:
             await manager.reap_unowned()
         released = await manager.release_idle_workers()
@@ -430,14 +442,3 @@ class ClaudeHandler:
             workers_spawned=spawned,
         )
         return {"inactive": inactive, "orphaned": orphans, "released": released, "retired": retired, "spawned": spawned}
-
-    async def _purge_transcripts(self) -> int:
-        """Delete removed sessions' transcripts past ``SM_TRANSCRIPT_RETENTION_DAYS``; forget old replies and nodes."""
-        now = time.time()
-        days = self.config.session_manager.TRANSCRIPT_RETENTION_DAYS
-        names = await self.registry.retired.take(retired_before=now - days * 86400)
-        for name in names:
-            await self.archive.delete(name)
-        await self.registry.replies.forget(older_than=now - REPLAY_SECONDS)
-        await self.registry.nodes.forget(unseen_since=now - FORGET_NODES_SECONDS)
-        return len(names)

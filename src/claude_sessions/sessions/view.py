@@ -42,6 +42,12 @@ from claude_sessions.workers.workspaces import session_cwd
 log = structlog.get_logger("claude_sessions.manager")
 
 
+#: How long a turn submitted with an Idempotency-Key can be replayed.
+REPLAY_SECONDS = 24 * 3600.0
+#: A node unseen this long is forgotten by the maintenance leader.
+FORGET_NODES_SECONDS = 86400.0
+
+
 class SessionView:
     """This node's view of the deployment's sessions: registers them up to ``SM_MAX_SESSIONS``,
     saves them fenced by their leases, and removes the inactive and the orphaned."""
@@ -273,6 +279,13 @@ class SessionView:
         session.closed = True
         return session.unbind()
 
+    async def let_go_dead(self, worker: Worker) -> None:
+        """A session's CLI ended between turns: the session lets go of it (its next turn starts
+        another); one lent out, or mid-turn, is its holder's to deal with."""
+        for session in self._sessions.values():
+            if session.worker is worker and not session.is_busy and session.unbind() is worker:
+                await self.give_back(worker, reuse=False, graceful=False)
+
     async def let_go(self, session: Session) -> Worker | None:
         """Take a session's idle worker and give up its lease, so any node may take it next."""
         worker = session.unbind()
@@ -302,6 +315,16 @@ class SessionView:
         return session.unbind()
 
     # -- cleanup (the cluster's: run by one node at a time) ------------------------------
+
+    async def purge_retired(self, retention_days: float) -> int:
+        """Delete removed sessions' transcripts past their retention; forget old replies and nodes."""
+        now = time.time()
+        names = await self.registry.retired.take(retired_before=now - retention_days * 86400)
+        for name in names:
+            await self.archive.delete(name)
+        await self.registry.replies.forget(older_than=now - REPLAY_SECONDS)
+        await self.registry.nodes.forget(unseen_since=now - FORGET_NODES_SECONDS)
+        return len(names)
 
     async def cleanup_inactive_sessions(self) -> list[str]:
         """Remove sessions idle longer than ``SM_TIMEOUT_MINUTES``; release their workers."""

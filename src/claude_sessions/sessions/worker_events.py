@@ -6,8 +6,9 @@ each worker's tenant, the pid ledger a crash is cleaned up by, warm-up transcrip
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from claude_sessions.config import SessionConfig
 from claude_sessions.errors import DatabaseUnavailableError
@@ -15,6 +16,7 @@ from claude_sessions.gateway.relay import Grant, ModelGateway
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.store.archive import TranscriptArchive
 from claude_sessions.store.registry import Registry
+from claude_sessions.workers.containment import Containment, worker_key
 from claude_sessions.workers.processes import process_started_at
 from claude_sessions.workers.worker import Worker
 
@@ -32,9 +34,12 @@ class WorkerEvents:
         tenant_of: Callable[[SessionConfig], str],
         project_of: Callable[[SessionConfig], str],
         mark: str,
+        containment: Containment,
+        let_go: Callable[[Worker], Awaitable[None]],
     ) -> None:
         self.gateway, self.registry, self.archive, self.telemetry = gateway, registry, archive, telemetry
         self._tenant_of, self._project_of, self._mark = tenant_of, project_of, mark
+        self._containment, self._let_go = containment, let_go
 
     def grant_for(self, config: SessionConfig) -> Grant:
         return self.gateway.issue(self._tenant_of(config))
@@ -52,6 +57,11 @@ class WorkerEvents:
 
     async def worker_closed(self, worker: Worker) -> None:
         self.archive.forget(worker.grant.token)
+        # What its commands left running, its cgroup and its temp folder go with it.
+        await asyncio.to_thread(self._containment.worker_ended, worker_key(worker.grant.token))
         if not self.registry.closed:  # a late close after shutdown
             with contextlib.suppress(DatabaseUnavailableError):
                 await self.registry.pids.remove(self._mark, worker.pid)
+
+    async def worker_died(self, worker: Worker) -> None:
+        await self._let_go(worker)

@@ -11,8 +11,9 @@ import structlog
 from claude_agent_sdk import ClaudeAgentOptions, SessionStore
 
 from claude_sessions.config import SessionConfig, SystemConfig
+from claude_sessions.workers.containment import Containment, worker_key
 from claude_sessions.workers.processes import MARK_VARIABLE, data_dir_mark
-from claude_sessions.workers.sandbox import scoped_tools, session_env, session_settings
+from claude_sessions.workers.sandbox import scoped_tools, session_settings
 from claude_sessions.workers.workspaces import session_cwd
 
 _cli_log = structlog.get_logger("claude_sessions.cli")
@@ -79,7 +80,7 @@ def make_private_dirs(root: Path, path: Path) -> None:
         current.mkdir(mode=0o700, exist_ok=True)
 
 
-def operator_settings(config: SystemConfig, cwd: Path) -> str:
+def operator_settings(config: SystemConfig, cwd: Path, tmp: Path) -> str:
     """The settings a CLI working in ``cwd`` runs with, given on its command line (the highest user layer).
 
     Whatever the tools allow, the CLI's config directory (every tenant's transcripts), the
@@ -88,7 +89,7 @@ def operator_settings(config: SystemConfig, cwd: Path) -> str:
     reaches beyond its own session (``UNBOUND_TOOLS``), and with ``SANDBOX`` on, commands
     run in bubblewrap (``sandbox.sandbox_settings``).
     """
-    settings = session_settings(config, cwd)
+    settings = session_settings(config, cwd, tmp)
     settings["permissions"]["deny"] += list(UNBOUND_TOOLS)
     return json.dumps({**settings, "disableAllHooks": True})
 
@@ -98,6 +99,7 @@ def build_options(
     config: SystemConfig,
     gateway_url: str,
     token: str,
+    containment: Containment,
     resume: str | None = None,
     session_store: SessionStore | None = None,
 ) -> ClaudeAgentOptions:
@@ -113,9 +115,13 @@ def build_options(
     reaches any CLI.
     """
     cwd = session_cwd(session, config)
-    make_private_dirs(config.runtime.workspace_root, cwd)
+    root = config.runtime.workspace_root
+    if cwd != root:  # a tenant's workspace: a filesystem of its own size, with limits on
+        containment.ensure_workspace(root / cwd.relative_to(root).parts[0])
+    make_private_dirs(root, cwd)
+    worker_env = containment.worker_env(worker_key(token))
     return ClaudeAgentOptions(
-        env=cli_env(config, gateway_url, token) | session_env(config, cwd),
+        env=cli_env(config, gateway_url, token) | worker_env,
         cwd=str(cwd),
         system_prompt=session.system_prompt,
         max_turns=session.max_turns,
@@ -125,7 +131,7 @@ def build_options(
         disallowed_tools=list(session.disallowed_tools),
         permission_mode=session.permission_mode or "default",
         setting_sources=[],
-        settings=operator_settings(config, cwd),
+        settings=operator_settings(config, cwd, Path(worker_env["TMPDIR"])),
         strict_mcp_config=True,
         include_partial_messages=True,  # the model's text as it is generated, on every surface
         resume=resume,

@@ -47,6 +47,9 @@ class PoolEvents(Protocol):
 
     async def worker_closed(self, worker: Worker) -> None: ...
 
+    async def worker_died(self, worker: Worker) -> None:
+        """A CLI a session holds (not mid-turn) ended on its own: the session lets go of it."""
+
 
 class WorkerPool:
     """Hands out connected workers and takes them back.
@@ -75,6 +78,8 @@ class WorkerPool:
         self._workers: dict[str, Worker] = {}  # every worker not yet closed
         self._spawning: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: One per live worker, waiting for its process to end (see ``_watch``).
+        self._watchers: set[asyncio.Task[None]] = set()
         self.max_live = max_live
         self._events = events
         #: How a CLI is started: ``Worker.start``; tests pass a fake to check the pool's logic alone.
@@ -238,7 +243,29 @@ class WorkerPool:
                 raise WorkerStartError(f"CLI started but could not be registered: {error!r}") from error
             raise
         self._workers[worker.id] = worker
+        watcher = asyncio.get_running_loop().create_task(self._watch(worker))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         return worker
+
+    async def _watch(self, worker: Worker) -> None:
+        """A CLI that ends on its own is noticed at once, not at the next health check: its
+        token stops working, an idle one's place frees and a spare follows; a session's is let go."""
+        await worker.exited()
+        if worker.state in (WorkerState.CLOSING, WorkerState.CLOSED):
+            return
+        worker.grant.revoke()
+        worker.reusable = False
+        log.warning("worker_died", worker=worker.id, pid=worker.pid, state=worker.state.value)
+        if worker.state != WorkerState.IDLE:
+            await self._events.worker_died(worker)
+            return
+        queue = self._idle.get(worker.fingerprint)
+        if queue is not None and worker in queue:
+            queue.remove(worker)
+        await self._close(worker, graceful=False)
+        if any(worker.fingerprint == c.fingerprint for c in self.warm_configs) or worker.fingerprint in self._demand:
+            await self.fill(worker.config)
 
     async def _close(self, worker: Worker, graceful: bool = True) -> None:
         if worker.state in (WorkerState.CLOSING, WorkerState.CLOSED):
@@ -350,6 +377,8 @@ class WorkerPool:
         deadline = time.monotonic() + self.timeouts.CREATE_TIMEOUT + self.timeouts.DESTROY_TIMEOUT
         while (any(self._spawning.values()) or self._workers) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        for watcher in list(self._watchers):  # a process that would not end: its worker is gone all the same
+            watcher.cancel()
 
     def status(self, workspace: Path | None = None) -> dict[str, Any]:
         """The contract's pool status.

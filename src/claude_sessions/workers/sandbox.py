@@ -14,7 +14,6 @@ unscoped ``Write`` allow rule writes anywhere on the host).
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import subprocess
@@ -33,6 +32,10 @@ _READ_TOOLS = frozenset({"Read", "Glob", "Grep"})
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]  # claude_sessions/, not workers/
 
 
+#: Why limits cannot hold without the sandbox: they apply to what runs in bwrap.
+NO_SANDBOX = "the sandbox is off (SANDBOX), so no command runs in bwrap"
+
+
 def bubblewrap_usable() -> bool:
     """Whether the CLI's sandbox can run here; decided by running bwrap once per ``PATH``."""
     return _bubblewrap_runs(os.environ.get("PATH", os.defpath))
@@ -48,6 +51,8 @@ def check_host(config: SystemConfig) -> None:
 
     Configuration is read without probing the host; this runs bwrap once, at start-up.
     """
+    if config.runtime.LIMITS == "on" and not sandbox_on(config.runtime):
+        raise ConfigError(f"LIMITS=on: the limits cannot be enforced here: {NO_SANDBOX}")
     if bubblewrap_usable():
         return
     if config.runtime.SANDBOX == "on":
@@ -90,27 +95,9 @@ def scoped_tools(rules: Iterable[str], cwd: Path) -> list[str]:
     return list(dict.fromkeys(scoped))
 
 
-def _tmp_root() -> Path:
+def temp_root() -> Path:
+    """Where workers' temporary folders live (one per worker, see ``containment``): one folder per user."""
     return Path(tempfile.gettempdir()).resolve() / f"claude-sessions-{os.getuid()}"
-
-
-def session_tmpdir(cwd: Path) -> Path:
-    """The CLI's own temp folder for one workspace (shell state, task output).
-
-    By default every CLI of a user shares ``/tmp/claude-<uid>``, writable by every
-    sandboxed command: other tenants' task output would be readable there.
-    """
-    return _tmp_root() / hashlib.sha256(os.fsencode(cwd)).hexdigest()[:16]
-
-
-def session_env(config: SystemConfig, cwd: Path) -> dict[str, str]:
-    """What one sandboxed CLI adds to ``cli_env``: a temp folder of its workspace's own."""
-    if not sandbox_on(config.runtime):
-        return {}
-    tmp = session_tmpdir(cwd)
-    tmp.parent.mkdir(mode=0o700, exist_ok=True)
-    tmp.mkdir(mode=0o700, exist_ok=True)
-    return {"CLAUDE_CODE_TMPDIR": str(tmp)}
 
 
 def _server_paths(config: SystemConfig) -> list[Path]:
@@ -149,10 +136,10 @@ def permission_deny(config: SystemConfig, cwd: Path) -> list[str]:
     return [f"{tool}(/{path}/**)" for path in dict.fromkeys(paths) for tool in ("Read", "Edit")]
 
 
-def sandbox_settings(config: SystemConfig, cwd: Path) -> dict[str, Any]:
-    """The ``sandbox`` settings of one session's CLI: Bash writes only its workspace, reads
-    none of ours or other tenants', and reaches no host."""
-    hidden = [*_server_paths(config), config.runtime.workspace_root, _tmp_root()]
+def sandbox_settings(config: SystemConfig, cwd: Path, tmp: Path) -> dict[str, Any]:
+    """The ``sandbox`` settings of one session's CLI: Bash writes only its workspace (and the
+    worker's ``tmp``), reads none of ours or other tenants', and reaches no host."""
+    hidden = [*_server_paths(config), config.runtime.workspace_root, temp_root()]
     return {
         "enabled": True,
         "failIfUnavailable": True,  # never fall back to unsandboxed commands
@@ -161,14 +148,14 @@ def sandbox_settings(config: SystemConfig, cwd: Path) -> dict[str, Any]:
         "network": {"strictAllowlist": True, "allowedDomains": []},  # refuse every host, never ask
         "filesystem": {
             "denyRead": [str(path) for path in dict.fromkeys(hidden)],
-            "allowRead": [str(cwd), str(session_tmpdir(cwd))],
+            "allowRead": [str(cwd), str(tmp)],
         },
     }
 
 
-def session_settings(config: SystemConfig, cwd: Path) -> dict[str, Any]:
+def session_settings(config: SystemConfig, cwd: Path, tmp: Path) -> dict[str, Any]:
     """Permission rules, and when the sandbox is on its settings, for one session's CLI."""
     settings: dict[str, Any] = {"permissions": {"deny": permission_deny(config, cwd)}}
     if sandbox_on(config.runtime):
-        settings["sandbox"] = sandbox_settings(config, cwd)
+        settings["sandbox"] = sandbox_settings(config, cwd, tmp)
     return settings

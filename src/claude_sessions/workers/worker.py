@@ -83,6 +83,11 @@ class Worker:
     def is_alive(self) -> bool:
         return self.process.returncode is None
 
+    async def exited(self) -> None:
+        """Return when the CLI process has ended, for whatever reason."""
+        with contextlib.suppress(Exception):  # a process already reaped counts as ended
+            await self.process.wait()
+
     def age_seconds(self, now: float | None = None) -> float:
         return (now or time.monotonic()) - self.created_at
 

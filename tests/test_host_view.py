@@ -1,0 +1,31 @@
+"""A sandboxed command's view of ``/etc``: what any user may read, and no secret whatever its mode."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from claude_sessions.workers.host_view import view_args
+
+
+def test_etc_is_copied_without_what_others_cannot_read_and_without_secrets(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    (etc / "ssl" / "private").mkdir(parents=True)
+    (etc / "ssl" / "certs").mkdir()
+    files = {"passwd": 0o644, "shadow": 0o640, "sudoers": 0o644, "ssl/private/key.pem": 0o600}
+    files["ssl/certs/ca.pem"] = 0o644
+    for name, mode in files.items():
+        (etc / name).write_text(name)
+        (etc / name).chmod(mode)
+    (etc / "ssl" / "private").chmod(0o700)
+    (etc / "locked").mkdir(mode=0o700)
+    (etc / "alternatives-python").symlink_to("/usr/bin/python3")
+    args = view_args(tmp_path / "run", etc)
+    copy = tmp_path / "run" / "etc"
+    assert args[-5:] == ["--ro-bind", str(copy), str(etc), "--tmpfs", "/tmp"]
+    assert (copy / "passwd").read_text() == "passwd" and (copy / "ssl" / "certs" / "ca.pem").exists()
+    for hidden in ("shadow", "sudoers", "ssl/private", "locked"):
+        assert not (copy / hidden).exists(), hidden
+    assert os.readlink(copy / "alternatives-python") == "/usr/bin/python3"  # a symlink stays one
+    assert args[:3] == ["--ro-bind", "/usr", "/usr"]  # programs and their libraries
+    view_args(tmp_path / "run", etc)  # made afresh at each start

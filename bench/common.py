@@ -75,9 +75,13 @@ def offline_environment() -> Iterator[OfflineModelServer]:
         yield model
 
 
-def make_handler(min_size: int = 2, max_size: int = 10, max_sessions: int = 100) -> ClaudeHandler:
-    """A handler with its own data directory (one handler per directory)."""
+def make_handler(
+    min_size: int = 2, max_size: int = 10, max_sessions: int = 100, limits: str | None = None
+) -> ClaudeHandler:
+    """A handler with its own data directory (one handler per directory); ``limits``: ``LIMITS``'s value."""
     config = SystemConfig.from_env()
+    if limits is not None:
+        config.runtime.LIMITS = limits  # type: ignore[assignment]
     config.runtime.DATA_DIR = Path(tempfile.mkdtemp(prefix="handler-", dir=config.runtime.DATA_DIR))
     config.session_manager.MAX_SESSIONS = max_sessions
     config.connection_pool = ConnectionPoolConfig(MIN_SIZE=min_size, MAX_SIZE=max_size)

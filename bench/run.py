@@ -47,6 +47,7 @@ async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[
     comparisons.append(await scenarios.first_text(rounds, model))
     comparisons += await scenarios.gateway_overhead(100 if quick else 500)
     comparisons += await scenarios.openai_completions(rounds, model)
+    comparisons += await scenarios.limits_cost(5 if quick else 20)
     return {
         "comparisons": [c.as_dict() for c in comparisons],
         "concurrency": await scenarios.concurrency([1, 10] if quick else [1, 10, 50], 10),

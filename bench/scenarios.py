@@ -477,3 +477,38 @@ async def maintenance_cost(levels: list[int]) -> list[dict[str, Any]]:
         )
         await handler.close()
     return rows
+
+
+async def limits_cost(rounds: int) -> list[Comparison]:
+    """8. What containment costs: a CLI's start, a turn, and a turn running one sandboxed command,
+    with ``LIMITS=off`` and ``on`` (cgroup, workspace disk, allowlist view), interleaved."""
+    tenant = SessionConfig(cwd="bench-tenant", allowed_tools=("Bash",), permission_mode="acceptEdits")
+    handlers = {mode: make_handler(min_size=0, max_size=1, limits=mode) for mode in ("off", "on")}
+    starts: dict[str, list[float]] = {"off": [], "on": []}
+    turns: dict[str, list[float]] = {"off": [], "on": []}
+    commands: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        sessions = {mode: await h.create_session(config=tenant) for mode, h in handlers.items()}
+        for i in range(rounds + 2):
+            for mode, handler in handlers.items():
+                began = time.perf_counter()
+                worker = await handler.pool.acquire(tenant)
+                started = time.perf_counter() - began
+                await handler.pool.discard(worker)
+                turn = (await managed_turn(handler, sessions[mode], f"plain {i}"))[1]
+                began = time.perf_counter()
+                await managed_turn(handler, sessions[mode], '[[tool:Bash:{"command": "true"}]]')
+                command = time.perf_counter() - began
+                if i >= 2:  # the first rounds warm both paths
+                    starts[mode].append(started)
+                    turns[mode].append(turn)
+                    commands[mode].append(command)
+    finally:
+        await asyncio.gather(*(h.close() for h in handlers.values()))
+    return [
+        Comparison("a CLI's start: LIMITS", "off", summary(starts["off"]), "on", summary(starts["on"]), "+<= 5%"),
+        Comparison("a turn: LIMITS", "off", summary(turns["off"]), "on", summary(turns["on"]), "+<= 1 ms"),
+        Comparison(
+            "a turn running one Bash command: LIMITS", "off", summary(commands["off"]), "on", summary(commands["on"])
+        ),
+    ]

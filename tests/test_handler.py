@@ -182,12 +182,17 @@ async def test_worker_dead_between_turns_is_replaced_transparently(make_handler:
     await turn(handler, session_id, "first")
     session = handler.session_manager.get(session_id)
     assert session.worker is not None
-    os.kill(session.worker.pid, signal.SIGKILL)
-    await asyncio.sleep(0.2)
+    dead = session.worker
+    os.kill(dead.pid, signal.SIGKILL)
+    began = time.monotonic()
+    while session.worker is not None and time.monotonic() - began < 5:  # noticed at once, not at the next turn
+        await asyncio.sleep(0.02)
+    assert session.worker is None and time.monotonic() - began < 1.0
+    assert handler.gateway.grant_of({"x-api-key": dead.grant.token}) is None  # its token answers 401
     messages = await turn(handler, session_id, "second")
     assert any(isinstance(m, AssistantMessage) for m in messages)
     metrics = handler.session_manager.get_session_metrics(session_id)
-    assert metrics is not None and metrics.connection_errors == 1
+    assert metrics is not None and metrics.connection_errors == 0  # no turn met the dead CLI
 
 
 async def test_destroy_during_a_turn_interrupts_it(make_handler: MakeHandler) -> None:

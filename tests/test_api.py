@@ -602,10 +602,11 @@ def test_a_client_that_stops_reading_frees_the_session_at_the_turn_deadline(
             assert time.monotonic() - began < 10
             time.sleep(0.05)
         (session_id,) = [s["session_id"] for s in listed]
+        began = time.monotonic()  # the turn's deadline runs from about now (a loaded machine is slow to get here)
         states: list[tuple[float, str]] = []
         while (state := alice.get(f"/v1/sessions/{session_id}").json()["state"]) == "busy" or not states:
             states.append((round(time.monotonic() - began, 1), state))
-            assert time.monotonic() - began < 3 + 2.5, f"the stalled client held the session: {states}"
+            assert time.monotonic() - began < 3 + 3, f"the stalled client held the session: {states}"
             time.sleep(0.1)
         assert states[0][1] == "busy", f"the turn was not held by the stalled client at all: {states}"
         reply = alice.post(f"/v1/sessions/{session_id}/messages?stream=false", json={"content": "next"})

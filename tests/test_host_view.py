@@ -20,12 +20,16 @@ def test_etc_is_copied_without_what_others_cannot_read_and_without_secrets(tmp_p
     (etc / "ssl" / "private").chmod(0o700)
     (etc / "locked").mkdir(mode=0o700)
     (etc / "alternatives-python").symlink_to("/usr/bin/python3")
-    args = view_args(tmp_path / "run", etc)
-    copy = tmp_path / "run" / "etc"
-    assert args[-5:] == ["--ro-bind", str(copy), str(etc), "--tmpfs", "/tmp"]
+    args = view_args(tmp_path / "cache", etc)
+    copy = Path(args[-4])
+    assert args[-5:] == ["--ro-bind", str(copy), str(etc), "--tmpfs", "/tmp"] and copy.parent == tmp_path / "cache"
     assert (copy / "passwd").read_text() == "passwd" and (copy / "ssl" / "certs" / "ca.pem").exists()
     for hidden in ("shadow", "sudoers", "ssl/private", "locked"):
         assert not (copy / hidden).exists(), hidden
     assert os.readlink(copy / "alternatives-python") == "/usr/bin/python3"  # a symlink stays one
     assert args[:3] == ["--ro-bind", "/usr", "/usr"]  # programs and their libraries
-    view_args(tmp_path / "run", etc)  # made afresh at each start
+    assert view_args(tmp_path / "cache", etc) == args  # the same state of /etc: the same copy, made once
+    (etc / "hosts").write_text("127.0.0.1 localhost")
+    (etc / "hosts").chmod(0o644)
+    again = Path(view_args(tmp_path / "cache", etc)[-4])
+    assert again != copy and (again / "hosts").exists()  # a changed /etc: a new copy

@@ -9,6 +9,7 @@ task output), removed when the worker ends: nothing of an ended worker stays in 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -27,6 +28,13 @@ from claude_sessions.workers.host_view import view_args
 from claude_sessions.workers.sandbox import NO_SANDBOX, temp_root
 
 log = structlog.get_logger("claude_sessions.limits")
+
+
+@functools.cache
+def _view() -> str:
+    """The view's arguments, one per line, as the shim reads them: read once per process (a
+    server's handler, or the many handlers of a test run), so ``/etc`` as it was at start."""
+    return "".join(f"{arg}\n" for arg in view_args(temp_root()))
 
 
 def worker_key(token: str) -> str:
@@ -96,7 +104,7 @@ class Containment:
         shim.write_text((resources.files("claude_sessions.workers") / "bwrap.sh").read_text(encoding="utf-8"))
         shim.chmod(0o755)
         self.view_file = run / "view.args"
-        self.view_file.write_text("".join(f"{arg}\n" for arg in view_args(run)))
+        self.view_file.write_text(_view())
 
     def _settle(self, limits: str) -> None:
         """``on``: every limit holds or start-up stops; ``auto``: say what was turned off."""

@@ -490,7 +490,9 @@ async def limits_cost(rounds: int) -> list[Comparison]:
     try:
         sessions = {mode: await h.create_session(config=tenant) for mode, h in handlers.items()}
         for i in range(rounds + 2):
-            for mode, handler in handlers.items():
+            order = ("off", "on") if i % 2 else ("on", "off")  # neither side always runs second
+            for mode in order:
+                handler = handlers[mode]
                 began = time.perf_counter()
                 worker = await handler.pool.acquire(tenant)
                 started = time.perf_counter() - began

@@ -46,12 +46,17 @@ async def limited(make_handler: MakeHandler, **runtime: Any) -> ClaudeHandler:
     return await make_handler(runtime={**LIMITS, **runtime}, connection_pool={"MIN_SIZE": 0})
 
 
+async def alice_and_bob(make_handler: MakeHandler) -> tuple[ClaudeHandler, str, str]:
+    """A handler with limits on, and a session with Bash in each of two tenants' workspaces."""
+    handler = await limited(make_handler)
+    alice = await handler.create_session("alice", tenant_config("alice"))
+    return handler, alice, await handler.create_session("bob", tenant_config("bob"))
+
+
 async def test_a_fork_flood_is_held_at_the_pids_limit_while_another_tenant_works(
     make_handler: MakeHandler, model: OfflineModel
 ) -> None:
-    handler = await limited(make_handler)
-    alice = await handler.create_session("alice", tenant_config("alice"))
-    bob = await handler.create_session("bob", tenant_config("bob"))
+    handler, alice, bob = await alice_and_bob(make_handler)
     flood = bash(handler, alice, model, "for i in $(seq 200); do sleep 3 & done; echo flooded")
     await asyncio.sleep(1.0)
     began = time.perf_counter()
@@ -78,9 +83,7 @@ async def test_a_memory_hog_is_killed_at_the_limit_and_the_next_turn_is_fine(
 async def test_a_write_past_the_workspace_size_is_refused_and_other_tenants_still_write(
     make_handler: MakeHandler, model: OfflineModel
 ) -> None:
-    handler = await limited(make_handler)
-    alice = await handler.create_session("alice", tenant_config("alice"))
-    bob = await handler.create_session("bob", tenant_config("bob"))
+    handler, alice, bob = await alice_and_bob(make_handler)
     result = await bash(handler, alice, model, "echo kept > small.txt; dd if=/dev/zero of=big bs=1M count=64")
     assert "No space left on device" in result, result
     root = handler.config.runtime.workspace_root
@@ -124,9 +127,7 @@ async def test_a_command_sees_an_allowlist_of_the_host(
 
 
 async def test_a_cpu_burner_does_not_starve_another_tenant(make_handler: MakeHandler, model: OfflineModel) -> None:
-    handler = await limited(make_handler)
-    alice = await handler.create_session("alice", tenant_config("alice"))
-    bob = await handler.create_session("bob", tenant_config("bob"))
+    handler, alice, bob = await alice_and_bob(make_handler)
     work = python("import time; t = time.perf_counter(); sum(range(20_000_000)); print('took', time.perf_counter()-t)")
 
     async def took() -> float:

@@ -100,6 +100,10 @@ class WorkerPool:
     def workers(self) -> list[Worker]:
         return list(self._workers.values())
 
+    def _is_warm(self, fingerprint: str) -> bool:
+        """Whether spares of these options are kept from the start (``warm_configs``)."""
+        return any(config.fingerprint == fingerprint for config in self.warm_configs)
+
     def _is_reusable(self, worker: Worker) -> bool:
         return worker.is_healthy() and not self.is_expired(worker)
 
@@ -264,7 +268,7 @@ class WorkerPool:
         if queue is not None and worker in queue:
             queue.remove(worker)
         await self._close(worker, graceful=False)
-        if any(worker.fingerprint == c.fingerprint for c in self.warm_configs) or worker.fingerprint in self._demand:
+        if self._is_warm(worker.fingerprint) or worker.fingerprint in self._demand:
             await self.fill(worker.config)
 
     async def _close(self, worker: Worker, graceful: bool = True) -> None:
@@ -332,10 +336,9 @@ class WorkerPool:
             return
         self._demand[config.fingerprint] = config
         self._demand.move_to_end(config.fingerprint)
-        warm = {c.fingerprint for c in self.warm_configs}
         while len(self._demand) > self.demand_limit:
             stale, _ = self._demand.popitem(last=False)
-            if stale not in warm:
+            if not self._is_warm(stale):
                 for worker in self._idle.pop(stale, ()):
                     self._spawn_task(self._close(worker))
         self._spawn_task(self.fill(config))

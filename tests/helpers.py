@@ -7,16 +7,18 @@ import json
 import struct
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock
+from claude_agent_sdk import AssistantMessage, ResultMessage, TextBlock
 
 from claude_sessions import ClaudeHandler, ModelError
 from claude_sessions.content import Content
 from claude_sessions.offline_model import OfflineModel, loopback_env
+from claude_sessions.sessions.permissions import Reply
 from claude_sessions.sessions.session import Session
 from claude_sessions.workers.sandbox import bubblewrap_usable
 
@@ -74,14 +76,14 @@ def offline_env(model_url: str, root: Path) -> dict[str, str]:
     }
 
 
-async def turn(handler: ClaudeHandler, session: str | Session, prompt: Content) -> list[Message]:
+async def turn(handler: ClaudeHandler, session: str | Session, prompt: Content) -> list[Reply]:
     """Every message of one turn, of a session by id or as read."""
     return [m async for m in handler.send_message(session, prompt)]
 
 
-async def failed_turn(handler: ClaudeHandler, session: str | Session, prompt: str) -> tuple[list[Message], ModelError]:
+async def failed_turn(handler: ClaudeHandler, session: str | Session, prompt: str) -> tuple[list[Reply], ModelError]:
     """Every message of a turn whose model call failed, and the ``ModelError`` raised after them."""
-    messages: list[Message] = []
+    messages: list[Reply] = []
     try:
         async for message in handler.send_message(session, prompt):
             messages.append(message)
@@ -90,13 +92,13 @@ async def failed_turn(handler: ClaudeHandler, session: str | Session, prompt: st
     raise AssertionError(f"the turn raised no ModelError: {messages[-1:]!r}")
 
 
-def result_of(messages: list[Message]) -> ResultMessage:
+def result_of(messages: Sequence[Reply]) -> ResultMessage:
     last = messages[-1]
     assert isinstance(last, ResultMessage), f"turn did not end with a ResultMessage: {last!r}"
     return last
 
 
-def reply_text(messages: list[Message]) -> str:
+def reply_text(messages: Sequence[Reply]) -> str:
     return "".join(
         block.text
         for m in messages

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from claude_agent_sdk import Message, SystemMessage
+from claude_agent_sdk import SystemMessage
 
 from claude_sessions import ClaudeHandler, SessionConfig, SlashCommandRefusedError
 from claude_sessions.offline_model import OfflineModel
+from claude_sessions.sessions.permissions import Reply
 from conftest import MakeHandler
 from helpers import reply_text, turn, wait_no_cli, worker_pid
 
@@ -29,7 +31,7 @@ def workspace(handler: ClaudeHandler, tenant: str) -> Path:
     return path
 
 
-def init_of(messages: list[Message]) -> dict[str, Any]:
+def init_of(messages: Sequence[Reply]) -> dict[str, Any]:
     return next(m.data for m in messages if isinstance(m, SystemMessage) and m.subtype == "init")
 
 

@@ -10,6 +10,9 @@ from claude_sessions.errors import (
     InvalidContentError,
     InvalidImageError,
     ModelError,
+    PermissionDecidedError,
+    PermissionExpiredError,
+    PermissionNotFoundError,
     SessionBusyError,
     SessionExistsError,
     SessionLimitError,
@@ -24,6 +27,7 @@ from claude_sessions.errors import (
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.sessions.handler import ClaudeHandler
 from claude_sessions.sessions.manager import ClaudeCodeSessionManager
+from claude_sessions.sessions.permissions import PermissionRequest, PermissionResolved
 from claude_sessions.store.transcripts import PostgresTranscriptStore
 
 __all__ = [
@@ -37,6 +41,11 @@ __all__ = [
     "InvalidContentError",
     "InvalidImageError",
     "ModelError",
+    "PermissionDecidedError",
+    "PermissionExpiredError",
+    "PermissionNotFoundError",
+    "PermissionRequest",
+    "PermissionResolved",
     "PostgresTranscriptStore",
     "SessionBusyError",
     "SessionConfig",

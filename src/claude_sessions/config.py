@@ -208,6 +208,10 @@ class ServerConfig(_Section):
     ADMIN_API_KEY: SecretStr | None = Field(None, validation_alias="ADMIN_API_KEY")
     TENANT_MAX_SESSIONS: int | None = Field(None, ge=1, validation_alias="TENANT_MAX_SESSIONS")
     TOOLS_ALLOWED: str = Field("", validation_alias="TOOLS_ALLOWED")
+    #: Tools a session may have its user approve call by call (``ask_tools``).
+    TOOLS_ASK: str = Field("", validation_alias="TOOLS_ASK")
+    #: How long an asked call waits for its answer before it is denied.
+    PERMISSION_TIMEOUT_SECONDS: float = Field(300.0, gt=0, validation_alias="PERMISSION_TIMEOUT_SECONDS")
     PERMISSION_MODES_ALLOWED: str = Field("default,plan", validation_alias="PERMISSION_MODES_ALLOWED")
     SLASH_COMMANDS_ALLOWED: str = Field("compact", validation_alias="SLASH_COMMANDS_ALLOWED")
     #: The models a session may name (the OpenAI endpoint's /v1/models); default: the CLI's aliases.
@@ -233,6 +237,14 @@ class ServerConfig(_Section):
                 raise ValueError('expected "tenant:key,tenant2:key2" with tenants matching [A-Za-z0-9_-]{1,64}')
             if tenant.lower() == RESERVED_TENANT:  # the admin's namespace and workspace are its own
                 raise ValueError(f"tenant name {tenant!r} is reserved for ADMIN_API_KEY")
+        return value
+
+    @field_validator("TOOLS_ASK")
+    @classmethod
+    def _tools_ask(cls, value: str) -> str:
+        for tool in _comma_list(value):
+            if not _ASKED_TOOL.fullmatch(tool):
+                raise ValueError(f"invalid TOOLS_ASK: {tool[:50]!r} is not a tool name (a rule cannot be asked)")
         return value
 
     @field_validator("MODELS_ALLOWED")
@@ -290,6 +302,10 @@ class ServerConfig(_Section):
     @property
     def tools_allowed(self) -> set[str]:
         return set(_comma_list(self.TOOLS_ALLOWED))
+
+    @property
+    def tools_ask(self) -> set[str]:
+        return set(_comma_list(self.TOOLS_ASK))
 
     @property
     def permission_modes_allowed(self) -> set[str]:
@@ -381,9 +397,10 @@ class SystemConfig(BaseModel):
     @model_validator(mode="after")
     def _tools_that_write_need_the_sandbox(self) -> SystemConfig:
         """Bash and the editing tools reach the whole host unless the sandbox holds them."""
-        unsafe = tools_needing_sandbox(self.server.tools_allowed)
-        if unsafe and self.runtime.SANDBOX == "off":
-            raise ValueError(f"invalid TOOLS_ALLOWED: {unsafe} need the sandbox, which is off (SANDBOX=off)")
+        for name, tools in (("TOOLS_ALLOWED", self.server.tools_allowed), ("TOOLS_ASK", self.server.tools_ask)):
+            unsafe = tools_needing_sandbox(tools)
+            if unsafe and self.runtime.SANDBOX == "off":
+                raise ValueError(f"invalid {name}: {unsafe} need the sandbox, which is off (SANDBOX=off)")
         return self
 
     @classmethod
@@ -396,6 +413,7 @@ class SystemConfig(BaseModel):
 
 #: Never a leading "-": every value ends up on the CLI's command line, after its flag.
 _MODEL_NAME = r"^[A-Za-z0-9._:@/\[\]][A-Za-z0-9._:@/\[\]-]*$"
+_ASKED_TOOL = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}")
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.*:()\[\]/@][A-Za-z0-9_.*:()\[\], /@-]{0,199}")
 
 
@@ -413,6 +431,8 @@ class SessionConfig(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=200, pattern=_MODEL_NAME)
     allowed_tools: tuple[str, ...] = Field((), max_length=100)
     disallowed_tools: tuple[str, ...] = Field((), max_length=100)
+    #: Tools whose calls the session's user approves one by one (the turn pauses for the answer).
+    ask_tools: tuple[str, ...] = Field((), max_length=100)
     permission_mode: PermissionMode | None = None
     cwd: str | None = Field(None, min_length=1, max_length=1024)
 
@@ -422,6 +442,14 @@ class SessionConfig(BaseModel):
         for tool in tools:
             if not _TOOL_NAME.fullmatch(tool):
                 raise ValueError(f"invalid tool name {tool[:50]!r}")
+        return tools
+
+    @field_validator("ask_tools")
+    @classmethod
+    def _asked_tools(cls, tools: tuple[str, ...]) -> tuple[str, ...]:
+        for tool in tools:
+            if not _ASKED_TOOL.fullmatch(tool):
+                raise ValueError(f"invalid tool name {tool[:50]!r} (a tool's name, not a rule)")
         return tools
 
     @field_validator("system_prompt", "cwd")

@@ -152,3 +152,18 @@ class ImageTooLargeError(InvalidContentError):
     """An image decodes past ``IMAGE_MAX_BYTES``, or a message carries more images than one may."""
 
     kind = "image_too_large"
+
+
+class PermissionNotFoundError(ClaudeSessionsError, KeyError):
+    """No asked tool call of this session has this request id (another session's has none here either)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "permission request not found"
+
+
+class PermissionDecidedError(ClaudeSessionsError):
+    """The asked tool call was already answered (by its user, or denied by an interrupt)."""
+
+
+class PermissionExpiredError(ClaudeSessionsError):
+    """The asked tool call waited ``PERMISSION_TIMEOUT_SECONDS`` unanswered and was denied."""

@@ -25,6 +25,9 @@ from claude_sessions.errors import (
     InvalidContentError,
     LeaseLostError,
     ModelError,
+    PermissionDecidedError,
+    PermissionExpiredError,
+    PermissionNotFoundError,
     SessionBusyError,
     SessionExistsError,
     SessionLimitError,
@@ -279,6 +282,9 @@ def api_error(error: ClaudeSessionsError, retry_after: int) -> ApiError:
     retry = {"Retry-After": str(retry_after)}
     table: list[tuple[type[Exception], int, str, dict[str, str] | None]] = [
         (SessionNotFoundError, 404, "not_found", None),
+        (PermissionNotFoundError, 404, "not_found", None),
+        (PermissionDecidedError, 409, "permission_decided", None),
+        (PermissionExpiredError, 410, "permission_expired", None),
         (SessionExistsError, 409, "session_exists", None),
         (SessionBusyError, 409, "session_busy", None),
         (SessionOrphanedError, 410, "session_orphaned", None),

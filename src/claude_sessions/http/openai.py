@@ -22,7 +22,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
-from claude_agent_sdk import AssistantMessage, Message, ResultMessage, StreamEvent, TextBlock
+from claude_agent_sdk import AssistantMessage, ResultMessage, StreamEvent, TextBlock
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -40,6 +40,7 @@ from claude_sessions.http.sessions import workspace_of
 from claude_sessions.http.streaming import TurnStream, dumps
 from claude_sessions.observability.metrics import SessionMetrics, model_error
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
+from claude_sessions.sessions.permissions import Reply
 from claude_sessions.sessions.session import Session
 from claude_sessions.store.history import Turn, history_digest
 
@@ -236,7 +237,7 @@ def _usage(before: SessionMetrics, after: SessionMetrics) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _text_delta(message: Message) -> str | None:
+def _text_delta(message: Reply) -> str | None:
     """The text a stream event adds to the reply, if it is a text delta."""
     if isinstance(message, StreamEvent) and message.event.get("type") == "content_block_delta":
         delta = message.event.get("delta") or {}
@@ -263,7 +264,7 @@ class _Completion:
         #: Deltas of the message being generated were taken: its whole form adds nothing.
         self._streamed = False
 
-    def take(self, message: Message) -> list[str]:
+    def take(self, message: Reply) -> list[str]:
         """Follow one SDK message; the new text it brings. A model error raises (502)."""
         if isinstance(message, ResultMessage):
             if (failed := model_error(message)) is not None:
@@ -274,7 +275,7 @@ class _Completion:
         self.text += texts
         return texts
 
-    def _texts(self, message: Message) -> list[str]:
+    def _texts(self, message: Reply) -> list[str]:
         """Text as it streams; a whole assistant message adds only what no delta brought (a CLI's own reply)."""
         if (delta := _text_delta(message)) is not None:
             self._streamed = True
@@ -316,7 +317,7 @@ class _Completion:
 
 
 async def _chunks(
-    completion: _Completion, turn: AsyncGenerator[Message, None], first: list[str], include_usage: bool
+    completion: _Completion, turn: AsyncGenerator[Reply, None], first: list[str], include_usage: bool
 ) -> AsyncIterator[dict[str, str]]:
     """SSE data of a streamed completion, ending with ``[DONE]`` (or an error object)."""
     try:
@@ -381,7 +382,8 @@ async def chat_completions(
 
     completion = _Completion(session, body.model, digest_of)
     headers = {"X-Session-ID": session.public_id}
-    turn = service.handler.send_message(session, prompt, forwarded=is_forwarded(request))
+    # No one here can answer a tool call the session asks about: it is denied at once, the model reads why.
+    turn = service.handler.send_message(session, prompt, forwarded=is_forwarded(request), can_ask=False)
     if not body.stream:
         async with contextlib.aclosing(turn):
             async for message in turn:

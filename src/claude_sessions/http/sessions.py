@@ -16,7 +16,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 import structlog
-from claude_agent_sdk import Message
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema
@@ -37,6 +36,7 @@ from claude_sessions.http.common import (
 from claude_sessions.http.redaction import SESSION_KEY_STATE
 from claude_sessions.http.streaming import TurnStream, as_json, replayed, session_json, sse_events, turn_json
 from claude_sessions.sessions.conversations import chat_messages
+from claude_sessions.sessions.permissions import Reply
 from claude_sessions.sessions.session import session_key
 from claude_sessions.workers.workspaces import resolve_folder
 
@@ -170,7 +170,19 @@ class History(BaseModel):
 SSE_EVENT_SCHEMA = {
     "type": "object",
     "properties": {
-        "event": {"type": "string", "enum": ["system", "assistant", "user", "result", "stream_event", "error"]},
+        "event": {
+            "type": "string",
+            "enum": [
+                "system",
+                "assistant",
+                "user",
+                "result",
+                "stream_event",
+                "permission_request",
+                "permission_resolved",
+                "error",
+            ],
+        },
         "data": {"type": "string", "contentMediaType": "application/json"},
     },
     "required": ["event", "data"],
@@ -356,7 +368,7 @@ async def send_message(
     session = await service.own_session(request, principal, session_id)
     deadline = time.monotonic() + service.config.optimization.MESSAGE_TIMEOUT
     stored = await handler.stored_reply(session.id, idempotency_key) if idempotency_key else None
-    turn: AsyncGenerator[Message, None] | None = None
+    turn: AsyncGenerator[Reply, None] | None = None
     if stored is not None:  # already accepted: replay, never a second turn
         request_kept, replies = stored
         if request_kept != request_key(body.content):

@@ -25,6 +25,7 @@ from claude_sessions.config import ServerConfig
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.common import ApiError, api_error
 from claude_sessions.observability.metrics import model_error
+from claude_sessions.sessions.permissions import PermissionRequest, PermissionResolved, Reply
 from claude_sessions.sessions.session import Session
 
 log = structlog.get_logger("claude_sessions.api")
@@ -56,12 +57,15 @@ def _block_type(block: object) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def message_json(message: Message, session_id: str) -> dict[str, Any]:
+def message_json(message: Reply, session_id: str) -> dict[str, Any]:
     """An SDK message as JSON, its kind in ``type`` and each content block's kind in its own.
 
     A turn's ``init`` says only what a client needs (``session_id`` is ours): the CLI's own
-    (paths, plugins, agents, MCP, capabilities) is the server's business.
+    (paths, plugins, agents, MCP, capabilities) is the server's business. A permission event
+    is its own (``permission_request``, ``permission_resolved``).
     """
+    if isinstance(message, PermissionRequest | PermissionResolved):
+        return message.as_json()
     if isinstance(message, SystemMessage) and message.subtype == "init":
         data = message.data
         summary = {"session_id": session_id, "model": data.get("model"), "tools": data.get("tools", [])}
@@ -120,8 +124,8 @@ def turn_json(session_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]
 
 
 async def as_json(
-    first: Message,
-    turn: AsyncGenerator[Message, None],
+    first: Reply,
+    turn: AsyncGenerator[Reply, None],
     session: Session,
     on_result: Callable[[list[dict[str, Any]]], Awaitable[None]],
 ) -> AsyncIterator[dict[str, Any]]:
@@ -135,7 +139,7 @@ async def as_json(
     spent = session.metrics.total_cost  # the turn is billed at its result, not before
     seen: list[dict[str, Any]] = []
     async with contextlib.aclosing(turn):
-        message: Message | None = first
+        message: Reply | None = first
         while message is not None:
             if isinstance(message, ResultMessage) and (failed := model_error(message)) is not None:
                 raise api_error(failed, 1)
@@ -143,7 +147,8 @@ async def as_json(
                 data = message_json(message, session.public_id)
                 if isinstance(message, ResultMessage):
                     data["turn_cost_usd"] = round(session.metrics.total_cost - spent, 8)
-                if not isinstance(message, StreamEvent):  # deltas are for a live stream, not kept
+                # Deltas and permission events are for a live stream: a replay has nothing to answer.
+                if not isinstance(message, StreamEvent | PermissionRequest | PermissionResolved):
                     seen.append(data)
                 if isinstance(message, ResultMessage):
                     await on_result(seen)

@@ -21,6 +21,8 @@ DEFAULT_TENANT = "default"
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the output
 _TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _CONNECT_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
+#: A person reads the request and answers: seconds to minutes (``PERMISSION_TIMEOUT_SECONDS``).
+_WAIT_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,16 @@ class Telemetry:
             "claude_sessions_worker_connect_duration_seconds",
             "Time to spawn and connect a CLI worker.",
             buckets=_CONNECT_BUCKETS,
+            registry=r,
+        )
+        self.permission_decisions = counter(
+            "permission_decisions", "Answers to asked tool calls, by who gave them.", "tenant", "tool", "behavior", "by"
+        )
+        self.permission_wait = Histogram(
+            "claude_sessions_permission_wait_seconds",
+            "Time an asked tool call waited for its answer.",
+            ["tenant"],
+            buckets=_WAIT_BUCKETS,
             registry=r,
         )
         #: Turns, tokens and spend per minute over the last hour, by tenant (the console's charts).

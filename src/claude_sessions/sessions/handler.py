@@ -19,13 +19,13 @@ from typing import Any
 
 import anyio
 import structlog
-from claude_agent_sdk import ClaudeSDKClient, Message
+from claude_agent_sdk import ClaudeSDKClient
 from prometheus_client import generate_latest
 
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.content import Content, check_content
-from claude_sessions.errors import ConfigError, HandlerClosedError, SlashCommandRefusedError
+from claude_sessions.errors import ConfigError, HandlerClosedError, PermissionNotFoundError, SlashCommandRefusedError
 from claude_sessions.gateway.relay import ModelGateway, credentials_of
 from claude_sessions.observability.telemetry import DEFAULT_TENANT, LiveState, Telemetry
 from claude_sessions.observability.usage_series import UsageSeries
@@ -34,8 +34,9 @@ from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.lending import Lender, PooledClient
 from claude_sessions.sessions.maintenance import Maintenance
 from claude_sessions.sessions.manager import ClaudeCodeSessionManager
+from claude_sessions.sessions.permissions import Behavior, PermissionRequest, Reply, Scope
 from claude_sessions.sessions.session import Session
-from claude_sessions.sessions.turns import Turns, interrupt_worker, slash_command
+from claude_sessions.sessions.turns import Turns, slash_command, stop_turn
 from claude_sessions.sessions.worker_events import WorkerEvents
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.history import Turn
@@ -277,15 +278,13 @@ class ClaudeHandler:
         await self.turns.refuse_if_held_elsewhere(session_id, forwarded=forwarded)
         session = await self.session_manager.remove_session(session_id, purge)
         if session.is_busy and session.worker is not None:
-            await interrupt_worker(session.worker)
+            await stop_turn(session, session.worker)
         log.info("session_destroyed", session_id=session_id)
 
     async def interrupt(self, session: str | Session, *, forwarded: bool = False) -> None:
         """Stop the running turn of a session (nothing happens when it is idle); by id, or
         the :class:`Session` a caller has just read."""
-        if isinstance(session, str):
-            session = await self.session_manager.fetch(session)
-        await self.turns.interrupt(session, forwarded=forwarded)
+        await self.turns.interrupt(await self._session(session), forwarded=forwarded)
 
     def get_pool_status(self, workspace: Path | None = None) -> dict[str, Any]:
         """The pool's status; with ``workspace``, only the workers working inside it, and no pids."""
@@ -379,9 +378,13 @@ class ClaudeHandler:
     # -- turns ------------------------------------------------------------------
 
     async def send_message(
-        self, session: str | Session, prompt: Content, *, forwarded: bool = False
-    ) -> AsyncGenerator[Message, None]:
+        self, session: str | Session, prompt: Content, *, forwarded: bool = False, can_ask: bool = True
+    ) -> AsyncGenerator[Reply, None]:
         """Run one turn and yield the SDK's messages, ending with the ``ResultMessage``.
+
+        A session with ``ask_tools`` also yields a :class:`PermissionRequest` for each asked call
+        (answer it with :meth:`decide_permission`; the turn waits) and a ``PermissionResolved``
+        when it is answered. ``can_ask=False``: nobody can answer, asked calls are denied at once.
 
         ``session``: its id, or the :class:`Session` a caller has just read (read once per request).
         ``prompt``: text, or the Messages API's ``text`` and ``image`` blocks; bad content raises
@@ -395,11 +398,43 @@ class ClaudeHandler:
         if command is not None and command not in self.config.server.slash_commands_allowed:
             raise SlashCommandRefusedError(command)
         await self.start()
-        if isinstance(session, str):
-            session = await self.session_manager.fetch(session)
-        async with contextlib.aclosing(self.turns.run(session, prompt, command, forwarded=forwarded)) as turn:
+        session = await self._session(session)
+        async with contextlib.aclosing(
+            self.turns.run(session, prompt, command, forwarded=forwarded, can_ask=can_ask)
+        ) as turn:
             async for message in turn:
                 yield message
+
+    async def permission_requests(self, session: str | Session, *, forwarded: bool = False) -> list[PermissionRequest]:
+        """The session's tool calls waiting for their user's answer (``GET .../permissions``)."""
+        approvals = await self.turns.approvals_of(await self._session(session), forwarded=forwarded)
+        return [] if approvals is None else approvals.requests()
+
+    async def decide_permission(
+        self,
+        session: str | Session,
+        request_id: str,
+        behavior: Behavior,
+        message: str | None = None,
+        scope: Scope = "once",
+        *,
+        forwarded: bool = False,
+    ) -> None:
+        """Allow or deny a pending :class:`PermissionRequest`; ``scope="session"`` allows that tool (for
+        Bash, that command prefix) unasked for the rest of the session. A deny's ``message`` reaches the model.
+
+        Raises ``PermissionNotFoundError`` (unknown id), ``PermissionDecidedError`` (answered before)
+        or ``PermissionExpiredError`` (denied by ``PERMISSION_TIMEOUT_SECONDS``).
+        """
+        if behavior not in ("allow", "deny") or scope not in ("once", "session"):
+            raise ValueError("behavior must be 'allow' or 'deny', scope 'once' or 'session'")
+        approvals = await self.turns.approvals_of(await self._session(session), forwarded=forwarded)
+        if approvals is None:
+            raise PermissionNotFoundError(f"permission request {request_id!r} not found")
+        approvals.decide(request_id, behavior, message, scope)
+
+    async def _session(self, session: str | Session) -> Session:
+        return session if isinstance(session, Session) else await self.session_manager.fetch(session)
 
     def _live_state(self) -> LiveState:
         sessions = self.session_manager.sessions()

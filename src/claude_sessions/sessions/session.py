@@ -14,6 +14,7 @@ from claude_sessions.config import SessionConfig
 from claude_sessions.content import Content, text_of
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
+from claude_sessions.sessions.permissions import Approvals
 from claude_sessions.store.archive import Conversation
 from claude_sessions.store.records import Origin, SessionRecord
 from claude_sessions.workers.worker import Worker
@@ -71,6 +72,8 @@ class Session:
     holder_url: str | None = None
     busy_elsewhere: bool = False
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Its asked tool calls here (``ask_tools``): pending requests, answers, grants for the session.
+    approvals: Approvals | None = None
 
     def bind(self, worker: Worker) -> None:
         """Make ``worker`` this session's CLI on this node: the one place a binding is made."""

@@ -35,6 +35,8 @@ from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.observability.metrics import model_error
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
+from claude_sessions.sessions.permissions import Approvals, PermissionEvent, Reply
+from claude_sessions.sessions.replies import Replies
 from claude_sessions.sessions.session import Session, title_of
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.archive import TranscriptArchive
@@ -42,7 +44,7 @@ from claude_sessions.store.records import Holder
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
-from claude_sessions.workers.workspaces import tenant_of
+from claude_sessions.workers.workspaces import session_cwd, tenant_of
 
 log = structlog.get_logger("claude_sessions.handler")
 
@@ -72,11 +74,13 @@ class Turns:
         return self.manager.registry
 
     async def run(
-        self, session: Session, prompt: Content, command: str | None, *, forwarded: bool
-    ) -> AsyncGenerator[Message, None]:
-        """One turn of ``session``: yields the SDK's messages, ending with the ``ResultMessage``.
+        self, session: Session, prompt: Content, command: str | None, *, forwarded: bool, can_ask: bool = True
+    ) -> AsyncGenerator[Reply, None]:
+        """One turn of ``session``: yields the SDK's messages, ending with the ``ResultMessage``, and
+        its permission events between them (``ask_tools`` only).
 
-        ``forwarded``: another node sent this request here as the session's holder.
+        ``forwarded``: another node sent this request here as the session's holder. Not ``can_ask``:
+        no one can answer a request (the OpenAI endpoint), so an asked call is denied at once.
         """
         if session.is_busy:
             raise SessionBusyError(f"session {session.public_id!r} is running a turn")
@@ -98,7 +102,7 @@ class Turns:
                     if session.closed:  # destroyed while its worker was being bound: no billed turn
                         raise SessionNotFoundError(f"session {session.public_id!r} not found")
                     # aclosing: an abandoned turn winds down before the lock is released.
-                    async with contextlib.aclosing(self._turn(session, worker, prompt, command)) as turn:
+                    async with contextlib.aclosing(self._turn(session, worker, prompt, command, can_ask)) as turn:
                         async for message in turn:
                             yield message
                 finally:
@@ -111,11 +115,17 @@ class Turns:
             self.pool.room_changed()  # the session's worker, idle again, may be given up for a waiter
 
     async def interrupt(self, session: Session, *, forwarded: bool) -> None:
-        """Stop the running turn of a session (nothing happens when it is idle)."""
+        """Stop the running turn of a session (nothing happens when it is idle); its pending requests are denied."""
         if session.is_busy and session.worker is not None:
-            await interrupt_worker(session.worker)
+            await stop_turn(session, session.worker)
         else:
             await self.refuse_if_held_elsewhere(session.id, forwarded=forwarded)
+
+    async def approvals_of(self, session: Session, *, forwarded: bool) -> Approvals | None:
+        """A session's requests, read where its turns run: a session held by another node is answered there."""
+        if not session.is_busy:
+            await self.refuse_if_held_elsewhere(session.id, forwarded=forwarded)
+        return session.approvals
 
     async def refuse_if_held_elsewhere(self, key: str, *, forwarded: bool) -> None:
         """A session whose live CLI runs on another live node is acted on there (the API forwards)."""
@@ -215,66 +225,119 @@ class Turns:
         return True
 
     async def _turn(
-        self, session: Session, worker: Worker, prompt: Content, command: str | None
-    ) -> AsyncGenerator[Message, None]:
+        self, session: Session, worker: Worker, prompt: Content, command: str | None, can_ask: bool
+    ) -> AsyncGenerator[Reply, None]:
         """One turn on ``worker``, bounded as a whole (prompt written, every reply read).
 
         What a caller was told is committed first: the turn's count when it
         starts, the conversation id when first seen, the usage before the result.
         """
-        metrics = session.metrics
         began = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.config.optimization.MESSAGE_TIMEOUT
         settled = False  # the turn ended, or its worker was dealt with
         asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
         worker.uses += 1
         worker.grant.take()  # calls made between turns (none expected) are no turn's
-        metrics.message_count += 1
+        session.metrics.message_count += 1
         if session.title is None and command is None:  # a CLI command is no title
             session.title = title_of(prompt)
+        replies = Replies(worker.client.receive_response(), self._open_approvals(session, worker, can_ask))
         try:
             await self.manager.save(session)
             async with asyncio.timeout_at(deadline):
                 await worker.ask(prompt, verbatim=command is None)
             asked = True
-            replies = worker.client.receive_response()
             while not settled:
                 async with asyncio.timeout_at(deadline):
-                    message = await anext(replies)
-                if not worker.runs_as_launched(message):
-                    log.warning("session_worker_drifted", session_id=session.id)
-                if learn_conversation(session, message):
-                    await self.manager.save(session)
-                if isinstance(message, ResultMessage):
-                    settled = True
-                    await self.billing.record(session, worker, message, time.perf_counter() - began)
-                    await self.manager.save(session)
+                    message = await replies.next()
+                if not isinstance(message, PermissionEvent):
+                    settled = await self._take(session, worker, message, began)
                 yield message
             if isinstance(message, ResultMessage) and (failed := model_error(message)) is not None:
                 raise failed  # after the turn's messages, the result included
         except TimeoutError:
             settled = True
-            metrics.timeouts += 1
+            session.metrics.timeouts += 1
             self.telemetry.turn_timeouts.labels(session.tenant).inc()
+            await replies.aclose()
             await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
             raise TurnTimeoutError(
                 f"turn exceeded {self.config.optimization.MESSAGE_TIMEOUT:g}s and was interrupted"
             ) from None
         except LeaseLostError:
             settled = True  # another node runs this conversation now: this CLI must stop at once
+            await replies.aclose()
             await self._drop_worker(session, worker)
             raise
         except (ClaudeSDKError, StopAsyncIteration, OSError) as error:
             settled = True
             self._count_connection_error(session)
+            await replies.aclose()
             await self._drop_worker(session, worker)
             raise WorkerDiedError(f"the CLI process of session {session.public_id!r} failed: {error}") from error
         finally:
-            if not settled and worker is session.worker and worker.is_alive():
-                # Abandoned by the caller (closed generator, cancelled stream): the
-                # shield lets the wind-down finish before the session is free again.
-                with anyio.CancelScope(shield=True):
+            # Abandoned by the caller (closed generator, cancelled stream): the shield lets the
+            # turn end before the session is free again.
+            with anyio.CancelScope(shield=True):
+                abandoned = not settled and worker is session.worker and worker.is_alive()
+                if abandoned and asked and session.approvals is not None and session.approvals.pending:
+                    abandoned = not await self._finish_unread(session, worker, replies, deadline, began)
+                await replies.aclose()
+                if abandoned:
                     await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
+                self._close_approvals(session, worker)
+
+    async def _take(self, session: Session, worker: Worker, message: Message, began: float) -> bool:
+        """Learn what a CLI message tells of the session, bill its result; True once the turn ended."""
+        if not worker.runs_as_launched(message):
+            log.warning("session_worker_drifted", session_id=session.id)
+        if learn_conversation(session, message):
+            await self.manager.save(session)
+        if not isinstance(message, ResultMessage):
+            return False
+        await self.billing.record(session, worker, message, time.perf_counter() - began)
+        await self.manager.save(session)
+        return True
+
+    async def _finish_unread(
+        self, session: Session, worker: Worker, replies: Replies, deadline: float, began: float
+    ) -> bool:
+        """The caller left while a call waited for its user, who may answer from another connection
+        (``GET .../permissions``): the turn runs on unread to its end or deadline; False if it did not end."""
+        log.info("turn_continues_unread", session_id=session.id)
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    message = await replies.next()
+                    if not isinstance(message, PermissionEvent) and await self._take(session, worker, message, began):
+                        return True
+        except (Exception, StopAsyncIteration) as error:
+            log.info("turn_unread_ended", session_id=session.id, error=repr(error))
+        return False
+
+    def _open_approvals(self, session: Session, worker: Worker, can_ask: bool) -> asyncio.Queue[PermissionEvent] | None:
+        """Route the worker's permission questions to this turn (options with ``ask_tools`` only)."""
+        if worker.gate is None:
+            return None
+        if session.approvals is None:
+            session.approvals = Approvals(
+                session.public_id,
+                session.tenant,
+                frozenset(session.config.ask_tools),
+                session_cwd(session.config, self.config),
+                self.config.server.PERMISSION_TIMEOUT_SECONDS,
+                self.telemetry,
+            )
+        events = session.approvals.open_turn(can_ask)
+        worker.gate.open(session.approvals.ask)
+        return events
+
+    @staticmethod
+    def _close_approvals(session: Session, worker: Worker) -> None:
+        if worker.gate is not None:
+            worker.gate.close()
+        if session.approvals is not None:
+            session.approvals.close_turn()
 
     def _count_connection_error(self, session: Session) -> None:
         session.metrics.connection_errors += 1
@@ -282,6 +345,8 @@ class Turns:
 
     async def _wind_down(self, session: Session, worker: Worker, began: float) -> None:
         """Interrupt the running turn and drain it; discard the worker if it will not stop."""
+        if session.approvals is not None:
+            session.approvals.interrupt()  # a call waiting for its user would hold the CLI back
         try:
             async with asyncio.timeout(INTERRUPT_GRACE_SECONDS):
                 # Read while the interrupt is on its way: its answer comes after what the CLI already
@@ -310,6 +375,13 @@ class Turns:
             session.unbind(during_turn=True)
         await self.manager.give_back(worker, reuse=False, graceful=False)
         await self.billing.bill_unfinished(session, worker)
+
+
+async def stop_turn(session: Session, worker: Worker) -> None:
+    """Interrupt a session's running turn: first deny what waits for its user, so the CLI can stop."""
+    if session.approvals is not None:
+        session.approvals.interrupt()
+    await interrupt_worker(worker)
 
 
 async def interrupt_worker(worker: Worker) -> None:

@@ -59,9 +59,9 @@ def check_host(config: SystemConfig) -> None:
         raise ConfigError(
             "SANDBOX=on: the sandbox cannot run here: it needs bwrap and socat on PATH and user namespaces"
         )
-    unsafe = tools_needing_sandbox(config.server.tools_allowed)
-    if unsafe:
-        raise ConfigError(f"invalid TOOLS_ALLOWED: {unsafe} need the sandbox, which cannot run here (SANDBOX=auto)")
+    for name, tools in (("TOOLS_ALLOWED", config.server.tools_allowed), ("TOOLS_ASK", config.server.tools_ask)):
+        if unsafe := tools_needing_sandbox(tools):
+            raise ConfigError(f"invalid {name}: {unsafe} need the sandbox, which cannot run here (SANDBOX=auto)")
 
 
 @functools.cache

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import itertools
 import time
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +21,20 @@ from typing import Any
 import anyio
 import psutil
 import structlog
-from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, Message, ResultMessage, SystemMessage
+from claude_agent_sdk import (
+    CanUseToolShadowedWarning,
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    Message,
+    ResultMessage,
+    SystemMessage,
+)
 
 from claude_sessions.config import SessionConfig
 from claude_sessions.content import Content
 from claude_sessions.errors import WorkerStartError
 from claude_sessions.gateway.relay import Grant
+from claude_sessions.workers.permission_gate import PermissionGate
 
 log = structlog.get_logger("claude_sessions.worker")
 
@@ -36,6 +46,8 @@ QUIET_NOTICES = frozenset({"ui_invalidate"})
 #: 1.5-2.1x, after 3 rounds 1.2-1.6x, after 6-10 rounds no better, at ~0.17 s a round.
 WARM_UP_ROUNDS = 3
 _ids = itertools.count(1)
+#: By design: a session's allowed tools run unasked, only its ``ask_tools`` reach the gate.
+warnings.filterwarnings("ignore", category=CanUseToolShadowedWarning)
 
 
 class WorkerState(enum.StrEnum):
@@ -71,6 +83,8 @@ class Worker:
     #: The processes the CLI started for its sandbox (socat bridges), seen at connect: a CLI
     #: that dies leaves them running, with no parent left to find them by.
     helpers: list[psutil.Process] = field(default_factory=list)
+    #: Where its CLI asks about tool calls (options with ``ask_tools`` only): the turn holding it.
+    gate: PermissionGate | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -140,6 +154,9 @@ class Worker:
     @classmethod
     async def start(cls, config: SessionConfig, options: ClaudeAgentOptions, grant: Grant, timeout: float) -> Worker:
         """Spawn and connect a CLI process holding ``grant``'s token, or raise :class:`WorkerStartError`."""
+        gate = PermissionGate() if config.ask_tools else None
+        if gate is not None:
+            options = dataclasses.replace(options, can_use_tool=gate.can_use_tool)
         client = ClaudeSDKClient(options)
         began = time.perf_counter()
         try:
@@ -154,7 +171,7 @@ class Worker:
             if isinstance(error, Exception):
                 raise WorkerStartError(f"CLI could not start: {error}") from error
             raise
-        worker = cls(config=config, client=client, process=_process_of(client), grant=grant)
+        worker = cls(config=config, client=client, process=_process_of(client), grant=grant, gate=gate)
         worker.helpers = _descendants(worker.process)
         log.debug("worker_connected", worker=worker.id, pid=worker.pid, seconds=round(time.perf_counter() - began, 3))
         return worker

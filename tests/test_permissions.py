@@ -207,5 +207,5 @@ async def test_sessions_without_ask_tools_see_no_permission_events(
     handler = await make_handler()
     session_id = await handler.create_session("plain", SessionConfig(cwd="alice"))
     replies = await turn(handler, session_id, write(handler, "plain.txt"))
-    assert requests(replies) == resolved(replies) == [] and not (workspace(handler) / "plain.txt").exists()
+    assert not requests(replies) and not resolved(replies) and not (workspace(handler) / "plain.txt").exists()
     assert await handler.permission_requests(session_id) == []

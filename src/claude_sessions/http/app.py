@@ -33,7 +33,7 @@ from starlette.types import Message as AsgiMessage
 
 from claude_sessions.config import ServerConfig, SessionConfig
 from claude_sessions.errors import ClaudeSessionsError, SessionHeldElsewhereError
-from claude_sessions.http import console, openai, operations, sessions
+from claude_sessions.http import console, openai, operations, permissions, sessions
 from claude_sessions.http.auth import Authenticator
 from claude_sessions.http.common import (
     FORWARDED_STATE,
@@ -255,6 +255,12 @@ def _state_the_policy(app: FastAPI, server: ServerConfig) -> None:
             tools["items"]["enum"] = sorted(server.tools_allowed)
         else:
             tools["maxItems"] = 0
+        asked = fields["ask_tools"]
+        asked["description"] = "Tools whose calls the session's user approves one by one: only those in TOOLS_ASK."
+        if server.tools_ask:
+            asked["items"]["enum"] = sorted(server.tools_ask)
+        else:
+            asked["maxItems"] = 0
         content = bodies["MessageBody"]["properties"]["content"]
         content["pattern"] = _slash_pattern(server.slash_commands_allowed)
         also = "Or a full Claude id of an allowed family (claude-sonnet-4-5 where sonnet is)."
@@ -320,6 +326,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     )
     _install_error_handlers(app, retry_after, forwarder)
     app.include_router(sessions.router)
+    app.include_router(permissions.router)
     app.include_router(operations.router)
     app.include_router(openai.router)
     app.include_router(console.router)

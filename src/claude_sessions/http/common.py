@@ -208,9 +208,9 @@ class ErrorBody(BaseModel):
 _DESCRIPTIONS = {
     401: "Missing or unknown API key.",
     403: "The admin key is needed.",
-    404: "No such session (another tenant's session answers the same).",
-    409: "The id is taken, or the session is running a turn.",
-    410: "The session lost its transcript; delete it.",
+    404: "No such session or permission request (another tenant's answers the same).",
+    409: "The id is taken, the session is running a turn, or the request was already answered.",
+    410: "The session lost its transcript (delete it), or the request expired unanswered.",
     413: "The request body is too large.",
     422: "Invalid request: body, parameters or the server's policy.",
     429: "A session limit, the tenant's daily budget or its turn rate is reached; see Retry-After.",

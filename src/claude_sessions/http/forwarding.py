@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import structlog
@@ -119,11 +120,23 @@ class Forwarder:
                 answer.release()
             return Response(body, status_code=answer.status, headers=relayed)
         return StreamingResponse(
-            answer.content.iter_any(),
+            self._relayed(answer, held),
             status_code=answer.status,
             headers=relayed,
             background=BackgroundTask(answer.release),
         )
+
+    @staticmethod
+    async def _relayed(answer: aiohttp.ClientResponse, held: SessionHeldElsewhereError) -> AsyncIterator[bytes]:
+        """The holder's stream as it comes; cut by the holder's end, it ends with an ``error`` event
+        (``node_failed``): the turn, and any request of it waiting for its user, is lost with that node."""
+        try:
+            async for chunk in answer.content.iter_any():
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("forward_cut", node_url=held.node_url, error=repr(error))
+            failed = ApiError(502, "node_failed", "the node running this turn failed; the turn is lost, send it again")
+            yield f"\n\nevent: error\ndata: {json.dumps(failed.body(), separators=(',', ':'))}\n\n".encode()
 
     def _failed(self, held: SessionHeldElsewhereError, error: Exception) -> ApiError:
         log.warning("forward_failed", node_url=held.node_url, error=repr(error))

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema
 from starlette.background import BackgroundTask
 
-from claude_sessions.config import _TOOL_NAME, SessionConfig
+from claude_sessions.config import _ASKED_TOOL, _TOOL_NAME, SessionConfig
 from claude_sessions.content import MAX_IMAGES, MEDIA_TYPES
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import (
@@ -49,6 +49,9 @@ WORKSPACE_PATH = rf"^{_NAME}(?:/{_NAME})*$"
 #: A tool name or rule as ``SessionConfig`` accepts it (``Read``, ``Bash(git log:*)``, ...).
 ToolName = Annotated[str, Field(pattern=rf"^{_TOOL_NAME.pattern}$")]
 
+#: A tool whose calls a session's user approves: a tool's name, never a rule.
+AskedTool = Annotated[str, Field(pattern=rf"^{_ASKED_TOOL.pattern}$")]
+
 SessionIdPath = Annotated[str, Path(pattern=PUBLIC_ID, max_length=128, description="the session's public id")]
 
 # -- request bodies -------------------------------------------------------------
@@ -65,6 +68,7 @@ class CreateSessionBody(SessionConfig):
     session_id: str | None = Field(None, pattern=PUBLIC_ID, max_length=128)
     allowed_tools: tuple[ToolName, ...] = Field((), max_length=100, strict=False)
     disallowed_tools: tuple[ToolName, ...] = Field((), max_length=100, strict=False)
+    ask_tools: tuple[AskedTool, ...] = Field((), max_length=100, strict=False)
     cwd: str | None = Field(
         None,
         max_length=255,
@@ -218,6 +222,10 @@ def session_options(service: ServiceDep, body: CreateSessionBody, principal: Pri
         offered = ", ".join(sorted(server.tools_allowed)) or "none"
         message = f"allowed_tools: {', '.join(extra)} not permitted on this server; TOOLS_ALLOWED offers {offered}"
         raise ApiError(422, "invalid_request", message, extra={"param": "allowed_tools"})
+    if asked := sorted(set(body.ask_tools) - server.tools_ask):
+        offered = ", ".join(sorted(server.tools_ask)) or "none"
+        message = f"ask_tools: {', '.join(asked)} cannot be asked on this server; TOOLS_ASK offers {offered}"
+        raise ApiError(422, "invalid_request", message, extra={"param": "ask_tools"})
     model = None if body.model is None else server.resolve_model(body.model)
     if body.model is not None and model is None:
         names = ", ".join(server.model_names())

@@ -8,8 +8,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,6 +27,7 @@ from cluster import (
     settled,
     start_node,
 )
+from helpers import tool
 from server_process import KEYS, ServerProcess, bearer, sse
 
 LEASE = 3.0
@@ -316,3 +318,37 @@ def test_through_haproxy_conversations_continue_and_survive_a_dead_node(cluster:
         for name in names:
             reply, _ = retry_until_ok(lambda n=name: say(lb, n, f"{n} message 3"), timeout=LEASE + 15)
             assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"], reply.text
+
+
+def test_an_asked_call_is_answered_through_any_node_and_lost_with_a_dead_holder(
+    tmp_path: Path, offline_server: OfflineModelServer, database: str
+) -> None:
+    env = {"TOOLS_ASK": "Write"}
+    with running_cluster(tmp_path, offline_server.base_url, database, count=2, lease=LEASE, env=env) as cluster:
+        holder, other = (cluster.node(i).client("alice") for i in range(2))
+        assert holder.post("/v1/sessions", json={"session_id": "ask", "ask_tools": ["Write"]}).status_code == 201
+        folder = cluster.workspace / "alice"
+
+        def streamed_through_other(name: str, on_request: Callable[[dict[str, Any]], None]) -> list[tuple[str, Any]]:
+            content = tool("Write", file_path=str(folder / name), content="hello")
+            with other.stream("POST", "/v1/sessions/ask/messages", json={"content": content}) as response:
+                events = []
+                for event, data in sse(response):
+                    events.append((event, data))
+                    if event == "permission_request":
+                        on_request(data)
+                return events
+
+        def allow_through_other(request: dict[str, Any]) -> None:
+            (pending,) = other.get("/v1/sessions/ask/permissions").json()["requests"]
+            assert pending["request_id"] == request["request_id"]
+            decided = other.post(f"/v1/sessions/ask/permissions/{request['request_id']}", json={"behavior": "allow"})
+            assert decided.status_code == 200, decided.text
+
+        events = streamed_through_other("through.txt", allow_through_other)
+        assert [e for e, _ in events][-1] == "result" and (folder / "through.txt").read_text() == "hello"
+        assert len(cluster.node(0).cli_worker_pids()) == 1 and cluster.node(1).cli_worker_pids() == set()
+        events = streamed_through_other("lost.txt", lambda _: cluster.kill(0))
+        event, data = events[-1]
+        assert event == "error" and data["error"]["type"] == "node_failed", events[-3:]
+        assert not (folder / "lost.txt").exists()

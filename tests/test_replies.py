@@ -1,0 +1,62 @@
+"""A turn's replies merged with its permission events: none lost, none reordered, the CLI left whole."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from claude_sessions.sessions.permissions import PermissionEvent, PermissionResolved
+from claude_sessions.sessions.replies import Replies
+
+
+def event(request_id: str) -> PermissionResolved:
+    return PermissionResolved("s", request_id, "Write", "allow", "user", "once")
+
+
+async def test_events_and_messages_arrive_in_the_order_they_came_and_nothing_is_lost() -> None:
+    cli: asyncio.Queue[Any] = asyncio.Queue()
+    events: asyncio.Queue[PermissionEvent] = asyncio.Queue()
+
+    async def messages() -> AsyncIterator[Any]:
+        while (item := await cli.get()) is not None:
+            yield item
+
+    replies = Replies(messages(), events)
+    cli.put_nowait("m1")
+    assert await replies.next() == "m1"
+    waiting = asyncio.ensure_future(replies.next())  # the CLI is silent: an event comes first
+    await asyncio.sleep(0.01)
+    events.put_nowait(event("r1"))
+    assert await waiting == event("r1")
+    cli.put_nowait("m2")  # read by the pending read kept across the event
+    assert await replies.next() == "m2"
+    await replies.aclose()
+
+
+async def test_closing_stops_the_pending_read_so_another_reader_gets_the_next_message() -> None:
+    cli: asyncio.Queue[Any] = asyncio.Queue()
+    events: asyncio.Queue[PermissionEvent] = asyncio.Queue()
+
+    async def messages() -> AsyncIterator[Any]:
+        while True:
+            yield await cli.get()
+
+    replies = Replies(messages(), events)
+    events.put_nowait(event("r1"))
+    pending = asyncio.ensure_future(replies.next())
+    assert await pending == event("r1")
+    waiting = asyncio.ensure_future(replies.next())
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    await replies.aclose()
+    cli.put_nowait("m1")
+    assert await cli.get() == "m1"  # still there for whoever reads next
+
+
+async def test_without_events_the_cli_is_read_directly() -> None:
+    async def messages() -> AsyncIterator[str]:
+        yield "only"
+
+    replies = Replies(messages(), None)
+    assert await replies.next() == "only"

@@ -329,7 +329,7 @@ def test_an_asked_call_is_answered_through_any_node_and_lost_with_a_dead_holder(
         assert holder.post("/v1/sessions", json={"session_id": "ask", "ask_tools": ["Write"]}).status_code == 201
         folder = cluster.workspace / "alice"
 
-        def streamed_through_other(name: str, on_request: Callable[[dict[str, Any]], None]) -> list[tuple[str, Any]]:
+        def streamed_through_other(name: str, on_request: Callable[[dict[str, Any]], object]) -> list[tuple[str, Any]]:
             content = tool("Write", file_path=str(folder / name), content="hello")
             with other.stream("POST", "/v1/sessions/ask/messages", json={"content": content}) as response:
                 events = []

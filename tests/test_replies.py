@@ -6,8 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from claude_agent_sdk import SystemMessage
+
 from claude_sessions.sessions.permissions import PermissionEvent, PermissionResolved
 from claude_sessions.sessions.replies import Replies
+
+
+def note(name: str) -> SystemMessage:
+    return SystemMessage(subtype=name, data={})
 
 
 def event(request_id: str) -> PermissionResolved:
@@ -23,14 +29,14 @@ async def test_events_and_messages_arrive_in_the_order_they_came_and_nothing_is_
             yield item
 
     replies = Replies(messages(), events)
-    cli.put_nowait("m1")
-    assert await replies.next() == "m1"
+    cli.put_nowait(note("m1"))
+    assert await replies.next() == note("m1")
     waiting = asyncio.ensure_future(replies.next())  # the CLI is silent: an event comes first
     await asyncio.sleep(0.01)
     events.put_nowait(event("r1"))
     assert await waiting == event("r1")
-    cli.put_nowait("m2")  # read by the pending read kept across the event
-    assert await replies.next() == "m2"
+    cli.put_nowait(note("m2"))  # read by the pending read kept across the event
+    assert await replies.next() == note("m2")
     await replies.aclose()
 
 
@@ -50,13 +56,13 @@ async def test_closing_stops_the_pending_read_so_another_reader_gets_the_next_me
     await asyncio.sleep(0.01)
     waiting.cancel()
     await replies.aclose()
-    cli.put_nowait("m1")
-    assert await cli.get() == "m1"  # still there for whoever reads next
+    cli.put_nowait(note("m1"))
+    assert await cli.get() == note("m1")  # still there for whoever reads next
 
 
 async def test_without_events_the_cli_is_read_directly() -> None:
-    async def messages() -> AsyncIterator[str]:
-        yield "only"
+    async def messages() -> AsyncIterator[SystemMessage]:
+        yield note("only")
 
     replies = Replies(messages(), None)
-    assert await replies.next() == "only"
+    assert await replies.next() == note("only")

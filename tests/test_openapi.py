@@ -19,6 +19,8 @@ ERRORS = {
     ("post", "/v1/sessions/{session_id}/interrupt"): {401, 404, 422, 503},
     ("get", "/v1/sessions/{session_id}/history"): {401, 404, 422, 503},
     ("post", "/v1/sessions/{session_id}/messages"): {401, 404, 409, 410, 413, 422, 502, 503, 504},
+    ("get", "/v1/sessions/{session_id}/permissions"): {401, 404, 422, 503},
+    ("post", "/v1/sessions/{session_id}/permissions/{request_id}"): {401, 404, 409, 410, 422, 503},
     ("get", "/v1/me"): {401, 503},
     ("get", "/v1/health"): {401, 503},
     ("get", "/v1/pool"): {401, 503},
@@ -69,17 +71,25 @@ def test_every_route_declares_each_error_status_with_the_error_shape(
 
 def test_the_schema_states_the_servers_policy(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     schema = schema_of(
-        monkeypatch, tmp_path, TOOLS_ALLOWED="Read,Grep", PERMISSION_MODES_ALLOWED="plan", SLASH_COMMANDS_ALLOWED=""
+        monkeypatch,
+        tmp_path,
+        TOOLS_ALLOWED="Read,Grep",
+        TOOLS_ASK="WebFetch",
+        PERMISSION_MODES_ALLOWED="plan",
+        SLASH_COMMANDS_ALLOWED="",
     )
     body = schema["components"]["schemas"]["CreateSessionBody"]["properties"]
+    assert body["ask_tools"]["items"]["enum"] == ["WebFetch"]
     assert [c["enum"] for c in body["permission_mode"]["anyOf"] if "enum" in c] == [["plan"]]
     assert body["allowed_tools"]["items"]["enum"] == ["Grep", "Read"]
     assert body["session_id"]["anyOf"][0]["pattern"].startswith("^") and body["cwd"]["anyOf"][0]["maxLength"] == 255
     content = schema["components"]["schemas"]["MessageBody"]["properties"]["content"]
     assert content["pattern"] == r"^(?!\s*/)"
-    default = schema_of(monkeypatch, tmp_path / "default", TOOLS_ALLOWED="", SLASH_COMMANDS_ALLOWED="compact")
+    default = schema_of(
+        monkeypatch, tmp_path / "default", TOOLS_ALLOWED="", TOOLS_ASK="", SLASH_COMMANDS_ALLOWED="compact"
+    )
     body = default["components"]["schemas"]["CreateSessionBody"]["properties"]
-    assert body["allowed_tools"]["maxItems"] == 0
+    assert body["allowed_tools"]["maxItems"] == body["ask_tools"]["maxItems"] == 0
     assert default["components"]["schemas"]["MessageBody"]["properties"]["content"]["pattern"] == (
         r"^(?!\s*/(?!(?:compact)(?:\s|$)))"
     )

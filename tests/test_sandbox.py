@@ -210,12 +210,24 @@ async def test_bash_works_when_the_workspaces_lie_inside_the_data_dir(
 
 def test_tools_that_write_are_refused_at_start_up_without_the_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SANDBOX", "off")
-    for tools in ("Bash", "Read,Write", "Bash(ls:*)", "NotebookEdit"):
-        monkeypatch.setenv("TOOLS_ALLOWED", tools)
-        with pytest.raises(ConfigError, match="TOOLS_ALLOWED"):
+    for variable, tools in (
+        ("TOOLS_ALLOWED", "Bash"),
+        ("TOOLS_ALLOWED", "Read,Write"),
+        ("TOOLS_ALLOWED", "Bash(ls:*)"),
+        ("TOOLS_ALLOWED", "NotebookEdit"),
+        ("TOOLS_ASK", "Bash"),
+        ("TOOLS_ASK", "WebFetch,Edit"),
+    ):
+        monkeypatch.setenv(variable, tools)
+        with pytest.raises(ConfigError, match=variable):
             SystemConfig.from_env()
+        monkeypatch.delenv(variable)
     monkeypatch.setenv("TOOLS_ALLOWED", "Read,Grep")
+    monkeypatch.setenv("TOOLS_ASK", "WebFetch")
     assert not sandbox_on(SystemConfig.from_env().runtime)
+    monkeypatch.setenv("TOOLS_ASK", "Bash(ls:*)")  # a rule cannot be asked: a tool's name is
+    with pytest.raises(ConfigError, match="TOOLS_ASK"):
+        SystemConfig.from_env()
 
 
 def test_sandbox_on_without_bubblewrap_stops_start_up(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -226,6 +238,10 @@ def test_sandbox_on_without_bubblewrap_stops_start_up(monkeypatch: pytest.Monkey
     monkeypatch.setenv("SANDBOX", "auto")
     monkeypatch.setenv("TOOLS_ALLOWED", "Bash")
     with pytest.raises(ConfigError, match="TOOLS_ALLOWED"):
+        check_host(SystemConfig.from_env())
+    monkeypatch.setenv("TOOLS_ALLOWED", "")
+    monkeypatch.setenv("TOOLS_ASK", "Write")
+    with pytest.raises(ConfigError, match="TOOLS_ASK"):
         check_host(SystemConfig.from_env())
     monkeypatch.setenv("SANDBOX", "sometimes")
     with pytest.raises(ConfigError, match="SANDBOX"):

@@ -244,7 +244,7 @@ class ServerConfig(_Section):
     def _tools_ask(cls, value: str) -> str:
         for tool in _comma_list(value):
             if not _ASKED_TOOL.fullmatch(tool):
-                raise ValueError(f"invalid TOOLS_ASK: {tool[:50]!r} is not a tool name (a rule cannot be asked)")
+                raise ValueError(f"{tool[:50]!r} is not a tool name (a rule cannot be asked)")
         return value
 
     @field_validator("MODELS_ALLOWED")

@@ -32,7 +32,7 @@ from claude_sessions.observability.usage_series import UsageSeries
 from claude_sessions.offline_model import OfflineModelServer, loopback_env
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.lending import Lender, PooledClient
-from claude_sessions.sessions.maintenance import Maintenance
+from claude_sessions.sessions.maintenance import Maintenance, maintenance_pass
 from claude_sessions.sessions.manager import ClaudeCodeSessionManager
 from claude_sessions.sessions.permissions import Behavior, PermissionRequest, Reply, Scope
 from claude_sessions.sessions.session import Session
@@ -446,34 +446,6 @@ class ClaudeHandler:
     # -- maintenance -------------------------------------------------------------
 
     async def run_maintenance(self) -> dict[str, Any]:
-        """One maintenance pass: this node's workers always; the deployment's sessions if this node leads.
-
-        Inactive and orphan cleanup and retention run on one node at a time (the
-        registry's leader lock); idle release, stray CLIs, pool health and refill on each.
-        """
-        manager = self.session_manager
-        inactive: list[str] = []
-        orphans: list[str] = []
-        purged = 0
-        await self.billing.write_pending()
-        if await self.registry.lead():
-            inactive = await manager.cleanup_inactive_sessions()
-            orphans = await manager.detect_orphaned_sessions()
-            purged = await manager.purge_retired(self.config.session_manager.TRANSCRIPT_RETENTION_DAYS)
-        else:
-            await manager.reap_unowned()
-        released = await manager.release_idle_workers()
-        retired = await self.pool.health_check()
-        spawned = await self.pool.fill()
-        log.info(
-            "cleanup_run",
-            active_sessions=len(manager),
-            pool_size=len(self.pool.workers()),
-            orphans=len(orphans),
-            inactive_removed=len(inactive),
-            idle_released=len(released),
-            transcripts_purged=purged,
-            workers_retired=retired,
-            workers_spawned=spawned,
-        )
-        return {"inactive": inactive, "orphaned": orphans, "released": released, "retired": retired, "spawned": spawned}
+        """One maintenance pass (see :func:`maintenance_pass`): what it removed, released, retired and spawned."""
+        retention = self.config.session_manager.TRANSCRIPT_RETENTION_DAYS
+        return await maintenance_pass(self.session_manager, self.pool, self.registry, self.billing, retention)

@@ -1,4 +1,4 @@
-"""The seed's task scheduler: a periodic job that survives its own failures."""
+"""The seed's task scheduler, a periodic job that survives its own failures, and the job itself."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+
+from claude_sessions.sessions.billing import Billing
+from claude_sessions.sessions.manager import ClaudeCodeSessionManager
+from claude_sessions.store.registry import Registry
+from claude_sessions.workers.pool import WorkerPool
 
 log = structlog.get_logger("claude_sessions.maintenance")
 
@@ -50,3 +55,38 @@ class Maintenance:
             except Exception:  # a broken loop must not keep close() from closing the rest
                 log.exception("maintenance_crashed")
             self._task = None
+
+
+async def maintenance_pass(
+    manager: ClaudeCodeSessionManager, pool: WorkerPool, registry: Registry, billing: Billing, retention_days: float
+) -> dict[str, Any]:
+    """One maintenance pass: this node's workers always; the deployment's sessions if this node leads.
+
+    Inactive and orphan cleanup and retention run on one node at a time (the
+    registry's leader lock); idle release, stray CLIs, pool health and refill on each.
+    """
+    inactive: list[str] = []
+    orphans: list[str] = []
+    purged = 0
+    await billing.write_pending()
+    if await registry.lead():
+        inactive = await manager.cleanup_inactive_sessions()
+        orphans = await manager.detect_orphaned_sessions()
+        purged = await manager.purge_retired(retention_days)
+    else:
+        await manager.reap_unowned()
+    released = await manager.release_idle_workers()
+    retired = await pool.health_check()
+    spawned = await pool.fill()
+    log.info(
+        "cleanup_run",
+        active_sessions=len(manager),
+        pool_size=len(pool.workers()),
+        orphans=len(orphans),
+        inactive_removed=len(inactive),
+        idle_released=len(released),
+        transcripts_purged=purged,
+        workers_retired=retired,
+        workers_spawned=spawned,
+    )
+    return {"inactive": inactive, "orphaned": orphans, "released": released, "retired": retired, "spawned": spawned}

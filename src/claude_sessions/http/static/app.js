@@ -22,6 +22,7 @@
     view: null,
     sessionId: null,
     streaming: new Set(), // session ids with a turn streaming into this page
+    following: null, // the open session's turn running elsewhere (another tab, the API, before a reload)
     ticks: 0,
     timer: null,
     refreshing: false,
@@ -234,6 +235,7 @@
       ? "Every session of the deployment, refreshed every few seconds; yours can be opened"
       : "Your sessions, refreshed every few seconds";
     loadModels();
+    loadAskTools();
     clearInterval(state.timer);
     state.timer = setInterval(tick, TICK_MS);
     route();
@@ -273,6 +275,27 @@
     } catch (error) {
       handled(error);
     }
+  }
+
+  /** The tools this server lets a session ask about (TOOLS_ASK), as its /openapi.json states them. */
+  async function loadAskTools() {
+    const fieldset = $("#new-ask");
+    const choices = $(".choices", fieldset);
+    let tools = [];
+    try {
+      const schema = await api("/openapi.json");
+      const asked = schema.components.schemas.CreateSessionBody.properties.ask_tools || {};
+      tools = asked.maxItems === 0 ? [] : (asked.items && asked.items.enum) || [];
+    } catch (error) {
+      handled(error);
+    }
+    choices.replaceChildren();
+    for (const tool of tools) {
+      const label = element("label", {}, choices);
+      element("input", { attrs: { type: "checkbox", value: tool } }, label);
+      label.append(tool);
+    }
+    fieldset.hidden = tools.length === 0;
   }
 
   // -- views and routing ----------------------------------------------------------------
@@ -417,8 +440,10 @@
     const body = { origin: "console" };
     if (prompt) body.system_prompt = prompt;
     if (model) body.model = model;
+    const asked = [...document.querySelectorAll("#new-ask input:checked")].map((box) => box.value);
+    if (asked.length) body.ask_tools = asked;
     error.textContent = "";
-    const button = $("#new-session-form button");
+    const button = $("#new-session-form button[type=submit]");
     button.disabled = true;
     try {
       const session = await api("/v1/sessions", { method: "POST", body });
@@ -473,9 +498,13 @@
       ]);
       if (state.sessionId !== id) return;
       renderFacts(session);
+      state.following = null;
       if (!state.streaming.has(id)) {
         for (const entry of history.messages) render(conversation, entry.type, entry.message && entry.message.content);
         conversation.scrollTop = conversation.scrollHeight;
+        await followTurn(id, session.state);
+      } else if (session.state === "busy") {
+        await showPending(id); // this page's own turn: its stream goes on, its cards are drawn again
       }
     } catch (error) {
       if (handled(error) || state.sessionId !== id) return;
@@ -488,8 +517,9 @@
   }
 
   async function refreshFacts(id) {
+    let session;
     try {
-      renderFacts(await api(`/v1/sessions/${enc(id)}`));
+      session = await api(`/v1/sessions/${enc(id)}`);
     } catch (error) {
       if (error.status === 404 && state.sessionId === id) {
         goTo("#/sessions", `Session ${id} was deleted.`);
@@ -497,6 +527,18 @@
       }
       throw error;
     }
+    renderFacts(session);
+    await followTurn(id, session.state);
+  }
+
+  /** The conversation again from the transcript (a turn that ran elsewhere has ended). */
+  async function reloadConversation(id) {
+    const history = await api(`/v1/sessions/${enc(id)}/history`);
+    if (state.sessionId !== id || state.streaming.has(id)) return;
+    const conversation = $("#conversation");
+    conversation.replaceChildren();
+    for (const entry of history.messages) render(conversation, entry.type, entry.message && entry.message.content);
+    conversation.scrollTop = conversation.scrollHeight;
   }
 
   function renderFacts(session) {
@@ -510,6 +552,65 @@
     fact("tokens").textContent = integer.format(metrics.total_tokens ?? 0);
     fact("cost").textContent = money(metrics.total_cost);
     fact("activity").textContent = ago(isoSeconds(session.last_activity));
+    const asked = (session.options && session.options.ask_tools) || [];
+    fact("ask").textContent = asked.join(", ");
+    fact("ask").parentElement.hidden = asked.length === 0;
+  }
+
+  // -- tool approval (approvals.js draws the cards) -------------------------------------
+
+  function approvalCards(conversation) {
+    return [...conversation.querySelectorAll(".approval")];
+  }
+
+  /** A request of the open session's turn in the conversation, once (from its stream or its pending list). */
+  function showRequest(conversation, id, request, before) {
+    const approvals = window.ConsoleApprovals;
+    if (!approvals || state.sessionId !== id) return;
+    if (approvalCards(conversation).some((card) => card.dataset.requestId === request.request_id)) return;
+    const answer = async (body) => {
+      try {
+        return await api(`/v1/sessions/${enc(id)}/permissions/${enc(request.request_id)}`, { method: "POST", body });
+      } catch (error) {
+        handled(error);
+        throw error;
+      }
+    };
+    const card = approvals.card(request, { answer, explain: explainText });
+    conversation.insertBefore(card, before && before.parentNode === conversation ? before : null);
+    conversation.scrollTop = conversation.scrollHeight;
+    if (state.view === "session") approvals.focus(card);
+  }
+
+  function resolveRequest(conversation, resolved) {
+    const card = approvalCards(conversation).find((each) => each.dataset.requestId === resolved.request_id);
+    if (card) window.ConsoleApprovals.settle(card, resolved);
+  }
+
+  /** The requests the open session's turn waits on, shown; cards of requests no longer waiting, settled. */
+  async function showPending(id) {
+    const { requests } = await api(`/v1/sessions/${enc(id)}/permissions`);
+    if (state.sessionId !== id) return;
+    const conversation = $("#conversation");
+    const waiting = new Set(requests.map((request) => request.request_id));
+    for (const card of approvalCards(conversation)) {
+      if (window.ConsoleApprovals.isOpen(card) && !waiting.has(card.dataset.requestId)) {
+        window.ConsoleApprovals.settle(card, {}, "No longer waiting: answered elsewhere, timed out or interrupted.");
+      }
+    }
+    for (const request of requests) showRequest(conversation, id, request);
+  }
+
+  /** A turn of the open session running elsewhere: its requests as they come, its messages once it ends. */
+  async function followTurn(id, sessionState) {
+    if (state.sessionId !== id || state.streaming.has(id)) return;
+    if (sessionState === "busy") {
+      state.following = id;
+      await showPending(id);
+    } else if (state.following === id) {
+      state.following = null;
+      await reloadConversation(id);
+    }
   }
 
   /** One bubble of the conversation: ``lines`` are its text (an error's: the sentence, then the detail).
@@ -623,7 +724,12 @@
     };
     let interrupted = false;
     let ended = false;
+    const waiting = new Set(); // the turn's requests not yet answered
+    const showWaiting = () => {
+      $(".text", pending).textContent = waiting.size ? "waits for your answer…" : "is answering…";
+    };
     state.streaming.add(id);
+    state.following = null;
     conversation.setAttribute("aria-busy", "true");
     try {
       const response = await request(`/v1/sessions/${enc(id)}/messages`, {
@@ -653,6 +759,14 @@
           }
           interrupted ||= textOf(message.content).split("\n").some((line) => INTERRUPTED.test(line));
           render(conversation, event, message.content, { live: true, before: pending });
+        } else if (event === "permission_request") {
+          waiting.add(message.request_id);
+          showWaiting();
+          showRequest(conversation, id, message, pending);
+        } else if (event === "permission_resolved") {
+          waiting.delete(message.request_id);
+          showWaiting();
+          resolveRequest(conversation, message);
         } else if (event === "result") {
           ended = true;
           endOfTurn(conversation, message, interrupted, pending);

@@ -33,8 +33,13 @@ def test_the_page_and_its_assets_are_served_with_a_strict_policy(
     assert "script-src 'self'" in policy and "connect-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert 'data-auth="keys"' in page.text  # keys configured: the operator must sign in
     assert 'src="/console/app.js"' in page.text and "http" not in page.text.split("<body", 1)[0].lower()
-    assert 'src="/console/markdown.js"' in page.text
-    kinds = {"app.js": "text/javascript", "markdown.js": "text/javascript", "console.css": "text/css"}
+    assert 'src="/console/markdown.js"' in page.text and 'src="/console/approvals.js"' in page.text
+    kinds = {
+        "app.js": "text/javascript",
+        "markdown.js": "text/javascript",
+        "approvals.js": "text/javascript",
+        "console.css": "text/css",
+    }
     for name, kind in kinds.items():
         asset = client.get(f"/console/{name}")
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
@@ -52,7 +57,8 @@ def test_without_keys_the_operator_goes_straight_in(monkeypatch: pytest.MonkeyPa
 def test_the_page_loads_nothing_from_elsewhere() -> None:
     """No CDN: every asset ships in the package, and the script talks to its own origin only."""
     folder = resources.files("claude_sessions.http") / "static"
-    assert sorted(p.name for p in folder.iterdir()) == ["app.js", "console.css", "index.html", "markdown.js"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["app.js", "approvals.js", "console.css", "index.html", "markdown.js"]
     for path in folder.iterdir():
         text = path.read_text()
         assert "https://" not in text and "//cdn" not in text, path.name

@@ -23,7 +23,7 @@ import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from claude_sessions.offline_model import OfflineModelServer
-from helpers import wait_no_cli
+from helpers import tool, wait_no_cli
 from server_process import ADMIN_KEY, KEYS, ServerProcess, start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,6 +39,7 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
         offline_server.base_url,
         OPT_MESSAGE_TIMEOUT="30",
         TENANT_DAILY_USD="alice:50",
+        TOOLS_ASK="Write",  # the sandbox holds it (bubblewrap)
     )
     yield process
     assert process.stop() in (0, -signal.SIGTERM)
@@ -81,10 +82,12 @@ class Console:
         expect(self.page.get_by_role("button", name="Sign out")).to_be_visible()
         return self
 
-    def new_session(self, system_prompt: str = "") -> str:
-        """Create a session from the sessions page; the console opens it. Its id."""
+    def new_session(self, system_prompt: str = "", ask: tuple[str, ...] = ()) -> str:
+        """Create a session from the sessions page, asking before the tools ``ask``; the console opens it. Its id."""
         self.page.get_by_role("link", name="Sessions", exact=True).click()
         self.page.get_by_label("System prompt").fill(system_prompt)
+        for name in ask:
+            self.page.get_by_role("group", name="Ask me before").get_by_role("checkbox", name=name).check()
         self.page.get_by_role("button", name="New session").click()
         return self.opened_session()
 
@@ -346,6 +349,7 @@ def test_a_slow_turn_is_interrupted_and_deleted_from_the_sessions_table_by_keybo
     page.keyboard.press("Tab")
     expect(page.get_by_label("System prompt")).to_be_focused()
     page.keyboard.press("Tab")  # the model
+    page.keyboard.press("Tab")  # "Ask me before": Write
     page.keyboard.press("Tab")
     expect(page.get_by_role("button", name="New session")).to_be_focused()
     page.keyboard.press("Enter")
@@ -374,6 +378,54 @@ def test_a_slow_turn_is_interrupted_and_deleted_from_the_sessions_table_by_keybo
     expect(page.get_by_role("row").filter(has_text=session_id)).to_have_count(0)
     with api(server, "bob") as bob:
         assert bob.get(f"/v1/sessions/{session_id}").status_code == 404
+
+
+def test_a_tool_call_waits_for_the_users_approval_given_by_keyboard(
+    console: Console, server: ServerProcess, shots: Path
+) -> None:
+    page = console.open().sign_in(KEYS["alice"]).page
+    console.new_session(ask=("Write",))
+    expect(page.locator('[data-fact="ask"]')).to_have_text("Write")
+    workspace = server.root / "workspaces" / "alice"
+    page.get_by_label("Message").fill(tool("Write", file_path=str(workspace / "approved.txt"), content="hello"))
+    page.keyboard.press("Enter")
+
+    card = page.locator(".bubble.approval")
+    expect(card).to_be_visible()
+    expect(card.locator(".who")).to_have_text("Approval needed · Write")
+    expect(card.locator("dd code")).to_have_text(re.compile(r"approved\.txt$"))
+    expect(card).not_to_contain_text(str(server.root))  # the server's paths stay its own
+    expect(card.locator("dd pre")).to_have_text("hello")
+    expect(card).to_contain_text("Denied automatically at")
+    expect(page.get_by_text("waits for your answer…")).to_be_visible()
+    expect(page.locator('[data-fact="state"]')).to_have_text("busy")
+    assert not (workspace / "approved.txt").exists()  # the turn waits
+    allow = card.get_by_role("button", name="Allow", exact=True)
+    expect(allow).to_be_focused()  # the keyboard is where the answer is
+    expect(card.get_by_role("button")).to_have_text(["Allow", "Deny", "Allow for this session"])
+    page.screenshot(path=shots / "console-approval.png")
+    page.keyboard.press("Enter")
+
+    expect(card.get_by_role("status")).to_have_text("Allowed")
+    expect(card.get_by_role("button")).to_have_count(0)
+    expect(page.locator(".bubble.assistant").filter(has_text="File created successfully")).to_be_visible()
+    expect(page.get_by_text("Answered in")).to_be_visible()
+    assert (workspace / "approved.txt").read_text() == "hello"
+
+    # A page reloaded while a turn waits finds the request again; a denied call writes nothing.
+    console.send(tool("Write", file_path=str(workspace / "denied.txt"), content="never"))
+    expect(page.locator(".bubble.approval.open")).to_be_visible()
+    page.reload()
+    card = page.locator(".bubble.approval")
+    expect(card).to_have_count(1)
+    expect(card.locator("dd pre")).to_have_text("never")
+    expect(card.get_by_role("button", name="Allow", exact=True)).to_be_focused()
+    card.get_by_role("button", name="Deny").click()
+    expect(card.get_by_role("status")).to_have_text("Denied")
+    # The turn ended elsewhere (its stream went with the reload): the transcript shows it.
+    expect(page.locator(".bubble.tool").filter(has_text="Tool result")).to_have_count(2)
+    expect(page.locator(".bubble.approval")).to_have_count(0)
+    assert not (workspace / "denied.txt").exists()
 
 
 def test_a_tenant_never_sees_another_tenants_session(console: Console, server: ServerProcess) -> None:

@@ -17,7 +17,8 @@ from claude_sessions.http.sessions import SessionIdPath
 
 router = APIRouter(tags=["permissions"])
 
-RequestIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="the request's id")]
+#: Any id is looked up (an unknown one answers 404, as another tenant's does).
+RequestIdPath = Annotated[str, Path(max_length=200, description="the request's id")]
 
 
 class PermissionRequestObject(BaseModel):

@@ -36,8 +36,10 @@ Behavior = Literal["allow", "deny"]
 Scope = Literal["once", "session"]
 DecidedBy = Literal["user", "timeout", "interrupt"]
 
-#: Inputs naming the file a tool changes: it must lie inside the session's workspace to be asked.
-FILE_INPUTS = ("file_path", "notebook_path")
+#: Inputs naming a file or folder a tool works on: it must lie inside the session's workspace to be asked.
+FILE_INPUTS = ("file_path", "notebook_path", "path")
+#: A request expires this long before its turn's deadline at the latest: the model still reads the denial.
+DEADLINE_MARGIN = 2.0
 #: Answered ids remembered per session (for 409 and 410 rather than 404).
 REMEMBERED = 256
 
@@ -115,13 +117,15 @@ class Approvals:
         self._answered: OrderedDict[str, Literal["decided", "expired"]] = OrderedDict()
         self._events: asyncio.Queue[PermissionEvent] | None = None
         self._can_ask = False
+        self._deadline = 0.0
 
     # -- the turn ---------------------------------------------------------------------
 
-    def open_turn(self, can_ask: bool) -> asyncio.Queue[PermissionEvent]:
+    def open_turn(self, can_ask: bool, deadline: float) -> asyncio.Queue[PermissionEvent]:
         """A turn starts: its requests and their ends go to the queue returned; ``can_ask``: someone
-        can answer (not so on the OpenAI endpoint, whose calls are denied at once)."""
-        self._events, self._can_ask = asyncio.Queue(), can_ask
+        can answer (not so on the OpenAI endpoint, whose calls are denied at once); ``deadline``: the
+        turn's, on the loop's clock (a request expires before it, so the turn ends as a turn)."""
+        self._events, self._can_ask, self._deadline = asyncio.Queue(), can_ask, deadline
         return self._events
 
     def close_turn(self) -> None:
@@ -143,9 +147,8 @@ class Approvals:
         """The gate's answer to one call the CLI's own rules left open."""
         if tool not in self.ask_tools:  # neither allowed nor asked: refused, as without approval
             return PermissionResultDeny(message=f"Permission to use {tool} has not been granted.")
-        paths = [tool_input[name] for name in FILE_INPUTS if name in tool_input]
-        if not all(_inside(path, self.cwd) for path in paths):
-            return PermissionResultDeny(message=f"{tool} may only change files inside the session's workspace.")
+        if not self._in_workspace(tool_input):
+            return PermissionResultDeny(message=f"{tool} may only use files inside the session's workspace.")
         if self.grants.covers(tool, tool_input):
             return PermissionResultAllow()
         if self._events is None:
@@ -154,13 +157,21 @@ class Approvals:
             return PermissionResultDeny(message=f"{tool} needs its user's approval, which cannot be asked here.")
         pending = self._open(tool, tool_input, context)
         try:
-            return await pending.answer
+            answer = await pending.answer
         except asyncio.CancelledError:  # the CLI withdrew the question (its turn was interrupted)
             self._resolve(pending.request.request_id, "deny", "interrupt", "once", "")
             raise
+        if isinstance(answer, PermissionResultAllow) and not self._in_workspace(tool_input):
+            return PermissionResultDeny(message=f"{tool}: the file moved out of the session's workspace.")
+        return answer
+
+    def _in_workspace(self, tool_input: dict[str, Any]) -> bool:
+        """Whether every file the call names resolves inside the workspace (a symlink swapped in since: no)."""
+        return all(_inside(tool_input[name], self.cwd) for name in FILE_INPUTS if name in tool_input)
 
     def _open(self, tool: str, tool_input: dict[str, Any], context: ToolPermissionContext) -> _Pending:
         loop = asyncio.get_running_loop()
+        delay = max(0.0, min(self.timeout, self._deadline - DEADLINE_MARGIN - loop.time()))
         request = PermissionRequest(
             session_id=self.session_id,
             request_id="perm_" + secrets.token_hex(12),
@@ -170,17 +181,17 @@ class Approvals:
             display_name=context.display_name,
             description=context.description,
             suggestions=[s.to_dict() for s in context.suggestions],
-            expires_at=datetime.fromtimestamp(time.time() + self.timeout, UTC).isoformat(),
+            expires_at=datetime.fromtimestamp(time.time() + delay, UTC).isoformat(),
         )
         pending = _Pending(request, loop.create_future())
-        pending.timer = loop.call_later(self.timeout, self._expire, request.request_id)
+        pending.timer = loop.call_later(delay, self._expire, request.request_id)
         self.pending[request.request_id] = pending
         if self._events is not None:
             self._events.put_nowait(request)
         return pending
 
     def _expire(self, request_id: str) -> None:
-        message = f"No answer within {self.timeout:g}s: the call was denied."
+        message = "No answer in time: the call was denied."
         self._resolve(request_id, "deny", "timeout", "once", message)
 
     # -- the user's side --------------------------------------------------------------

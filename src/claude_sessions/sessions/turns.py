@@ -173,8 +173,10 @@ class Turns:
             if forwarded:  # sent here as its holder, but it moved on meanwhile
                 raise SessionBusyError(f"session {session.public_id!r} is moving between nodes; retry")
             raise held_elsewhere(session.id, claim)
-        if claim != session.fence and session.worker is not None:
-            await self._drop_worker(session, session.worker)
+        if claim != session.fence:  # another node ran turns since: what this node held is stale
+            session.approvals = None  # grants for the session are the holder's, not kept across a move
+            if session.worker is not None:
+                await self._drop_worker(session, session.worker)
         session.fence, session.holder = claim, self.registry.node_id
 
     async def _bind(self, session: Session) -> Worker:
@@ -241,7 +243,8 @@ class Turns:
         session.metrics.message_count += 1
         if session.title is None and command is None:  # a CLI command is no title
             session.title = title_of(prompt)
-        replies = Replies(worker.client.receive_response(), self._open_approvals(session, worker, can_ask))
+        events = self._open_approvals(session, worker, can_ask, deadline)
+        replies = Replies(worker.client.receive_response(), events)
         try:
             await self.manager.save(session)
             async with asyncio.timeout_at(deadline):
@@ -315,7 +318,9 @@ class Turns:
             log.info("turn_unread_ended", session_id=session.id, error=repr(error))
         return False
 
-    def _open_approvals(self, session: Session, worker: Worker, can_ask: bool) -> asyncio.Queue[PermissionEvent] | None:
+    def _open_approvals(
+        self, session: Session, worker: Worker, can_ask: bool, deadline: float
+    ) -> asyncio.Queue[PermissionEvent] | None:
         """Route the worker's permission questions to this turn (options with ``ask_tools`` only)."""
         if worker.gate is None:
             return None
@@ -328,7 +333,7 @@ class Turns:
                 self.config.server.PERMISSION_TIMEOUT_SECONDS,
                 self.telemetry,
             )
-        events = session.approvals.open_turn(can_ask)
+        events = session.approvals.open_turn(can_ask, deadline)
         worker.gate.open(session.approvals.ask)
         return events
 

@@ -559,16 +559,9 @@
 
   // -- tool approval (approvals.js draws the cards) -------------------------------------
 
-  function approvalCards(conversation) {
-    return [...conversation.querySelectorAll(".approval")];
-  }
-
-  /** A request of the open session's turn in the conversation, once (from its stream or its pending list). */
-  function showRequest(conversation, id, request, before) {
-    const approvals = window.ConsoleApprovals;
-    if (!approvals || state.sessionId !== id) return;
-    if (approvalCards(conversation).some((card) => card.dataset.requestId === request.request_id)) return;
-    const answer = async (body) => {
+  /** How the cards of session ``id`` send their answers, and where they go. */
+  function answering(id, before) {
+    const answer = async (request, body) => {
       try {
         return await api(`/v1/sessions/${enc(id)}/permissions/${enc(request.request_id)}`, { method: "POST", body });
       } catch (error) {
@@ -576,29 +569,13 @@
         throw error;
       }
     };
-    const card = approvals.card(request, { answer, explain: explainText });
-    conversation.insertBefore(card, before && before.parentNode === conversation ? before : null);
-    conversation.scrollTop = conversation.scrollHeight;
-    if (state.view === "session") approvals.focus(card);
+    return { answer, explain: explainText, before, focus: state.view === "session" };
   }
 
-  function resolveRequest(conversation, resolved) {
-    const card = approvalCards(conversation).find((each) => each.dataset.requestId === resolved.request_id);
-    if (card) window.ConsoleApprovals.settle(card, resolved);
-  }
-
-  /** The requests the open session's turn waits on, shown; cards of requests no longer waiting, settled. */
+  /** The requests the open session's turn waits on, in its conversation (after a reload, say). */
   async function showPending(id) {
     const { requests } = await api(`/v1/sessions/${enc(id)}/permissions`);
-    if (state.sessionId !== id) return;
-    const conversation = $("#conversation");
-    const waiting = new Set(requests.map((request) => request.request_id));
-    for (const card of approvalCards(conversation)) {
-      if (window.ConsoleApprovals.isOpen(card) && !waiting.has(card.dataset.requestId)) {
-        window.ConsoleApprovals.settle(card, {}, "No longer waiting: answered elsewhere, timed out or interrupted.");
-      }
-    }
-    for (const request of requests) showRequest(conversation, id, request);
+    if (state.sessionId === id) window.ConsoleApprovals.sync($("#conversation"), requests, answering(id));
   }
 
   /** A turn of the open session running elsewhere: its requests as they come, its messages once it ends. */
@@ -762,11 +739,11 @@
         } else if (event === "permission_request") {
           waiting.add(message.request_id);
           showWaiting();
-          showRequest(conversation, id, message, pending);
+          if (state.sessionId === id) window.ConsoleApprovals.show(conversation, message, answering(id, pending));
         } else if (event === "permission_resolved") {
           waiting.delete(message.request_id);
           showWaiting();
-          resolveRequest(conversation, message);
+          window.ConsoleApprovals.resolve(conversation, message);
         } else if (event === "result") {
           ended = true;
           endOfTurn(conversation, message, interrupted, pending);

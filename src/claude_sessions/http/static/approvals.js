@@ -132,11 +132,37 @@
     return node.classList.contains("open");
   }
 
-  /** Where the keyboard goes when a request appears: its Allow button. */
-  function focus(node) {
-    const allow = node.querySelector(".approval-buttons button");
-    if (allow) allow.focus();
+  function find(conversation, requestId) {
+    return [...conversation.querySelectorAll(".approval")].find((node) => node.dataset.requestId === requestId);
   }
 
-  window.ConsoleApprovals = Object.freeze({ card, settle, isOpen, focus });
+  /** A request's card in the conversation, once (it may come from the stream and the pending list
+   * both), before ``before`` when that is there. ``answer(request, body)`` sends the answer;
+   * ``focus``: the keyboard goes to the new card's Allow button. */
+  function show(conversation, request, { answer, explain, before, focus = true }) {
+    if (find(conversation, request.request_id)) return;
+    const node = card(request, { answer: (body) => answer(request, body), explain });
+    conversation.insertBefore(node, before && before.parentNode === conversation ? before : null);
+    conversation.scrollTop = conversation.scrollHeight;
+    if (focus) node.querySelector(".approval-buttons button").focus();
+  }
+
+  /** A ``permission_resolved`` event: its card says how the request ended. */
+  function resolve(conversation, resolved) {
+    const node = find(conversation, resolved.request_id);
+    if (node) settle(node, resolved);
+  }
+
+  /** The requests still waiting, as the server lists them: each shown, and open cards not among them settled. */
+  function sync(conversation, requests, options) {
+    const waiting = new Set(requests.map((request) => request.request_id));
+    for (const node of conversation.querySelectorAll(".approval.open")) {
+      if (!waiting.has(node.dataset.requestId)) {
+        settle(node, {}, "No longer waiting: answered elsewhere, timed out or interrupted.");
+      }
+    }
+    for (const request of requests) show(conversation, request, options);
+  }
+
+  window.ConsoleApprovals = Object.freeze({ show, resolve, sync });
 })();

@@ -151,14 +151,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextlib.asynccontextmanager
-async def served(name: str, **env: str) -> AsyncIterator[Served]:
+def served(name: str, **env: str) -> contextlib.AbstractAsyncContextManager[Served]:
     """A ``claude-sessions serve`` process with a data directory of its own, once it answers; stopped after."""
+    return served_by([str(Path(sys.executable).with_name("claude-sessions"))], name, **env)
+
+
+@contextlib.asynccontextmanager
+async def served_by(launcher: list[str], name: str, **env: str) -> AsyncIterator[Served]:
+    """:func:`served`, ``launcher`` standing for ``claude-sessions`` (a command that patches the server first)."""
     port = free_port()
     data_dir = Path(os.environ["CLAUDE_SESSIONS_DATA_DIR"]) / name
-    script = str(Path(sys.executable).with_name("claude-sessions"))
     process = await asyncio.create_subprocess_exec(
-        *[script, "serve", "--online", "--port", str(port), "--log-level", "WARNING"],
+        *launcher,
+        *["serve", "--online", "--port", str(port), "--log-level", "WARNING"],
         env={**os.environ, "CLAUDE_SESSIONS_DATA_DIR": str(data_dir), "CP_MIN_SIZE": "1", **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -5,7 +5,7 @@ median, p95 and the ratio. Prints the figures tables, writes bench/results/lates
 and latest.md, draws bench/results/latest.png, and puts the same tables in
 docs/benchmarks.md between its figures markers.
 
-    python bench/run.py [--quick] [--cluster]
+    python bench/run.py [--quick] [--cluster | --approval]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.markdown import Markdown
 
+import approval_scenarios as approval
 import cluster_scenarios as cluster
 import scenarios
 from claude_sessions.observability.logs import configure_logging
@@ -32,6 +33,12 @@ RESULTS = Path(__file__).parent / "results"
 #: The documentation page whose figures section each run (not a cluster-only one) replaces.
 DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 FIGURES_START, FIGURES_END = "<!-- figures:start -->", "<!-- figures:end -->"
+
+
+async def run_approval(quick: bool) -> dict[str, Any]:
+    """Only the tool-approval benchmark: its comparison rows and its table."""
+    approved, approval_steps = await approval.tool_approval(10 if quick else 30)
+    return {"comparisons": [c.as_dict() for c in approved], "approval": approval_steps}
 
 
 async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[str, Any]:
@@ -48,8 +55,11 @@ async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[
     comparisons += await scenarios.gateway_overhead(100 if quick else 500)
     comparisons += await scenarios.openai_completions(rounds, model)
     comparisons += await scenarios.limits_cost(5 if quick else 20)
+    approved, approval_steps = await approval.tool_approval(10 if quick else 30)
+    comparisons += approved
     return {
         "comparisons": [c.as_dict() for c in comparisons],
+        "approval": approval_steps,
         "concurrency": await scenarios.concurrency([1, 10] if quick else [1, 10, 50], 10),
         "memory": await scenarios.memory([10] if quick else [10, 50]),
         "maintenance": await scenarios.maintenance_cost([1_000] if quick else [1_000, 10_000, 100_000]),
@@ -64,23 +74,32 @@ def machine() -> str:
     )
 
 
-def markdown(results: dict[str, Any]) -> str:
-    """The figures tables, from one run."""
-    clustered = results["cluster"]
-    cluster_lines = [f"Cluster benchmarks skipped: {clustered['skipped']}"] if "skipped" in clustered else []
-    cluster_lines = cluster_lines or cluster.markdown(clustered)
-    if "comparisons" not in results:
-        return "\n".join(cluster_lines) + "\n"
+def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| comparison (median / p95 ms) | baseline | claude-sessions | ratio | target |",
         "|---|---|---|---|---|",
     ]
-    for c in results["comparisons"]:
+    for c in comparisons:
         b, o = c["baseline"], c["ours"]
         lines.append(
             f"| {c['name']} | {c['baseline_label']}: {b['median_ms']:.1f} / {b['p95_ms']:.1f} "
             f"| {c['ours_label']}: {o['median_ms']:.1f} / {o['p95_ms']:.1f} | {c['ratio']:.3f} | {c['target']} |"
         )
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The figures tables, from one run."""
+    lines = comparison_lines(results["comparisons"]) if "comparisons" in results else []
+    if "approval" in results:
+        lines += ["", *approval.markdown(results["approval"])]
+    if "cluster" not in results:  # a tool-approval-only run
+        return "\n".join(lines) + "\n"
+    clustered = results["cluster"]
+    cluster_lines = [f"Cluster benchmarks skipped: {clustered['skipped']}"] if "skipped" in clustered else []
+    cluster_lines = cluster_lines or cluster.markdown(clustered)
+    if "comparisons" not in results:
+        return "\n".join(cluster_lines) + "\n"
     lines += [
         "",
         "| concurrent sessions x 10 turns (each side twice) | bare SDK turns/s (p95 ms) "
@@ -182,17 +201,26 @@ def chart(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and levels (about a minute)")
-    parser.add_argument("--cluster", action="store_true", help="only the cluster benchmarks (needs PostgreSQL)")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--cluster", action="store_true", help="only the cluster benchmarks (needs PostgreSQL)")
+    only.add_argument("--approval", action="store_true", help="only tool approval: prints its figures, writes nothing")
     args = parser.parse_args()
     configure_logging("WARNING")
     console = Console(width=140)
     began = time.monotonic()
     with offline_environment() as server:
-        results = asyncio.run(run_all(args.quick, server.model, args.cluster))
+        if args.approval:
+            results = asyncio.run(run_approval(args.quick))
+        else:
+            results = asyncio.run(run_all(args.quick, server.model, args.cluster))
     results["machine"] = machine()
     results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["seconds"] = round(time.monotonic() - began, 1)
     console.print(Markdown(markdown(results)))
+    if args.approval:
+        print(markdown(results))  # as is, for docs/benchmarks.md
+        console.print(f"{results['machine']}; {results['seconds']} s; nothing written")
+        return
     RESULTS.mkdir(exist_ok=True)
     name = "cluster" if args.cluster else "latest"  # a cluster-only run keeps the full run's figures
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -238,11 +238,7 @@ class Turns:
         deadline = asyncio.get_running_loop().time() + self.config.optimization.MESSAGE_TIMEOUT
         settled = False  # the turn ended, or its worker was dealt with
         asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
-        worker.uses += 1
-        worker.grant.take()  # calls made between turns (none expected) are no turn's
-        session.metrics.message_count += 1
-        if session.title is None and command is None:  # a CLI command is no title
-            session.title = title_of(prompt)
+        _count_turn(session, worker, prompt, command)
         events = self._open_approvals(session, worker, can_ask, deadline)
         replies = Replies(worker.client.receive_response(), events)
         try:
@@ -380,6 +376,15 @@ class Turns:
             session.unbind(during_turn=True)
         await self.manager.give_back(worker, reuse=False, graceful=False)
         await self.billing.bill_unfinished(session, worker)
+
+
+def _count_turn(session: Session, worker: Worker, prompt: Content, command: str | None) -> None:
+    """A turn starts on ``worker``: both count it; the session's first message is its title."""
+    worker.uses += 1
+    worker.grant.take()  # calls made between turns (none expected) are no turn's
+    session.metrics.message_count += 1
+    if session.title is None and command is None:  # a CLI command is no title
+        session.title = title_of(prompt)
 
 
 async def stop_turn(session: Session, worker: Worker) -> None:

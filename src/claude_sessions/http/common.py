@@ -120,10 +120,18 @@ class Service:
     def manager(self) -> SessionView:
         return self.handler.session_manager
 
-    async def own_session(self, request: Request, principal: Principal, session_id: str) -> Session:
-        """The caller's session, as the registry has it; another tenant's answers exactly like an unknown id."""
+    async def own_session(
+        self, request: Request, principal: Principal, session_id: str, *, running_here: bool = False
+    ) -> Session:
+        """The caller's session, as the registry has it; another tenant's answers exactly like an unknown id.
+
+        ``running_here``: a session whose turn runs on this node is taken as this node holds it (its
+        lease is held: the registry has nothing newer), sparing an answer to that turn a read.
+        """
         key = session_key(session_id, principal.tenant)
         request.scope.setdefault("state", {})[SESSION_KEY_STATE] = (key, session_id)
+        if running_here and (session := self.manager.running(key)) is not None:
+            return session
         try:
             return await self.manager.fetch(key)
         except SessionNotFoundError:

@@ -89,7 +89,7 @@ async def decide(
     principal: Caller,
     service: ServiceDep,
 ) -> dict[str, Any]:
-    session = await service.own_session(request, principal, session_id)
+    session = await service.own_session(request, principal, session_id, running_here=True)
     await service.handler.decide_permission(
         session, request_id, body.behavior, body.message, body.scope, forwarded=is_forwarded(request)
     )

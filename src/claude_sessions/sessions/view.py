@@ -156,6 +156,11 @@ class SessionView:
         except KeyError:
             raise SessionNotFoundError(f"session {public_id(session_id)!r} not found") from None
 
+    def running(self, key: str) -> Session | None:
+        """The session, if a turn of it runs on this node now."""
+        session = self._sessions.get(key)
+        return session if session is not None and session.is_busy and not session.closed else None
+
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
 

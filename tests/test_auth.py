@@ -12,21 +12,21 @@ def authenticator(keys: str = "", admin: str | None = None) -> Authenticator:
     return Authenticator(ServerConfig(API_KEYS=SecretStr(keys), ADMIN_API_KEY=SecretStr(admin) if admin else None))
 
 
-def test_without_keys_the_caller_is_the_operator() -> None:
+async def test_without_keys_the_caller_is_the_operator() -> None:
     open_server = authenticator()
     assert open_server.is_open
-    assert open_server.authenticate(None) == OPERATOR
+    assert await open_server.authenticate(None) == OPERATOR
 
 
-def test_tenant_and_admin_keys() -> None:
+async def test_tenant_and_admin_keys() -> None:
     auth = authenticator("acme:k1,globex:k2", admin="root-key")
     assert not auth.is_open
-    assert auth.authenticate("Bearer k1") == Principal("acme", is_admin=False)
-    assert auth.authenticate("bearer k2") == Principal("globex", is_admin=False)
-    assert auth.authenticate("Bearer root-key") == Principal("admin", is_admin=True)
+    assert await auth.authenticate("Bearer k1") == Principal("acme", is_admin=False)
+    assert await auth.authenticate("bearer k2") == Principal("globex", is_admin=False)
+    assert await auth.authenticate("Bearer root-key") == Principal("admin", is_admin=True)
 
 
-def test_missing_wrong_or_partial_keys_are_refused() -> None:
+async def test_missing_wrong_or_partial_keys_are_refused() -> None:
     auth = authenticator("acme:secret")
     for header in [None, "", "Bearer", "Bearer secre", "Bearer secret2", "Basic secret", "secret"]:
-        assert auth.authenticate(header) is None
+        assert await auth.authenticate(header) is None

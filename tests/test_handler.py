@@ -309,6 +309,23 @@ def test_a_cwd_is_read_part_by_part_so_no_spelling_reaches_another_workspace(
             session_cwd(SessionConfig(cwd=cwd), config)
 
 
+def test_an_end_users_cwd_stays_in_that_users_folder_whatever_is_swapped_in(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    config = SystemConfig.from_env()
+    root = config.runtime.workspace_root
+    (root / "acme" / "ana" / "work").mkdir(parents=True)
+    (root / "acme" / "bob").mkdir()
+    assert session_cwd(SessionConfig(cwd="acme/ana/work", user="ana"), config) == root / "acme" / "ana" / "work"
+    (root / "acme" / "ana" / "swapped").symlink_to(root / "acme" / "bob")  # as ana's Bash could
+    for cwd in ("acme/ana/swapped", "acme/ana/../bob", "acme/bob", "acme"):
+        with pytest.raises(ValueError, match="another workspace|workspace of user"):
+            session_cwd(SessionConfig(cwd=cwd, user="ana"), config)
+    for user in ("..", ".", "a/b", ""):
+        with pytest.raises(ValueError):
+            SessionConfig(cwd="acme/x", user=user)
+
+
 async def test_a_cwd_naming_a_file_a_loop_or_too_long_a_name_is_a_value_error(make_handler: MakeHandler) -> None:
     handler = await make_handler(connection_pool={"MIN_SIZE": 0})
     root = handler.config.runtime.workspace_root

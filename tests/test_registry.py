@@ -20,7 +20,10 @@ from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.store.postgres import PostgresRegistry
 from claude_sessions.store.records import Holder, SessionRecord, Spend
 from claude_sessions.store.registry import Registry
+from claude_sessions.store.spend import Limits
 from claude_sessions.store.sqlite import _MIGRATIONS, SqliteRegistry
+
+NO_LIMITS: Limits = (None, None)
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/{}"
 #: (node id, lease seconds) -> a registry on the test's database; every call of one test shares it.
@@ -210,31 +213,57 @@ async def test_turn_admissions_hold_the_rate_exactly_on_every_node(make_registry
     nodes = [await make_registry(name, 15.0) for name in ("a", "b", "c")]
     now = 1_800_000_000.0
     attempts = await asyncio.gather(
-        *(nodes[i % 3].spend.admit("acme", now + i / 1000, None, 7) for i in range(21)), return_exceptions=True
+        *(nodes[i % 3].spend.admit(("acme", None), now + i / 1000, (None, 7), NO_LIMITS) for i in range(21)),
+        return_exceptions=True,
     )
     refused = [a for a in attempts if isinstance(a, RateLimitedError)]
     assert attempts.count(None) == 7 and len(refused) == 14  # no budget: nothing left to say
     assert all(r.retry_after == 60 for r in refused)  # the first start leaves the window in 60 s
-    assert await nodes[1].spend.admit("other", now, None, 7) is None  # each tenant has its own count
+    assert (
+        await nodes[1].spend.admit(("other", None), now, (None, 7), NO_LIMITS) is None
+    )  # each tenant has its own count
     with pytest.raises(RateLimitedError) as limited:
-        await nodes[2].spend.admit("acme", now + 59.0, None, 7)
+        await nodes[2].spend.admit(("acme", None), now + 59.0, (None, 7), NO_LIMITS)
     assert limited.value.retry_after == 1
-    assert await nodes[2].spend.admit("acme", now + 60.5, None, 7) is None  # the first minute's starts left it
+    assert (
+        await nodes[2].spend.admit(("acme", None), now + 60.5, (None, 7), NO_LIMITS) is None
+    )  # the first minute's starts left it
 
 
 async def test_a_spent_day_refuses_turns_until_midnight_and_usage_adds_up(make_registry: MakeRegistry) -> None:
     registry = await make_registry("a", 15.0)
     noon = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 12 * 3600
-    assert await registry.spend.admit("acme", noon, 1.0, None) == pytest.approx(1.0)
-    await registry.spend.charge("acme", noon, 0.75, 1000, 1)
-    assert await registry.spend.admit("acme", noon, 1.0, None) == pytest.approx(0.25)  # what is left
-    await registry.spend.charge("acme", noon, 0.5, 600, 1)  # one turn may overshoot
+    assert await registry.spend.admit(("acme", None), noon, (1.0, None), NO_LIMITS) == pytest.approx(1.0)
+    await registry.spend.charge(("acme", None), noon, 0.75, 1000, 1)
+    assert await registry.spend.admit(("acme", None), noon, (1.0, None), NO_LIMITS) == pytest.approx(
+        0.25
+    )  # what is left
+    await registry.spend.charge(("acme", None), noon, 0.5, 600, 1)  # one turn may overshoot
     with pytest.raises(BudgetExceededError) as spent:
-        await registry.spend.admit("acme", noon + 60, 1.0, None)
+        await registry.spend.admit(("acme", None), noon + 60, (1.0, None), NO_LIMITS)
     assert spent.value.retry_after == 12 * 3600 - 60
-    assert await registry.spend.admit("acme", noon + 12 * 3600, 1.0, None) == pytest.approx(1.0)  # a new day
-    await registry.spend.charge("acme", noon + 12 * 3600, 0.25, 100, 1)
-    await registry.spend.charge("zeta", noon, 2.0, 50, 2)
+    assert await registry.spend.admit(("acme", None), noon + 12 * 3600, (1.0, None), NO_LIMITS) == pytest.approx(
+        1.0
+    )  # a new day
+    await registry.spend.charge(("acme", None), noon + 12 * 3600, 0.25, 100, 1)
+    await registry.spend.charge(("zeta", None), noon, 2.0, 50, 2)
     (acme,) = await registry.spend.usage("acme", noon + 12 * 3600)
     assert acme.today == Spend(0.25, 100, 1) and acme.month.tokens == 1700 and acme.month.turns == 3
     assert [u.tenant for u in await registry.spend.usage(None, noon)] == ["acme", "zeta"]
+
+
+async def test_an_end_users_limits_hold_beside_its_tenants(make_registry: MakeRegistry) -> None:
+    registry = await make_registry("a", 15.0)
+    noon = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 12 * 3600
+    ana, bob = ("acme", "ana"), ("acme", "bob")
+    assert await registry.spend.admit(ana, noon, (5.0, None), (1.0, 2)) == pytest.approx(1.0)  # the nearer budget
+    await registry.spend.charge(ana, noon, 1.0, 10, 1)
+    with pytest.raises(BudgetExceededError, match="user 'ana' of tenant 'acme'"):
+        await registry.spend.admit(ana, noon + 1, (5.0, None), (1.0, 2))
+    assert await registry.spend.admit(bob, noon + 1, (5.0, None), (1.0, 2)) == pytest.approx(1.0)  # bob's own day
+    await registry.spend.admit(bob, noon + 2, NO_LIMITS, (None, 2))
+    with pytest.raises(RateLimitedError, match="user 'bob'"):
+        await registry.spend.admit(bob, noon + 3, NO_LIMITS, (None, 2))
+    (tenant,) = await registry.spend.usage("acme", noon)
+    (user,) = await registry.spend.usage("acme", noon, user="ana")
+    assert tenant.today.cost_usd == user.today.cost_usd == 1.0 and await registry.spend.usage("acme", noon, "bob") == []

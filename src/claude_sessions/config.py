@@ -168,6 +168,15 @@ class ClusterConfig(_Section):
 
 
 _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: An end user of a tenant (``X-End-User``, a key bound to one): a folder name of its workspace too.
+END_USER = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+
+
+def is_end_user(name: str) -> bool:
+    """An end user's id as ``END_USER`` has it, never one of dots only (``..`` names no folder of its own)."""
+    return bool(END_USER.fullmatch(name)) and name.strip(".") != ""
+
+
 #: The admin key's tenant name (sessions, workspace): no API_KEYS tenant may use it, in any case.
 RESERVED_TENANT = "admin"
 
@@ -218,6 +227,10 @@ class ServerConfig(_Section):
     MODELS_ALLOWED: str = Field("opus,sonnet,haiku", validation_alias="MODELS_ALLOWED")
     #: Other names clients use, each mapped onto an allowed model: ``gpt-4o:sonnet,...``.
     MODEL_ALIASES: str = Field("", validation_alias="MODEL_ALIASES")
+    #: Each end user's limits, in every tenant (a key's own limits win).
+    USER_MAX_SESSIONS: int | None = Field(None, ge=1, validation_alias="USER_MAX_SESSIONS")
+    USER_DAILY_USD: float | None = Field(None, gt=0, validation_alias="USER_DAILY_USD")
+    USER_TURNS_PER_MINUTE: int | None = Field(None, ge=1, validation_alias="USER_TURNS_PER_MINUTE")
     #: ``tenant:amount,...`` (``*``: every other tenant): US dollars a tenant may spend per UTC day.
     TENANT_DAILY_USD: str = Field("", validation_alias="TENANT_DAILY_USD")
     #: ``tenant:n,...`` (``*``: every other tenant): turns a tenant may start per minute.
@@ -435,6 +448,9 @@ class SessionConfig(BaseModel):
     ask_tools: tuple[str, ...] = Field((), max_length=100)
     permission_mode: PermissionMode | None = None
     cwd: str | None = Field(None, min_length=1, max_length=1024)
+    #: The tenant's end user the session belongs to: its ``cwd`` lies in that user's folder, and no
+    #: worker passes between users (equal options only).
+    user: str | None = Field(None, max_length=128)
 
     @field_validator("allowed_tools", "disallowed_tools")
     @classmethod
@@ -451,6 +467,13 @@ class SessionConfig(BaseModel):
             if not _ASKED_TOOL.fullmatch(tool):
                 raise ValueError(f"invalid tool name {tool[:50]!r} (a tool's name, not a rule)")
         return tools
+
+    @field_validator("user")
+    @classmethod
+    def _end_user(cls, user: str | None) -> str | None:
+        if user is not None and not is_end_user(user):
+            raise ValueError("must match [A-Za-z0-9._@-]{1,128}, not dots only")
+        return user
 
     @field_validator("system_prompt", "cwd")
     @classmethod

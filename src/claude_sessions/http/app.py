@@ -33,7 +33,7 @@ from starlette.types import Message as AsgiMessage
 
 from claude_sessions.config import ServerConfig, SessionConfig
 from claude_sessions.errors import ClaudeSessionsError, SessionHeldElsewhereError
-from claude_sessions.http import console, openai, operations, permissions, sessions
+from claude_sessions.http import console, keys, openai, operations, permissions, sessions
 from claude_sessions.http.auth import Authenticator
 from claude_sessions.http.common import (
     FORWARDED_STATE,
@@ -288,7 +288,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     """
     config = handler.config
     server = config.server
-    authenticator = Authenticator(server)
+    authenticator = Authenticator(server, handler.registry.keys)
     retry_after = max(1, min(60, round(config.session_manager.CLEANUP_INTERVAL * 60)))
     lifecycle = Lifecycle(handler)
     service = Service(handler, authenticator, lifecycle, retry_after)
@@ -327,6 +327,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     _install_error_handlers(app, retry_after, forwarder)
     app.include_router(sessions.router)
     app.include_router(permissions.router)
+    app.include_router(keys.router)
     app.include_router(operations.router)
     app.include_router(openai.router)
     app.include_router(console.router)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import structlog
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from claude_sessions.config import ServerConfig, SessionConfig, SystemConfig
+from claude_sessions.config import ServerConfig, SessionConfig, SystemConfig, is_end_user
 from claude_sessions.errors import (
     CapacityError,
     ClaudeSessionsError,
@@ -45,6 +46,8 @@ from claude_sessions.http.redaction import PRINCIPAL_STATE, SESSION_KEY_STATE
 from claude_sessions.sessions.handler import ClaudeHandler
 from claude_sessions.sessions.session import Session, session_key
 from claude_sessions.sessions.view import SessionView
+from claude_sessions.store.keys import KeyStore
+from claude_sessions.store.records import UserLimits
 
 log = structlog.get_logger("claude_sessions.api")
 
@@ -120,6 +123,11 @@ class Service:
     def manager(self) -> SessionView:
         return self.handler.session_manager
 
+    @property
+    def keys(self) -> KeyStore:
+        """The keys made at run time (the admin's routes)."""
+        return self.handler.registry.keys
+
     async def own_session(
         self, request: Request, principal: Principal, session_id: str, *, running_here: bool = False
     ) -> Session:
@@ -130,12 +138,14 @@ class Service:
         """
         key = session_key(session_id, principal.tenant)
         request.scope.setdefault("state", {})[SESSION_KEY_STATE] = (key, session_id)
-        if running_here and (session := self.manager.running(key)) is not None:
-            return session
+        session = self.manager.running(key) if running_here else None
         try:
-            return await self.manager.fetch(key)
+            session = session or await self.manager.fetch(key)
         except SessionNotFoundError:
-            raise ApiError(404, "not_found", f"session {session_id!r} not found") from None
+            session = None
+        if session is None or not is_theirs(session, principal):
+            raise ApiError(404, "not_found", f"session {session_id!r} not found")
+        return session
 
 
 #: The request scope's flag for a request another node forwarded here (set by the app's middleware).
@@ -174,18 +184,53 @@ bearer = HTTPBearer(
 )
 
 
-def caller(
+async def caller(
     request: Request,
     service: ServiceDep,
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    x_end_user: Annotated[
+        str | None,
+        Header(max_length=128, description="the tenant's end user the call is for ([A-Za-z0-9._@-]{1,128})"),
+    ] = None,
 ) -> Principal:
-    principal = service.authenticator.authenticate(request.headers.get("authorization"))
+    principal = await service.authenticator.authenticate(request.headers.get("authorization"))
     if principal is None:
         raise ApiError(401, "unauthorized", "missing or unknown API key", {"WWW-Authenticate": "Bearer"})
+    if x_end_user is not None:
+        principal = acting_for(principal, x_end_user, "X-End-User")
     state = request.scope.setdefault("state", {})
     state["tenant"] = principal.tenant
     state[PRINCIPAL_STATE] = principal
     return principal
+
+
+def is_theirs(session: Session, principal: Principal) -> bool:
+    """An end user's sessions are its own; the tenant's own key (no user) sees every one of the tenant's."""
+    return principal.user is None or session.config.user == principal.user
+
+
+def user_limits(principal: Principal, server: ServerConfig) -> UserLimits:
+    """The limits of the end user the caller acts for: its key's own, over ``USER_*``."""
+    defaults = UserLimits(server.USER_MAX_SESSIONS, server.USER_DAILY_USD, server.USER_TURNS_PER_MINUTE)
+    return principal.limits.over(defaults) if principal.user is not None else UserLimits()
+
+
+def acting_for(principal: Principal, user: str, param: str) -> Principal:
+    """The caller as ``user`` of its tenant; 422 for a bad id or the admin, 403 for a key bound to another user."""
+    if not is_end_user(user):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{param}: must match [A-Za-z0-9._@-]{{1,128}}, not dots only",
+            extra={"param": param},
+        )
+    if principal.is_admin or principal.tenant is None:
+        raise ApiError(
+            422, "invalid_request", f"{param}: only a tenant's key acts for an end user", extra={"param": param}
+        )
+    if principal.bound and principal.user != user:
+        raise ApiError(403, "forbidden", f"{param}: this key is bound to another user")
+    return dataclasses.replace(principal, user=user)
 
 
 def admin(principal: Annotated[Principal, Depends(caller)]) -> Principal:

@@ -33,7 +33,18 @@ from claude_sessions.config import ServerConfig, SessionConfig
 from claude_sessions.content import Content
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.auth import Principal
-from claude_sessions.http.common import ApiError, Caller, ServiceDep, Surface, api_error, is_forwarded, resolve_options
+from claude_sessions.http.common import (
+    ApiError,
+    Caller,
+    ServiceDep,
+    Surface,
+    acting_for,
+    api_error,
+    is_forwarded,
+    is_theirs,
+    resolve_options,
+    user_limits,
+)
 from claude_sessions.http.openai_content import invalid, text_content, user_content
 from claude_sessions.http.problems import problems
 from claude_sessions.http.sessions import workspace_of
@@ -190,7 +201,9 @@ def _conversation(body: ChatCompletionBody, image_max_bytes: int) -> tuple[str |
 
 
 def _tenant(principal: Principal) -> str:
-    return principal.tenant or DEFAULT_TENANT
+    """Whose conversations a history is looked up among: the tenant's, or its end user's."""
+    tenant = principal.tenant or DEFAULT_TENANT
+    return tenant if principal.user is None else f"{tenant}/{principal.user}"
 
 
 async def _session_for(
@@ -208,12 +221,17 @@ async def _session_for(
         return await service.own_session(request, principal, explicit), digest
     if earlier:
         for session in await service.manager.listing(principal.tenant):
-            if session.metadata.get("history_digest") == digest and not session.closed:
+            if (
+                session.metadata.get("history_digest") == digest
+                and not session.closed
+                and is_theirs(session, principal)
+            ):
                 return session, digest
     root = service.config.runtime.workspace_root
     server = service.config.server
     model = server.resolve_model(body.model)
-    options = SessionConfig(system_prompt=system, model=model, cwd=workspace_of(root, principal, None))
+    cwd = workspace_of(root, principal, None)
+    options = SessionConfig(system_prompt=system, model=model, cwd=cwd, user=principal.user)
     key = await service.handler.create_session(
         None,
         resolve_options(options, server),
@@ -222,6 +240,7 @@ async def _session_for(
         owner_limit=server.TENANT_MAX_SESSIONS if principal.tenant is not None else None,
         history=earlier,
         origin="openai",
+        user_limit=user_limits(principal, server).max_sessions,
     )
     return service.manager.get(key), digest
 
@@ -372,6 +391,10 @@ async def chat_completions(
 ) -> Response:
     """A completion on a live conversation; ``X-Session-ID`` names the session used."""
     _refuse_unsupported(body, service.config.server)
+    if body.user is not None and body.user != principal.user:  # the end user, as X-End-User says it
+        if principal.user is not None:
+            raise ApiError(403, "forbidden", "user: the key or X-End-User names another user")
+        principal = acting_for(principal, body.user, "user")
     conversation = _conversation(body, service.config.server.IMAGE_MAX_BYTES)
     system, earlier, prompt = conversation
     session, _ = await _session_for(request, service, principal, body, conversation, x_session_id)
@@ -383,7 +406,8 @@ async def chat_completions(
     completion = _Completion(session, body.model, digest_of)
     headers = {"X-Session-ID": session.public_id}
     # No one here can answer a tool call the session asks about: it is denied at once, the model reads why.
-    turn = service.handler.send_message(session, prompt, forwarded=is_forwarded(request), can_ask=False)
+    limits = user_limits(principal, service.config.server)
+    turn = service.handler.send_message(session, prompt, forwarded=is_forwarded(request), can_ask=False, limits=limits)
     if not body.stream:
         async with contextlib.aclosing(turn):
             async for message in turn:

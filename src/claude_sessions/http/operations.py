@@ -11,16 +11,16 @@ import asyncio
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from claude_sessions.errors import DatabaseUnavailableError
 from claude_sessions.http.auth import Principal
-from claude_sessions.http.common import Admin, Caller, ServiceDep, error_responses
+from claude_sessions.http.common import Admin, Caller, ServiceDep, acting_for, error_responses, user_limits
 from claude_sessions.http.sessions import SessionObject
 from claude_sessions.http.streaming import session_json
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
@@ -113,6 +113,7 @@ class Limits(BaseModel):
 
 class Me(BaseModel):
     tenant: str | None = Field(description="the key's tenant; null for the operator of a keyless server")
+    user: str | None = Field(description="the end user the caller acts for (a bound key, X-End-User); null: none")
     admin: bool
     limits: Limits
 
@@ -146,7 +147,7 @@ async def me(principal: Caller, service: ServiceDep) -> dict[str, Any]:
         "daily_usd": server.daily_usd(budgeted),
         "turns_per_minute": server.turns_per_minute(budgeted),
     }
-    return {"tenant": principal.tenant, "admin": principal.is_admin, "limits": limits}
+    return {"tenant": principal.tenant, "user": principal.user, "admin": principal.is_admin, "limits": limits}
 
 
 @router.get(
@@ -219,8 +220,23 @@ class TenantUsageReport(BaseModel):
     limits: TenantLimits
 
 
+class UserLimitsReport(BaseModel):
+    max_sessions: int | None = Field(description="the key's own, else USER_MAX_SESSIONS; null: none")
+    daily_usd: float | None = Field(description="the key's own, else USER_DAILY_USD; null: none")
+    turns_per_minute: int | None = Field(description="the key's own, else USER_TURNS_PER_MINUTE; null: none")
+
+
+class UserUsageReport(BaseModel):
+    tenant: str
+    user: str
+    today: SpendFigures = Field(description="this UTC day")
+    month: SpendFigures = Field(description="this UTC month")
+    limits: UserLimitsReport
+
+
 class UsageAnswer(BaseModel):
-    tenants: list[TenantUsageReport]
+    tenants: list[TenantUsageReport] = Field([], description="the tenants' (no user asked for)")
+    users: list[UserUsageReport] = Field([], description="the end user's (?user=, or a user's key)")
 
 
 @router.get(
@@ -232,8 +248,14 @@ class UsageAnswer(BaseModel):
         **error_responses(401),
     },
 )
-async def usage(principal: Caller, service: ServiceDep) -> dict[str, Any]:
+async def usage(
+    principal: Caller,
+    service: ServiceDep,
+    user: Annotated[str | None, Query(max_length=128, description="one end user of the caller's tenant")] = None,
+) -> dict[str, Any]:
     """A tenant's spend, tokens and turns today and this month, against its limits (every node's)."""
+    if user is not None or principal.user is not None:
+        return await _user_usage(acting_for(principal, user, "user") if user is not None else principal, service)
     handler, server, own = service.handler, service.config.server, principal.tenant or DEFAULT_TENANT
     mine = _view(principal) is not None
     found = {u.tenant: u for u in await handler.usage(own if mine else None)}
@@ -251,6 +273,21 @@ async def usage(principal: Caller, service: ServiceDep) -> dict[str, Any]:
 
 
 _NOTHING = {"cost_usd": 0.0, "tokens": 0, "turns": 0}
+
+
+async def _user_usage(principal: Principal, service: ServiceDep) -> dict[str, Any]:
+    """An end user's spend, tokens and turns, against its limits (its key's own over ``USER_*``)."""
+    assert principal.tenant is not None and principal.user is not None  # acting_for made it so
+    found = await service.handler.usage(principal.tenant, principal.user)
+    used = found[0] if found else None
+    report = {
+        "tenant": principal.tenant,
+        "user": principal.user,
+        "today": dataclasses.asdict(used.today) if used else _NOTHING,
+        "month": dataclasses.asdict(used.month) if used else _NOTHING,
+        "limits": dataclasses.asdict(user_limits(principal, service.config.server)),
+    }
+    return {"users": [report]}
 
 
 @router.get(

@@ -29,9 +29,12 @@ from claude_sessions.http.common import (
     ApiError,
     Caller,
     ServiceDep,
+    acting_for,
     error_responses,
     is_forwarded,
+    is_theirs,
     resolve_options,
+    user_limits,
 )
 from claude_sessions.http.redaction import SESSION_KEY_STATE
 from claude_sessions.http.streaming import TurnStream, as_json, replayed, session_json, sse_events, turn_json
@@ -140,6 +143,7 @@ class SessionObject(BaseModel):
     state: Literal["active", "idle", "busy", "orphaned"]
     title: str | None = Field(description="the first user message, at most 80 characters; null before it")
     origin: Literal["sessions", "openai", "console"] = Field(description="the way in that made the session")
+    user: str | None = Field(description="the tenant's end user the session belongs to (null: the tenant's own)")
     model: str = Field(description="the model the session runs (the first of MODELS_ALLOWED when it named none)")
     created_at: str = Field(json_schema_extra={"format": "date-time"})
     last_activity: str = Field(json_schema_extra={"format": "date-time"})
@@ -204,18 +208,19 @@ def request_key(content: str | list[dict[str, JsonValue]]) -> str:
 
 
 def workspace_of(root: pathlib.Path, principal: Principal, requested: str | None) -> str | None:
-    """A tenant's sessions run in ``WORKSPACE_ROOT/<tenant>``; ``cwd`` may only go deeper."""
+    """A tenant's sessions run in ``WORKSPACE_ROOT/<tenant>``, its end user's in ``<tenant>/<user>``;
+    ``cwd`` may only go deeper."""
     if principal.tenant is None:
         return requested
-    home = root / principal.tenant
+    home = root / principal.tenant if principal.user is None else root / principal.tenant / principal.user
     target = resolve_folder(home / requested, requested) if requested else home
     if not target.is_relative_to(home):
-        raise ApiError(422, "invalid_request", "cwd: must stay inside the tenant's workspace", extra={"param": "cwd"})
+        raise ApiError(422, "invalid_request", "cwd: must stay inside the caller's workspace", extra={"param": "cwd"})
     return str(target)
 
 
 def session_options(service: ServiceDep, body: CreateSessionBody, principal: Principal) -> SessionConfig:
-    """Options within the operator's tool policy and the tenant's workspace."""
+    """Options within the operator's tool policy and the caller's workspace (its end user's, if any)."""
     server = service.config.server
     extra = sorted(set(body.allowed_tools) - server.tools_allowed)
     if extra:
@@ -237,6 +242,7 @@ def session_options(service: ServiceDep, body: CreateSessionBody, principal: Pri
         message = f"permission_mode: {mode!r} is not permitted on this server; use one of {offered}"
         raise ApiError(422, "invalid_request", message, extra={"param": "permission_mode"})
     options = body.options(cwd=workspace_of(service.config.runtime.workspace_root, principal, body.cwd))
+    options = options.model_copy(update={"user": principal.user})
     return resolve_options(options.model_copy(update={"model": model}) if model else options, server)
 
 
@@ -254,6 +260,8 @@ async def create_session(
 ) -> dict[str, Any]:
     if body.session_id is not None:
         request.scope["state"][SESSION_KEY_STATE] = (session_key(body.session_id, principal.tenant), body.session_id)
+    if body.user is not None:  # as X-End-User says it
+        principal = acting_for(principal, body.user, "user")
     server = service.config.server
     key = await service.handler.create_session(
         body.session_id,
@@ -262,6 +270,7 @@ async def create_session(
         owner=principal.tenant,
         owner_limit=server.TENANT_MAX_SESSIONS if principal.tenant is not None else None,
         origin=body.origin,
+        user_limit=user_limits(principal, server).max_sessions,
     )
     session = service.manager.get(key)
     request.scope["state"][SESSION_KEY_STATE] = (key, session.public_id)
@@ -274,7 +283,7 @@ async def create_session(
     responses={200: {"model": SessionList, "description": "The caller's own sessions."}, **error_responses(401)},
 )
 async def list_sessions(principal: Caller, service: ServiceDep) -> dict[str, Any]:
-    sessions = await service.manager.listing(principal.tenant)
+    sessions = [s for s in await service.manager.listing(principal.tenant) if is_theirs(s, principal)]
     return {"sessions": [session_json(s, service.config.server, with_metrics=True) for s in sessions]}
 
 
@@ -384,7 +393,8 @@ async def send_message(
             raise ApiError(422, "invalid_request", message, extra={"param": "Idempotency-Key"})
         messages: AsyncIterator[dict[str, Any]] = replayed(replies)
     else:
-        turn = handler.send_message(session, body.content, forwarded=is_forwarded(request))
+        limits = user_limits(principal, service.config.server)
+        turn = handler.send_message(session, body.content, forwarded=is_forwarded(request), limits=limits)
         first = await anext(turn)  # errors before the first message keep their HTTP status
 
         async def keep(turn_messages: list[dict[str, Any]]) -> None:

@@ -95,11 +95,12 @@ def session_json(session: Session, server: ServerConfig, with_metrics: bool = Fa
         "state": session.state,
         "title": session.title,
         "origin": session.origin,
+        "user": session.config.user,
         "model": session.config.model or server.default_model,
         "created_at": _iso(session.metrics.created_at),
         "last_activity": _iso(session.metrics.last_activity),
         "metadata": session.metadata,
-        "options": session.config.model_dump(exclude_none=True, exclude_defaults=True),
+        "options": session.config.model_dump(exclude_none=True, exclude_defaults=True, exclude={"user"}),
     }
     if with_metrics:
         body["metrics"] = session.metrics.as_dict()

@@ -18,13 +18,15 @@ from claude_sessions.gateway.relay import Tally
 from claude_sessions.observability.metrics import TurnUsage, add_usage, is_api_error
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.session import Session
+from claude_sessions.store.records import UserLimits
 from claude_sessions.store.registry import Registry
+from claude_sessions.store.spend import Payer
 from claude_sessions.workers.worker import Worker
 
 log = structlog.get_logger("claude_sessions.handler")
 
-#: A charge as the registry takes it: tenant, when, cost, tokens, turns.
-Charge = tuple[str, float, float, int, int]
+#: A charge as the registry takes it: (tenant, end user), when, cost, tokens, turns.
+Charge = tuple[Payer, float, float, int, int]
 
 
 class Billing:
@@ -37,17 +39,21 @@ class Billing:
         #: Charges not written yet (the database was away), with the tally that metered each.
         self._uncharged: deque[tuple[Tally, Charge]] = deque()
 
-    async def admit(self, session: Session) -> float | None:
-        """Start a turn within its tenant's limits; the rest of the tenant's day budget, if it has one.
+    async def admit(self, session: Session, limits: UserLimits | None = None) -> float | None:
+        """Start a turn within its tenant's limits and its end user's (``limits``, a key's own, win over
+        ``USER_*``); the rest of the nearer day budget, if any.
 
         Raises :class:`BudgetExceededError` or :class:`RateLimitedError` before anything runs.
         """
-        tenant = session.tenant
-        daily, per_minute = self.server.daily_usd(tenant), self.server.turns_per_minute(tenant)
-        if daily is None and per_minute is None:
+        server, tenant, user = self.server, session.tenant, session.config.user
+        defaults = UserLimits(server.USER_MAX_SESSIONS, server.USER_DAILY_USD, server.USER_TURNS_PER_MINUTE)
+        mine = (limits or UserLimits()).over(defaults) if user is not None else UserLimits()
+        tenant_limits = (server.daily_usd(tenant), server.turns_per_minute(tenant))
+        user_limits = (mine.daily_usd, mine.turns_per_minute)
+        if tenant_limits == user_limits == (None, None):
             return None
         try:
-            return await self.registry.spend.admit(tenant, self.clock(), daily, per_minute)
+            return await self.registry.spend.admit((tenant, user), self.clock(), tenant_limits, user_limits)
         except TurnRefusedError as refusal:
             self.telemetry.turns_refused.labels(tenant, refusal.kind).inc()
             raise
@@ -58,7 +64,7 @@ class Billing:
         usage = worker.grant.take() + TurnUsage(api_error=is_api_error(result))
         add_usage(session.metrics, usage)
         self.telemetry.turn_finished(session.owner, usage, seconds)
-        await self._charge(session.tenant, usage, 1, worker.grant.tally)
+        await self._charge(session, usage, 1, worker.grant.tally)
 
     async def bill_unfinished(self, session: Session, worker: Worker) -> None:
         """Calls of a turn that never finished (its CLI died or was killed) were billed all the same."""
@@ -66,12 +72,13 @@ class Billing:
         add_usage(session.metrics, usage)
         self.telemetry.usage(session.owner, usage)
         if usage.cost or any(usage.tokens().values()):
-            await self._charge(session.tenant, usage, 0, worker.grant.tally)
+            await self._charge(session, usage, 0, worker.grant.tally)
 
-    async def _charge(self, tenant: str, usage: TurnUsage, turns: int, tally: Tally) -> None:
-        """Add spend to the tenant's day in the registry (what budgets and ``/v1/usage`` read);
-        ``tally`` metered it, and counts it as charged once written."""
-        self._uncharged.append((tally, (tenant, self.clock(), usage.cost, sum(usage.tokens().values()), turns)))
+    async def _charge(self, session: Session, usage: TurnUsage, turns: int, tally: Tally) -> None:
+        """Add spend to the tenant's day (and its end user's) in the registry (what budgets and
+        ``/v1/usage`` read); ``tally`` metered it, and counts it as charged once written."""
+        payer = (session.tenant, session.config.user)
+        self._uncharged.append((tally, (payer, self.clock(), usage.cost, sum(usage.tokens().values()), turns)))
         await self.write_pending()
 
     async def write_pending(self) -> None:

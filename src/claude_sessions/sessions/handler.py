@@ -40,7 +40,7 @@ from claude_sessions.sessions.turns import Turns, slash_command, stop_turn
 from claude_sessions.sessions.worker_events import WorkerEvents
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.history import Turn
-from claude_sessions.store.records import Holder, NodeRecord, Origin, TenantUsage
+from claude_sessions.store.records import Holder, NodeRecord, Origin, TenantUsage, UserLimits
 from claude_sessions.workers.containment import Containment
 from claude_sessions.workers.options import build_options
 from claude_sessions.workers.pool import StartWorker, WorkerPool
@@ -227,11 +227,13 @@ class ClaudeHandler:
         owner_limit: int | None = None,
         history: Sequence[Turn] = (),
         origin: Origin = "sessions",
+        user_limit: int | None = None,
     ) -> str:
         """Register a session and bind a worker to it; returns its registry key.
 
         Without ``owner`` the key is the id itself; a tenant's sessions live in
-        the tenant's own namespace (``session_key``), capped by ``owner_limit``.
+        the tenant's own namespace (``session_key``), capped by ``owner_limit``; its end user's
+        (``config.user``) by ``user_limit``.
         ``history`` (earlier user and assistant messages) becomes the conversation
         the session continues: its first turn resumes it in a new CLI. ``origin``: the way in
         that made it, as its listing shows.
@@ -245,7 +247,7 @@ class ClaudeHandler:
         manager = self.session_manager
         tenant = owner or DEFAULT_TENANT
         session = await manager.create(
-            session_id, config, metadata, owner, owner_limit, hold=not history, origin=origin
+            session_id, config, metadata, owner, owner_limit, hold=not history, origin=origin, user_limit=user_limit
         )
         key = session.id
         if history:
@@ -336,9 +338,10 @@ class ClaudeHandler:
         """The live node running a session's CLI, if another does."""
         return await self.registry.holder(key)
 
-    async def usage(self, tenant: str | None) -> list[TenantUsage]:
-        """Spend, tokens and turns today and this month, for a tenant or (None) every one, across nodes."""
-        return await self.registry.spend.usage(tenant, self.clock())
+    async def usage(self, tenant: str | None, user: str | None = None) -> list[TenantUsage]:
+        """Spend, tokens and turns today and this month, for a tenant (or its end ``user``) or (None)
+        every tenant, across nodes."""
+        return await self.registry.spend.usage(tenant, self.clock(), user)
 
     @property
     def usage_series(self) -> UsageSeries:
@@ -378,13 +381,20 @@ class ClaudeHandler:
     # -- turns ------------------------------------------------------------------
 
     async def send_message(
-        self, session: str | Session, prompt: Content, *, forwarded: bool = False, can_ask: bool = True
+        self,
+        session: str | Session,
+        prompt: Content,
+        *,
+        forwarded: bool = False,
+        can_ask: bool = True,
+        limits: UserLimits | None = None,
     ) -> AsyncGenerator[Reply, None]:
         """Run one turn and yield the SDK's messages, ending with the ``ResultMessage``.
 
         A session with ``ask_tools`` also yields a :class:`PermissionRequest` for each asked call
         (answer it with :meth:`decide_permission`; the turn waits) and a ``PermissionResolved``
         when it is answered. ``can_ask=False``: nobody can answer, asked calls are denied at once.
+        ``limits``: the end user's (a key's own), over ``USER_*``.
 
         ``session``: its id, or the :class:`Session` a caller has just read (read once per request).
         ``prompt``: text, or the Messages API's ``text`` and ``image`` blocks; bad content raises
@@ -400,7 +410,7 @@ class ClaudeHandler:
         await self.start()
         session = await self._session(session)
         async with contextlib.aclosing(
-            self.turns.run(session, prompt, command, forwarded=forwarded, can_ask=can_ask)
+            self.turns.run(session, prompt, command, forwarded=forwarded, can_ask=can_ask, limits=limits)
         ) as turn:
             async for message in turn:
                 yield message

@@ -40,7 +40,7 @@ from claude_sessions.sessions.replies import Replies
 from claude_sessions.sessions.session import Session, title_of
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.archive import TranscriptArchive
-from claude_sessions.store.records import Holder
+from claude_sessions.store.records import Holder, UserLimits
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
@@ -74,7 +74,14 @@ class Turns:
         return self.manager.registry
 
     async def run(
-        self, session: Session, prompt: Content, command: str | None, *, forwarded: bool, can_ask: bool = True
+        self,
+        session: Session,
+        prompt: Content,
+        command: str | None,
+        *,
+        forwarded: bool,
+        can_ask: bool = True,
+        limits: UserLimits | None = None,
     ) -> AsyncGenerator[Reply, None]:
         """One turn of ``session``: yields the SDK's messages, ending with the ``ResultMessage``, and
         its permission events between them (``ask_tools`` only).
@@ -93,7 +100,7 @@ class Turns:
                 # the day's rest: what is metered from here on, the tenant's other running turns
                 # included, counts against that rest (turns at once share it).
                 baseline = self.gateway.tally(tenant_of(session.config, self.config)).charged
-                budget = await self.billing.admit(session)
+                budget = await self.billing.admit(session, limits)
                 session.metrics.touch()
                 worker = await self._bind(session)
                 worker.grant.budget, worker.grant.baseline = budget, baseline

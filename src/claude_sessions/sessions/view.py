@@ -175,30 +175,31 @@ class SessionView:
         owner_limit: int | None = None,
         hold: bool = True,
         origin: Origin = "sessions",
+        user_limit: int | None = None,
     ) -> Session:
         """Register a session within the limits, exactly across every node.
 
         Raises :class:`SessionExistsError` or :class:`SessionLimitError`. ``hold``: this
-        node takes its lease at once (it is about to bind a CLI).
+        node takes its lease at once (it is about to bind a CLI). ``user_limit`` caps the
+        sessions of its end user (``config.user``).
         """
         key = session_key(session_id, owner)
         session = Session(key, config or SessionConfig(), dict(metadata or {}), owner, origin=origin)
-        outcome = await self._create(session, owner_limit, hold)
+        outcome = await self._create(session, owner_limit, hold, user_limit)
         if outcome == "exists":
             raise SessionExistsError(f"session {session_id!r} already exists")
         if outcome != "created":
-            reason, message = (
-                ("global", f"session limit reached ({self.config.session_manager.MAX_SESSIONS})")
-                if outcome == "global"
-                else ("tenant", f"tenant session limit reached ({owner_limit})")
-            )
-            self.telemetry.sessions_rejected.labels(session.tenant, reason).inc()
+            limit = {"global": self.config.session_manager.MAX_SESSIONS, "tenant": owner_limit, "user": user_limit}
+            message = f"{'session' if outcome == 'global' else outcome + ' session'} limit reached ({limit[outcome]})"
+            self.telemetry.sessions_rejected.labels(session.tenant, outcome).inc()
             raise SessionLimitError(message)
         return session
 
-    async def _create(self, session: Session, owner_limit: int | None, hold: bool) -> CreateOutcome:
+    async def _create(
+        self, session: Session, owner_limit: int | None, hold: bool, user_limit: int | None = None
+    ) -> CreateOutcome:
         limit = self.config.session_manager.MAX_SESSIONS
-        outcome = await self.registry.create(session.record(), limit, owner_limit, hold)
+        outcome = await self.registry.create(session.record(), limit, owner_limit, hold, user_limit)
         if outcome == "created":
             session.fence, session.holder = (1, self.registry.node_id) if hold else (0, None)
             self._sessions[session.id] = session

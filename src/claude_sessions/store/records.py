@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from claude_sessions.config import SessionConfig
@@ -16,7 +16,7 @@ from claude_sessions.observability.metrics import SessionMetrics
 #: Which way in made a session: the sessions API, the OpenAI-compatible endpoint, the console.
 Origin = Literal["sessions", "openai", "console"]
 #: What ``create`` did: made it, or which rule refused it.
-CreateOutcome = Literal["created", "exists", "global", "tenant"]
+CreateOutcome = Literal["created", "exists", "global", "tenant", "user"]
 #: A node serving turns; ``draining`` ones finish theirs and hand sessions over.
 NodeStatus = Literal["up", "draining", "down"]
 
@@ -44,6 +44,41 @@ class SessionRecord:
     #: The first user message, shortened: what a list shows for the session.
     title: str | None = None
     origin: Origin = "sessions"
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    """An end user's limits (a key's own, or ``USER_*``); None: not limited."""
+
+    max_sessions: int | None = None
+    daily_usd: float | None = None
+    turns_per_minute: int | None = None
+
+    def over(self, defaults: UserLimits) -> UserLimits:
+        """These limits where set, ``defaults`` elsewhere."""
+        return UserLimits(
+            defaults.max_sessions if self.max_sessions is None else self.max_sessions,
+            defaults.daily_usd if self.daily_usd is None else self.daily_usd,
+            defaults.turns_per_minute if self.turns_per_minute is None else self.turns_per_minute,
+        )
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A key made at run time, without its secret; ``user``: the end user it is bound to."""
+
+    key_id: str
+    tenant: str
+    user: str | None
+    name: str | None
+    created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+    limits: UserLimits = field(default_factory=UserLimits)
+
+    def is_valid(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from claude_sessions.config import SessionConfig
 from claude_sessions.errors import ClusterModeError
 from claude_sessions.observability.metrics import SessionMetrics
+from claude_sessions.store.keys import KeyStore
 from claude_sessions.store.ledgers import NodeStore, ReplyStore, RetiredTranscripts, WorkerLedger
 from claude_sessions.store.records import CreateOutcome, Holder, SessionRecord, Transaction
 from claude_sessions.store.spend import SpendStore
@@ -92,6 +93,7 @@ class Registry(ABC):
         self.pids = WorkerLedger(self)
         self.replies = ReplyStore(self)
         self.spend = SpendStore(self)
+        self.keys = KeyStore(self)
         self.retired = RetiredTranscripts(self)
 
     # -- what a backend supplies ----------------------------------------------------
@@ -124,9 +126,16 @@ class Registry(ABC):
     # -- sessions ----------------------------------------------------------------------
 
     async def create(
-        self, record: SessionRecord, max_sessions: int, owner_limit: int | None, hold: bool
+        self,
+        record: SessionRecord,
+        max_sessions: int,
+        owner_limit: int | None,
+        hold: bool,
+        user_limit: int | None = None,
     ) -> CreateOutcome:
         """Insert a session unless its key is taken or a limit is reached, atomically for every node.
+
+        ``owner_limit`` counts the owner's sessions, ``user_limit`` those of its end user (``config.user``).
 
         ``hold``: this node takes the session's lease at once (it binds a CLI now), and the
         session counts as busy until the creator saves it: a CLI start slower than
@@ -143,8 +152,15 @@ class Registry(ABC):
                 ((mine,),) = await tx.run("SELECT count(*) FROM sessions WHERE owner = ?", (record.owner,))
                 if mine >= owner_limit:
                     return "tenant"
+            user = record.config.user
+            if user_limit is not None and user is not None:
+                sql = "SELECT count(*) FROM sessions WHERE owner = ? AND end_user = ?"
+                ((theirs,),) = await tx.run(sql, (record.owner, user))
+                if theirs >= user_limit:
+                    return "user"
             await tx.run(
-                f"INSERT INTO sessions ({_COLUMNS}, last_activity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO sessions ({_COLUMNS}, last_activity, end_user)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.key,
                     record.owner,
@@ -160,6 +176,7 @@ class Registry(ABC):
                     record.title,
                     record.origin,
                     record.metrics.last_activity,
+                    user,
                 ),
             )
         return "created"

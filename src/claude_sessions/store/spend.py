@@ -1,4 +1,4 @@
-"""Tenants' spend and turn rate (``TENANT_DAILY_USD``, ``TENANT_TURNS_PER_MINUTE``), exact across nodes."""
+"""Tenants' and end users' spend and turn rate (``TENANT_*``, ``USER_*``, a key's limits), exact across nodes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import math
 from datetime import UTC, datetime
 
 from claude_sessions.errors import BudgetExceededError, RateLimitedError
-from claude_sessions.store.records import Database, Spend, TenantUsage
+from claude_sessions.store.records import Database, Spend, TenantUsage, Transaction
+
+#: A day's row taking one more charge.
+_ADDED = (
+    "cost = {table}.cost + excluded.cost, tokens = {table}.tokens + excluded.tokens,"
+    " turns = {table}.turns + excluded.turns"
+)
+#: Who pays for a turn: a tenant, and the end user of it (None: the tenant's own turn).
+Payer = tuple[str, str | None]
+#: A payer's limits: US dollars per UTC day, turns per minute (None: not limited).
+Limits = tuple[float | None, int | None]
 
 #: Each tenant's spend per UTC day, and the turns it started in the last minute (both backends).
 USAGE_SCHEMA = """
@@ -32,51 +42,79 @@ class SpendStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def admit(self, tenant: str, now: float, daily_usd: float | None, per_minute: int | None) -> float | None:
-        """Let a turn of ``tenant`` start within its limits, exactly across every node; the rest
-        of its day's budget (None: no budget). Raises :class:`BudgetExceededError` or
-        :class:`RateLimitedError`; a refused turn counts for nothing."""
+    async def admit(self, payer: Payer, now: float, tenant: Limits, user: Limits) -> float | None:
+        """Let a turn of ``payer`` (tenant, end user or None) start within the tenant's limits and, for an
+        end user, the user's: exactly across every node. The rest of the nearer day budget (None: no
+        budget). Raises :class:`BudgetExceededError` or :class:`RateLimitedError`; a refused turn
+        counts for nothing."""
+        name, end_user = payer
         async with self.db.transaction() as tx:
-            await self.db.lock_tenant(tx, tenant)
-            rows = await tx.run("SELECT cost FROM usage WHERE tenant = ? AND day = ?", (tenant, _day(now)))
+            await self.db.lock_tenant(tx, name)
+            rests = [await self._check(tx, (name, None), now, *tenant)]
+            if end_user is not None:
+                rests.append(await self._check(tx, payer, now, *user))
+            await tx.run("INSERT INTO turn_starts (tenant, end_user, at) VALUES (?, ?, ?)", (name, end_user, now))
+        known = [rest for rest in rests if rest is not None]
+        return min(known) if known else None
+
+    @staticmethod
+    async def _check(
+        tx: Transaction, payer: Payer, now: float, daily_usd: float | None, per_minute: int | None
+    ) -> float | None:
+        """One payer's budget and rate (a tenant's when its user is None); the rest of its day's budget."""
+        name, end_user = payer
+        who = f"tenant {name!r}" if end_user is None else f"user {end_user!r} of tenant {name!r}"
+        table, where = ("usage", "tenant = ?") if end_user is None else ("user_usage", "tenant = ? AND end_user = ?")
+        keys = (name,) if end_user is None else payer
+        spent = 0.0
+        if daily_usd is not None:
+            rows = await tx.run(f"SELECT cost FROM {table} WHERE {where} AND day = ?", (*keys, _day(now)))
             spent = float(rows[0][0]) if rows else 0.0
-            if daily_usd is not None and spent >= daily_usd:
+            if spent >= daily_usd:
                 raise BudgetExceededError(
-                    f"tenant {tenant!r} spent its daily budget (${daily_usd:g}); it renews at 00:00 UTC",
-                    seconds_to_midnight(now),
+                    f"{who} spent its daily budget (${daily_usd:g}); it renews at 00:00 UTC", seconds_to_midnight(now)
                 )
-            if per_minute is not None:
-                await tx.run("DELETE FROM turn_starts WHERE tenant = ? AND at <= ?", (tenant, now - 60))
-                ((count, oldest),) = await tx.run(
-                    "SELECT count(*), min(at) FROM turn_starts WHERE tenant = ?", (tenant,)
-                )
-                if count >= per_minute:
-                    raise RateLimitedError(
-                        f"tenant {tenant!r} started {per_minute} turns in the last minute",
-                        max(1, math.ceil(float(oldest) + 60 - now)),
-                    )
-                await tx.run("INSERT INTO turn_starts (tenant, at) VALUES (?, ?)", (tenant, now))
+        if per_minute is not None:
+            await tx.run("DELETE FROM turn_starts WHERE tenant = ? AND at <= ?", (name, now - 60))
+            ((count, oldest),) = await tx.run(f"SELECT count(*), min(at) FROM turn_starts WHERE {where}", keys)
+            if count >= per_minute:
+                retry = max(1, math.ceil(float(oldest) + 60 - now))
+                raise RateLimitedError(f"{who} started {per_minute} turns in the last minute", retry)
         return None if daily_usd is None else daily_usd - spent
 
-    async def charge(self, tenant: str, now: float, cost: float, tokens: int, turns: int) -> None:
-        """Add spend (and finished turns) to a tenant's day."""
+    async def charge(self, payer: Payer, now: float, cost: float, tokens: int, turns: int) -> None:
+        """Add spend (and finished turns) to a tenant's day, and to its end user's."""
+        name, end_user = payer
         async with self.db.transaction() as tx:
             await tx.run(
                 "INSERT INTO usage (tenant, day, cost, tokens, turns) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (tenant, day) DO UPDATE SET cost = usage.cost + excluded.cost,"
-                " tokens = usage.tokens + excluded.tokens, turns = usage.turns + excluded.turns",
-                (tenant, _day(now), cost, tokens, turns),
+                f" ON CONFLICT (tenant, day) DO UPDATE SET {_ADDED.format(table='usage')}",
+                (name, _day(now), cost, tokens, turns),
             )
+            if end_user is not None:
+                await tx.run(
+                    "INSERT INTO user_usage (tenant, end_user, day, cost, tokens, turns) VALUES (?, ?, ?, ?, ?, ?)"
+                    f" ON CONFLICT (tenant, end_user, day) DO UPDATE SET {_ADDED.format(table='user_usage')}",
+                    (name, end_user, _day(now), cost, tokens, turns),
+                )
 
-    async def usage(self, tenant: str | None, now: float) -> list[TenantUsage]:
-        """Spend, tokens and turns today and this month (UTC), for one tenant or (None) every one."""
+    async def usage(self, tenant: str | None, now: float, user: str | None = None) -> list[TenantUsage]:
+        """Spend, tokens and turns today and this month (UTC), for one tenant or (None) every one; with
+        ``user``, that end user's of the tenant."""
         today = _day(now)
-        where, params = ("", ()) if tenant is None else (" AND tenant = ?", (tenant,))
+        table, where, params = (
+            ("usage", "", ())
+            if tenant is None
+            else ("usage", " AND tenant = ?", (tenant,))
+            if user is None
+            else ("user_usage", " AND tenant = ? AND end_user = ?", (tenant, user))
+        )
         async with self.db.transaction() as tx:
             rows = await tx.run(
                 "SELECT tenant, sum(CASE WHEN day = ? THEN cost ELSE 0 END),"
                 " sum(CASE WHEN day = ? THEN tokens ELSE 0 END), sum(CASE WHEN day = ? THEN turns ELSE 0 END),"
-                f" sum(cost), sum(tokens), sum(turns) FROM usage WHERE day >= ?{where} GROUP BY tenant ORDER BY tenant",
+                f" sum(cost), sum(tokens), sum(turns) FROM {table} WHERE day >= ?{where}"
+                " GROUP BY tenant ORDER BY tenant",
                 (today, today, today, today[:8] + "01", *params),
             )
         return [

@@ -53,22 +53,27 @@ def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
     resolved = resolve_folder(named, shown)
     if not resolved.is_relative_to(root):
         raise ValueError(f"cwd {shown!r} is outside the workspace root")
-    if _named_workspace(named, root) != resolved.relative_to(root).parts[:1]:
+    # A tenant's workspace is its first-level folder; an end user's, the user's folder in it.
+    levels = 1 if session.user is None else 2
+    workspace = resolved.relative_to(root).parts[:levels]
+    if _named_workspace(named, root, levels) != workspace:
         raise ValueError(f"cwd {shown!r} leads into another workspace")
+    if session.user is not None and workspace[1:] != (session.user,):
+        raise ValueError(f"cwd {shown!r} is not in the workspace of user {session.user!r}")
     return resolved
 
 
-def _named_workspace(named: Path, root: Path) -> tuple[str, ...] | None:
-    """The first-level folder below the root that ``named`` spells out (empty: the root
-    itself), read component by component; None when it reaches the root only through
+def _named_workspace(named: Path, root: Path, levels: int) -> tuple[str, ...] | None:
+    """The first ``levels`` folders below the root that ``named`` spells out (empty: the root
+    itself), read component by component; None when it reaches them only through
     ``..`` or not at all."""
     if ".." not in named.parts and named.is_relative_to(root):  # the usual case: read as written
-        return named.relative_to(root).parts[:1]
+        return named.relative_to(root).parts[:levels]
     parts = named.parts
     for end in range(1, len(parts) + 1):
         if Path(*parts[:end]).resolve() == root:  # a symlinked spelling of the root counts
-            rest = parts[end : end + 1]
-            return None if rest == ("..",) else rest
+            rest = parts[end : end + levels]
+            return None if ".." in rest else rest
     return None
 
 

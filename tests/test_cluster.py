@@ -352,3 +352,21 @@ def test_an_asked_call_is_answered_through_any_node_and_lost_with_a_dead_holder(
         event, data = events[-1]
         assert event == "error" and data["error"]["type"] == "node_failed", events[-3:]
         assert not (folder / "lost.txt").exists()
+
+
+def test_a_key_made_on_one_node_works_on_every_node_and_its_revocation_reaches_them_within_a_second(
+    tmp_path: Path, offline_server: OfflineModelServer, database: str
+) -> None:
+    with running_cluster(tmp_path, offline_server.base_url, database, count=2, lease=LEASE) as cluster:
+        with cluster.node(0).client("admin") as admin:
+            made = admin.post("/v1/admin/keys", json={"tenant": "newco", "user": "ana"}).json()
+            users = [httpx.Client(base_url=n.base_url, headers=bearer(made["key"]), timeout=10) for n in cluster.nodes]
+            assert [u.get("/v1/me").json()["user"] for u in users] == ["ana", "ana"]
+            assert users[1].post("/v1/sessions", json={"session_id": "hers"}).json()["user"] == "ana"
+            assert admin.delete(f"/v1/admin/keys/{made['key_id']}").status_code == 204
+            revoked_at = time.monotonic()
+        for user in users:
+            while user.get("/v1/me").status_code != 401:
+                assert time.monotonic() - revoked_at < 1.0, "a node still took the revoked key"
+                time.sleep(0.02)
+            user.close()

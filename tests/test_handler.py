@@ -319,7 +319,7 @@ def test_an_end_users_cwd_stays_in_that_users_folder_whatever_is_swapped_in(
     assert session_cwd(SessionConfig(cwd="acme/ana/work", user="ana"), config) == root / "acme" / "ana" / "work"
     (root / "acme" / "ana" / "swapped").symlink_to(root / "acme" / "bob")  # as ana's Bash could
     for cwd in ("acme/ana/swapped", "acme/ana/../bob", "acme/bob", "acme"):
-        with pytest.raises(ValueError, match="another workspace|workspace of user"):
+        with pytest.raises(ValueError, match=r"another workspace|workspace of user"):
             session_cwd(SessionConfig(cwd=cwd, user="ana"), config)
     for user in ("..", ".", "a/b", ""):
         with pytest.raises(ValueError):

@@ -260,7 +260,7 @@ class ErrorBody(BaseModel):
 
 _DESCRIPTIONS = {
     401: "Missing or unknown API key.",
-    403: "The admin key is needed.",
+    403: "The admin key is needed, or the key is bound to another end user than X-End-User names.",
     404: "No such session or permission request (another tenant's answers the same).",
     409: "The id is taken, the session is running a turn, or the request was already answered.",
     410: "The session lost its transcript (delete it), or the request expired unanswered.",
@@ -274,8 +274,10 @@ _DESCRIPTIONS = {
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error statuses a route can answer (503: any, while draining)."""
-    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in (*statuses, 503)}
+    """OpenAPI ``responses`` for the error statuses a route can answer (503: any, while draining; a
+    route asking for a key (401) also checks ``X-End-User``: 422 for a bad one, 403 for another user)."""
+    known = sorted({*statuses, 503, *((403, 422) if 401 in statuses else ())})
+    return {status: {"model": ErrorBody, "description": _DESCRIPTIONS[status]} for status in known}
 
 
 class ApiError(Exception):

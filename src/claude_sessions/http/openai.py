@@ -100,7 +100,8 @@ class OpenAIErrorBody(BaseModel):
 _DESCRIPTIONS = {
     400: "Invalid request: a field, or a feature not offered (n > 1, tools, images, audio); `param` names it.",
     401: "Missing or unknown API key.",
-    404: "X-Session-ID names no session of this tenant.",
+    403: "The key is bound to another end user than X-End-User or the body's user names.",
+    404: "X-Session-ID names no session of this tenant (or of this end user).",
     409: "The session is running a turn.",
     410: "The session lost its transcript.",
     413: "The request body is too large.",
@@ -359,7 +360,7 @@ async def _chunks(
 # -- routes -----------------------------------------------------------------------------
 
 
-@router.get("/v1/models", response_model=None, responses=_errors(401))
+@router.get("/v1/models", response_model=None, responses=_errors(400, 401, 403))
 async def list_models(_: Caller, service: ServiceDep) -> dict[str, Any]:
     """The models a session may ask for: ``MODELS_ALLOWED``, then ``MODEL_ALIASES``' names."""
     return {
@@ -379,7 +380,7 @@ async def list_models(_: Caller, service: ServiceDep) -> dict[str, Any]:
             "description": "A `chat.completion`, or with `stream`, `chat.completion.chunk` events and `data: [DONE]`.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        **_errors(400, 401, 404, 409, 410, 413, 429, 502, 504),
+        **_errors(400, 401, 403, 404, 409, 410, 413, 429, 502, 504),
     },
 )
 async def chat_completions(

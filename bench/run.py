@@ -5,7 +5,7 @@ median, p95 and the ratio. Prints the figures tables, writes bench/results/lates
 and latest.md, draws bench/results/latest.png, and puts the same tables in
 docs/benchmarks.md between its figures markers.
 
-    python bench/run.py [--quick] [--cluster | --approval]
+    python bench/run.py [--quick] [--cluster | --approval | --keys]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from rich.markdown import Markdown
 
 import approval_scenarios as approval
 import cluster_scenarios as cluster
+import keys_scenarios as keys
 import scenarios
 from claude_sessions.observability.logs import configure_logging
 from claude_sessions.offline_model import OfflineModel
@@ -39,6 +40,11 @@ async def run_approval(quick: bool) -> dict[str, Any]:
     """Only the tool-approval benchmark: its comparison rows and its table."""
     approved, approval_steps = await approval.tool_approval(10 if quick else 30)
     return {"comparisons": [c.as_dict() for c in approved], "approval": approval_steps}
+
+
+async def run_keys(quick: bool) -> dict[str, Any]:
+    """Only the run-time keys benchmark: authentication's cost, in process and over HTTP."""
+    return {"keys": await keys.run_all(quick)}
 
 
 async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[str, Any]:
@@ -60,6 +66,7 @@ async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[
     return {
         "comparisons": [c.as_dict() for c in comparisons],
         "approval": approval_steps,
+        "keys": await keys.run_all(quick),
         "concurrency": await scenarios.concurrency([1, 10] if quick else [1, 10, 50], 10),
         "memory": await scenarios.memory([10] if quick else [10, 50]),
         "maintenance": await scenarios.maintenance_cost([1_000] if quick else [1_000, 10_000, 100_000]),
@@ -93,8 +100,10 @@ def markdown(results: dict[str, Any]) -> str:
     lines = comparison_lines(results["comparisons"]) if "comparisons" in results else []
     if "approval" in results:
         lines += ["", *approval.markdown(results["approval"])]
-    if "cluster" not in results:  # a tool-approval-only run
-        return "\n".join(lines) + "\n"
+    if "keys" in results:
+        lines += ["", *keys.markdown(results["keys"])]
+    if "cluster" not in results:  # a tool-approval-only or keys-only run
+        return "\n".join(lines).strip() + "\n"
     clustered = results["cluster"]
     cluster_lines = [f"Cluster benchmarks skipped: {clustered['skipped']}"] if "skipped" in clustered else []
     cluster_lines = cluster_lines or cluster.markdown(clustered)
@@ -204,6 +213,7 @@ def main() -> None:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--cluster", action="store_true", help="only the cluster benchmarks (needs PostgreSQL)")
     only.add_argument("--approval", action="store_true", help="only tool approval: prints its figures, writes nothing")
+    only.add_argument("--keys", action="store_true", help="only run-time keys' auth cost: prints, writes nothing")
     args = parser.parse_args()
     configure_logging("WARNING")
     console = Console(width=140)
@@ -211,13 +221,15 @@ def main() -> None:
     with offline_environment() as server:
         if args.approval:
             results = asyncio.run(run_approval(args.quick))
+        elif args.keys:
+            results = asyncio.run(run_keys(args.quick))
         else:
             results = asyncio.run(run_all(args.quick, server.model, args.cluster))
     results["machine"] = machine()
     results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["seconds"] = round(time.monotonic() - began, 1)
     console.print(Markdown(markdown(results)))
-    if args.approval:
+    if args.approval or args.keys:
         print(markdown(results))  # as is, for docs/benchmarks.md
         console.print(f"{results['machine']}; {results['seconds']} s; nothing written")
         return

@@ -528,7 +528,8 @@ def test_me_says_who_calls_and_which_limits_apply(
     alice: httpx.Client, admin: httpx.Client, server: ServerProcess
 ) -> None:
     unset = {"daily_usd": None, "turns_per_minute": None}
-    assert alice.get("/v1/me").json() == {"tenant": "alice", "admin": False, "limits": {"max_sessions": 3, **unset}}
+    me = {"tenant": "alice", "user": None, "admin": False, "limits": {"max_sessions": 3, **unset}}
+    assert alice.get("/v1/me").json() == me
     assert admin.get("/v1/me").json()["admin"] is True
     anonymous = httpx.get(f"{server.base_url}/v1/me")
     assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "unauthorized"

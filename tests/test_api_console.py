@@ -38,6 +38,7 @@ def test_the_page_and_its_assets_are_served_with_a_strict_policy(
         "app.js": "text/javascript",
         "markdown.js": "text/javascript",
         "approvals.js": "text/javascript",
+        "keys.js": "text/javascript",
         "console.css": "text/css",
     }
     for name, kind in kinds.items():
@@ -58,7 +59,7 @@ def test_the_page_loads_nothing_from_elsewhere() -> None:
     """No CDN: every asset ships in the package, and the script talks to its own origin only."""
     folder = resources.files("claude_sessions.http") / "static"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["app.js", "approvals.js", "console.css", "index.html", "markdown.js"]
+    assert names == ["app.js", "approvals.js", "console.css", "index.html", "keys.js", "markdown.js"]
     for path in folder.iterdir():
         text = path.read_text()
         assert "https://" not in text and "//cdn" not in text, path.name

@@ -144,7 +144,7 @@ def test_end_users_see_only_their_own_sessions_and_the_tenant_sees_all(
         over = ana_key.post("/v1/sessions", json={"session_id": "ana-2"})  # the key's own limit: 1
         assert over.status_code == 429 and "user session limit reached (1)" in over.json()["error"]["message"]
     bad = alice.get("/v1/sessions", headers={"X-End-User": ".."})
-    assert bad.status_code == 422 and bad.json()["error"]["param"] == "X-End-User"
+    assert bad.status_code == 422 and bad.json()["error"]["param"].lower() == "x-end-user"
 
 
 def test_each_user_has_a_session_limit_and_a_turn_rate_of_its_own(server: ServerProcess, alice: httpx.Client) -> None:

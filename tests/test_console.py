@@ -9,6 +9,7 @@ the README's).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -24,7 +26,7 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
 from claude_sessions.offline_model import OfflineModelServer
 from helpers import tool, wait_no_cli
-from server_process import ADMIN_KEY, KEYS, ServerProcess, start_server
+from server_process import ADMIN_KEY, KEYS, ServerProcess, bearer, start_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
@@ -109,18 +111,28 @@ class Console:
         return [e for e in self.errors if not any(mark in e for mark in marks)]
 
 
+@contextlib.contextmanager
+def console_tab(browser: Browser, server: ServerProcess, secrets: tuple[str, ...] = ()) -> Iterator[Console]:
+    """A tab in a browser context of its own; on a clean exit, no error in its console and no key in a URL."""
+    context = browser.new_context(viewport={"width": 1200, "height": 820})
+    try:
+        page = context.new_page()
+        tab = Console(page, server.base_url)
+        page.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: tab.errors.append(f"uncaught: {e}"))
+        page.on("request", lambda r: tab.urls.append(r.url))
+        yield tab
+    finally:
+        context.close()
+    assert tab.unexpected_errors() == [], "the page logged errors"
+    keys = [ADMIN_KEY, *KEYS.values(), *secrets]
+    assert not any(key in url for url in tab.urls for key in keys), "a key in a URL"
+
+
 @pytest.fixture
 def console(browser: Browser, server: ServerProcess) -> Iterator[Console]:
-    context = browser.new_context(viewport={"width": 1200, "height": 820})
-    page = context.new_page()
-    tab = Console(page, server.base_url)
-    page.on("console", lambda m: tab.errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: tab.errors.append(f"uncaught: {e}"))
-    page.on("request", lambda r: tab.urls.append(r.url))
-    yield tab
-    context.close()
-    assert tab.unexpected_errors() == [], "the page logged errors"
-    assert not any(key in url for url in tab.urls for key in [ADMIN_KEY, *KEYS.values()]), "a key in a URL"
+    with console_tab(browser, server) as tab:
+        yield tab
 
 
 def api(server: ServerProcess, tenant: str) -> httpx.Client:
@@ -475,6 +487,139 @@ def test_the_admin_sees_every_session_the_pool_the_nodes_and_the_last_hour(
     finally:
         with api(server, "alice") as alice:
             alice.delete("/v1/sessions/for-the-admin")
+
+
+def test_the_admin_makes_a_users_key_which_signs_in_to_that_users_sessions_only_and_revokes_it(
+    console: Console, browser: Browser, server: ServerProcess, shots: Path
+) -> None:
+    in_a_month = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    with api(server, "admin") as admin:
+        other = admin.post(
+            "/v1/admin/keys",
+            json={"tenant": "bob", "name": "CI runner", "expires_at": in_a_month, "limits": {"max_sessions": 3}},
+        )
+        assert other.status_code == 201
+    with api(server, "alice") as alice:
+        assert alice.post("/v1/sessions", json={"session_id": "alices-own"}).status_code == 201
+    made: list[str] = []
+    try:
+        page = console.open().sign_in(ADMIN_KEY).page
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=console.base_url)
+        expect(page.locator("#who-name")).to_have_text("Signed in as admin")
+        page.get_by_role("link", name="Keys").click()
+        expect(page.get_by_role("heading", name="Keys")).to_be_focused()
+        listed = page.get_by_role("row").filter(has_text=other.json()["key_id"])
+        expect(listed.locator('[data-cell="name"]')).to_have_text("CI runner")
+
+        # A refused field is named beside the form, and the keyboard goes to it.
+        tenant = page.get_by_label("Tenant")
+        tenant.fill("Admin")
+        console.expect_refusal(422)
+        page.get_by_role("button", name="Create key").click()
+        expect(page.locator("#new-key-error")).to_have_text(
+            "Tenant: the tenant name admin is reserved for ADMIN_API_KEY"
+        )
+        expect(tenant).to_have_attribute("aria-invalid", "true")
+        expect(tenant).to_be_focused()
+
+        tenant.fill("alice")
+        page.get_by_label("User (optional)").fill("ana")
+        page.get_by_label("Name (optional)").fill("Ana's laptop")
+        page.get_by_label("Spend a day (USD)").fill("5")
+        page.get_by_role("button", name="Create key").click()
+        expect(page.locator("#new-key-error")).to_be_empty()
+        expect(tenant).not_to_have_attribute("aria-invalid", "true")
+        shown = page.get_by_role("region", name="New key for ana of alice")
+        expect(shown).to_contain_text("The secret is shown only now.")
+        copy = shown.get_by_role("button", name="Copy")
+        expect(copy).to_be_focused()
+        secret = shown.locator("code.secret").inner_text()
+        key_id = shown.locator("#new-key-id").inner_text()
+        made.append(key_id)
+        assert secret.startswith("csk_") and key_id and key_id not in secret
+        page.keyboard.press("Enter")
+        expect(shown.get_by_role("button", name="Copied")).to_be_visible()
+        assert page.evaluate("navigator.clipboard.readText()") == secret
+        row = page.get_by_role("row").filter(has_text=key_id)
+        expect(row.locator("td")).to_have_text(
+            [
+                "alice",
+                "ana",
+                "Ana's laptop",
+                re.compile(r"^(just now|\d+ s ago)$"),
+                "never",
+                "never",
+                "active",
+                "Revoke",
+            ]
+        )
+        page.screenshot(path=shots / "console-keys.png", full_page=True)
+        shown.get_by_role("button", name="Done, hide the secret").click()
+        expect(shown).to_be_hidden()
+        expect(tenant).to_be_focused()
+        assert secret not in page.content()  # shown once: gone from the page
+        page.get_by_role("link", name="Sessions", exact=True).click()
+        page.get_by_role("link", name="Keys").click()
+        expect(row).to_be_visible()
+        assert secret not in page.content()
+        with api(server, "admin") as admin:
+            assert secret not in admin.get("/v1/admin/keys").text
+
+        # The key signs in as ana, of alice: ana's sessions only.
+        with console_tab(browser, server, (secret,)) as ana:
+            theirs = ana.open().sign_in(secret).page
+            expect(theirs.locator("#who-name")).to_have_text("Signed in as ana of alice")
+            expect(theirs.get_by_role("link", name="Keys")).to_be_hidden()
+            expect(theirs.locator("#spend-list")).to_contain_text("of $5.00 a day")  # the key's own limit
+            session_id = ana.new_session()
+            expect(theirs.locator('[data-fact="user"]')).to_have_text("ana")
+            with api(server, "alice") as alice:
+                assert alice.get(f"/v1/sessions/{session_id}").json()["user"] == "ana"
+            theirs.get_by_role("link", name="Sessions", exact=True).click()
+            expect(theirs.get_by_role("row").filter(has_text=session_id)).to_be_visible()
+            expect(theirs.get_by_text("alices-own")).to_have_count(0)  # the tenant's own, not ana's
+            expect(theirs.get_by_role("columnheader", name="User")).to_be_hidden()  # every one is ana's
+
+            # The admin sees whose session it is, and when the key was last used.
+            page.get_by_role("link", name="Sessions", exact=True).click()
+            mine = page.get_by_role("row").filter(has_text=session_id)
+            expect(mine.locator(".owner-col")).to_have_text("alice")
+            expect(mine.locator(".user-col")).to_have_text("ana")
+            expect(page.get_by_role("row").filter(has_text="alices-own").locator(".user-col")).to_have_text("–")
+            page.get_by_role("link", name="Keys").click()
+            expect(row.locator('[data-cell="used"]')).not_to_have_text("never")
+
+            # Revoked by keyboard, after a second step (Escape steps back).
+            row.get_by_role("button", name="Revoke").focus()
+            page.keyboard.press("Enter")
+            expect(row.get_by_role("button", name="Cancel")).to_be_focused()
+            expect(row).to_contain_text("Revoke this key? It cannot be undone.")
+            page.keyboard.press("Escape")
+            expect(row.get_by_role("button", name="Revoke")).to_be_focused()
+            page.keyboard.press("Enter")
+            page.keyboard.press("Shift+Tab")
+            expect(row.get_by_role("button", name="Yes, revoke")).to_be_focused()
+            page.keyboard.press("Enter")
+            expect(page.get_by_role("status")).to_contain_text(f"Key {key_id} revoked")
+            expect(row.locator('[data-cell="state"]')).to_have_text("revoked")
+            expect(row.get_by_role("button")).to_have_count(0)
+
+            # Ana's tab is refused at its next refresh, and so is signing in again.
+            ana.expect_refusal(401)
+            expect(theirs.get_by_role("alert")).to_have_text("Your API key is no longer accepted. Sign in again.")
+            expect(theirs.get_by_label("API key")).to_be_focused()
+            theirs.get_by_label("API key").fill(secret)
+            theirs.get_by_role("button", name="Sign in").click()
+            expect(theirs.get_by_role("alert")).to_have_text("That API key was not accepted.")
+            assert httpx.get(f"{server.base_url}/v1/me", headers=bearer(secret)).status_code == 401
+    finally:
+        with api(server, "alice") as alice:
+            for session in alice.get("/v1/sessions").json()["sessions"]:
+                if session["session_id"] == "alices-own" or session["user"] == "ana":
+                    alice.delete(f"/v1/sessions/{session['session_id']}")
+        with api(server, "admin") as admin:
+            for key_id in [other.json()["key_id"], *made]:
+                admin.delete(f"/v1/admin/keys/{key_id}")
 
 
 def test_without_keys_the_operator_goes_straight_in(

@@ -168,16 +168,15 @@ class ClusterConfig(_Section):
 
 
 _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: An end user of a tenant (``X-End-User``, a key bound to one): a folder name of its workspace too.
-END_USER = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+#: An end user of a tenant (``X-End-User``, a key bound to one): a folder name of its workspace too, so
+#: never a leading dot (``.``, ``..`` and hidden names are refused).
+END_USER = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,127}")
 
 
 def is_end_user(name: str) -> bool:
-    """An end user's id as ``END_USER`` has it, never one of dots only (``..`` names no folder of its own)."""
-    return bool(END_USER.fullmatch(name)) and name.strip(".") != ""
+    return bool(END_USER.fullmatch(name))
 
 
-#: The admin key's tenant name (sessions, workspace): no API_KEYS tenant may use it, in any case.
 RESERVED_TENANT = "admin"
 
 
@@ -472,7 +471,7 @@ class SessionConfig(BaseModel):
     @classmethod
     def _end_user(cls, user: str | None) -> str | None:
         if user is not None and not is_end_user(user):
-            raise ValueError("must match [A-Za-z0-9._@-]{1,128}, not dots only")
+            raise ValueError(f"must match {END_USER.pattern}")
         return user
 
     @field_validator("system_prompt", "cwd")

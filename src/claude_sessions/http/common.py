@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from claude_sessions.config import ServerConfig, SessionConfig, SystemConfig, is_end_user
+from claude_sessions.config import END_USER, ServerConfig, SessionConfig, SystemConfig, is_end_user
 from claude_sessions.errors import (
     CapacityError,
     ClaudeSessionsError,
@@ -190,7 +190,10 @@ async def caller(
     _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     x_end_user: Annotated[
         str | None,
-        Header(max_length=128, description="the tenant's end user the call is for ([A-Za-z0-9._@-]{1,128})"),
+        Header(
+            pattern=rf"^{END_USER.pattern}$",
+            description="the tenant's end user the call is for (a tenant's key; the admin's calls ignore it)",
+        ),
     ] = None,
 ) -> Principal:
     principal = await service.authenticator.authenticate(request.headers.get("authorization"))
@@ -216,18 +219,15 @@ def user_limits(principal: Principal, server: ServerConfig) -> UserLimits:
 
 
 def acting_for(principal: Principal, user: str, param: str) -> Principal:
-    """The caller as ``user`` of its tenant; 422 for a bad id or the admin, 403 for a key bound to another user."""
-    if not is_end_user(user):
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"{param}: must match [A-Za-z0-9._@-]{{1,128}}, not dots only",
-            extra={"param": param},
-        )
+    """The caller as ``user`` of its tenant: 422 for a bad id, 403 for a key bound to another user.
+
+    The admin and a keyless server's operator belong to no tenant: they act for no end user.
+    """
     if principal.is_admin or principal.tenant is None:
-        raise ApiError(
-            422, "invalid_request", f"{param}: only a tenant's key acts for an end user", extra={"param": param}
-        )
+        return principal
+    if not is_end_user(user):
+        message = f"{param}: must match {END_USER.pattern} (a folder name, no leading dot)"
+        raise ApiError(422, "invalid_request", message, extra={"param": param})
     if principal.bound and principal.user != user:
         raise ApiError(403, "forbidden", f"{param}: this key is bound to another user")
     return dataclasses.replace(principal, user=user)

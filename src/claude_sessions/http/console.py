@@ -23,6 +23,7 @@ ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "markdown.js": "text/javascript; charset=utf-8",
     "approvals.js": "text/javascript; charset=utf-8",
+    "keys.js": "text/javascript; charset=utf-8",
     "console.css": "text/css; charset=utf-8",
 }
 #: Replaced in the page by whether the operator must sign in (keys configured) or not.

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from claude_sessions.config import _TENANT, END_USER, RESERVED_TENANT, is_end_user
+from claude_sessions.config import _TENANT, END_USER, RESERVED_TENANT
 from claude_sessions.http.common import Admin, ApiError, ServiceDep, error_responses
 from claude_sessions.store.records import KeyRecord, UserLimits
 
@@ -43,13 +43,6 @@ class CreateKeyBody(BaseModel):
         if tenant.lower() == RESERVED_TENANT:
             raise ValueError("the tenant name admin is reserved for ADMIN_API_KEY")
         return tenant
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, user: str | None) -> str | None:
-        if user is not None and not is_end_user(user):
-            raise ValueError("a user id of dots only names no folder of its own")
-        return user
 
 
 class KeyObject(BaseModel):

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
+from claude_sessions.config import END_USER
 from claude_sessions.errors import DatabaseUnavailableError
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import Admin, Caller, ServiceDep, acting_for, error_responses, user_limits
@@ -147,6 +148,8 @@ async def me(principal: Caller, service: ServiceDep) -> dict[str, Any]:
         "daily_usd": server.daily_usd(budgeted),
         "turns_per_minute": server.turns_per_minute(budgeted),
     }
+    if principal.user is not None:  # an end user's own: its key's, over USER_*
+        limits = dataclasses.asdict(user_limits(principal, server))
     return {"tenant": principal.tenant, "user": principal.user, "admin": principal.is_admin, "limits": limits}
 
 
@@ -251,11 +254,15 @@ class UsageAnswer(BaseModel):
 async def usage(
     principal: Caller,
     service: ServiceDep,
-    user: Annotated[str | None, Query(max_length=128, description="one end user of the caller's tenant")] = None,
+    user: Annotated[
+        str | None, Query(pattern=rf"^{END_USER.pattern}$", description="one end user of the caller's tenant")
+    ] = None,
 ) -> dict[str, Any]:
     """A tenant's spend, tokens and turns today and this month, against its limits (every node's)."""
-    if user is not None or principal.user is not None:
-        return await _user_usage(acting_for(principal, user, "user") if user is not None else principal, service)
+    if user is not None:  # the admin's view has no end users: it ignores the parameter
+        principal = acting_for(principal, user, "user")
+    if principal.user is not None:
+        return await _user_usage(principal, service)
     handler, server, own = service.handler, service.config.server, principal.tenant or DEFAULT_TENANT
     mine = _view(principal) is not None
     found = {u.tenant: u for u in await handler.usage(own if mine else None)}

@@ -19,6 +19,8 @@
     key: null, // null: a keyless server (the operator) or signed out
     signedIn: false,
     admin: false,
+    tenant: null, // /v1/me's: the key's tenant, and the end user a key bound to one acts for
+    user: null,
     view: null,
     sessionId: null,
     streaming: new Set(), // session ids with a turn streaming into this page
@@ -213,24 +215,32 @@
 
   // -- signing in and out ---------------------------------------------------------------
 
+  function whoText(me) {
+    if (!state.key) return "Operator (no keys configured)";
+    if (me.admin) return "Signed in as admin";
+    return me.user ? `Signed in as ${me.user} of ${me.tenant}` : `Signed in as tenant ${me.tenant}`;
+  }
+
   async function signIn(key) {
     state.key = key;
-    let health;
+    let me;
     try {
-      health = await api("/v1/health");
+      me = await api("/v1/me");
     } catch (error) {
       state.key = null;
       throw error;
     }
     if (key) sessionStorage.setItem(KEY_STORE, key);
     state.signedIn = true;
-    state.admin = Array.isArray(health.nodes); // the nodes are the admin's view only
+    Object.assign(state, { admin: Boolean(me.admin), tenant: me.tenant ?? null, user: me.user ?? null });
     document.body.classList.toggle("admin", state.admin);
-    $("#who-name").textContent = key ? (state.admin ? "Signed in as admin" : "Signed in with a tenant key") : "Operator (no keys configured)";
+    document.body.classList.toggle("end-user", state.user !== null);
+    $("#who-name").textContent = whoText(me);
     $("#sign-out").hidden = !key;
     $("#who").hidden = false;
     $("#nav").hidden = false;
     $("#nav-service").hidden = !state.admin;
+    $("#nav-keys").hidden = !(state.admin && key); // a keyless server asks for no key: none to make
     $("#sessions-caption").textContent = state.admin
       ? "Every session of the deployment, refreshed every few seconds; yours can be opened"
       : "Your sessions, refreshed every few seconds";
@@ -244,8 +254,8 @@
   function signOut(message) {
     sessionStorage.removeItem(KEY_STORE);
     clearInterval(state.timer);
-    Object.assign(state, { key: null, signedIn: false, admin: false, sessionId: null });
-    document.body.classList.remove("admin");
+    Object.assign(state, { key: null, signedIn: false, admin: false, tenant: null, user: null, sessionId: null });
+    document.body.classList.remove("admin", "end-user");
     for (const tbody of document.querySelectorAll("tbody")) tbody.replaceChildren();
     $("#conversation").replaceChildren();
     $("#who").hidden = true;
@@ -300,10 +310,11 @@
 
   // -- views and routing ----------------------------------------------------------------
 
-  const TITLES = { "sign-in": "Sign in", sessions: "Sessions", session: "Session", service: "Pool and nodes" };
+  const TITLES = { "sign-in": "Sign in", sessions: "Sessions", session: "Session", service: "Pool and nodes", keys: "Keys" };
 
   function showView(name) {
     const changed = state.view !== name;
+    if (name !== "keys") window.ConsoleKeys.leave(); // a new key's secret is shown on its view only
     state.view = name;
     for (const view of document.querySelectorAll(".view")) view.hidden = view.id !== `view-${name}`;
     for (const link of document.querySelectorAll("#nav a")) {
@@ -329,6 +340,7 @@
     }
     state.sessionId = null;
     if (name === "service" && state.admin) showView("service");
+    else if (name === "keys" && state.admin && state.key) showView("keys");
     else showView("sessions");
     refresh(true);
   }
@@ -353,6 +365,8 @@
         await refreshFacts(state.sessionId);
       } else if (state.view === "service") {
         await refreshService();
+      } else if (state.view === "keys") {
+        await window.ConsoleKeys.refresh();
       }
       if ($("#notice").dataset.lost) {
         notify("");
@@ -385,6 +399,7 @@
     syncRows(tbody, sessions, (s) => `${s.owner ?? ""}/${s.session_id}`, createSessionRow, updateSessionRow);
     $("#sessions-empty").hidden = sessions.length > 0;
     $("#sessions-table").hidden = sessions.length === 0;
+    $("#sessions-table").classList.toggle("with-users", sessions.some((s) => s.user)); // the User column
   }
 
   function createSessionRow(session) {
@@ -396,6 +411,7 @@
     element("span", { className: "session-title" }, label); // the first message, once there is one
     element("code", { className: "session-id", text: session.session_id }, label);
     element("td", { className: "owner-col", text: session.owner ?? "operator" }, row);
+    element("td", { className: "user-col", text: session.user ?? "–" }, row);
     for (const name of ["origin", "state", "messages", "tokens", "cost", "activity"]) {
       element("td", { className: ["messages", "tokens", "cost"].includes(name) ? "num" : "", attrs: { "data-cell": name } }, row);
     }
@@ -546,6 +562,8 @@
     const metrics = session.metrics || {};
     const fact = (name) => $(`#session-facts [data-fact="${name}"]`);
     badge(fact("state"), session.state);
+    fact("user").textContent = session.user ?? "";
+    fact("user").parentElement.hidden = !session.user;
     const topic = $("#session-topic");
     if (topic.textContent !== (session.title || "")) topic.textContent = session.title || "";
     fact("messages").textContent = integer.format(metrics.message_count ?? 0);
@@ -842,19 +860,21 @@
     element("p", { className: "summary", text: `${format(total)} in the last hour · peak ${format(peak)} per minute` }, figure);
   }
 
+  /** A tenant's report, or an end user's (a user's key: its own, with its limit of sessions). */
   function spendLine(report) {
     const { today, month, limits } = report;
-    const budget = limits.daily_usd === null ? "no daily limit" : `of ${money(limits.daily_usd)} a day`;
-    const rate = limits.turns_per_minute === null ? "" : `; at most ${limits.turns_per_minute} turns a minute`;
+    const budget = limits.daily_usd == null ? "no daily limit" : `of ${money(limits.daily_usd)} a day`;
+    const rate = limits.turns_per_minute == null ? "" : `; at most ${limits.turns_per_minute} turns a minute`;
+    const open = limits.max_sessions == null ? "" : `; at most ${limits.max_sessions} sessions at once`;
     return `${money(today.cost_usd)} today ${budget} (${integer.format(today.turns)} turns, `
-      + `${integer.format(today.tokens)} tokens); ${money(month.cost_usd)} this month${rate}.`;
+      + `${integer.format(today.tokens)} tokens); ${money(month.cost_usd)} this month${rate}${open}.`;
   }
 
   async function refreshSpend() {
-    const { tenants } = await api("/v1/usage");
+    const { tenants = [], users = [] } = await api("/v1/usage");
     const list = $("#spend-list");
     list.replaceChildren();
-    for (const report of tenants) {
+    for (const report of [...tenants, ...users]) {
       const item = element("li", {}, list);
       if (state.admin) element("strong", { text: `${report.tenant}: ` }, item);
       item.append(spendLine(report));
@@ -866,7 +886,9 @@
     const series = await api("/v1/usage/timeseries");
     $("#usage-scope").textContent = state.admin
       ? "Every tenant, per minute, as this server counted it."
-      : "Your sessions, per minute, as this server counted it.";
+      : state.user !== null
+        ? `Every session of tenant ${state.tenant}, not only yours, per minute, as this server counted it.`
+        : "Your sessions, per minute, as this server counted it.";
     for (const figure of document.querySelectorAll(".chart")) drawChart(figure, series.points, figure.dataset.metric);
   }
 
@@ -948,6 +970,7 @@
     });
     $("#session-interrupt").addEventListener("click", () => state.sessionId && interruptSession(state.sessionId));
     $("#session-delete").addEventListener("click", () => state.sessionId && deleteSession(state.sessionId));
+    window.ConsoleKeys.start({ api, handled, explain: explainText, notify, syncRows, ago });
     window.addEventListener("hashchange", route);
     document.addEventListener("visibilitychange", tick);
 

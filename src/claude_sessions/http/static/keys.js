@@ -218,11 +218,11 @@
     row.dataset.confirming = "1";
     cell.replaceChildren();
     ids += 1;
-    const question = el("span", "confirm-question", `Revoke ${key.key_id} for ${whose(key)}? It cannot be undone.`, cell);
+    const question = el("span", "confirm-question", "Revoke this key? It cannot be undone.", cell);
     question.id = `key-confirm-${ids}`;
     const yes = button("Yes, revoke", "danger", cell, () => revoke(row, key));
     const no = button("Cancel", "", cell, () => showActions(row, key).focus());
-    for (const each of [yes, no]) each.setAttribute("aria-describedby", question.id);
+    for (const each of [yes, no]) each.setAttribute("aria-describedby", `${row.cells[0].id} ${question.id}`);
     no.focus();
   }
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from claude_sessions.http.keys import CreateKeyBody
 from claude_sessions.http.openai import ChatCompletionBody
 from claude_sessions.http.problems import problems
 from claude_sessions.http.sessions import CreateSessionBody, MessageBody
@@ -64,3 +65,11 @@ def test_bad_json_is_about_the_body_not_a_position() -> None:
 def test_our_own_validators_words_pass_without_pydantics_prefix() -> None:
     ((param, message),) = told(CreateSessionBody, {"system_prompt": "a\x00b"})
     assert (param, message) == ("system_prompt", "system_prompt: must not contain NUL characters")
+
+
+def test_a_keys_tenant_user_and_expiry_are_told_what_they_may_be() -> None:
+    found = dict(told(CreateKeyBody, {"tenant": "a b", "user": ".hidden", "expires_at": "2026-12-31T10:00:00"}))
+    assert found["tenant"] == "tenant must be a tenant name: 1 to 64 letters, digits, '_' or '-'"
+    assert "not starting with '.'" in found["user"] and "with its offset" in found["expires_at"]
+    ((_, message),) = told(CreateKeyBody, {"tenant": "x", "expires_at": "tomorrow"})
+    assert message == "expires_at must be an RFC 3339 date and time, such as 2026-12-31T23:59:00Z"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from claude_sessions.config import _MODEL_NAME, _TOOL_NAME
+from claude_sessions.config import _MODEL_NAME, _TENANT, _TOOL_NAME, END_USER
 
 #: Where a failure's path starts: FastAPI's first ``loc`` item says which part of the request.
 _PARTS = {"body", "path", "query", "header", "cookie"}
@@ -26,6 +26,8 @@ PATTERNS: dict[str, str] = {
     ),
     rf"^{_TOOL_NAME.pattern}$": "a tool name or rule such as 'Read' or 'Bash(git log:*)'",
     _MODEL_NAME: "a model name such as 'sonnet' or 'claude-sonnet-4-5'",
+    rf"^{_TENANT.pattern}$": "a tenant name: 1 to 64 letters, digits, '_' or '-'",
+    rf"^{END_USER.pattern}$": "an end user's id: up to 128 letters, digits and '._@-', not starting with '.'",
 }
 
 #: Pydantic's type names, as a user reads them.
@@ -111,6 +113,10 @@ def _sentence(field: str, error: dict[str, Any]) -> str:
         bound = next(iter(ctx.values()), "")
         words = {"greater_than_equal": "at least", "greater_than": "more than"}
         return f"{field} must be {words.get(kind, 'at most' if kind == 'less_than_equal' else 'less than')} {bound}"
+    if kind == "timezone_aware":
+        return f"{field} must be a date and time with its offset, such as 2026-12-31T23:59:00Z"
+    if kind in ("datetime_parsing", "datetime_from_date_parsing", "datetime_type"):
+        return f"{field} must be an RFC 3339 date and time, such as 2026-12-31T23:59:00Z"
     if kind == "value_error":  # our own validators' words, after pydantic's prefix
         return f"{field}: {ctx.get('error', error.get('msg', ''))!s}"
     return f"{field} has a value this server does not accept"

@@ -321,6 +321,8 @@ def test_an_end_users_cwd_stays_in_that_users_folder_whatever_is_swapped_in(
     for cwd in ("acme/ana/swapped", "acme/ana/../bob", "acme/bob", "acme"):
         with pytest.raises(ValueError, match=r"another workspace|workspace of user"):
             session_cwd(SessionConfig(cwd=cwd, user="ana"), config)
+    with pytest.raises(ValueError, match="name it"):
+        session_cwd(SessionConfig(user="ana"), config)
     for user in ("..", ".", "a/b", ""):
         with pytest.raises(ValueError):
             SessionConfig(cwd="acme/x", user=user)

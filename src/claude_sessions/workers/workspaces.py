@@ -43,6 +43,8 @@ def session_cwd(session: SessionConfig, config: SystemConfig) -> Path:
     """
     root = config.runtime.workspace_root
     if session.cwd is None:
+        if session.user is not None:
+            raise ValueError(f"cwd: a session of user {session.user!r} works in that user's folder; name it")
         return root
     candidate = Path(session.cwd)
     if any(len(os.fsencode(part)) > NAME_MAX for part in candidate.parts):

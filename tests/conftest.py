@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from claude_agent_sdk import ClaudeAgentOptions
 from pydantic import SecretStr
 
 from claude_sessions import ClaudeHandler, SystemConfig
@@ -17,6 +18,7 @@ from helpers import offline_env, wait_no_cli
 from server_process import STARTED
 
 MakeHandler = Callable[..., Awaitable[ClaudeHandler]]
+Options = Callable[..., ClaudeAgentOptions]
 
 #: Fixtures that start real CLIs (directly or through a server): their tests are ``slow``.
 CLI_FIXTURES = {"cli_env", "offline_server"}
@@ -65,6 +67,18 @@ def cli_env(tmp_path: Path, offline_server: OfflineModelServer, monkeypatch: pyt
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def options(cli_env: dict[str, str], tmp_path: Path) -> Options:
+    """Bare SDK options on the offline model, in a private workspace (the SDK facts' tests)."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+
+    def make(**overrides: Any) -> ClaudeAgentOptions:
+        return ClaudeAgentOptions(**{"env": cli_env, "cwd": str(workspace), **overrides})
+
+    return make
 
 
 @pytest.fixture

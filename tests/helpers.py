@@ -7,13 +7,14 @@ import json
 import struct
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from claude_agent_sdk import AssistantMessage, ResultMessage, TextBlock
+from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ClaudeSDKClient, Message, ResultMessage, TextBlock
 
 from claude_sessions import ClaudeHandler, ModelError
 from claude_sessions.content import Content
@@ -171,3 +172,22 @@ async def bash(handler: ClaudeHandler, session_id: str, model: OfflineModel, com
 
 def python(code: str) -> str:
     return f"python3 -c {json.dumps(code)}"
+
+
+@asynccontextmanager
+async def connected(options: ClaudeAgentOptions) -> AsyncIterator[ClaudeSDKClient]:
+    """A bare SDK client, connected; its CLI is proved gone (by pid) when the block ends."""
+    client = ClaudeSDKClient(options)
+    await client.connect()
+    pid = client._transport._process.pid  # type: ignore[union-attr]
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+        assert wait_no_cli({pid}) == []
+
+
+async def ask(client: ClaudeSDKClient, prompt: str) -> list[Message]:
+    """One turn of a bare SDK client: every message, to its result."""
+    await client.query(prompt)
+    return [m async for m in client.receive_response()]

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,10 @@ from typing import Any
 import pytest
 from claude_agent_sdk import (
     AssistantMessage,
-    ClaudeAgentOptions,
     ClaudeSDKClient,
-    Message,
     PermissionResultAllow,
     PermissionResultDeny,
     ProcessError,
-    ResultMessage,
     StreamEvent,
     SystemMessage,
     ToolPermissionContext,
@@ -32,45 +28,8 @@ from claude_agent_sdk import (
 
 from claude_sessions.gateway.pricing import cost_usd
 from claude_sessions.offline_model import OfflineModel
-from helpers import reply_text, wait_no_cli
-
-Options = Callable[..., ClaudeAgentOptions]
-
-
-@pytest.fixture
-def options(cli_env: dict[str, str], tmp_path: Path) -> Options:
-    """Bare SDK options on the offline model, in a private workspace."""
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-
-    def make(**overrides: Any) -> ClaudeAgentOptions:
-        return ClaudeAgentOptions(**{"env": cli_env, "cwd": str(workspace), **overrides})
-
-    return make
-
-
-@asynccontextmanager
-async def connected(options: ClaudeAgentOptions) -> AsyncIterator[ClaudeSDKClient]:
-    """A connected client whose CLI is proved gone (by pid) when the block ends."""
-    client = ClaudeSDKClient(options)
-    await client.connect()
-    pid = client._transport._process.pid  # type: ignore[union-attr]
-    try:
-        yield client
-    finally:
-        await client.disconnect()
-        assert wait_no_cli({pid}) == []
-
-
-async def ask(client: ClaudeSDKClient, prompt: str) -> list[Message]:
-    await client.query(prompt)
-    return [m async for m in client.receive_response()]
-
-
-def result(messages: list[Message]) -> ResultMessage:
-    last = messages[-1]
-    assert isinstance(last, ResultMessage)
-    return last
+from conftest import Options
+from helpers import ask, connected, reply_text, result_of, wait_no_cli
 
 
 def transcripts(config_dir: Path) -> list[Path]:
@@ -80,7 +39,7 @@ def transcripts(config_dir: Path) -> list[Path]:
 async def test_a_session_id_given_up_front_names_the_conversation(options: Options, cli_env: dict[str, str]) -> None:
     fixed = str(uuid.uuid4())
     async with connected(options(session_id=fixed)) as client:
-        assert result(await ask(client, "hello")).session_id == fixed
+        assert result_of(await ask(client, "hello")).session_id == fixed
     assert [p.stem for p in transcripts(Path(cli_env["CLAUDE_CONFIG_DIR"]))] == [fixed]
 
 
@@ -104,11 +63,11 @@ async def test_every_turn_has_an_init_naming_model_and_permission_mode(options: 
 
 async def test_clear_starts_a_new_conversation_without_earlier_context(options: Options, model: OfflineModel) -> None:
     async with connected(options()) as client:
-        first = result(await ask(client, "remember kiwi"))
-        cleared = result(await ask(client, "/clear"))
+        first = result_of(await ask(client, "remember kiwi"))
+        cleared = result_of(await ask(client, "/clear"))
         assert not cleared.is_error and cleared.num_turns == 0  # no model turn in it
         model.requests.clear()
-        after = result(await ask(client, "what did I say?"))
+        after = result_of(await ask(client, "what did I say?"))
     assert after.session_id != first.session_id
     assert not any("kiwi" in text for r in model.message_requests() for text in r.user_texts)
 
@@ -121,7 +80,7 @@ async def test_resume_in_a_new_process_continues_the_conversation_under_its_id(
         await ask(client, "remember kiwi")
     model.requests.clear()
     async with connected(options(resume=conversation)) as client:
-        resumed = result(await ask(client, "what did I say?"))
+        resumed = result_of(await ask(client, "what did I say?"))
     assert resumed.session_id == conversation
     assert any("kiwi" in text for text in model.message_requests()[-1].user_texts)
 
@@ -132,11 +91,11 @@ async def test_a_client_composed_message_is_text_never_a_command(options: Option
         yield {"type": "user", "message": message, "parent_tool_use_id": None, "client_composed": True}
 
     async with connected(options()) as client:
-        first = result(await ask(client, "hello"))
+        first = result_of(await ask(client, "hello"))
         model.requests.clear()
         await client.query(composed())
         messages = [m async for m in client.receive_response()]
-    assert result(messages).session_id == first.session_id and result(messages).num_turns == 1
+    assert result_of(messages).session_id == first.session_id and result_of(messages).num_turns == 1
     assert "/clear" in reply_text(messages)  # the model was asked, and echoed it
 
 
@@ -175,8 +134,8 @@ async def test_default_rules_decide_before_can_use_tool_is_asked(options: Option
 
 async def test_total_cost_is_cumulative_over_a_conversation(options: Options) -> None:
     async with connected(options()) as client:
-        first = result(await ask(client, "one two three"))
-        second = result(await ask(client, "four five six"))
+        first = result_of(await ask(client, "one two three"))
+        second = result_of(await ask(client, "four five six"))
     assert first.total_cost_usd and second.total_cost_usd
     assert second.total_cost_usd > first.total_cost_usd
 
@@ -187,7 +146,7 @@ async def test_a_resumed_conversations_cost_counts_from_its_start(options: Optio
     async with connected(options(session_id=conversation)) as client:
         await ask(client, "one two three")
     async with connected(options(resume=conversation)) as client:
-        resumed = result(await ask(client, "four five six"))
+        resumed = result_of(await ask(client, "four five six"))
     billed = [cost_usd(r.body["model"], asdict(r.usage)) for r in model.message_requests() if r.usage is not None]
     assert len(billed) == 2 and resumed.total_cost_usd == pytest.approx(sum(billed))  # both turns, not the last
 
@@ -195,7 +154,7 @@ async def test_a_resumed_conversations_cost_counts_from_its_start(options: Optio
 async def test_an_api_error_ends_the_turn_without_raising(options: Options, cli_env: dict[str, str]) -> None:
     env = {**cli_env, "CLAUDE_CODE_MAX_RETRIES": "0"}
     async with connected(options(env=env)) as client:
-        ended = result(await ask(client, "[[fail:400]]"))
+        ended = result_of(await ask(client, "[[fail:400]]"))
     assert ended.is_error
 
 
@@ -222,3 +181,6 @@ async def test_config_from_an_sdk_session_is_refused_and_writes_nothing(
         messages = await ask(client, "/config permissionMode=acceptEdits")
     assert "Not changed" in reply_text(messages) and model.requests == []
     assert not (Path(cli_env["CLAUDE_CONFIG_DIR"]) / "settings.json").exists()
+
+
+# Tools the application offers through an in-process SDK MCP server.

@@ -166,6 +166,27 @@ def test_each_user_has_a_session_limit_and_a_turn_rate_of_its_own(server: Server
         assert tenant["tenant"] == "alice" and tenant["today"]["turns"] >= 4
 
 
+def test_a_users_health_pool_and_last_hour_are_its_own(server: ServerProcess, alice: httpx.Client) -> None:
+    with as_user(server, KEYS["alice"], "ivy") as ivy, as_user(server, KEYS["alice"], "jay") as jay:
+        assert ivy.post("/v1/sessions", json={"session_id": "i1"}).status_code == 201
+        assert ivy.post("/v1/sessions/i1/messages?stream=false", json={"content": "hi"}).status_code == 200
+        assert jay.post("/v1/sessions", json={"session_id": "j1"}).status_code == 201
+        assert (
+            ivy.get("/v1/health").json()["sessions"]["active"]
+            == jay.get("/v1/health").json()["sessions"]["active"]
+            == 1
+        )
+        assert alice.get("/v1/health").json()["sessions"]["active"] >= 2
+        for client in (ivy, jay):
+            workers = client.get("/v1/pool").json()["connections"]
+            assert len(workers) == 1  # the worker in its own folder, none of the other user's
+        turns = {
+            name: sum(p["turns"] for p in c.get("/v1/usage/timeseries").json()["points"])
+            for name, c in (("ivy", ivy), ("jay", jay))
+        }
+        assert turns == {"ivy": 1, "jay": 0}
+
+
 def test_the_openai_endpoint_takes_the_end_user_from_the_body(server: ServerProcess, alice: httpx.Client) -> None:
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEYS["alice"], max_retries=0)
     answer = client.chat.completions.with_raw_response.create(

@@ -1,4 +1,4 @@
-"""The usage series: per-minute turns, tokens and cost over the last hour, by tenant."""
+"""The usage series: per-minute turns, tokens and cost over the last hour, by tenant and end user."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def test_a_tenant_sees_its_own_minutes_and_everyone_sees_them_all() -> None:
     assert series.points(None)[-1]["tokens"] == 1
     everyone = series.points(everyone=True)[-1]
     assert everyone["turns"] == 3 and everyone["tokens"] == 11 and round(everyone["cost"], 6) == 0.3
+
+
+def test_an_end_user_sees_its_own_minutes_and_its_tenant_sees_all_of_its_users() -> None:
+    series = UsageSeries(clock=Clock(42.0))
+    series.turn("acme", TurnUsage(input_tokens=1))  # the tenant's own turn
+    series.turn("acme", TurnUsage(input_tokens=2), user="ana")
+    series.turn("acme", TurnUsage(input_tokens=4), user="bob")
+    assert series.points("acme", user="ana")[-1]["tokens"] == 2
+    assert series.points("acme", user="bob")[-1]["tokens"] == 4
+    assert series.points("acme")[-1]["tokens"] == 7 and series.points("acme", user="cy")[-1]["turns"] == 0
 
 
 def test_calls_of_an_unfinished_turn_count_their_tokens_but_no_turn() -> None:

@@ -127,8 +127,13 @@ def _view(principal: Principal) -> str | None:
     return None if principal.is_admin else principal.tenant
 
 
-def _workspace(handler: ClaudeHandler, tenant: str | None) -> Path | None:
-    return None if tenant is None else handler.config.runtime.workspace_root / tenant
+def _workspace(handler: ClaudeHandler, principal: Principal) -> Path | None:
+    """The workspace whose workers the caller sees: none for the admin, a tenant's, an end user's folder."""
+    tenant = _view(principal)
+    if tenant is None:
+        return None
+    home = handler.config.runtime.workspace_root / tenant
+    return home if principal.user is None else home / principal.user
 
 
 @router.get(
@@ -170,7 +175,7 @@ async def health(principal: Caller, service: ServiceDep) -> dict[str, Any]:
         nodes = [dataclasses.asdict(n) for n in await service.handler.nodes()] if view is None else None
     except DatabaseUnavailableError:
         reasons.append("database unavailable")
-    report = service.manager.get_session_health_report(view)
+    report = service.manager.get_session_health_report(view, principal.user)
     reasons += await _degradations(service.handler)
     extra = {} if view is not None else {"nodes": nodes or [], "limits": service.handler.containment.report()}
     return {"status": "degraded" if reasons else "ok", "reasons": reasons, **report, **extra}
@@ -183,7 +188,7 @@ async def health(principal: Caller, service: ServiceDep) -> dict[str, Any]:
     responses={200: {"model": PoolStatus, "description": "The worker pool." + _TENANT_VIEW}, **error_responses(401)},
 )
 async def pool(principal: Caller, service: ServiceDep) -> dict[str, Any]:
-    return service.handler.get_pool_status(_workspace(service.handler, _view(principal)))
+    return service.handler.get_pool_status(_workspace(service.handler, principal))
 
 
 @router.get(
@@ -201,7 +206,7 @@ async def usage_timeseries(principal: Caller, service: ServiceDep) -> dict[str, 
     return {
         "bucket_seconds": BUCKET_SECONDS,
         "minutes": series.minutes,
-        "points": series.points(view, everyone=view is None),
+        "points": series.points(view, everyone=view is None, user=principal.user),
     }
 
 

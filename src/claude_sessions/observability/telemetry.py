@@ -81,8 +81,9 @@ class Telemetry:
         """Export gauges computed by ``read`` at every scrape."""
         self.registry.register(_LiveCollector(read))
 
-    def turn_finished(self, owner: str | None, usage: TurnUsage, seconds: float) -> None:
-        self.series.turn(owner, usage)
+    def turn_finished(self, owner: str | None, usage: TurnUsage, seconds: float, user: str | None = None) -> None:
+        """A turn's figures: Prometheus by tenant only (never a user: unbounded), the series by user too."""
+        self.series.turn(owner, usage, user)
         tenant = owner or DEFAULT_TENANT
         self.messages.labels(tenant).inc()
         self.turn_seconds.labels(tenant).observe(seconds)
@@ -90,9 +91,9 @@ class Telemetry:
         if usage.api_error:
             self.api_errors.labels(tenant).inc()
 
-    def usage(self, owner: str | None, usage: TurnUsage) -> None:
+    def usage(self, owner: str | None, usage: TurnUsage, user: str | None = None) -> None:
         """Tokens and spend the gateway metered for a turn that never finished."""
-        self.series.billed(owner, usage)
+        self.series.billed(owner, usage, user)
         self._spent(owner or DEFAULT_TENANT, usage)
 
     def _spent(self, tenant: str, usage: TurnUsage) -> None:

@@ -38,40 +38,44 @@ class Bucket:
 
 
 class UsageSeries:
-    """Per-minute buckets by tenant (``None``: the operator of a keyless server)."""
+    """Per-minute buckets by tenant (``None``: the operator of a keyless server) and end user (``None``: the
+    tenant's own); a tenant's view adds up its users'."""
 
     def __init__(self, minutes: int = WINDOW_MINUTES, clock: Callable[[], float] = time.time) -> None:
         self.minutes = minutes
         self._clock = clock
-        self._buckets: dict[tuple[int, str | None], Bucket] = {}
+        self._buckets: dict[tuple[int, str | None, str | None], Bucket] = {}
         self._lock = threading.Lock()  # the gateway and the handler may feed it from different threads
 
-    def turn(self, tenant: str | None, usage: TurnUsage) -> None:
+    def turn(self, tenant: str | None, usage: TurnUsage, user: str | None = None) -> None:
         """A turn ended: one more turn, its tokens and spend, and whether the model failed it."""
-        self._add(tenant, Bucket(1, _tokens(usage), usage.cost, int(usage.api_error)))
+        self._add((tenant, user), Bucket(1, _tokens(usage), usage.cost, int(usage.api_error)))
 
-    def billed(self, tenant: str | None, usage: TurnUsage) -> None:
+    def billed(self, tenant: str | None, usage: TurnUsage, user: str | None = None) -> None:
         """Calls of a turn that never finished: billed all the same, but no turn."""
-        self._add(tenant, Bucket(0, _tokens(usage), usage.cost, 0))
+        self._add((tenant, user), Bucket(0, _tokens(usage), usage.cost, 0))
 
-    def points(self, tenant: str | None = None, *, everyone: bool = False) -> list[dict[str, Any]]:
-        """The window, oldest minute first, empty minutes included: ``tenant``'s, or everyone's."""
+    def points(
+        self, tenant: str | None = None, *, everyone: bool = False, user: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The window, oldest minute first, empty minutes included: ``tenant``'s (with ``user``, that
+        end user's only), or everyone's."""
         now = self._minute()
         first = now - self.minutes + 1
         totals = {minute: Bucket() for minute in range(first, now + 1)}
         with self._lock:
-            for (minute, owner), bucket in self._buckets.items():
-                if minute in totals and (everyone or owner == tenant):
+            for (minute, owner, whose), bucket in self._buckets.items():
+                if minute in totals and (everyone or (owner == tenant and user in (None, whose))):
                     totals[minute].add(bucket)
         return [
             {"start": minute * BUCKET_SECONDS, **asdict(bucket), "cost": round(bucket.cost, 6)}
             for minute, bucket in totals.items()
         ]
 
-    def _add(self, tenant: str | None, amount: Bucket) -> None:
+    def _add(self, payer: tuple[str | None, str | None], amount: Bucket) -> None:
         minute = self._minute()
         with self._lock:
-            self._buckets.setdefault((minute, tenant), Bucket()).add(amount)
+            self._buckets.setdefault((minute, *payer), Bucket()).add(amount)
             for key in [key for key in self._buckets if key[0] <= minute - self.minutes]:
                 del self._buckets[key]
 

@@ -63,14 +63,14 @@ class Billing:
         session.metrics.last_turn_ms = round(seconds * 1000, 3)
         usage = worker.grant.take() + TurnUsage(api_error=is_api_error(result))
         add_usage(session.metrics, usage)
-        self.telemetry.turn_finished(session.owner, usage, seconds)
+        self.telemetry.turn_finished(session.owner, usage, seconds, session.config.user)
         await self._charge(session, usage, 1, worker.grant.tally)
 
     async def bill_unfinished(self, session: Session, worker: Worker) -> None:
         """Calls of a turn that never finished (its CLI died or was killed) were billed all the same."""
         usage = worker.grant.take()
         add_usage(session.metrics, usage)
-        self.telemetry.usage(session.owner, usage)
+        self.telemetry.usage(session.owner, usage, session.config.user)
         if usage.cost or any(usage.tokens().values()):
             await self._charge(session, usage, 0, worker.grant.tally)
 

@@ -436,13 +436,15 @@ class SessionView:
 
     # -- metrics and health ----------------------------------------------------
 
-    def get_session_health_report(self, tenant: str | None = None) -> dict[str, Any]:
+    def get_session_health_report(self, tenant: str | None = None, user: str | None = None) -> dict[str, Any]:
         """The seed's health report, plus states, errors and the pool's figures.
 
-        With ``tenant``, that tenant's view: its own sessions, and the workers of its
-        workspace (``WORKSPACE_ROOT/<tenant>``) only. Sessions are this node's view:
-        ``refresh()`` first for the whole cluster's.
+        With ``tenant``, that tenant's view: its own sessions, and the workers of its workspace
+        (``WORKSPACE_ROOT/<tenant>``) only; with ``user`` too, that end user's and its folder's.
+        Sessions are this node's view: ``refresh()`` first for the whole cluster's.
         """
         sessions = self.sessions() if tenant is None else self.owned_by(tenant)
-        pool = self.pool.status(None if tenant is None else self.config.runtime.workspace_root / tenant)
+        sessions = sessions if user is None else [s for s in sessions if s.config.user == user]
+        home = None if tenant is None else self.config.runtime.workspace_root / tenant
+        pool = self.pool.status(home if home is None or user is None else home / user)
         return health_report(sessions, pool, self.config.session_manager)

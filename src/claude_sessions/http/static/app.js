@@ -886,9 +886,7 @@
     const series = await api("/v1/usage/timeseries");
     $("#usage-scope").textContent = state.admin
       ? "Every tenant, per minute, as this server counted it."
-      : state.user !== null
-        ? `Every session of tenant ${state.tenant}, not only yours, per minute, as this server counted it.`
-        : "Your sessions, per minute, as this server counted it.";
+      : "Your sessions, per minute, as this server counted it.";
     for (const figure of document.querySelectorAll(".chart")) drawChart(figure, series.points, figure.dataset.metric);
   }
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from claude_sessions.offline_model import OfflineModel, OfflineModelServer, count_tokens
+from claude_sessions.offline_model import OfflineModel, OfflineModelServer, count_tokens, tool_marker
 
 
 @pytest.fixture
@@ -128,3 +128,9 @@ def test_request_log_keeps_what_was_sent(client: httpx.Client, model: OfflineMod
 def test_unknown_paths_answer_without_error(client: httpx.Client, model: OfflineModel) -> None:
     assert client.get("/v1/models").status_code == 200
     assert model.requests[-1].path == "/v1/models"
+
+
+def test_a_tool_marker_takes_any_json_object_nested_ones_too() -> None:
+    text = 'do it [[tool:StructuredOutput:{"city": {"name": "Oslo"}, "tags": ["a", "}"]}]] now'
+    assert tool_marker(text) == ("StructuredOutput", {"city": {"name": "Oslo"}, "tags": ["a", "}"]})
+    assert tool_marker("[[tool:Write:{not json}]]") is None and tool_marker("[[tool:Write:[1]]]") is None

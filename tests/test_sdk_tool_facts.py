@@ -25,8 +25,7 @@ from claude_agent_sdk._internal.sdk_mcp_bridge import SdkMcpBridge
 from mcp.server import Server
 from mcp.types import CallToolResult, ListToolsResult, TextContent, Tool
 
-from claude_sessions import offline_model
-from claude_sessions.offline_model import TOOL_MARKER, OfflineModel
+from claude_sessions.offline_model import OfflineModel
 from conftest import Options
 from helpers import ask, connected, result_of, tool
 
@@ -250,22 +249,8 @@ async def test_structured_output_ends_the_turn_at_the_tool_call_its_result_rides
     assert tools["StructuredOutput"]["input_schema"]["properties"] == CITY["properties"]
 
 
-async def test_a_schema_cli_answers_structured_output_on_every_turn(
-    options: Options, model: OfflineModel, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With the offline model taught to call a tool asked for in a prompt that rides with a tool_result (it
-    answers only the tool_result otherwise: see the test above)."""
-    asked = offline_model._tool_call
-
-    def tool_call(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-        last = (body.get("messages") or [{}])[-1].get("content")
-        texts = [b.get("text", "") for b in last if b.get("type") == "text"] if isinstance(last, list) else []
-        prompt = [text for text in texts if not text.startswith("<system-reminder>")]
-        if prompt and (match := TOOL_MARKER.search(prompt[-1])):
-            return match.group(1), json.loads(match.group(2))
-        return asked(body)
-
-    monkeypatch.setattr(offline_model, "_tool_call", tool_call)
+async def test_a_schema_cli_answers_structured_output_on_every_turn(options: Options, model: OfflineModel) -> None:
+    """The offline model calls a tool asked for in a prompt that rides with a tool_result (the test above)."""
     schema = {"type": "json_schema", "schema": CITY}
     outputs = [{"city": "Oslo", "n": 1}, {"city": "Rome", "n": 2}, {"city": "Lima", "n": 3}]
     async with connected(options(output_format=schema)) as client:

@@ -45,8 +45,8 @@ _HANG = "[[hang]]"
 _BIG = re.compile(r"\[\[big:(\d{1,5})\]\]")
 _BIG_WORD = "\U0001d465" * 256  # 1 KiB of UTF-8: a mathematical italic x, outside the BMP
 
-#: Test control: the last user text asks the model to call a tool.
-TOOL_MARKER = re.compile(r"\[\[tool:(\w+):(\{.*?\})\]\]")
+#: Test control: the last user text asks the model to call a tool: ``[[tool:Name:{json input}]]``.
+TOOL_MARKER = re.compile(r"\[\[tool:(\w+):(?=\{)")
 
 
 def count_tokens(text: str) -> int:
@@ -211,16 +211,31 @@ def _error_body(status: int) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": f"offline model: injected {status}"}}
 
 
+def tool_marker(text: str) -> tuple[str, dict[str, Any]] | None:
+    """The tool a text asks for, with its input (any JSON object, nested ones too), if it asks."""
+    for match in TOOL_MARKER.finditer(text):
+        try:
+            tool_input, end = json.JSONDecoder().raw_decode(text, match.end())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(tool_input, dict) and text.startswith("]]", end):
+            return match.group(1), tool_input
+    return None
+
+
 def _tool_call(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """A tool the model should call: asked for in the last user text, not yet answered."""
+    """A tool the model should call: asked for in the last user text, not yet answered.
+
+    A prompt may ride with the tool_result of the call before it (the CLI sends a StructuredOutput
+    call's result with the next prompt): a marker in that prompt's own text is a new request.
+    """
     messages = body.get("messages") or []
     last = messages[-1].get("content") if messages else None
     if isinstance(last, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in last):
-        return None
-    match = TOOL_MARKER.search(last_user_text(body))
-    if match is None:
-        return None
-    return match.group(1), json.loads(match.group(2))
+        texts = [str(b.get("text", "")) for b in last if isinstance(b, dict) and b.get("type") == "text"]
+        prompts = [text for text in texts if not text.startswith("<system-reminder>")]
+        return tool_marker(prompts[-1]) if prompts else None
+    return tool_marker(last_user_text(body))
 
 
 def build_app(model: OfflineModel) -> Starlette:

@@ -16,13 +16,9 @@ Refused with 400 naming the ``param``: ``n`` > 1, ``tools`` / ``functions``, ima
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
-from claude_agent_sdk import AssistantMessage, ResultMessage, StreamEvent, TextBlock
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,7 +27,6 @@ from starlette.background import BackgroundTask
 
 from claude_sessions.config import ServerConfig, SessionConfig
 from claude_sessions.content import Content
-from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import (
     ApiError,
@@ -39,49 +34,23 @@ from claude_sessions.http.common import (
     ServiceDep,
     Surface,
     acting_for,
-    api_error,
     is_forwarded,
     is_theirs,
     resolve_options,
     user_limits,
 )
+from claude_sessions.http.openai_answers import Completion, chunks, openai_response
 from claude_sessions.http.openai_content import invalid, text_content, user_content
 from claude_sessions.http.problems import problems
 from claude_sessions.http.sessions import workspace_of
-from claude_sessions.http.streaming import TurnStream, dumps
-from claude_sessions.observability.metrics import SessionMetrics, model_error
+from claude_sessions.http.streaming import TurnStream
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
-from claude_sessions.sessions.permissions import Reply
 from claude_sessions.sessions.session import Session
 from claude_sessions.store.history import Turn, history_digest
 
 router = APIRouter(tags=["openai"])
 
 PATHS = ("/v1/chat/completions", "/v1/models")
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    409: "conflict_error",
-    410: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
-
-def _status(error: ApiError) -> int:
-    return 400 if error.status == 422 else error.status  # OpenAI's bad request is a 400
-
-
-def openai_body(error: ApiError) -> dict[str, Any]:
-    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind = _TYPES.get(_status(error), "server_error")
-    return {"error": {"message": error.message, "type": kind, "param": error.extra.get("param"), "code": error.kind}}
-
-
-def openai_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(openai_body(error), status_code=_status(error), headers=error.headers)
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -246,117 +215,6 @@ async def _session_for(
     return service.manager.get(key), digest
 
 
-# -- answers --------------------------------------------------------------------------
-
-
-def _usage(before: SessionMetrics, after: SessionMetrics) -> dict[str, int]:
-    prompt = (after.input_tokens + after.cache_read_tokens + after.cache_creation_tokens) - (
-        before.input_tokens + before.cache_read_tokens + before.cache_creation_tokens
-    )
-    completion = after.output_tokens - before.output_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _text_delta(message: Reply) -> str | None:
-    """The text a stream event adds to the reply, if it is a text delta."""
-    if isinstance(message, StreamEvent) and message.event.get("type") == "content_block_delta":
-        delta = message.event.get("delta") or {}
-        if delta.get("type") == "text_delta":
-            return str(delta.get("text", ""))
-    return None
-
-
-def _finish_reason(result: ResultMessage | None) -> str:
-    return "length" if result is not None and result.subtype == "error_max_turns" else "stop"
-
-
-class _Completion:
-    """One turn of a session, told as an OpenAI completion."""
-
-    def __init__(self, session: Session, model: str, digest_of: Any) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.session, self.model = session, model
-        self.before = dataclasses.replace(session.metrics)
-        self.text: list[str] = []
-        self.result: ResultMessage | None = None
-        self._digest_of = digest_of
-        #: Deltas of the message being generated were taken: its whole form adds nothing.
-        self._streamed = False
-
-    def take(self, message: Reply) -> list[str]:
-        """Follow one SDK message; the new text it brings. A model error raises (502)."""
-        if isinstance(message, ResultMessage):
-            if (failed := model_error(message)) is not None:
-                raise api_error(failed, 1)
-            self.result = message
-            self.session.metadata["history_digest"] = self._digest_of("".join(self.text))
-        texts = self._texts(message)
-        self.text += texts
-        return texts
-
-    def _texts(self, message: Reply) -> list[str]:
-        """Text as it streams; a whole assistant message adds only what no delta brought (a CLI's own reply)."""
-        if (delta := _text_delta(message)) is not None:
-            self._streamed = True
-            return [delta]
-        if isinstance(message, AssistantMessage):
-            streamed, self._streamed = self._streamed, False
-            if message.error is None and not streamed:
-                return [block.text for block in message.content if isinstance(block, TextBlock)]
-        return []
-
-    def usage(self) -> dict[str, int]:
-        return _usage(self.before, self.session.metrics)
-
-    def answer(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
-                    "finish_reason": _finish_reason(self.result),
-                    "logprobs": None,
-                }
-            ],
-            "usage": self.usage(),
-        }
-
-    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-        }
-
-
-async def _chunks(
-    completion: _Completion, turn: AsyncGenerator[Reply, None], first: list[str], include_usage: bool
-) -> AsyncIterator[dict[str, str]]:
-    """SSE data of a streamed completion, ending with ``[DONE]`` (or an error object)."""
-    try:
-        async with contextlib.aclosing(turn):
-            yield {"data": dumps(completion.chunk({"role": "assistant", "content": ""}))}
-            for text in first:
-                yield {"data": dumps(completion.chunk({"content": text}))}
-            async for message in turn:
-                for text in completion.take(message):
-                    yield {"data": dumps(completion.chunk({"content": text}))}
-        yield {"data": dumps(completion.chunk({}, _finish_reason(completion.result)))}
-        if include_usage:
-            yield {"data": dumps({**completion.chunk({}), "choices": [], "usage": completion.usage()})}
-        yield {"data": "[DONE]"}
-    except (ApiError, ClaudeSessionsError) as error:
-        failure = error if isinstance(error, ApiError) else api_error(error, 1)
-        yield {"data": dumps(openai_body(failure))}
-
-
 # -- routes -----------------------------------------------------------------------------
 
 
@@ -404,7 +262,7 @@ async def chat_completions(
     def digest_of(reply: str) -> str:
         return history_digest(tenant, system, body.model, [*earlier, ("user", prompt), ("assistant", reply)])
 
-    completion = _Completion(session, body.model, digest_of)
+    completion = Completion(session, body.model, digest_of)
     headers = {"X-Session-ID": session.public_id}
     # No one here can answer a tool call the session asks about: it is denied at once, the model reads why.
     limits = user_limits(principal, service.config.server)
@@ -427,7 +285,7 @@ async def chat_completions(
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     deadline = time.monotonic() + service.config.optimization.MESSAGE_TIMEOUT
     return TurnStream(
-        _chunks(completion, turn, first, include_usage),
+        chunks(completion, turn, first, include_usage),
         deadline=deadline,
         headers=headers,
         sep="\n",

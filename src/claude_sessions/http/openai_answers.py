@@ -1,0 +1,157 @@
+"""OpenAI's shapes of a turn: the completion, its stream of chunks, and its errors.
+
+:class:`Completion` follows one turn's SDK messages and tells them as a chat completion; with a
+``response_format``, the content is the structured output's JSON, whole, when the turn ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from claude_agent_sdk import AssistantMessage, ResultMessage, StreamEvent, TextBlock
+from fastapi.responses import JSONResponse
+
+from claude_sessions.errors import ClaudeSessionsError
+from claude_sessions.http.common import ApiError, api_error
+from claude_sessions.http.streaming import dumps
+from claude_sessions.observability.metrics import SessionMetrics, model_error
+from claude_sessions.sessions.permissions import Reply
+from claude_sessions.sessions.session import Session
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    410: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def status_of(error: ApiError) -> int:
+    return 400 if error.status == 422 else error.status  # OpenAI's bad request is a 400
+
+
+def openai_body(error: ApiError) -> dict[str, Any]:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = _TYPES.get(status_of(error), "server_error")
+    return {"error": {"message": error.message, "type": kind, "param": error.extra.get("param"), "code": error.kind}}
+
+
+def openai_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(openai_body(error), status_code=status_of(error), headers=error.headers)
+
+
+def _usage(before: SessionMetrics, after: SessionMetrics) -> dict[str, int]:
+    prompt = (after.input_tokens + after.cache_read_tokens + after.cache_creation_tokens) - (
+        before.input_tokens + before.cache_read_tokens + before.cache_creation_tokens
+    )
+    completion = after.output_tokens - before.output_tokens
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _text_delta(message: Reply) -> str | None:
+    """The text a stream event adds to the reply, if it is a text delta."""
+    if isinstance(message, StreamEvent) and message.event.get("type") == "content_block_delta":
+        delta = message.event.get("delta") or {}
+        if delta.get("type") == "text_delta":
+            return str(delta.get("text", ""))
+    return None
+
+
+def _finish_reason(result: ResultMessage | None) -> str:
+    return "length" if result is not None and result.subtype == "error_max_turns" else "stop"
+
+
+class Completion:
+    """One turn of a session, told as an OpenAI completion."""
+
+    def __init__(self, session: Session, model: str, digest_of: Any) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.session, self.model = session, model
+        self.before = dataclasses.replace(session.metrics)
+        self.text: list[str] = []
+        self.result: ResultMessage | None = None
+        self._digest_of = digest_of
+        #: Deltas of the message being generated were taken: its whole form adds nothing.
+        self._streamed = False
+
+    def take(self, message: Reply) -> list[str]:
+        """Follow one SDK message; the new text it brings. A model error raises (502)."""
+        if isinstance(message, ResultMessage):
+            if (failed := model_error(message)) is not None:
+                raise api_error(failed, 1)
+            self.result = message
+            self.session.metadata["history_digest"] = self._digest_of("".join(self.text))
+        texts = self._texts(message)
+        self.text += texts
+        return texts
+
+    def _texts(self, message: Reply) -> list[str]:
+        """Text as it streams; a whole assistant message adds only what no delta brought (a CLI's own reply)."""
+        if (delta := _text_delta(message)) is not None:
+            self._streamed = True
+            return [delta]
+        if isinstance(message, AssistantMessage):
+            streamed, self._streamed = self._streamed, False
+            if message.error is None and not streamed:
+                return [block.text for block in message.content if isinstance(block, TextBlock)]
+        return []
+
+    def usage(self) -> dict[str, int]:
+        return _usage(self.before, self.session.metrics)
+
+    def answer(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
+                    "finish_reason": _finish_reason(self.result),
+                    "logprobs": None,
+                }
+            ],
+            "usage": self.usage(),
+        }
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+
+
+async def chunks(
+    completion: Completion, turn: AsyncGenerator[Reply, None], first: list[str], include_usage: bool
+) -> AsyncIterator[dict[str, str]]:
+    """SSE data of a streamed completion, ending with ``[DONE]`` (or an error object)."""
+    try:
+        async with contextlib.aclosing(turn):
+            yield {"data": dumps(completion.chunk({"role": "assistant", "content": ""}))}
+            for text in first:
+                yield {"data": dumps(completion.chunk({"content": text}))}
+            async for message in turn:
+                for text in completion.take(message):
+                    yield {"data": dumps(completion.chunk({"content": text}))}
+        yield {"data": dumps(completion.chunk({}, _finish_reason(completion.result)))}
+        if include_usage:
+            yield {"data": dumps({**completion.chunk({}), "choices": [], "usage": completion.usage()})}
+        yield {"data": "[DONE]"}
+    except (ApiError, ClaudeSessionsError) as error:
+        failure = error if isinstance(error, ApiError) else api_error(error, 1)
+        yield {"data": dumps(openai_body(failure))}

@@ -4,6 +4,7 @@ CLI was really shown)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
@@ -208,7 +210,10 @@ def test_each_error_class_is_the_clients_own(alice: openai.OpenAI, server: Serve
     assert bad.value.param == "model" and bad.value.status_code == 400
     refusals: list[tuple[dict[str, Any], str]] = [
         ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": "auto"},
+            "tools",
+        ),
         ({"modalities": ["text", "audio"]}, "modalities"),
     ]
     for extra, param in refusals:
@@ -272,3 +277,81 @@ def test_an_image_url_with_a_data_url_reaches_the_model_and_others_are_refused(
             create(alice, model="sonnet", messages=[{"role": "user", "content": [{"type": "text", "text": "x"}, bad]}])
         assert refused.value.param == "messages.0.content.1" and words in refused.value.message, refused.value.message
     assert len(model.message_requests()) == calls
+
+
+CITY = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+    "required": ["city", "country"],
+    "additionalProperties": False,
+}
+
+
+def city_format(name: str = "city") -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": CITY, "strict": True}}
+
+
+def structured(**output: Any) -> str:
+    """A prompt the offline model answers by calling the CLI's StructuredOutput tool with ``output``."""
+    return f"Where is it? [[tool:StructuredOutput:{json.dumps(output)}]]"
+
+
+def test_a_json_schema_answer_is_the_structured_output_round_after_round(
+    alice: openai.OpenAI, model: OfflineModel
+) -> None:
+    messages: Messages = [{"role": "user", "content": structured(city="Oslo", country="Norway")}]
+    first, session_id = ask(alice, messages, response_format=city_format())
+    assert json.loads(first) == {"city": "Oslo", "country": "Norway"}
+    schema_tool = [t for t in model.message_requests()[-1].body["tools"] if t["name"] == "StructuredOutput"]
+    assert schema_tool and schema_tool[0]["input_schema"]["required"] == ["city", "country"]
+    messages += [
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": structured(city="Rome", country="Italy")},
+    ]
+    second, same = ask(alice, messages, response_format=city_format())
+    assert json.loads(second) == {"city": "Rome", "country": "Italy"} and same == session_id
+    messages += [{"role": "assistant", "content": second}, {"role": "user", "content": "and in words?"}]
+    text, again = ask(alice, messages)  # no response_format: text again, the same conversation
+    assert again == session_id and "You said: and in words?" in text
+    shown = json.dumps(model.message_requests()[-1].body["messages"])
+    assert "Oslo" in shown and "Rome" in shown  # the earlier rounds, in a CLI started without the schema
+
+
+def test_the_clients_parse_gets_its_model_back_and_json_object_gets_an_object(alice: openai.OpenAI) -> None:
+    class Place(pydantic.BaseModel):
+        city: str
+        country: str
+
+    prompt = structured(city="Lima", country="Peru")
+    parsed = alice.beta.chat.completions.parse(
+        model="sonnet", messages=[{"role": "user", "content": prompt}], response_format=Place
+    )
+    assert parsed.choices[0].message.parsed == Place(city="Lima", country="Peru")
+    loose, _ = ask(
+        alice, [{"role": "user", "content": structured(any="thing", n=3)}], response_format={"type": "json_object"}
+    )
+    assert json.loads(loose) == {"any": "thing", "n": 3}
+
+
+def test_a_streamed_structured_answer_is_one_json_chunk_and_a_misfit_is_an_error(alice: openai.OpenAI) -> None:
+    stream = create(
+        alice,
+        model="sonnet",
+        messages=[{"role": "user", "content": structured(city="Kyiv", country="Ukraine")}],
+        response_format=city_format(),
+        stream=True,
+    )
+    contents = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert len(contents) == 1 and json.loads(contents[0]) == {"city": "Kyiv", "country": "Ukraine"}
+    with pytest.raises(openai.InternalServerError) as misfit:
+        ask(alice, [{"role": "user", "content": structured(city="Nowhere")}], response_format=city_format())
+    assert "did not fit the response_format's schema" in misfit.value.message
+    with pytest.raises(openai.BadRequestError) as refused:
+        ask(alice, [{"role": "user", "content": "hi"}], response_format={"type": "xml"})
+    assert refused.value.param == "response_format.type"
+
+
+def test_tools_with_tool_choice_none_are_answered_as_text(alice: openai.OpenAI) -> None:
+    function = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    text, _ = ask(alice, [{"role": "user", "content": "hello"}], tools=[function], tool_choice="none")
+    assert "You said: hello" in text

@@ -7,6 +7,7 @@ Every section is a pydantic-settings model, so a bad value fails early with
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable
@@ -171,6 +172,13 @@ _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: An end user of a tenant (``X-End-User``, a key bound to one): a folder name of its workspace too, so
 #: never a leading dot (``.``, ``..`` and hidden names are refused).
 END_USER = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,127}")
+
+
+def _json_or_none(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def is_end_user(name: str) -> bool:
@@ -447,6 +455,9 @@ class SessionConfig(BaseModel):
     ask_tools: tuple[str, ...] = Field((), max_length=100)
     permission_mode: PermissionMode | None = None
     cwd: str | None = Field(None, min_length=1, max_length=1024)
+    #: A JSON schema every answer must fit (the CLI's structured output), as canonical JSON text: a
+    #: turn's option (``response_format``), its own CLI (the schema is fixed when a CLI starts).
+    output_schema: str | None = Field(None, max_length=100_000)
     #: The tenant's end user the session belongs to: its ``cwd`` lies in that user's folder, and no
     #: worker passes between users (equal options only).
     user: str | None = Field(None, max_length=128)
@@ -466,6 +477,13 @@ class SessionConfig(BaseModel):
             if not _ASKED_TOOL.fullmatch(tool):
                 raise ValueError(f"invalid tool name {tool[:50]!r} (a tool's name, not a rule)")
         return tools
+
+    @field_validator("output_schema")
+    @classmethod
+    def _schema(cls, schema: str | None) -> str | None:
+        if schema is not None and not isinstance(_json_or_none(schema), dict):
+            raise ValueError("must be a JSON object (a JSON schema)")
+        return schema
 
     @field_validator("user")
     @classmethod

@@ -8,14 +8,16 @@ session whose CLI resumes the earlier messages as real earlier turns
 
 Accepted and ignored (the CLI decides): ``temperature``, ``top_p``, ``max_tokens``,
 ``max_completion_tokens``, ``presence_penalty``, ``frequency_penalty``, ``stop``, ``seed``,
-``logit_bias``, ``logprobs``, ``top_logprobs``, ``parallel_tool_calls``, ``response_format``
-of type ``text``, ``user``, ``metadata``, ``store``, ``service_tier``, ``reasoning_effort``.
+``logit_bias``, ``logprobs``, ``top_logprobs``, ``parallel_tool_calls``, ``metadata``, ``store``,
+``service_tier``, ``reasoning_effort``. ``response_format`` ``json_schema`` and ``json_object`` run the
+turn on a CLI started with that schema (structured output); ``user`` is the end user.
 Refused with 400 naming the ``param``: ``n`` > 1, ``tools`` / ``functions``, images, audio.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from typing import Annotated, Any, Literal
 
@@ -128,6 +130,7 @@ class ChatCompletionBody(BaseModel):
     n: int | None = Field(None, description="at most 1: one conversation answers once")
     tools: list[Any] | None = Field(None, description="not supported: the session's tools are Claude Code's own")
     functions: list[Any] | None = Field(None, description="not supported, as tools")
+    tool_choice: Any = Field(None, description='"none" lets tools come along unused; any other is refused with them')
     audio: dict[str, Any] | None = None
     modalities: list[str] | None = None
     response_format: dict[str, Any] | None = None
@@ -140,13 +143,31 @@ def _refuse_unsupported(body: ChatCompletionBody, server: ServerConfig) -> None:
         raise invalid("model", f"model {body.model!r} is not offered here; GET /v1/models lists {names}")
     if body.n is not None and body.n > 1:
         raise invalid("n", "n > 1 is not supported: one conversation answers once")
-    for name in ("tools", "functions"):
-        if getattr(body, name):
-            raise invalid(name, f"{name} are not supported: the session's tools are Claude Code's own")
+    for name in ("tools", "functions"):  # with tool_choice "none" they are offered to no one: answered as text
+        if getattr(body, name) and body.tool_choice != "none":
+            raise invalid(name, f"{name} are not supported (but with tool_choice none): the tools are Claude Code's")
     if body.audio or "audio" in (body.modalities or []):
         raise invalid("audio" if body.audio else "modalities", "audio is not supported")
-    if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise invalid("response_format", "only response_format of type text is supported")
+    output_schema(body.response_format)  # 400 for one not offered
+
+
+def output_schema(response_format: dict[str, Any] | None) -> str | None:
+    """The JSON schema a ``response_format`` asks the answer to fit (canonical JSON text), or None for text.
+
+    ``json_object`` is any JSON object; ``json_schema`` its ``schema`` (``strict`` or not, the CLI checks
+    the answer against it and asks the model again once).
+    """
+    kind = (response_format or {}).get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return json.dumps({"type": "object"})
+    spec = (response_format or {}).get("json_schema")
+    if kind != "json_schema":
+        raise invalid("response_format.type", "response_format.type must be text, json_object or json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise invalid("response_format.json_schema", "response_format.json_schema must be {name, schema, strict?}")
+    return json.dumps(spec.get("schema", {"type": "object"}), sort_keys=True, separators=(",", ":"))
 
 
 def _conversation(body: ChatCompletionBody, image_max_bytes: int) -> tuple[str | None, list[Turn], Content]:
@@ -262,11 +283,14 @@ async def chat_completions(
     def digest_of(reply: str) -> str:
         return history_digest(tenant, system, body.model, [*earlier, ("user", prompt), ("assistant", reply)])
 
-    completion = Completion(session, body.model, digest_of)
+    schema = output_schema(body.response_format)
+    completion = Completion(session, body.model, digest_of, structured=schema is not None)
     headers = {"X-Session-ID": session.public_id}
     # No one here can answer a tool call the session asks about: it is denied at once, the model reads why.
     limits = user_limits(principal, service.config.server)
-    turn = service.handler.send_message(session, prompt, forwarded=is_forwarded(request), can_ask=False, limits=limits)
+    turn = service.handler.send_message(
+        session, prompt, forwarded=is_forwarded(request), can_ask=False, limits=limits, output_schema=schema
+    )
     if not body.stream:
         async with contextlib.aclosing(turn):
             async for message in turn:

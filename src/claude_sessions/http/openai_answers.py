@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -73,7 +74,7 @@ def _finish_reason(result: ResultMessage | None) -> str:
 class Completion:
     """One turn of a session, told as an OpenAI completion."""
 
-    def __init__(self, session: Session, model: str, digest_of: Any) -> None:
+    def __init__(self, session: Session, model: str, digest_of: Any, *, structured: bool = False) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.session, self.model = session, model
@@ -83,17 +84,29 @@ class Completion:
         self._digest_of = digest_of
         #: Deltas of the message being generated were taken: its whole form adds nothing.
         self._streamed = False
+        #: A ``response_format`` asked for JSON: the content is the structured output, at the end.
+        self.structured = structured
 
     def take(self, message: Reply) -> list[str]:
-        """Follow one SDK message; the new text it brings. A model error raises (502)."""
+        """Follow one SDK message; the new text it brings. A model error raises (502), and so does
+        an answer that does not fit the asked schema."""
+        texts = [] if self.structured else self._texts(message)
         if isinstance(message, ResultMessage):
             if (failed := model_error(message)) is not None:
                 raise api_error(failed, 1)
             self.result = message
-            self.session.metadata["history_digest"] = self._digest_of("".join(self.text))
-        texts = self._texts(message)
+            if self.structured:
+                texts = [self._structured(message)]
+            self.session.metadata["history_digest"] = self._digest_of("".join([*self.text, *texts]))
         self.text += texts
         return texts
+
+    @staticmethod
+    def _structured(result: ResultMessage) -> str:
+        if result.structured_output is None:
+            message = "the model's answer did not fit the response_format's schema, also when asked again"
+            raise ApiError(502, "invalid_structured_output", message)
+        return json.dumps(result.structured_output, ensure_ascii=False)
 
     def _texts(self, message: Reply) -> list[str]:
         """Text as it streams; a whole assistant message adds only what no delta brought (a CLI's own reply)."""

@@ -388,13 +388,15 @@ class ClaudeHandler:
         forwarded: bool = False,
         can_ask: bool = True,
         limits: UserLimits | None = None,
+        output_schema: str | None = None,
     ) -> AsyncGenerator[Reply, None]:
         """Run one turn and yield the SDK's messages, ending with the ``ResultMessage``.
 
         A session with ``ask_tools`` also yields a :class:`PermissionRequest` for each asked call
         (answer it with :meth:`decide_permission`; the turn waits) and a ``PermissionResolved``
         when it is answered. ``can_ask=False``: nobody can answer, asked calls are denied at once.
-        ``limits``: the end user's (a key's own), over ``USER_*``.
+        ``limits``: the end user's (a key's own), over ``USER_*``. ``output_schema``: a JSON schema the
+        turn's answer must fit (``ResultMessage.structured_output``; a CLI started with it).
 
         ``session``: its id, or the :class:`Session` a caller has just read (read once per request).
         ``prompt``: text, or the Messages API's ``text`` and ``image`` blocks; bad content raises
@@ -410,7 +412,15 @@ class ClaudeHandler:
         await self.start()
         session = await self._session(session)
         async with contextlib.aclosing(
-            self.turns.run(session, prompt, command, forwarded=forwarded, can_ask=can_ask, limits=limits)
+            self.turns.run(
+                session,
+                prompt,
+                command,
+                forwarded=forwarded,
+                can_ask=can_ask,
+                limits=limits,
+                output_schema=output_schema,
+            )
         ) as turn:
             async for message in turn:
                 yield message

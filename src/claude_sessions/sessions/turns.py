@@ -82,6 +82,7 @@ class Turns:
         forwarded: bool,
         can_ask: bool = True,
         limits: UserLimits | None = None,
+        output_schema: str | None = None,
     ) -> AsyncGenerator[Reply, None]:
         """One turn of ``session``: yields the SDK's messages, ending with the ``ResultMessage``, and
         its permission events between them (``ask_tools`` only).
@@ -102,7 +103,8 @@ class Turns:
                 baseline = self.gateway.tally(tenant_of(session.config, self.config)).charged
                 budget = await self.billing.admit(session, limits)
                 session.metrics.touch()
-                worker = await self._bind(session)
+                options = session.config.model_copy(update={"output_schema": output_schema})
+                worker = await self._bind(session, options)
                 worker.grant.budget, worker.grant.baseline = budget, baseline
                 bound = True
                 try:
@@ -186,8 +188,9 @@ class Turns:
                 await self._drop_worker(session, session.worker)
         session.fence, session.holder = claim, self.registry.node_id
 
-    async def _bind(self, session: Session) -> Worker:
-        """The session's worker; a new one (resuming the conversation) if it has none.
+    async def _bind(self, session: Session, options: SessionConfig) -> Worker:
+        """The session's worker for a turn with ``options`` (its own, and this turn's output schema);
+        a new one resuming the conversation if it has none, or one started with other options.
 
         A conversation whose transcript vanished is never silently restarted.
         """
@@ -197,9 +200,10 @@ class Turns:
         if session.orphaned:
             raise SessionOrphanedError(f"session {session.public_id!r} lost its transcript; delete it")
         worker = session.worker
-        if worker is not None and worker.is_alive() and not self.pool.is_expired(worker) and worker.settle():
+        fits = worker is not None and worker.config == options
+        if worker is not None and fits and worker.is_alive() and not self.pool.is_expired(worker) and worker.settle():
             return worker
-        if worker is not None and worker.is_alive():  # too old, too used, or it acted on its own
+        if worker is not None and worker.is_alive():  # too old, too used, acted on its own, or other options
             log.info("session_worker_retired", session_id=session.id, worker=worker.id, uses=worker.uses)
             session.unbind(during_turn=True)
             self.manager.give_back_soon(worker)
@@ -208,9 +212,7 @@ class Turns:
             session.unbind(during_turn=True)
             await self.manager.give_back(worker, reuse=False)
         try:
-            worker = await self.acquire(
-                session.config, resume=await manager.conversations.conversation_to_resume(session)
-            )
+            worker = await self.acquire(options, resume=await manager.conversations.conversation_to_resume(session))
         except WorkerStartError:
             self._count_connection_error(session)
             raise

@@ -134,6 +134,12 @@ def build_options(
         settings=operator_settings(config, cwd, Path(worker_env["TMPDIR"])),
         strict_mcp_config=True,
         include_partial_messages=True,  # the model's text as it is generated, on every surface
+        output_format=None
+        if session.output_schema is None
+        else {
+            "type": "json_schema",
+            "schema": json.loads(session.output_schema),
+        },
         resume=resume,
         session_store=session_store,
         stderr=lambda line: _cli_log.debug("cli_stderr", line=line.rstrip()),

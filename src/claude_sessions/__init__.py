@@ -28,6 +28,7 @@ from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.sessions.handler import ClaudeHandler
 from claude_sessions.sessions.manager import ClaudeCodeSessionManager
 from claude_sessions.sessions.permissions import PermissionRequest, PermissionResolved
+from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.store.transcripts import PostgresTranscriptStore
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "SessionOrphanedError",
     "SlashCommandRefusedError",
     "SystemConfig",
+    "TurnOptions",
     "TurnTimeoutError",
     "WorkerDiedError",
     "WorkerError",

@@ -48,6 +48,7 @@ from claude_sessions.http.sessions import workspace_of
 from claude_sessions.http.streaming import TurnStream
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.sessions.session import Session
+from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.store.history import Turn, history_digest
 
 router = APIRouter(tags=["openai"])
@@ -288,9 +289,8 @@ async def chat_completions(
     headers = {"X-Session-ID": session.public_id}
     # No one here can answer a tool call the session asks about: it is denied at once, the model reads why.
     limits = user_limits(principal, service.config.server)
-    turn = service.handler.send_message(
-        session, prompt, forwarded=is_forwarded(request), can_ask=False, limits=limits, output_schema=schema
-    )
+    options = TurnOptions(can_ask=False, limits=limits, output_schema=schema)
+    turn = service.handler.send_message(session, prompt, forwarded=is_forwarded(request), options=options)
     if not body.stream:
         async with contextlib.aclosing(turn):
             async for message in turn:

@@ -41,6 +41,7 @@ from claude_sessions.http.streaming import TurnStream, as_json, replayed, sessio
 from claude_sessions.sessions.conversations import chat_messages
 from claude_sessions.sessions.permissions import Reply
 from claude_sessions.sessions.session import session_key
+from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.workers.workspaces import resolve_folder
 
 log = structlog.get_logger("claude_sessions.api")
@@ -394,7 +395,8 @@ async def send_message(
         messages: AsyncIterator[dict[str, Any]] = replayed(replies)
     else:
         limits = user_limits(principal, service.config.server)
-        turn = handler.send_message(session, body.content, forwarded=is_forwarded(request), limits=limits)
+        options = TurnOptions(limits=limits)
+        turn = handler.send_message(session, body.content, forwarded=is_forwarded(request), options=options)
         first = await anext(turn)  # errors before the first message keep their HTTP status
 
         async def keep(turn_messages: list[dict[str, Any]]) -> None:

@@ -36,11 +36,12 @@ from claude_sessions.sessions.maintenance import Maintenance, maintenance_pass
 from claude_sessions.sessions.manager import ClaudeCodeSessionManager
 from claude_sessions.sessions.permissions import Behavior, PermissionRequest, Reply, Scope
 from claude_sessions.sessions.session import Session
+from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.sessions.turns import Turns, slash_command, stop_turn
 from claude_sessions.sessions.worker_events import WorkerEvents
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.history import Turn
-from claude_sessions.store.records import Holder, NodeRecord, Origin, TenantUsage, UserLimits
+from claude_sessions.store.records import Holder, NodeRecord, Origin, TenantUsage
 from claude_sessions.workers.containment import Containment
 from claude_sessions.workers.options import build_options
 from claude_sessions.workers.pool import StartWorker, WorkerPool
@@ -381,23 +382,14 @@ class ClaudeHandler:
     # -- turns ------------------------------------------------------------------
 
     async def send_message(
-        self,
-        session: str | Session,
-        prompt: Content,
-        *,
-        forwarded: bool = False,
-        can_ask: bool = True,
-        limits: UserLimits | None = None,
-        output_schema: str | None = None,
+        self, session: str | Session, prompt: Content, *, forwarded: bool = False, options: TurnOptions | None = None
     ) -> AsyncGenerator[Reply, None]:
         """Run one turn and yield the SDK's messages, ending with the ``ResultMessage``.
 
         A session with ``ask_tools`` also yields a :class:`PermissionRequest` for each asked call
         (answer it with :meth:`decide_permission`; the turn waits) and a ``PermissionResolved``
-        when it is answered. ``can_ask=False``: nobody can answer, asked calls are denied at once.
-        ``limits``: the end user's (a key's own), over ``USER_*``. ``output_schema``: a JSON schema the
-        turn's answer must fit (``ResultMessage.structured_output``; a CLI started with it).
-
+        when it is answered. ``options`` (:class:`TurnOptions`): what the turn asks beyond the
+        session's options (no one to ask, an end user's limits, a schema for the answer).
         ``session``: its id, or the :class:`Session` a caller has just read (read once per request).
         ``prompt``: text, or the Messages API's ``text`` and ``image`` blocks; bad content raises
         :class:`InvalidContentError` (``InvalidImageError``, ``ImageTooLargeError``).
@@ -412,15 +404,7 @@ class ClaudeHandler:
         await self.start()
         session = await self._session(session)
         async with contextlib.aclosing(
-            self.turns.run(
-                session,
-                prompt,
-                command,
-                forwarded=forwarded,
-                can_ask=can_ask,
-                limits=limits,
-                output_schema=output_schema,
-            )
+            self.turns.run(session, prompt, command, forwarded=forwarded, options=options)
         ) as turn:
             async for message in turn:
                 yield message

@@ -38,9 +38,10 @@ from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.permissions import Approvals, PermissionEvent, Reply
 from claude_sessions.sessions.replies import Replies
 from claude_sessions.sessions.session import Session, title_of
+from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.archive import TranscriptArchive
-from claude_sessions.store.records import Holder, UserLimits
+from claude_sessions.store.records import Holder
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
@@ -80,16 +81,14 @@ class Turns:
         command: str | None,
         *,
         forwarded: bool,
-        can_ask: bool = True,
-        limits: UserLimits | None = None,
-        output_schema: str | None = None,
+        options: TurnOptions | None = None,
     ) -> AsyncGenerator[Reply, None]:
         """One turn of ``session``: yields the SDK's messages, ending with the ``ResultMessage``, and
         its permission events between them (``ask_tools`` only).
 
-        ``forwarded``: another node sent this request here as the session's holder. Not ``can_ask``:
-        no one can answer a request (the OpenAI endpoint), so an asked call is denied at once.
+        ``forwarded``: another node sent this request here as the session's holder.
         """
+        options = options or TurnOptions()
         if session.is_busy:
             raise SessionBusyError(f"session {session.public_id!r} is running a turn")
         bound = False
@@ -101,17 +100,18 @@ class Turns:
                 # the day's rest: what is metered from here on, the tenant's other running turns
                 # included, counts against that rest (turns at once share it).
                 baseline = self.gateway.tally(tenant_of(session.config, self.config)).charged
-                budget = await self.billing.admit(session, limits)
+                budget = await self.billing.admit(session, options.limits)
                 session.metrics.touch()
-                options = session.config.model_copy(update={"output_schema": output_schema})
-                worker = await self._bind(session, options)
+                worker = await self._bind(session, session.config.model_copy(update=options.worker_options()))
                 worker.grant.budget, worker.grant.baseline = budget, baseline
                 bound = True
                 try:
                     if session.closed:  # destroyed while its worker was being bound: no billed turn
                         raise SessionNotFoundError(f"session {session.public_id!r} not found")
                     # aclosing: an abandoned turn winds down before the lock is released.
-                    async with contextlib.aclosing(self._turn(session, worker, prompt, command, can_ask)) as turn:
+                    async with contextlib.aclosing(
+                        self._turn(session, worker, prompt, command, options.can_ask)
+                    ) as turn:
                         async for message in turn:
                             yield message
                 finally:

@@ -1,0 +1,27 @@
+"""What one turn asks beyond its session's options: set per request by the HTTP routes, or by a library caller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from claude_sessions.store.records import UserLimits
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """What one turn asks beyond its session's options (the HTTP routes set them per request).
+
+    ``can_ask``: someone can answer a permission request (not so on the OpenAI endpoint: an asked
+    call is denied at once). ``limits``: the end user's (a key's own, over ``USER_*``).
+    ``output_schema``: a JSON schema the answer must fit (``ResultMessage.structured_output``), on a
+    CLI started with it.
+    """
+
+    can_ask: bool = True
+    limits: UserLimits | None = None
+    output_schema: str | None = None
+
+    def worker_options(self) -> dict[str, Any]:
+        """What this turn changes in the options its worker must run with."""
+        return {"output_schema": self.output_schema}

@@ -153,13 +153,13 @@ async def test_an_interrupt_denies_what_waits(make_handler: MakeHandler, model: 
 async def test_the_turn_deadline_keeps_running_while_a_call_waits(
     make_handler: MakeHandler, model: OfflineModel
 ) -> None:
-    handler = await make_handler(optimization={"MESSAGE_TIMEOUT": 4.0})  # PERMISSION_TIMEOUT_SECONDS: 300
+    handler = await make_handler(optimization={"MESSAGE_TIMEOUT": 6.0})  # PERMISSION_TIMEOUT_SECONDS: 300
     session_id = await handler.create_session("a", ASKING)
     began = time.monotonic()
     replies = await turn(handler, session_id, write(handler, "never.txt"))
-    assert len(requests(replies)) == 1  # it expires before the turn's deadline: the turn ends as a turn
+    assert len(requests(replies)) == 1  # it expires 2 s before the turn's deadline: the turn ends as a turn
     assert [(r.behavior, r.by) for r in resolved(replies)] == [("deny", "timeout")]
-    assert time.monotonic() - began < 4.0 and not (workspace(handler) / "never.txt").exists()
+    assert 3.5 < time.monotonic() - began < 6.0 and not (workspace(handler) / "never.txt").exists()
     assert "You said: next" in reply_text(await turn(handler, session_id, "next"))
 
 

@@ -143,6 +143,8 @@ def test_end_users_see_only_their_own_sessions_and_the_tenant_sees_all(
         assert posing.get("/v1/sessions").status_code == 403
         over = ana_key.post("/v1/sessions", json={"session_id": "ana-2"})  # the key's own limit: 1
         assert over.status_code == 429 and "user session limit reached (1)" in over.json()["error"]["message"]
+    schema = alice.post("/v1/sessions", json={"output_schema": '{"type": "object"}'})
+    assert schema.status_code == 422 and "a turn's" in schema.json()["error"]["message"]
     bad = alice.get("/v1/sessions", headers={"X-End-User": ".."})
     assert bad.status_code == 422 and bad.json()["error"]["param"].lower() == "x-end-user"
 
@@ -196,6 +198,14 @@ def test_the_openai_endpoint_takes_the_end_user_from_the_body(server: ServerProc
     assert alice.get(f"/v1/sessions/{session_id}").json()["user"] == "erin"
     with as_user(server, KEYS["alice"], "frank") as frank:
         assert frank.get(f"/v1/sessions/{session_id}").status_code == 404
+    # The same history from the tenant's own key is the tenant's conversation, never erin's.
+    reply = answer.parse().choices[0].message.content
+    history: list[Any] = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply}]
+    tenants = client.chat.completions.with_raw_response.create(
+        model="sonnet", messages=[*history, {"role": "user", "content": "again"}]
+    )
+    assert tenants.headers["X-Session-ID"] != session_id
+    assert alice.get(f"/v1/sessions/{tenants.headers['X-Session-ID']}").json()["user"] is None
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="sonnet", messages=[{"role": "user", "content": "x"}], user="..")
 

@@ -26,6 +26,19 @@ async def test_tenant_and_admin_keys() -> None:
     assert await auth.authenticate("Bearer root-key") == Principal("admin", is_admin=True)
 
 
+async def test_only_a_run_time_keys_shape_costs_a_registry_read() -> None:
+    reads: list[str] = []
+
+    class Keys:
+        async def find(self, digest: str) -> None:
+            reads.append(digest)
+
+    auth = Authenticator(ServerConfig(API_KEYS=SecretStr("acme:k1")), Keys())  # type: ignore[arg-type]
+    for header in ("Bearer k1", "Bearer guess", "Bearer csk_guess", "Bearer csk_guess"):
+        await auth.authenticate(header)
+    assert len(reads) == 1  # the configured key and a non-key shape: no read; the same csk_ one: cached
+
+
 async def test_missing_wrong_or_partial_keys_are_refused() -> None:
     auth = authenticator("acme:secret")
     for header in [None, "", "Bearer", "Bearer secre", "Bearer secret2", "Basic secret", "secret"]:

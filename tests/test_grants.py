@@ -53,6 +53,7 @@ def test_bash_without_a_suggested_prefix_grants_the_exact_command_only() -> None
 def test_a_suggested_prefix_holding_an_operator_is_no_prefix() -> None:
     assert bash_prefix(suggestion("git status && rm *")) is None
     assert bash_prefix(suggestion("git status")) is None  # no wildcard: not a prefix rule
+    assert bash_prefix([{"type": "addRules", "behavior": "allow", "rules": ["Bash(x *)", None]}]) is None
     assert (
         bash_prefix([{"type": "addRules", "behavior": "deny", "rules": [{"toolName": "Bash", "ruleContent": "x *"}]}])
         is None

@@ -220,8 +220,9 @@ async def test_any_tool_naming_a_path_outside_the_workspace_is_refused_without_a
     (tmp_path / "ws").mkdir()
     approvals = Approvals("s", "t", frozenset({"LS"}), tmp_path / "ws", 60, Telemetry())
     approvals.open_turn(True, asyncio.get_running_loop().time() + 60)
-    refused = await approvals.ask("LS", {"path": str(tmp_path)}, ToolPermissionContext(tool_use_id="t"))
-    assert isinstance(refused, PermissionResultDeny) and "inside the session's workspace" in refused.message
+    for outside in (str(tmp_path), "~/notes", "../x"):
+        refused = await approvals.ask("LS", {"path": outside}, ToolPermissionContext(tool_use_id="t"))
+        assert isinstance(refused, PermissionResultDeny) and "inside the session's workspace" in refused.message
     assert not approvals.pending
     asking = asyncio.ensure_future(approvals.ask("LS", {"path": "sub"}, ToolPermissionContext(tool_use_id="u")))
     await asyncio.sleep(0)

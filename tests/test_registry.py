@@ -256,11 +256,11 @@ async def test_an_end_users_limits_hold_beside_its_tenants(make_registry: MakeRe
     registry = await make_registry("a", 15.0)
     noon = 1_800_000_000.0 - 1_800_000_000.0 % 86400 + 12 * 3600
     ana, bob = ("acme", "ana"), ("acme", "bob")
-    assert await registry.spend.admit(ana, noon, (5.0, None), (1.0, 2)) == pytest.approx(1.0)  # the nearer budget
+    assert await registry.spend.admit(ana, noon, (5.0, None), (1.0, 2)) == pytest.approx(5.0)  # the tenant's rest
     await registry.spend.charge(ana, noon, 1.0, 10, 1)
     with pytest.raises(BudgetExceededError, match="user 'ana' of tenant 'acme'"):
         await registry.spend.admit(ana, noon + 1, (5.0, None), (1.0, 2))
-    assert await registry.spend.admit(bob, noon + 1, (5.0, None), (1.0, 2)) == pytest.approx(1.0)  # bob's own day
+    assert await registry.spend.admit(bob, noon + 1, (5.0, None), (1.0, 2)) == pytest.approx(4.0)  # bob's own day
     await registry.spend.admit(bob, noon + 2, NO_LIMITS, (None, 2))
     with pytest.raises(RateLimitedError, match="user 'bob'"):
         await registry.spend.admit(bob, noon + 3, NO_LIMITS, (None, 2))

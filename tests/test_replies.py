@@ -66,3 +66,21 @@ async def test_without_events_the_cli_is_read_directly() -> None:
 
     replies = Replies(messages(), None)
     assert await replies.next() == note("only")
+
+
+async def test_a_message_read_when_the_reading_stops_is_kept_for_the_next_reader() -> None:
+    cli: asyncio.Queue[Any] = asyncio.Queue()
+    events: asyncio.Queue[PermissionEvent] = asyncio.Queue()
+
+    async def messages() -> AsyncIterator[Any]:
+        while True:
+            yield await cli.get()
+
+    replies = Replies(messages(), events)
+    waiting = asyncio.ensure_future(replies.next())
+    await asyncio.sleep(0.01)
+    waiting.cancel()  # the turn's deadline, say
+    cli.put_nowait(note("result"))
+    await asyncio.sleep(0.01)  # the pending read takes it meanwhile
+    await replies.aclose()
+    assert replies.leftover == note("result")

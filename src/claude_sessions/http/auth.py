@@ -12,9 +12,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import structlog
+
 from claude_sessions.config import RESERVED_TENANT, ServerConfig
-from claude_sessions.store.keys import KeyStore, digest_of
+from claude_sessions.errors import DatabaseUnavailableError
+from claude_sessions.store.keys import SECRET_PREFIX, KeyStore, digest_of
 from claude_sessions.store.records import KeyRecord, UserLimits
+
+log = structlog.get_logger("claude_sessions.api")
 
 ADMIN_TENANT = RESERVED_TENANT
 #: How long a registry key's answer (found, revoked, unknown) is trusted before it is read again.
@@ -78,8 +83,8 @@ class Authenticator:
             return None
         digest = digest_of(token.strip())
         fixed = self._fixed.get(digest)
-        if fixed is not None or self._keys is None:
-            return fixed
+        if fixed is not None or self._keys is None or not token.strip().startswith(SECRET_PREFIX):
+            return fixed  # only a run-time key's shape costs a registry read
         record = await self._lookup(digest)
         return _principal(record) if record is not None and record.is_valid(time.time()) else None
 
@@ -95,5 +100,8 @@ class Authenticator:
         self._cache[digest] = (record, now)
         wall = time.time()
         if record is not None and record.is_valid(wall) and (record.last_used_at or 0) < wall - LAST_USED_EVERY:
-            await self._keys.touch(record.key_id, wall)
+            try:
+                await self._keys.touch(record.key_id, wall)
+            except DatabaseUnavailableError:  # when a key was last used is worth no failed request
+                log.warning("key_last_used_not_written", key_id=record.key_id)
         return record

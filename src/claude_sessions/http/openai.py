@@ -37,7 +37,6 @@ from claude_sessions.http.common import (
     Surface,
     acting_for,
     is_forwarded,
-    is_theirs,
     resolve_options,
     user_limits,
 )
@@ -152,6 +151,10 @@ def _refuse_unsupported(body: ChatCompletionBody, server: ServerConfig) -> None:
     output_schema(body.response_format)  # 400 for one not offered
 
 
+#: The longest schema a ``response_format`` may carry (as SessionConfig.output_schema takes it).
+SCHEMA_MAX_CHARS = 100_000
+
+
 def output_schema(response_format: dict[str, Any] | None) -> str | None:
     """The JSON schema a ``response_format`` asks the answer to fit (canonical JSON text), or None for text.
 
@@ -168,7 +171,10 @@ def output_schema(response_format: dict[str, Any] | None) -> str | None:
         raise invalid("response_format.type", "response_format.type must be text, json_object or json_schema")
     if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
         raise invalid("response_format.json_schema", "response_format.json_schema must be {name, schema, strict?}")
-    return json.dumps(spec.get("schema", {"type": "object"}), sort_keys=True, separators=(",", ":"))
+    schema = json.dumps(spec.get("schema", {"type": "object"}), sort_keys=True, separators=(",", ":"))
+    if len(schema) > SCHEMA_MAX_CHARS:  # it goes on the CLI's command line, one argument
+        raise invalid("response_format.json_schema", f"the schema must be at most {SCHEMA_MAX_CHARS} characters")
+    return schema
 
 
 def _conversation(body: ChatCompletionBody, image_max_bytes: int) -> tuple[str | None, list[Turn], Content]:
@@ -213,11 +219,8 @@ async def _session_for(
         return await service.own_session(request, principal, explicit), digest
     if earlier:
         for session in await service.manager.listing(principal.tenant):
-            if (
-                session.metadata.get("history_digest") == digest
-                and not session.closed
-                and is_theirs(session, principal)
-            ):
+            # The same end user's only: the tenant's own key continues the tenant's own sessions.
+            if session.metadata.get("history_digest") == digest and session.config.user == principal.user:
                 return session, digest
     root = service.config.runtime.workspace_root
     server = service.config.server

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema, model_validator
 from starlette.background import BackgroundTask
 
 from claude_sessions.config import _ASKED_TOOL, _TOOL_NAME, SessionConfig
@@ -84,6 +84,12 @@ class CreateSessionBody(SessionConfig):
     origin: Literal["sessions", "console"] = Field(
         "sessions", description="the client that makes the session, as listings show it (the console sends its own)"
     )
+
+    @model_validator(mode="after")
+    def _no_output_schema(self) -> CreateSessionBody:
+        if self.output_schema is not None:
+            raise ValueError("output_schema is a turn's (the OpenAI endpoint's response_format), not a session's")
+        return self
 
     def options(self, cwd: str | None) -> SessionConfig:
         return SessionConfig(**self.model_dump(include=set(SessionConfig.model_fields), exclude={"cwd"}), cwd=cwd)

@@ -25,7 +25,9 @@ def bash_prefix(suggestions: list[dict[str, Any]]) -> str | None:
         if suggestion.get("type") != "addRules" or suggestion.get("behavior") != "allow":
             continue
         for rule in suggestion.get("rules") or []:
-            content = rule.get("ruleContent") if isinstance(rule, dict) else None
+            if not isinstance(rule, dict):
+                continue
+            content = rule.get("ruleContent")
             if rule.get("toolName") == "Bash" and isinstance(content, str) and _RULE_WILDCARD.search(content):
                 prefix = _RULE_WILDCARD.sub("", content).strip()
                 if prefix and not SHELL_OPERATORS.search(prefix):

@@ -99,7 +99,7 @@ def _title(tool: str, context: ToolPermissionContext) -> str:
 
 
 def _inside(path: object, cwd: Path) -> bool:
-    if not isinstance(path, str) or "\x00" in path:
+    if not isinstance(path, str) or "\x00" in path or path.startswith("~"):  # the CLI expands ~ to a home
         return False
     return (cwd / path).resolve().is_relative_to(cwd)
 
@@ -134,7 +134,8 @@ class Approvals:
         self._events = None
 
     def interrupt(self) -> None:
-        """Deny every pending request (the turn is being stopped)."""
+        """Deny every pending request, and ask nothing more this turn (it is being stopped)."""
+        self._can_ask = False
         for request_id in list(self.pending):
             self._resolve(request_id, "deny", "interrupt", "once", "The turn was interrupted: the call was denied.")
 
@@ -216,11 +217,11 @@ class Approvals:
             pending.timer.cancel()
         request = pending.request
         scope = scope if behavior == "allow" else "once"
-        if scope == "session":
-            self.grants.add(request.tool, request.input, request.suggestions)
-        if not pending.answer.done():
+        if not pending.answer.done():  # first: the CLI waits for it, whatever else fails
             result = PermissionResultAllow() if behavior == "allow" else PermissionResultDeny(message=message)
             pending.answer.set_result(result)
+        if scope == "session":
+            self.grants.add(request.tool, request.input, request.suggestions)
         self._answered[request_id] = "expired" if by == "timeout" else "decided"
         while len(self._answered) > REMEMBERED:
             self._answered.popitem(last=False)

@@ -23,6 +23,8 @@ class Replies:
     def __init__(self, messages: AsyncIterator[Message], events: asyncio.Queue[PermissionEvent] | None) -> None:
         self._messages, self._events = messages, events
         self._reading: asyncio.Task[Message] | None = None
+        #: A message read but not passed on when the reading stopped: the next reader's first.
+        self.leftover: Message | None = None
 
     async def next(self) -> Message | PermissionEvent:
         if self._events is None:
@@ -43,9 +45,14 @@ class Replies:
         return reading.result()
 
     async def aclose(self) -> None:
-        """Stop the pending read (the CLI's stream stays whole for the next reader)."""
+        """Stop the pending read (the CLI's stream stays whole for the next reader); a message it had
+        already read is kept in ``leftover``."""
         reading, self._reading = self._reading, None
-        if reading is not None and not reading.done():
+        if reading is None:
+            return
+        if not reading.done():
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reading
+        if reading.done() and not reading.cancelled() and reading.exception() is None:
+            self.leftover = reading.result()

@@ -10,6 +10,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from claude_agent_sdk import AssistantMessage, Message, ResultMessage, SystemMessage
+
 from claude_sessions.config import SessionConfig
 from claude_sessions.content import Content, text_of
 from claude_sessions.observability.metrics import SessionMetrics
@@ -150,3 +152,27 @@ class Session:
     def has_expired(self, timeout_seconds: float, now: float) -> bool:
         # Cheapest test first: maintenance runs this over every session with a worker.
         return self.metrics.last_activity < now - timeout_seconds and not self.is_busy
+
+
+def learn_conversation(session: Session, message: Message) -> bool:
+    """Track the CLI's conversation id; True when something new was learned.
+
+    The id is known from a turn's ``init`` message, before the CLI writes the
+    transcript (it changes on ``/clear``, not on resume); a model reply, or the
+    result of a turn that reached the API, proves the transcript exists.
+    """
+    if isinstance(message, SystemMessage) and message.subtype == "init":
+        claude_id, recorded = message.data.get("session_id"), False
+    elif isinstance(message, AssistantMessage) or (isinstance(message, ResultMessage) and message.duration_api_ms > 0):
+        claude_id, recorded = message.session_id, True
+    else:
+        return False
+    if not claude_id:
+        return False
+    if claude_id != session.claude_session_id:
+        session.claude_session_id, session.recorded = claude_id, recorded
+        return True
+    if recorded and not session.recorded:
+        session.recorded = True
+        return True
+    return False

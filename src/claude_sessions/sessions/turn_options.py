@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from claude_sessions.config import SessionConfig
 from claude_sessions.store.records import UserLimits
 
 
@@ -22,6 +22,8 @@ class TurnOptions:
     limits: UserLimits | None = None
     output_schema: str | None = None
 
-    def worker_options(self) -> dict[str, Any]:
-        """What this turn changes in the options its worker must run with."""
-        return {"output_schema": self.output_schema}
+    def worker_config(self, session: SessionConfig) -> SessionConfig:
+        """The options this turn's worker must run with: the session's, with this turn's schema (checked)."""
+        if self.output_schema is None:
+            return session
+        return SessionConfig.model_validate({**session.model_dump(), "output_schema": self.output_schema})

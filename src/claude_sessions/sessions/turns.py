@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 
 import anyio
 import structlog
-from claude_agent_sdk import AssistantMessage, ClaudeSDKError, Message, ResultMessage, SystemMessage
+from claude_agent_sdk import ClaudeSDKError, Message, ResultMessage
 
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
@@ -37,7 +37,7 @@ from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.permissions import Approvals, PermissionEvent, Reply
 from claude_sessions.sessions.replies import Replies
-from claude_sessions.sessions.session import Session, title_of
+from claude_sessions.sessions.session import Session, learn_conversation, title_of
 from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.archive import TranscriptArchive
@@ -102,7 +102,7 @@ class Turns:
                 baseline = self.gateway.tally(tenant_of(session.config, self.config)).charged
                 budget = await self.billing.admit(session, options.limits)
                 session.metrics.touch()
-                worker = await self._bind(session, session.config.model_copy(update=options.worker_options()))
+                worker = await self._bind(session, options.worker_config(session.config))
                 worker.grant.budget, worker.grant.baseline = budget, baseline
                 bound = True
                 try:
@@ -268,7 +268,7 @@ class Turns:
             session.metrics.timeouts += 1
             self.telemetry.turn_timeouts.labels(session.tenant).inc()
             await replies.aclose()
-            await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
+            await self._cut_short(session, worker, began, asked, replies)
             raise TurnTimeoutError(
                 f"turn exceeded {self.config.optimization.MESSAGE_TIMEOUT:g}s and was interrupted"
             ) from None
@@ -292,8 +292,16 @@ class Turns:
                     abandoned = not await self._finish_unread(session, worker, replies, deadline, began)
                 await replies.aclose()
                 if abandoned:
-                    await (self._wind_down(session, worker, began) if asked else self._drop_worker(session, worker))
+                    await self._cut_short(session, worker, began, asked, replies)
                 self._close_approvals(session, worker)
+
+    async def _cut_short(self, session: Session, worker: Worker, began: float, asked: bool, replies: Replies) -> None:
+        """End a turn cut short: wind down one whose prompt reached the CLI, else drop its worker
+        (its input stream is in doubt)."""
+        if asked:
+            await self._wind_down(session, worker, began, replies.leftover)
+        else:
+            await self._drop_worker(session, worker)
 
     async def _take(self, session: Session, worker: Worker, message: Message, began: float) -> bool:
         """Learn what a CLI message tells of the session, bill its result; True once the turn ended."""
@@ -353,7 +361,7 @@ class Turns:
         session.metrics.connection_errors += 1
         self.telemetry.connection_errors.labels(session.tenant).inc()
 
-    async def _wind_down(self, session: Session, worker: Worker, began: float) -> None:
+    async def _wind_down(self, session: Session, worker: Worker, began: float, leftover: Message | None = None) -> None:
         """Interrupt the running turn and drain it; discard the worker if it will not stop."""
         if session.approvals is not None:
             session.approvals.interrupt()  # a call waiting for its user would hold the CLI back
@@ -363,7 +371,7 @@ class Turns:
                 # wrote, and replies left unread (a stalled client's turn) would hold it back.
                 async with asyncio.TaskGroup() as interrupting:
                     interrupting.create_task(worker.client.interrupt())
-                    result = await self._drain(session, worker)
+                    result = await self._drain(session, worker, leftover)
                 await self.billing.record(session, worker, result, time.perf_counter() - began)
                 return
         except Exception as error:
@@ -371,8 +379,10 @@ class Turns:
         await self._drop_worker(session, worker)
 
     @staticmethod
-    async def _drain(session: Session, worker: Worker) -> ResultMessage:
-        """The rest of a turn, read to its ``ResultMessage``."""
+    async def _drain(session: Session, worker: Worker, leftover: Message | None) -> ResultMessage:
+        """The rest of a turn, read to its ``ResultMessage`` (``leftover``: one read already)."""
+        if isinstance(leftover, ResultMessage):
+            return leftover
         async for message in worker.client.receive_response():
             learn_conversation(session, message)
             if isinstance(message, ResultMessage):
@@ -422,27 +432,3 @@ def slash_command(prompt: str) -> str | None:
     if not text.startswith("/"):
         return None
     return text[1:].split(maxsplit=1)[0] if text[1:].strip() else ""
-
-
-def learn_conversation(session: Session, message: Message) -> bool:
-    """Track the CLI's conversation id; True when something new was learned.
-
-    The id is known from a turn's ``init`` message, before the CLI writes the
-    transcript (it changes on ``/clear``, not on resume); a model reply, or the
-    result of a turn that reached the API, proves the transcript exists.
-    """
-    if isinstance(message, SystemMessage) and message.subtype == "init":
-        claude_id, recorded = message.data.get("session_id"), False
-    elif isinstance(message, AssistantMessage) or (isinstance(message, ResultMessage) and message.duration_api_ms > 0):
-        claude_id, recorded = message.session_id, True
-    else:
-        return False
-    if not claude_id:
-        return False
-    if claude_id != session.claude_session_id:
-        session.claude_session_id, session.recorded = claude_id, recorded
-        return True
-    if recorded and not session.recorded:
-        session.recorded = True
-        return True
-    return False

@@ -44,18 +44,18 @@ class SpendStore:
 
     async def admit(self, payer: Payer, now: float, tenant: Limits, user: Limits) -> float | None:
         """Let a turn of ``payer`` (tenant, end user or None) start within the tenant's limits and, for an
-        end user, the user's: exactly across every node. The rest of the nearer day budget (None: no
-        budget). Raises :class:`BudgetExceededError` or :class:`RateLimitedError`; a refused turn
-        counts for nothing."""
+        end user, the user's: exactly across every node. The rest of the tenant's day budget (None:
+        none), which the gateway holds the turn's calls to; a user's budget is checked here only.
+        Raises :class:`BudgetExceededError` or :class:`RateLimitedError`; a refused turn counts for nothing."""
         name, end_user = payer
         async with self.db.transaction() as tx:
             await self.db.lock_tenant(tx, name)
             rests = [await self._check(tx, (name, None), now, *tenant)]
             if end_user is not None:
                 rests.append(await self._check(tx, payer, now, *user))
-            await tx.run("INSERT INTO turn_starts (tenant, end_user, at) VALUES (?, ?, ?)", (name, end_user, now))
-        known = [rest for rest in rests if rest is not None]
-        return min(known) if known else None
+            if tenant[1] is not None or user[1] is not None:  # only a rate reads them
+                await tx.run("INSERT INTO turn_starts (tenant, end_user, at) VALUES (?, ?, ?)", (name, end_user, now))
+        return rests[0]
 
     @staticmethod
     async def _check(

@@ -332,7 +332,7 @@ class WorkerPool:
 
     def refill_soon(self, config: SessionConfig) -> None:
         """Top up spares for ``config``; only the ``demand_limit`` latest option sets keep theirs."""
-        if not self.limits.MIN_SIZE:
+        if not self.limits.MIN_SIZE or config.output_schema is not None:  # a schema's: one turn's, no spares
             return
         self._demand[config.fingerprint] = config
         self._demand.move_to_end(config.fingerprint)

@@ -18,7 +18,7 @@ import claude_sessions
 PACKAGE = Path(claude_sessions.__file__).resolve().parent
 #: Bottom first; a module may import its own layer and the layers below it.
 LAYERS = [
-    {"errors", "config", "content", "offline_model"},
+    {"errors", "config", "session_config", "content", "offline_model"},
     {"observability"},
     {"store"},
     {"gateway"},

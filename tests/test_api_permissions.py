@@ -102,6 +102,7 @@ def test_an_allowed_write_streams_its_request_and_runs(server: ServerProcess, al
     request = next(d for e, d in events if e == "permission_request")
     assert request["tool"] == "Write" and request["input"]["content"] == "hello" and request["title"]
     assert {"request_id", "display_name", "description", "suggestions", "expires_at"} <= request.keys()
+    assert request["session_grant"] == "every Write call of this session"
     resolved = next(d for e, d in events if e == "permission_resolved")
     assert (resolved["behavior"], resolved["by"], resolved["scope"]) == ("allow", "user", "once")
     assert (workspace(server) / "allowed.txt").read_text() == "hello"
@@ -239,6 +240,7 @@ def test_bash_allowed_for_the_session_runs_that_prefix_unasked_and_nothing_chain
     first = bash("touch one", behavior="allow", scope="session")
     (request,) = [d for e, d in first if e == "permission_request"]
     assert {"toolName": "Bash", "ruleContent": "touch one *"} in request["suggestions"][0]["rules"]
+    assert request["session_grant"] == "Bash commands starting with 'touch one' and holding no shell operator"
     assert kinds(first)[:2] == ["permission_request", "permission_resolved"] and (workspace(server) / "one").exists()
     second = bash("touch one two", behavior="deny")
     assert "permission_request" not in kinds(second) and (workspace(server) / "two").exists()

@@ -34,6 +34,7 @@ class PermissionRequestObject(BaseModel):
     description: str | None
     suggestions: list[dict[str, JsonValue]] = Field(description="what Claude Code itself would offer to allow")
     expires_at: str = Field(json_schema_extra={"format": "date-time"}, description="denied then if unanswered")
+    session_grant: str = Field(description='what an allow with scope "session" would let run unasked, in words')
 
 
 class PendingRequests(BaseModel):

@@ -53,6 +53,16 @@ class Grants:
         else:
             self.commands.add(str(tool_input.get("command", "")))
 
+    @staticmethod
+    def describe(tool: str, tool_input: dict[str, Any], suggestions: list[dict[str, Any]]) -> str:
+        """What an allow "for this session" of this call would let run unasked, in words."""
+        if tool != "Bash":
+            return f"every {tool} call of this session"
+        prefix = bash_prefix(suggestions)
+        if prefix is not None:
+            return f"Bash commands starting with {prefix!r} and holding no shell operator"
+        return f"the Bash command {str(tool_input.get('command', ''))!r}, exactly"
+
     def covers(self, tool: str, tool_input: dict[str, Any]) -> bool:
         if tool != "Bash":
             return tool in self.tools

@@ -57,6 +57,8 @@ class PermissionRequest:
     description: str | None
     suggestions: list[dict[str, Any]]
     expires_at: str
+    #: What ``scope: "session"`` would let run unasked, in words.
+    session_grant: str = ""
 
     def as_json(self) -> dict[str, Any]:
         return {"type": "permission_request", **asdict(self)}
@@ -173,6 +175,7 @@ class Approvals:
     def _open(self, tool: str, tool_input: dict[str, Any], context: ToolPermissionContext) -> _Pending:
         loop = asyncio.get_running_loop()
         delay = max(0.0, min(self.timeout, self._deadline - DEADLINE_MARGIN - loop.time()))
+        suggestions = [s.to_dict() for s in context.suggestions]
         request = PermissionRequest(
             session_id=self.session_id,
             request_id="perm_" + secrets.token_hex(12),
@@ -181,8 +184,9 @@ class Approvals:
             title=_title(tool, context),
             display_name=context.display_name,
             description=context.description,
-            suggestions=[s.to_dict() for s in context.suggestions],
+            suggestions=suggestions,
             expires_at=datetime.fromtimestamp(time.time() + delay, UTC).isoformat(),
+            session_grant=Grants.describe(tool, tool_input, suggestions),
         )
         pending = _Pending(request, loop.create_future())
         pending.timer = loop.call_later(delay, self._expire, request.request_id)

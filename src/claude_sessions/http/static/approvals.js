@@ -70,6 +70,7 @@
     el("p", "approval-title", request.title || `Claude wants to use ${request.tool}`, node).id = `approval-${ids}`;
     details(node, request.input && typeof request.input === "object" ? request.input : {});
     el("p", "approval-expiry", expiry(request.expires_at), node);
+    if (request.session_grant) el("p", "approval-scope", `"Allow for this session" allows ${request.session_grant}.`, node);
     const buttons = el("div", "approval-buttons", undefined, node);
     const result = el("p", "approval-outcome", undefined, node);
     result.tabIndex = -1;

@@ -163,9 +163,10 @@ def test_a_lost_stream_is_answered_from_another_connection_and_the_turn_goes_on(
 ) -> None:
     asking(alice, "lost")
     content = write(server, "lost.txt")
+    once = {"Idempotency-Key": "lost-1"}
     with (
         server.client("alice") as stream,
-        stream.stream("POST", "/v1/sessions/lost/messages", json={"content": content}) as sent,
+        stream.stream("POST", "/v1/sessions/lost/messages", json={"content": content}, headers=once) as sent,
     ):
         request = next(data for event, data in sse(sent) if event == "permission_request")
     # The stream is gone; the turn waits for its user, who finds the request again.
@@ -177,6 +178,11 @@ def test_a_lost_stream_is_answered_from_another_connection_and_the_turn_goes_on(
     assert (workspace(server) / "lost.txt").read_text() == "hello"
     history = alice.get("/v1/sessions/lost/history", params={"format": "messages"}).json()["messages"]
     assert "File created successfully" in json.dumps(history)
+    # The answer was kept for its key, unread as it was: a retry replays it, it never runs twice.
+    turns = alice.get("/v1/sessions/lost").json()["metrics"]["message_count"]
+    retried = alice.post("/v1/sessions/lost/messages?stream=false", json={"content": content}, headers=once)
+    assert retried.status_code == 200 and "File created successfully" in retried.json()["text"]
+    assert alice.get("/v1/sessions/lost").json()["metrics"]["message_count"] == turns
 
 
 def test_answers_are_taken_once_expire_and_are_refused_to_another_tenant(

@@ -37,7 +37,15 @@ from claude_sessions.http.common import (
     user_limits,
 )
 from claude_sessions.http.redaction import SESSION_KEY_STATE
-from claude_sessions.http.streaming import TurnStream, as_json, replayed, session_json, sse_events, turn_json
+from claude_sessions.http.streaming import (
+    TurnRecord,
+    TurnStream,
+    as_json,
+    replayed,
+    session_json,
+    sse_events,
+    turn_json,
+)
 from claude_sessions.sessions.conversations import chat_messages
 from claude_sessions.sessions.permissions import Reply
 from claude_sessions.sessions.session import session_key
@@ -400,16 +408,17 @@ async def send_message(
             raise ApiError(422, "invalid_request", message, extra={"param": "Idempotency-Key"})
         messages: AsyncIterator[dict[str, Any]] = replayed(replies)
     else:
-        limits = user_limits(principal, service.config.server)
-        options = TurnOptions(limits=limits)
-        turn = handler.send_message(session, body.content, forwarded=is_forwarded(request), options=options)
-        first = await anext(turn)  # errors before the first message keep their HTTP status
 
         async def keep(turn_messages: list[dict[str, Any]]) -> None:
             if idempotency_key:
                 await handler.keep_reply(session.id, idempotency_key, request_key(body.content), turn_messages)
 
-        messages = as_json(first, turn, session, keep)
+        record = TurnRecord(session, keep)
+        # A turn its caller leaves while a request waits runs on: its answer is kept for the key all the same.
+        options = TurnOptions(limits=user_limits(principal, service.config.server), unread=record.add_unread)
+        turn = handler.send_message(session, body.content, forwarded=is_forwarded(request), options=options)
+        first = await anext(turn)  # errors before the first message keep their HTTP status
+        messages = as_json(first, turn, record)
     if not stream:
         return JSONResponse(turn_json(session.public_id, [m async for m in messages]))
     return TurnStream(

@@ -124,35 +124,49 @@ def turn_json(session_id: str, messages: list[dict[str, Any]]) -> dict[str, Any]
 # -- model errors ---------------------------------------------------------------------
 
 
-async def as_json(
-    first: Reply,
-    turn: AsyncGenerator[Reply, None],
-    session: Session,
-    on_result: Callable[[list[dict[str, Any]]], Awaitable[None]],
-) -> AsyncIterator[dict[str, Any]]:
-    """A turn's messages as JSON; ``on_result`` keeps the whole turn before its result is sent.
+class TurnRecord:
+    """A turn's messages as JSON, as its answer and an ``Idempotency-Key`` replay have them.
 
-    The ``result`` adds ``turn_cost_usd``, this turn's spend, beside the SDK's ``total_cost_usd``
-    (the conversation's running total). A model error ends it with 502 ``model_error`` (never
-    kept for replay); the CLI's synthetic assistant message that carries the API error's text
-    is not content.
+    ``on_result`` keeps the whole turn before its result is sent. The ``result`` adds
+    ``turn_cost_usd``, this turn's spend, beside the SDK's ``total_cost_usd`` (the conversation's
+    running total). A model error raises 502 ``model_error`` (never kept for replay); the CLI's
+    synthetic assistant message that carries the API error's text is not content. Made before the
+    turn starts: its spend counts from there.
     """
-    spent = session.metrics.total_cost  # the turn is billed at its result, not before
-    seen: list[dict[str, Any]] = []
+
+    def __init__(self, session: Session, on_result: Callable[[list[dict[str, Any]]], Awaitable[None]]) -> None:
+        self.session, self.on_result = session, on_result
+        self.spent = session.metrics.total_cost  # the turn is billed at its result, not before
+        self.seen: list[dict[str, Any]] = []
+
+    async def add(self, message: Reply) -> dict[str, Any] | None:
+        """One message as JSON (None: none to send)."""
+        if isinstance(message, ResultMessage) and (failed := model_error(message)) is not None:
+            raise api_error(failed, 1)
+        if isinstance(message, AssistantMessage) and message.error is not None:
+            return None
+        data = message_json(message, self.session.public_id)
+        if isinstance(message, ResultMessage):
+            data["turn_cost_usd"] = round(self.session.metrics.total_cost - self.spent, 8)
+        # Deltas and permission events are for a live stream: a replay has nothing to answer.
+        if not isinstance(message, StreamEvent | PermissionRequest | PermissionResolved):
+            self.seen.append(data)
+        if isinstance(message, ResultMessage):
+            await self.on_result(self.seen)
+        return data
+
+    async def add_unread(self, message: Reply) -> None:
+        """A message of a turn its caller left (it runs on while a request waits): kept all the same."""
+        with contextlib.suppress(ApiError):  # a model error: nothing to keep
+            await self.add(message)
+
+
+async def as_json(first: Reply, turn: AsyncGenerator[Reply, None], record: TurnRecord) -> AsyncIterator[dict[str, Any]]:
+    """A turn's messages as JSON, each added to ``record``."""
     async with contextlib.aclosing(turn):
         message: Reply | None = first
         while message is not None:
-            if isinstance(message, ResultMessage) and (failed := model_error(message)) is not None:
-                raise api_error(failed, 1)
-            if not (isinstance(message, AssistantMessage) and message.error is not None):
-                data = message_json(message, session.public_id)
-                if isinstance(message, ResultMessage):
-                    data["turn_cost_usd"] = round(session.metrics.total_cost - spent, 8)
-                # Deltas and permission events are for a live stream: a replay has nothing to answer.
-                if not isinstance(message, StreamEvent | PermissionRequest | PermissionResolved):
-                    seen.append(data)
-                if isinstance(message, ResultMessage):
-                    await on_result(seen)
+            if (data := await record.add(message)) is not None:
                 yield data
             message = await anext(turn, None)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from claude_sessions.config import SessionConfig
+from claude_sessions.sessions.permissions import Reply
 from claude_sessions.store.records import UserLimits
 
 
@@ -21,6 +23,8 @@ class TurnOptions:
     can_ask: bool = True
     limits: UserLimits | None = None
     output_schema: str | None = None
+    #: Told each message of the turn once its caller left it running unread (a request waited).
+    unread: Callable[[Reply], Awaitable[None]] | None = None
 
     def worker_config(self, session: SessionConfig) -> SessionConfig:
         """The options this turn's worker must run with: the session's, with this turn's schema (checked)."""

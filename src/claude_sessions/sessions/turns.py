@@ -109,9 +109,7 @@ class Turns:
                     if session.closed:  # destroyed while its worker was being bound: no billed turn
                         raise SessionNotFoundError(f"session {session.public_id!r} not found")
                     # aclosing: an abandoned turn winds down before the lock is released.
-                    async with contextlib.aclosing(
-                        self._turn(session, worker, prompt, command, options.can_ask)
-                    ) as turn:
+                    async with contextlib.aclosing(self._turn(session, worker, prompt, command, options)) as turn:
                         async for message in turn:
                             yield message
                 finally:
@@ -236,7 +234,7 @@ class Turns:
         return True
 
     async def _turn(
-        self, session: Session, worker: Worker, prompt: Content, command: str | None, can_ask: bool
+        self, session: Session, worker: Worker, prompt: Content, command: str | None, options: TurnOptions
     ) -> AsyncGenerator[Reply, None]:
         """One turn on ``worker``, bounded as a whole (prompt written, every reply read).
 
@@ -248,7 +246,7 @@ class Turns:
         settled = False  # the turn ended, or its worker was dealt with
         asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
         _count_turn(session, worker, prompt, command)
-        events = self._open_approvals(session, worker, can_ask, deadline)
+        events = self._open_approvals(session, worker, options.can_ask, deadline)
         replies = Replies(worker.client.receive_response(), events)
         try:
             await self.manager.save(session)
@@ -289,7 +287,7 @@ class Turns:
             with anyio.CancelScope(shield=True):
                 abandoned = not settled and worker is session.worker and worker.is_alive()
                 if abandoned and asked and session.approvals is not None and session.approvals.pending:
-                    abandoned = not await self._finish_unread(session, worker, replies, deadline, began)
+                    abandoned = not await self._finish_unread(session, worker, replies, (deadline, began), options)
                 await replies.aclose()
                 if abandoned:
                     await self._cut_short(session, worker, began, asked, replies)
@@ -316,16 +314,22 @@ class Turns:
         return True
 
     async def _finish_unread(
-        self, session: Session, worker: Worker, replies: Replies, deadline: float, began: float
+        self, session: Session, worker: Worker, replies: Replies, times: tuple[float, float], options: TurnOptions
     ) -> bool:
         """The caller left while a call waited for its user, who may answer from another connection
         (``GET .../permissions``): the turn runs on unread to its end or deadline; False if it did not end."""
         log.info("turn_continues_unread", session_id=session.id)
+        deadline, began = times
         try:
             async with asyncio.timeout_at(deadline):
                 while True:
                     message = await replies.next()
-                    if not isinstance(message, PermissionEvent) and await self._take(session, worker, message, began):
+                    ended = not isinstance(message, PermissionEvent) and await self._take(
+                        session, worker, message, began
+                    )
+                    if options.unread is not None:
+                        await options.unread(message)
+                    if ended:
                         return True
         except (Exception, StopAsyncIteration) as error:
             log.info("turn_unread_ended", session_id=session.id, error=repr(error))

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from claude_sessions.offline_model import OfflineModel, OfflineModelServer, count_tokens, tool_marker
+from claude_sessions.offline_model import OfflineModel, OfflineModelServer, count_tokens, tool_marker, tool_markers
 
 
 @pytest.fixture
@@ -134,3 +134,4 @@ def test_a_tool_marker_takes_any_json_object_nested_ones_too() -> None:
     text = 'do it [[tool:StructuredOutput:{"city": {"name": "Oslo"}, "tags": ["a", "}"]}]] now'
     assert tool_marker(text) == ("StructuredOutput", {"city": {"name": "Oslo"}, "tags": ["a", "}"]})
     assert tool_marker("[[tool:Write:{not json}]]") is None and tool_marker("[[tool:Write:[1]]]") is None
+    assert tool_markers('[[tool:A:{"x": 1}]] and [[tool:B:{}]]') == [("A", {"x": 1}), ("B", {})]  # parallel calls

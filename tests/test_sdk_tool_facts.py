@@ -10,14 +10,18 @@ import asyncio
 import json
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 from claude_agent_sdk import (
+    AssistantMessage,
     McpSdkServerConfig,
     Message,
+    SdkMcpTool,
     SystemMessage,
+    ToolUseBlock,
     create_sdk_mcp_server,
 )
 from claude_agent_sdk import tool as sdk_tool
@@ -96,6 +100,30 @@ async def test_an_sdk_tool_that_awaits_holds_the_turn_and_its_answer_is_the_tool
     assert time.monotonic() - waited >= 3 and not result_of(messages).is_error
     (answered,) = tool_results(model)
     assert result_text(answered) == "sunny in Oslo" and not answered.get("is_error")
+
+
+@pytest.mark.parametrize(("hint", "together"), [(None, False), ({"readOnlyHint": True}, True)])
+async def test_sdk_tools_called_in_one_message_run_one_after_another_unless_read_only(
+    options: Options, hint: Any, together: bool
+) -> None:
+    """Two calls in one answer (two tool_use blocks): run in turn, or at once when marked read-only."""
+    running: list[str] = []
+    overlapped = False
+
+    async def slow(name: str, _: dict[str, Any]) -> dict[str, Any]:
+        nonlocal overlapped
+        running.append(name)
+        overlapped = overlapped or len(running) > 1
+        await asyncio.sleep(0.5)
+        running.remove(name)
+        return {"content": [{"type": "text", "text": f"{name} done"}]}
+
+    tools = [SdkMcpTool(n, "d", {"type": "object", "properties": {}}, partial(slow, n), annotations=hint) for n in "ab"]
+    app = create_sdk_mcp_server("app", tools=tools)
+    async with connected(options(mcp_servers={"app": app}, allowed_tools=["mcp__app"])) as client:
+        messages = await ask(client, tool("mcp__app__a") + " " + tool("mcp__app__b"))
+    uses = [b for m in messages if isinstance(m, AssistantMessage) for b in m.content if isinstance(b, ToolUseBlock)]
+    assert len(uses) == 2 and overlapped == together  # each block in an AssistantMessage of its own
 
 
 async def test_mcp_tool_timeout_ends_a_waiting_sdk_tool_with_an_error_result(

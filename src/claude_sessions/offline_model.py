@@ -211,20 +211,26 @@ def _error_body(status: int) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": f"offline model: injected {status}"}}
 
 
-def tool_marker(text: str) -> tuple[str, dict[str, Any]] | None:
-    """The tool a text asks for, with its input (any JSON object, nested ones too), if it asks."""
+def tool_markers(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """The tools a text asks for, each with its input (any JSON object, nested ones too), in order."""
+    found = []
     for match in TOOL_MARKER.finditer(text):
         try:
             tool_input, end = json.JSONDecoder().raw_decode(text, match.end())
         except json.JSONDecodeError:
             continue
         if isinstance(tool_input, dict) and text.startswith("]]", end):
-            return match.group(1), tool_input
-    return None
+            found.append((match.group(1), tool_input))
+    return found
 
 
-def _tool_call(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """A tool the model should call: asked for in the last user text, not yet answered.
+def tool_marker(text: str) -> tuple[str, dict[str, Any]] | None:
+    """The first tool a text asks for, if it asks."""
+    return next(iter(tool_markers(text)), None)
+
+
+def _tool_calls(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The tools the model should call at once: asked for in the last user text, not yet answered.
 
     A prompt may ride with the tool_result of the call before it (the CLI sends a StructuredOutput
     call's result with the next prompt): a marker in that prompt's own text is a new request.
@@ -234,8 +240,8 @@ def _tool_call(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     if isinstance(last, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in last):
         texts = [str(b.get("text", "")) for b in last if isinstance(b, dict) and b.get("type") == "text"]
         prompts = [text for text in texts if not text.startswith("<system-reminder>")]
-        return tool_marker(prompts[-1]) if prompts else None
-    return tool_marker(last_user_text(body))
+        return tool_markers(prompts[-1]) if prompts else []
+    return tool_markers(last_user_text(body))
 
 
 def build_app(model: OfflineModel) -> Starlette:
@@ -255,20 +261,28 @@ def build_app(model: OfflineModel) -> Starlette:
         delay = model.settings.first_token_delay
         if slow := _SLOW.search(text):
             delay = float(slow.group(1))
-        tool = _tool_call(body)
-        reply = _reply_for(body) if tool is None else json.dumps({"tool": tool[0], "input": tool[1]})
+        tools = _tool_calls(body)
+        reply = json.dumps([{"tool": name, "input": given} for name, given in tools]) if tools else _reply_for(body)
         entry.reply = reply
         entry.usage = model.charge(body, reply)
         message_id = f"msg_offline_{entry.seq}"
-        content: dict[str, Any] = {"type": "text", "text": reply}
-        if tool is not None:
-            content = {"type": "tool_use", "id": f"toolu_offline_{entry.seq}", "name": tool[0], "input": tool[1]}
-        stop_reason = "end_turn" if tool is None else "tool_use"
+        content: list[dict[str, Any]] = [{"type": "text", "text": reply}]
+        if tools:  # several at once: parallel calls, as a model makes them
+            content = [
+                {
+                    "type": "tool_use",
+                    "id": f"toolu_offline_{entry.seq}" + (f"_{i}" if i else ""),
+                    "name": name,
+                    "input": given,
+                }
+                for i, (name, given) in enumerate(tools)
+            ]
+        stop_reason = "tool_use" if tools else "end_turn"
         if not body.get("stream"):
             await asyncio.sleep(delay)
             message = {"id": message_id, "type": "message", "role": "assistant", "model": body.get("model", "offline")}
             extra = {"stop_reason": stop_reason, "stop_sequence": None, "usage": asdict(entry.usage)}
-            return JSONResponse({**message, "content": [content], **extra})
+            return JSONResponse({**message, "content": content, **extra})
         drip = float(found.group(1)) if (found := _DRIP.search(text)) else model.settings.token_delay
         return EventSourceResponse(
             _stream(entry, body, message_id, content, stop_reason, delay, drip),
@@ -308,7 +322,7 @@ async def _stream(
     entry: LoggedRequest,
     body: dict[str, Any],
     message_id: str,
-    content: dict[str, Any],
+    blocks: list[dict[str, Any]],
     stop_reason: str,
     first_token_delay: float,
     token_delay: float,
@@ -336,19 +350,19 @@ async def _stream(
         },
     )
     await asyncio.sleep(first_token_delay)
-    if content["type"] == "text":
-        yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
-        for piece in re.findall(r"\S+\s*", content["text"]):
-            entry.first_text_at = entry.first_text_at or time.monotonic()
-            yield event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
-            if token_delay:
-                await asyncio.sleep(token_delay)
-    else:
-        block = {**content, "input": {}}
-        yield event("content_block_start", {"index": 0, "content_block": block})
-        partial = json.dumps(content["input"])
-        yield event("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": partial}})
-    yield event("content_block_stop", {"index": 0})
+    for index, content in enumerate(blocks):
+        if content["type"] == "text":
+            yield event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}})
+            for piece in re.findall(r"\S+\s*", content["text"]):
+                entry.first_text_at = entry.first_text_at or time.monotonic()
+                yield event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": piece}})
+                if token_delay:
+                    await asyncio.sleep(token_delay)
+        else:
+            yield event("content_block_start", {"index": index, "content_block": {**content, "input": {}}})
+            partial = {"type": "input_json_delta", "partial_json": json.dumps(content["input"])}
+            yield event("content_block_delta", {"index": index, "delta": partial})
+        yield event("content_block_stop", {"index": index})
     yield event(
         "message_delta",
         {"delta": {"stop_reason": stop_reason, "stop_sequence": None}, "usage": {"output_tokens": usage.output_tokens}},

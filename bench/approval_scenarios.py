@@ -42,7 +42,7 @@ from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITra
 from claude_sessions import ClaudeHandler, PermissionRequest, SessionConfig
 from claude_sessions.workers.permission_gate import PermissionGate
 from claude_sessions.workers.workspaces import session_cwd
-from common import Comparison, make_handler, served_by, summary
+from common import Comparison, make_handler, probe_log, serve_probed, served_by, summary
 
 WARM_UP = 3
 TENANT, KEY = "bench", "bench-key"
@@ -106,16 +106,9 @@ def probes() -> Iterator[Marks]:
 
 def serve_with_probes() -> None:
     """The server's process (``LAUNCHER``): the probes, noting into ``$BENCH_APPROVAL_LOG``; then the CLI's app."""
-    log = os.open(os.environ[LOG_VARIABLE], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-
-    def note(kind: str, path: str) -> None:
-        os.write(log, f"{time.time_ns()} {kind} {path}\n".encode())
-
-    install_probes(note)
-    from claude_sessions.cli import app
-
-    sys.argv[0] = "claude-sessions"
-    app()
+    write = probe_log(LOG_VARIABLE)
+    install_probes(lambda kind, path: write(f"{time.time_ns()} {kind} {path}"))
+    serve_probed()
 
 
 def read_marks(log: Path) -> Marks:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +149,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def probe_log(variable: str) -> Callable[[str], None]:
+    """A writer of lines into the file ``$variable`` names: a probed server's notes, read back by the bench."""
+    fd = os.open(os.environ[variable], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(line: str) -> None:
+        os.write(fd, f"{line}\n".encode())
+
+    return write
+
+
+def serve_probed() -> None:
+    """The server's CLI app in this process (its probes installed first), as ``claude-sessions serve`` runs it."""
+    from claude_sessions.cli import app
+
+    sys.argv[0] = "claude-sessions"
+    app()
 
 
 def served(name: str, **env: str) -> contextlib.AbstractAsyncContextManager[Served]:

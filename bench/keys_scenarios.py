@@ -38,7 +38,7 @@ from claude_sessions.config import ServerConfig
 from claude_sessions.http.auth import Authenticator
 from claude_sessions.store.records import UserLimits
 from claude_sessions.store.sqlite import SqliteRegistry
-from common import served_by, summary
+from common import probe_log, serve_probed, served_by, summary
 
 WARM_UP = 20
 TENANT, CONFIGURED, ADMIN = "bench", "bench-key", "bench-admin-key"
@@ -145,21 +145,18 @@ async def in_process(levels: list[int], calls: int) -> dict[str, Any]:
 
 def serve_with_probe() -> None:
     """The server's process (``LAUNCHER``): ``Authenticator.authenticate`` timed into ``$BENCH_KEYS_LOG``."""
-    log = os.open(os.environ[LOG_VARIABLE], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    write = probe_log(LOG_VARIABLE)
     authenticate = Authenticator.authenticate
 
     async def timed(self: Authenticator, authorization: str | None) -> auth.Principal | None:
         began = time.perf_counter_ns()
         principal = await authenticate(self, authorization)
         elapsed = time.perf_counter_ns() - began
-        os.write(log, f"{elapsed} {(principal and principal.key_id) or '-'}\n".encode())
+        write(f"{elapsed} {(principal and principal.key_id) or '-'}")
         return principal
 
     Authenticator.authenticate = timed  # type: ignore[method-assign]
-    from claude_sessions.cli import app
-
-    sys.argv[0] = "claude-sessions"
-    app()
+    serve_probed()
 
 
 def _in_server(log: Path, skip: int, runtime_id: str) -> dict[str, list[float]]:

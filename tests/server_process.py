@@ -77,6 +77,13 @@ class ServerProcess:
         key = ADMIN_KEY if tenant == "admin" else KEYS[tenant]
         return httpx.Client(base_url=self.base_url, headers=bearer(key), timeout=30)
 
+    def tenant(self, tenant: str) -> Iterator[httpx.Client]:
+        """A tenant's client for a fixture; the sessions it left are deleted afterwards."""
+        with self.client(tenant) as client:
+            yield client
+            for session in client.get("/v1/sessions").json()["sessions"]:
+                client.delete(f"/v1/sessions/{session['session_id']}")
+
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []
         for line in self.log_path.read_text().splitlines():

@@ -40,22 +40,14 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
     assert wait_no_cli() == []
 
 
-def tenant(server: ServerProcess, name: str) -> Iterator[httpx.Client]:
-    """A tenant's client; the sessions it made are deleted afterwards."""
-    with server.client(name) as client:
-        yield client
-        for session in client.get("/v1/sessions").json()["sessions"]:
-            client.delete(f"/v1/sessions/{session['session_id']}")
-
-
 @pytest.fixture
 def alice(server: ServerProcess) -> Iterator[httpx.Client]:
-    yield from tenant(server, "alice")
+    yield from server.tenant("alice")
 
 
 @pytest.fixture
 def bob(server: ServerProcess) -> Iterator[httpx.Client]:
-    yield from tenant(server, "bob")
+    yield from server.tenant("bob")
 
 
 @pytest.fixture

@@ -46,10 +46,7 @@ def admin(server: ServerProcess) -> Iterator[httpx.Client]:
 
 @pytest.fixture
 def alice(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client("alice") as client:
-        yield client
-        for session in client.get("/v1/sessions").json()["sessions"]:
-            client.delete(f"/v1/sessions/{session['session_id']}")
+    yield from server.tenant("alice")
 
 
 def as_user(server: ServerProcess, key: str, user: str | None = None) -> httpx.Client:

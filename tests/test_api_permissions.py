@@ -43,10 +43,7 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def alice(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client("alice") as client:
-        yield client
-        for session in client.get("/v1/sessions").json()["sessions"]:
-            client.delete(f"/v1/sessions/{session['session_id']}")
+    yield from server.tenant("alice")
 
 
 def workspace(server: ServerProcess, tenant: str = "alice") -> Path:

@@ -28,10 +28,7 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def alice(server: ServerProcess) -> Iterator[httpx.Client]:
-    with server.client("alice") as client:
-        yield client
-        for session in client.get("/v1/sessions").json()["sessions"]:
-            client.delete(f"/v1/sessions/{session['session_id']}")
+    yield from server.tenant("alice")
 
 
 def test_a_permitted_tool_and_a_narrowing_list_are_accepted(alice: httpx.Client) -> None:

@@ -358,6 +358,7 @@ def test_a_slow_turn_is_interrupted_and_deleted_from_the_sessions_table_by_keybo
     page.keyboard.type(KEYS["bob"])
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Sessions")).to_be_focused()
+    expect(page.get_by_role("checkbox", name="Write")).to_be_attached()  # the offered tools, read from the schema
     page.keyboard.press("Tab")
     expect(page.get_by_label("System prompt")).to_be_focused()
     page.keyboard.press("Tab")  # the model

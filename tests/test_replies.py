@@ -20,15 +20,20 @@ def event(request_id: str) -> PermissionResolved:
     return PermissionResolved("s", request_id, "Write", "allow", "user", "once")
 
 
-async def test_events_and_messages_arrive_in_the_order_they_came_and_nothing_is_lost() -> None:
+def wired() -> tuple[asyncio.Queue[Any], asyncio.Queue[PermissionEvent], Replies]:
+    """A stand-in CLI (what is put in its queue, it says), an events queue, and the replies of both."""
     cli: asyncio.Queue[Any] = asyncio.Queue()
     events: asyncio.Queue[PermissionEvent] = asyncio.Queue()
 
     async def messages() -> AsyncIterator[Any]:
-        while (item := await cli.get()) is not None:
-            yield item
+        while True:
+            yield await cli.get()
 
-    replies = Replies(messages(), events)
+    return cli, events, Replies(messages(), events)
+
+
+async def test_events_and_messages_arrive_in_the_order_they_came_and_nothing_is_lost() -> None:
+    cli, events, replies = wired()
     cli.put_nowait(note("m1"))
     assert await replies.next() == note("m1")
     waiting = asyncio.ensure_future(replies.next())  # the CLI is silent: an event comes first
@@ -41,14 +46,7 @@ async def test_events_and_messages_arrive_in_the_order_they_came_and_nothing_is_
 
 
 async def test_closing_stops_the_pending_read_so_another_reader_gets_the_next_message() -> None:
-    cli: asyncio.Queue[Any] = asyncio.Queue()
-    events: asyncio.Queue[PermissionEvent] = asyncio.Queue()
-
-    async def messages() -> AsyncIterator[Any]:
-        while True:
-            yield await cli.get()
-
-    replies = Replies(messages(), events)
+    cli, events, replies = wired()
     events.put_nowait(event("r1"))
     pending = asyncio.ensure_future(replies.next())
     assert await pending == event("r1")
@@ -69,14 +67,7 @@ async def test_without_events_the_cli_is_read_directly() -> None:
 
 
 async def test_a_message_read_when_the_reading_stops_is_kept_for_the_next_reader() -> None:
-    cli: asyncio.Queue[Any] = asyncio.Queue()
-    events: asyncio.Queue[PermissionEvent] = asyncio.Queue()
-
-    async def messages() -> AsyncIterator[Any]:
-        while True:
-            yield await cli.get()
-
-    replies = Replies(messages(), events)
+    cli, _, replies = wired()
     waiting = asyncio.ensure_future(replies.next())
     await asyncio.sleep(0.01)
     waiting.cancel()  # the turn's deadline, say

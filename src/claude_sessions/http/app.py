@@ -228,6 +228,15 @@ def _slash_pattern(allowed: set[str]) -> str:
     return rf"^(?!\s*/(?!(?:{names})(?:\s|$)))"
 
 
+def _offer(field: dict[str, Any], offered: set[str], what: str, variable: str) -> None:
+    """A tool list's schema: only the tools ``variable`` offers, or none."""
+    field["description"] = f"{what}: only those in {variable}."
+    if offered:
+        field["items"]["enum"] = sorted(offered)
+    else:
+        field["maxItems"] = 0
+
+
 def _state_the_policy(app: FastAPI, server: ServerConfig) -> None:
     """Make ``/openapi.json`` state this server's policy, so what it calls valid is accepted.
 
@@ -249,18 +258,15 @@ def _state_the_policy(app: FastAPI, server: ServerConfig) -> None:
         fields["permission_mode"]["description"] = (
             f"One of PERMISSION_MODES_ALLOWED; omitted: {server.default_permission_mode!r}."
         )
-        tools = fields["allowed_tools"]
-        tools["description"] = "Tools added to Claude Code's default rules: only those in TOOLS_ALLOWED."
-        if server.tools_allowed:
-            tools["items"]["enum"] = sorted(server.tools_allowed)
-        else:
-            tools["maxItems"] = 0
-        asked = fields["ask_tools"]
-        asked["description"] = "Tools whose calls the session's user approves one by one: only those in TOOLS_ASK."
-        if server.tools_ask:
-            asked["items"]["enum"] = sorted(server.tools_ask)
-        else:
-            asked["maxItems"] = 0
+        _offer(
+            fields["allowed_tools"], server.tools_allowed, "Tools added to Claude Code's default rules", "TOOLS_ALLOWED"
+        )
+        _offer(
+            fields["ask_tools"],
+            server.tools_ask,
+            "Tools whose calls the session's user approves one by one",
+            "TOOLS_ASK",
+        )
         content = bodies["MessageBody"]["properties"]["content"]
         content["pattern"] = _slash_pattern(server.slash_commands_allowed)
         also = "Or a full Claude id of an allowed family (claude-sonnet-4-5 where sonnet is)."

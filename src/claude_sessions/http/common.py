@@ -214,8 +214,7 @@ def is_theirs(session: Session, principal: Principal) -> bool:
 
 def user_limits(principal: Principal, server: ServerConfig) -> UserLimits:
     """The limits of the end user the caller acts for: its key's own, over ``USER_*``."""
-    defaults = UserLimits(server.USER_MAX_SESSIONS, server.USER_DAILY_USD, server.USER_TURNS_PER_MINUTE)
-    return principal.limits.over(defaults) if principal.user is not None else UserLimits()
+    return UserLimits.of_user(principal.limits, server) if principal.user is not None else UserLimits()
 
 
 def acting_for(principal: Principal, user: str, param: str) -> Principal:

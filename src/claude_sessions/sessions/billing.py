@@ -46,8 +46,7 @@ class Billing:
         Raises :class:`BudgetExceededError` or :class:`RateLimitedError` before anything runs.
         """
         server, tenant, user = self.server, session.tenant, session.config.user
-        defaults = UserLimits(server.USER_MAX_SESSIONS, server.USER_DAILY_USD, server.USER_TURNS_PER_MINUTE)
-        mine = (limits or UserLimits()).over(defaults) if user is not None else UserLimits()
+        mine = UserLimits.of_user(limits, server) if user is not None else UserLimits()
         tenant_limits = (server.daily_usd(tenant), server.turns_per_minute(tenant))
         user_limits = (mine.daily_usd, mine.turns_per_minute)
         if tenant_limits == user_limits == (None, None):

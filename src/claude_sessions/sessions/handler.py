@@ -38,13 +38,12 @@ from claude_sessions.sessions.permissions import Behavior, PermissionRequest, Re
 from claude_sessions.sessions.session import Session
 from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.sessions.turns import Turns, slash_command, stop_turn
-from claude_sessions.sessions.worker_events import WorkerEvents
+from claude_sessions.sessions.worker_events import WorkerEvents, worker_pool
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.history import Turn
 from claude_sessions.store.records import Holder, NodeRecord, Origin, TenantUsage
 from claude_sessions.workers.containment import Containment
-from claude_sessions.workers.options import build_options
-from claude_sessions.workers.pool import StartWorker, WorkerPool
+from claude_sessions.workers.pool import StartWorker
 from claude_sessions.workers.processes import DataDirLock, data_dir_mark, end_stray_processes
 from claude_sessions.workers.sandbox import check_host, sandbox_on
 from claude_sessions.workers.worker import Worker
@@ -84,7 +83,21 @@ class ClaudeHandler:
             timeout=self.config.optimization.CLI_API_TIMEOUT,
             permits_model=self.config.server.permits_model,
         )
-        self.pool = self._pool(start_worker)
+        self.pool = worker_pool(
+            self.config,
+            WorkerEvents(
+                self.gateway,
+                self.registry,
+                self.archive,
+                self.telemetry,
+                tenant_of=lambda session: tenant_of(session, self.config),
+                project_of=lambda session: self.session_manager.conversations.project_of(session),
+                mark=self._mark,
+                containment=self.containment,
+                let_go=lambda worker: self.session_manager.let_go_dead(worker),
+            ),
+            start_worker,
+        )
         self.session_manager = ClaudeCodeSessionManager(
             self.config, self.pool, self.registry, self.archive, self.telemetry
         )
@@ -107,37 +120,6 @@ class ClaudeHandler:
         self.maintenance = Maintenance(self.config.session_manager.CLEANUP_INTERVAL * 60, self.run_maintenance)
         self._started: asyncio.Task[None] | None = None
         self._closed = False
-
-    def _pool(self, start_worker: StartWorker) -> WorkerPool:
-        """The worker pool: each CLI starts with its session's options and a gateway grant of its tenant's."""
-        limits = self.config.connection_pool
-        events = WorkerEvents(
-            self.gateway,
-            self.registry,
-            self.archive,
-            self.telemetry,
-            tenant_of=lambda session: tenant_of(session, self.config),
-            project_of=lambda session: self.session_manager.conversations.project_of(session),
-            mark=self._mark,
-            containment=self.containment,
-            let_go=lambda worker: self.session_manager.let_go_dead(worker),
-        )
-        return WorkerPool(
-            limits,
-            self.config.optimization,
-            lambda session, resume, token: build_options(
-                session,
-                self.config,
-                self.gateway.base_url,
-                token,
-                self.containment,
-                resume,
-                self.archive.mirror_for(token),
-            ),
-            max_live=limits.MAX_LIVE or self.config.session_manager.MAX_SESSIONS,
-            events=events,
-            start_worker=start_worker,
-        )
 
     # -- lifecycle -------------------------------------------------------------
 

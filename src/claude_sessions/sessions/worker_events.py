@@ -1,4 +1,4 @@
-"""What the session layer does as the pool starts, warms and closes its workers.
+"""What the session layer does as the pool starts, warms and closes its workers, and the pool it wires.
 
 The pool knows only :class:`PoolEvents`; this is its one implementation: a gateway grant for
 each worker's tenant, the pid ledger a crash is cleaned up by, warm-up transcripts deleted.
@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-from claude_sessions.config import SessionConfig
+from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.errors import DatabaseUnavailableError
 from claude_sessions.gateway.relay import Grant, ModelGateway
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.store.archive import TranscriptArchive
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.containment import Containment, worker_key
+from claude_sessions.workers.options import build_options
+from claude_sessions.workers.pool import StartWorker, WorkerPool
 from claude_sessions.workers.processes import process_started_at
 from claude_sessions.workers.worker import Worker
 
@@ -39,7 +41,7 @@ class WorkerEvents:
     ) -> None:
         self.gateway, self.registry, self.archive, self.telemetry = gateway, registry, archive, telemetry
         self._tenant_of, self._project_of, self._mark = tenant_of, project_of, mark
-        self._containment, self._let_go = containment, let_go
+        self.containment, self._let_go = containment, let_go
 
     def grant_for(self, config: SessionConfig) -> Grant:
         return self.gateway.issue(self._tenant_of(config))
@@ -58,10 +60,25 @@ class WorkerEvents:
     async def worker_closed(self, worker: Worker) -> None:
         self.archive.forget(worker.grant.token)
         # What its commands left running, its cgroup and its temp folder go with it.
-        await asyncio.to_thread(self._containment.worker_ended, worker_key(worker.grant.token))
+        await asyncio.to_thread(self.containment.worker_ended, worker_key(worker.grant.token))
         if not self.registry.closed:  # a late close after shutdown
             with contextlib.suppress(DatabaseUnavailableError):
                 await self.registry.pids.remove(self._mark, worker.pid)
 
     async def worker_died(self, worker: Worker) -> None:
         await self._let_go(worker)
+
+
+def worker_pool(config: SystemConfig, events: WorkerEvents, start_worker: StartWorker) -> WorkerPool:
+    """This node's worker pool: each CLI starts with its session's options and a gateway grant of its tenant's."""
+    limits, gateway, archive = config.connection_pool, events.gateway, events.archive
+    return WorkerPool(
+        limits,
+        config.optimization,
+        lambda session, resume, token: build_options(
+            session, config, gateway.base_url, token, events.containment, resume, archive.mirror_for(token)
+        ),
+        max_live=limits.MAX_LIVE or config.session_manager.MAX_SESSIONS,
+        events=events,
+        start_worker=start_worker,
+    )

@@ -30,6 +30,26 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_tenant ON api_keys (tenant);
 """
+#: The migration that brings keys and end users, the same on both backends: the keys, and whose a
+#: session, a turn start and a day's spend are.
+KEYS_AND_USERS_SCHEMA = (
+    KEYS_SCHEMA
+    + """
+ALTER TABLE sessions ADD COLUMN end_user TEXT;
+CREATE INDEX sessions_owner_user ON sessions (owner, end_user);
+ALTER TABLE turn_starts ADD COLUMN end_user TEXT;
+CREATE INDEX turn_starts_user_at ON turn_starts (tenant, end_user, at);
+CREATE TABLE user_usage (
+    tenant TEXT NOT NULL,
+    end_user TEXT NOT NULL,
+    day TEXT NOT NULL,
+    cost DOUBLE PRECISION NOT NULL DEFAULT 0,
+    tokens BIGINT NOT NULL DEFAULT 0,
+    turns BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, end_user, day)
+);
+"""
+)
 #: What a key's secret starts with: a scanner (or a person) knows it for one of ours.
 SECRET_PREFIX = "csk_"
 _COLUMNS = "key_id, tenant, end_user, name, created_at, expires_at, revoked_at, last_used_at, limits"

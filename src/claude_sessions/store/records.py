@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from claude_sessions.config import SessionConfig
+from claude_sessions.config import ServerConfig, SessionConfig
 from claude_sessions.observability.metrics import SessionMetrics
 
 #: Which way in made a session: the sessions API, the OpenAI-compatible endpoint, the console.
@@ -53,6 +53,12 @@ class UserLimits:
     max_sessions: int | None = None
     daily_usd: float | None = None
     turns_per_minute: int | None = None
+
+    @classmethod
+    def of_user(cls, own: UserLimits | None, server: ServerConfig) -> UserLimits:
+        """An end user's limits: ``own`` (its key's) where set, ``USER_*`` elsewhere."""
+        defaults = cls(server.USER_MAX_SESSIONS, server.USER_DAILY_USD, server.USER_TURNS_PER_MINUTE)
+        return (own or cls()).over(defaults)
 
     def over(self, defaults: UserLimits) -> UserLimits:
         """These limits where set, ``defaults`` elsewhere."""

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from claude_sessions.store.keys import KEYS_SCHEMA
+from claude_sessions.store.keys import KEYS_AND_USERS_SCHEMA
 from claude_sessions.store.records import Transaction
 from claude_sessions.store.registry import Registry
 from claude_sessions.store.spend import USAGE_SCHEMA
@@ -86,22 +86,7 @@ ALTER TABLE sessions ADD COLUMN origin TEXT NOT NULL DEFAULT 'sessions';
 UPDATE sessions SET origin = 'openai' WHERE json_extract(metadata, '$.origin') = 'openai';
 """,
     # Keys made at run time, and end users: sessions, turn starts and spend say whose they are.
-    KEYS_SCHEMA
-    + """
-ALTER TABLE sessions ADD COLUMN end_user TEXT;
-CREATE INDEX sessions_owner_user ON sessions (owner, end_user);
-ALTER TABLE turn_starts ADD COLUMN end_user TEXT;
-CREATE INDEX turn_starts_user_at ON turn_starts (tenant, end_user, at);
-CREATE TABLE user_usage (
-    tenant TEXT NOT NULL,
-    end_user TEXT NOT NULL,
-    day TEXT NOT NULL,
-    cost DOUBLE PRECISION NOT NULL DEFAULT 0,
-    tokens BIGINT NOT NULL DEFAULT 0,
-    turns BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (tenant, end_user, day)
-);
-""",
+    KEYS_AND_USERS_SCHEMA,
 ]
 
 

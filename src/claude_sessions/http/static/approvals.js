@@ -15,13 +15,7 @@
   ];
   let ids = 0;
 
-  function el(tag, className, text, parent) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    if (parent) parent.appendChild(node);
-    return node;
-  }
+  const { el } = window.ConsoleMarkdown; // markdown.js loads first
 
   function asText(value) {
     return typeof value === "string" ? value : JSON.stringify(value ?? null, null, 2);

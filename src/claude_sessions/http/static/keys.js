@@ -28,13 +28,7 @@
   const $ = (selector, root = document) => root.querySelector(selector);
   const byId = (id) => document.getElementById(id);
 
-  function el(tag, className, text, parent) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    if (parent) parent.appendChild(node);
-    return node;
-  }
+  const { el, copy: copyText } = window.ConsoleMarkdown; // markdown.js loads first
 
   function button(label, className, parent, onClick) {
     const node = el("button", className, label, parent);
@@ -137,17 +131,8 @@
 
   async function copySecret() {
     const node = byId("new-key-secret");
-    const copy = byId("new-key-copy");
-    let ok;
-    try {
-      await navigator.clipboard.writeText(node.textContent);
-      ok = true;
-    } catch {
-      window.getSelection().selectAllChildren(node);
-      ok = document.execCommand("copy");
-      window.getSelection().removeAllRanges();
-    }
-    copy.textContent = ok ? "Copied" : "Copy failed: select the secret and copy it";
+    const ok = await copyText(node.textContent, node);
+    byId("new-key-copy").textContent = ok ? "Copied" : "Copy failed: select the secret and copy it";
   }
 
   // -- the list -------------------------------------------------------------------------

@@ -22,10 +22,13 @@
   const BARE_URL = /https?:\/\/[^\s<>]+/iy;
   const WORD = /[\p{L}\p{N}]/u;
 
-  function el(tag, className, text) {
+  /** A new element with its class and text (never HTML); appended to ``parent`` if given. The
+   * console's other scripts build their nodes with this one too (``ConsoleMarkdown.el``). */
+  function el(tag, className, text, parent) {
     const node = document.createElement(tag);
     if (className) node.className = className;
     if (text !== undefined) node.textContent = text;
+    if (parent) parent.appendChild(node);
     return node;
   }
 
@@ -283,7 +286,8 @@
     return Boolean(item && !item.empty && (!item.ordered || item.start === 1));
   }
 
-  /** Copies ``code``: with the clipboard API where the page may, else through a selection. */
+  /** Copies ``code`` (shown in ``node``): with the clipboard API where the page may, else through a
+   * selection. A code block's Copy, and the new key's (``ConsoleMarkdown.copy``). */
   async function copy(code, node) {
     try {
       await navigator.clipboard.writeText(code);
@@ -454,5 +458,5 @@
     return fragment;
   }
 
-  window.ConsoleMarkdown = Object.freeze({ render });
+  window.ConsoleMarkdown = Object.freeze({ render, el, copy });
 })();

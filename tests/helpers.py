@@ -19,7 +19,7 @@ from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ClaudeSDKClie
 from claude_sessions import ClaudeHandler, ModelError
 from claude_sessions.content import Content
 from claude_sessions.offline_model import OfflineModel, loopback_env
-from claude_sessions.sessions.permissions import Reply
+from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
 from claude_sessions.workers.sandbox import bubblewrap_usable
 

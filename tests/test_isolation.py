@@ -18,7 +18,7 @@ from claude_agent_sdk import SystemMessage
 
 from claude_sessions import ClaudeHandler, SessionConfig, SlashCommandRefusedError
 from claude_sessions.offline_model import OfflineModel
-from claude_sessions.sessions.permissions import Reply
+from claude_sessions.sessions.replies import Reply
 from conftest import MakeHandler
 from helpers import reply_text, turn, wait_no_cli, worker_pid
 
@@ -146,7 +146,8 @@ async def test_workspace_settings_files_widen_nothing(make_handler: MakeHandler,
     model.requests.clear()
     messages = await turn(handler, session_id, tool("Read", file_path="/etc/hostname"))
     assert init_of(messages)["permissionMode"] == "default"
-    assert init_of(messages)["mcp_servers"] == []
+    # Only the server of a turn's client functions (empty here): the workspace's ``.mcp.json`` is not read.
+    assert [server["name"] for server in init_of(messages)["mcp_servers"]] == ["client"]
     await turn(handler, session_id, tool("Bash", command=f"touch {home / 'by-bash'}", description="t"))
     await turn(handler, session_id, tool("Write", file_path=str(home / "by-write"), content="x"))
     results = tool_results(model)

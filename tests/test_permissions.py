@@ -25,7 +25,8 @@ from claude_sessions import (
 )
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.offline_model import OfflineModel
-from claude_sessions.sessions.permissions import Approvals, Reply
+from claude_sessions.sessions.permissions import Approvals
+from claude_sessions.sessions.replies import Reply
 from conftest import MakeHandler
 from helpers import reply_text, result_of, tool, turn, worker_pid
 
@@ -219,7 +220,7 @@ async def test_sessions_without_ask_tools_see_no_permission_events(
 async def test_any_tool_naming_a_path_outside_the_workspace_is_refused_without_asking(tmp_path: Path) -> None:
     (tmp_path / "ws").mkdir()
     approvals = Approvals("s", "t", frozenset({"LS"}), tmp_path / "ws", 60, Telemetry())
-    approvals.open_turn(True, asyncio.get_running_loop().time() + 60)
+    approvals.open_turn(asyncio.Queue(), True, asyncio.get_running_loop().time() + 60)
     for outside in (str(tmp_path), "~/notes", "../x"):
         refused = await approvals.ask("LS", {"path": outside}, ToolPermissionContext(tool_use_id="t"))
         assert isinstance(refused, PermissionResultDeny) and "inside the session's workspace" in refused.message

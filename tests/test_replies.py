@@ -8,8 +8,8 @@ from typing import Any
 
 from claude_agent_sdk import SystemMessage
 
-from claude_sessions.sessions.permissions import PermissionEvent, PermissionResolved
-from claude_sessions.sessions.replies import Replies
+from claude_sessions.sessions.permissions import PermissionResolved
+from claude_sessions.sessions.replies import Replies, TurnEvent
 
 
 def note(name: str) -> SystemMessage:
@@ -20,10 +20,10 @@ def event(request_id: str) -> PermissionResolved:
     return PermissionResolved("s", request_id, "Write", "allow", "user", "once")
 
 
-def wired() -> tuple[asyncio.Queue[Any], asyncio.Queue[PermissionEvent], Replies]:
+def wired() -> tuple[asyncio.Queue[Any], asyncio.Queue[TurnEvent], Replies]:
     """A stand-in CLI (what is put in its queue, it says), an events queue, and the replies of both."""
     cli: asyncio.Queue[Any] = asyncio.Queue()
-    events: asyncio.Queue[PermissionEvent] = asyncio.Queue()
+    events: asyncio.Queue[TurnEvent] = asyncio.Queue()
 
     async def messages() -> AsyncIterator[Any]:
         while True:

@@ -161,6 +161,13 @@ class PermissionNotFoundError(ClaudeSessionsError, KeyError):
         return str(self.args[0]) if self.args else "permission request not found"
 
 
+class ToolCallNotFoundError(ClaudeSessionsError, KeyError):
+    """No call of a client's function waits for its result under this id in this session."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "tool call not found"
+
+
 class PermissionDecidedError(ClaudeSessionsError):
     """The asked tool call was already answered (by its user, or denied by an interrupt)."""
 

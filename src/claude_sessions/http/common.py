@@ -35,6 +35,7 @@ from claude_sessions.errors import (
     SessionNotFoundError,
     SessionOrphanedError,
     SlashCommandRefusedError,
+    ToolCallNotFoundError,
     TurnRefusedError,
     TurnTimeoutError,
     WorkerDiedError,
@@ -337,6 +338,7 @@ def api_error(error: ClaudeSessionsError, retry_after: int) -> ApiError:
     table: list[tuple[type[Exception], int, str, dict[str, str] | None]] = [
         (SessionNotFoundError, 404, "not_found", None),
         (PermissionNotFoundError, 404, "not_found", None),
+        (ToolCallNotFoundError, 404, "not_found", None),
         (PermissionDecidedError, 409, "permission_decided", None),
         (PermissionExpiredError, 410, "permission_expired", None),
         (SessionExistsError, 409, "session_exists", None),

@@ -21,7 +21,7 @@ from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.common import ApiError, api_error
 from claude_sessions.http.streaming import dumps
 from claude_sessions.observability.metrics import SessionMetrics, model_error
-from claude_sessions.sessions.permissions import Reply
+from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
 
 _TYPES = {

@@ -47,7 +47,7 @@ from claude_sessions.http.streaming import (
     turn_json,
 )
 from claude_sessions.sessions.conversations import chat_messages
-from claude_sessions.sessions.permissions import Reply
+from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import session_key
 from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.workers.workspaces import resolve_folder

@@ -25,7 +25,9 @@ from claude_sessions.config import ServerConfig
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.common import ApiError, api_error
 from claude_sessions.observability.metrics import model_error
-from claude_sessions.sessions.permissions import PermissionRequest, PermissionResolved, Reply
+from claude_sessions.sessions.client_calls import ClientToolCall
+from claude_sessions.sessions.permissions import PermissionRequest, PermissionResolved
+from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
 
 log = structlog.get_logger("claude_sessions.api")
@@ -64,7 +66,7 @@ def message_json(message: Reply, session_id: str) -> dict[str, Any]:
     (paths, plugins, agents, MCP, capabilities) is the server's business. A permission event
     is its own (``permission_request``, ``permission_resolved``).
     """
-    if isinstance(message, PermissionRequest | PermissionResolved):
+    if isinstance(message, PermissionRequest | PermissionResolved | ClientToolCall):
         return message.as_json()
     if isinstance(message, SystemMessage) and message.subtype == "init":
         data = message.data

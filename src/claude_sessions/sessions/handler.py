@@ -25,7 +25,13 @@ from prometheus_client import generate_latest
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.content import Content, check_content
-from claude_sessions.errors import ConfigError, HandlerClosedError, PermissionNotFoundError, SlashCommandRefusedError
+from claude_sessions.errors import (
+    ConfigError,
+    HandlerClosedError,
+    PermissionNotFoundError,
+    SlashCommandRefusedError,
+    ToolCallNotFoundError,
+)
 from claude_sessions.gateway.relay import ModelGateway, credentials_of
 from claude_sessions.observability.telemetry import DEFAULT_TENANT, LiveState, Telemetry
 from claude_sessions.observability.usage_series import UsageSeries
@@ -34,7 +40,8 @@ from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.lending import Lender, PooledClient
 from claude_sessions.sessions.maintenance import Maintenance, maintenance_pass
 from claude_sessions.sessions.manager import ClaudeCodeSessionManager
-from claude_sessions.sessions.permissions import Behavior, PermissionRequest, Reply, Scope
+from claude_sessions.sessions.permissions import Behavior, PermissionRequest, Scope
+from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
 from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.sessions.turns import Turns, slash_command, stop_turn
@@ -370,8 +377,10 @@ class ClaudeHandler:
 
         A session with ``ask_tools`` also yields a :class:`PermissionRequest` for each asked call
         (answer it with :meth:`decide_permission`; the turn waits) and a ``PermissionResolved``
-        when it is answered. ``options`` (:class:`TurnOptions`): what the turn asks beyond the
-        session's options (no one to ask, an end user's limits, a schema for the answer).
+        when it is answered; a turn offering ``functions`` a :class:`ClientToolCall` for each call
+        (answer it with :meth:`answer_tool_call`; the turn waits). ``options`` (:class:`TurnOptions`):
+        what the turn asks beyond the session's options (no one to ask, an end user's limits, a schema
+        for the answer, the caller's functions).
         ``session``: its id, or the :class:`Session` a caller has just read (read once per request).
         ``prompt``: text, or the Messages API's ``text`` and ``image`` blocks; bad content raises
         :class:`InvalidContentError` (``InvalidImageError``, ``ImageTooLargeError``).
@@ -418,6 +427,14 @@ class ClaudeHandler:
         if approvals is None:
             raise PermissionNotFoundError(f"permission request {request_id!r} not found")
         approvals.decide(request_id, behavior, message, scope)
+
+    @staticmethod
+    def answer_tool_call(session: Session, call_id: str, result: str, *, is_error: bool = False) -> None:
+        """Return the result of a :class:`ClientToolCall` the session's running turn yielded: the CLI,
+        waiting for it, goes on. Raises :class:`ToolCallNotFoundError` when no such call waits."""
+        if session.client_calls is None:
+            raise ToolCallNotFoundError(f"no call {call_id!r} waits for its result in this session")
+        session.client_calls.answer(call_id, result, is_error=is_error)
 
     async def _session(self, session: str | Session) -> Session:
         return session if isinstance(session, Session) else await self.session_manager.fetch(session)

@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import structlog
 from claude_agent_sdk import (
-    Message,
     PermissionResult,
     PermissionResultAllow,
     PermissionResultDeny,
@@ -80,8 +79,6 @@ class PermissionResolved:
 
 
 PermissionEvent = PermissionRequest | PermissionResolved
-#: What a turn yields: the SDK's messages, and a session's permission events among them.
-Reply = Message | PermissionEvent
 
 
 @dataclass(eq=False)
@@ -117,18 +114,17 @@ class Approvals:
         self.grants = Grants()
         self.pending: dict[str, _Pending] = {}
         self._answered: OrderedDict[str, Literal["decided", "expired"]] = OrderedDict()
-        self._events: asyncio.Queue[PermissionEvent] | None = None
+        self._events: asyncio.Queue[Any] | None = None
         self._can_ask = False
         self._deadline = 0.0
 
     # -- the turn ---------------------------------------------------------------------
 
-    def open_turn(self, can_ask: bool, deadline: float) -> asyncio.Queue[PermissionEvent]:
-        """A turn starts: its requests and their ends go to the queue returned; ``can_ask``: someone
+    def open_turn(self, events: asyncio.Queue[Any], can_ask: bool, deadline: float) -> None:
+        """A turn starts: its requests and their ends go to its ``events``; ``can_ask``: someone
         can answer (not so on the OpenAI endpoint, whose calls are denied at once); ``deadline``: the
         turn's, on the loop's clock (a request expires before it, so the turn ends as a turn)."""
-        self._events, self._can_ask, self._deadline = asyncio.Queue(), can_ask, deadline
-        return self._events
+        self._events, self._can_ask, self._deadline = events, can_ask, deadline
 
     def close_turn(self) -> None:
         """The turn ended: whatever still waits is denied, and no later question reaches anyone."""

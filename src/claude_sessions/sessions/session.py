@@ -16,6 +16,7 @@ from claude_sessions.config import SessionConfig
 from claude_sessions.content import Content, text_of
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
+from claude_sessions.sessions.client_calls import ClientCalls
 from claude_sessions.sessions.permissions import Approvals
 from claude_sessions.store.archive import Conversation
 from claude_sessions.store.records import Origin, SessionRecord
@@ -76,6 +77,8 @@ class Session:
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: Its asked tool calls here (``ask_tools``): pending requests, answers, grants for the session.
     approvals: Approvals | None = None
+    #: The calls of its client's functions waiting for their results, while a turn offering them runs here.
+    client_calls: ClientCalls | None = None
 
     def bind(self, worker: Worker) -> None:
         """Make ``worker`` this session's CLI on this node: the one place a binding is made."""

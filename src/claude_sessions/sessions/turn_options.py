@@ -6,8 +6,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from claude_sessions.config import SessionConfig
-from claude_sessions.sessions.permissions import Reply
+from claude_sessions.sessions.replies import Reply
 from claude_sessions.store.records import UserLimits
+from claude_sessions.workers.client_tools import ClientFunction
 
 
 @dataclass(frozen=True)
@@ -17,12 +18,15 @@ class TurnOptions:
     ``can_ask``: someone can answer a permission request (not so on the OpenAI endpoint: an asked
     call is denied at once). ``limits``: the end user's (a key's own, over ``USER_*``).
     ``output_schema``: a JSON schema the answer must fit (``ResultMessage.structured_output``), on a
-    CLI started with it.
+    CLI started with it. ``functions``: the caller's own functions, offered to the model beside the
+    session's tools; each call is a :class:`ClientToolCall` of the turn, which waits for its result
+    (``ClaudeHandler.answer_tool_call``).
     """
 
     can_ask: bool = True
     limits: UserLimits | None = None
     output_schema: str | None = None
+    functions: tuple[ClientFunction, ...] = ()
     #: Told each message of the turn once its caller left it running unread (a request waited).
     unread: Callable[[Reply], Awaitable[None]] | None = None
 

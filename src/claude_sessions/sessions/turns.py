@@ -35,8 +35,9 @@ from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.observability.metrics import model_error
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
-from claude_sessions.sessions.permissions import Approvals, PermissionEvent, Reply
-from claude_sessions.sessions.replies import Replies
+from claude_sessions.sessions.client_calls import ClientCalls, ClientToolCall
+from claude_sessions.sessions.permissions import Approvals
+from claude_sessions.sessions.replies import Replies, Reply, TurnEvent
 from claude_sessions.sessions.session import Session, learn_conversation, title_of
 from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.sessions.view import SessionView
@@ -246,19 +247,24 @@ class Turns:
         settled = False  # the turn ended, or its worker was dealt with
         asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
         _count_turn(session, worker, prompt, command)
-        events = self._open_approvals(session, worker, options.can_ask, deadline)
+        events = self._open_events(session, worker, options, deadline)
         replies = Replies(worker.client.receive_response(), events)
+        loop = asyncio.get_running_loop()
         try:
             await self.manager.save(session)
             async with asyncio.timeout_at(deadline):
+                await worker.client_tools.offer(worker.client, options.functions)
                 await worker.ask(prompt, verbatim=command is None)
             asked = True
             while not settled:
                 async with asyncio.timeout_at(deadline):
                     message = await replies.next()
-                if not isinstance(message, PermissionEvent):
+                if not isinstance(message, TurnEvent):
                     settled = await self._take(session, worker, message, began)
+                handed = loop.time()
                 yield message
+                if isinstance(message, ClientToolCall):  # the time its client takes is not the turn's
+                    deadline += loop.time() - handed
             if isinstance(message, ResultMessage) and (failed := model_error(message)) is not None:
                 raise failed  # after the turn's messages, the result included
         except TimeoutError:
@@ -291,7 +297,7 @@ class Turns:
                 await replies.aclose()
                 if abandoned:
                     await self._cut_short(session, worker, began, asked, replies)
-                self._close_approvals(session, worker)
+                self._close_events(session, worker)
 
     async def _cut_short(self, session: Session, worker: Worker, began: float, asked: bool, replies: Replies) -> None:
         """End a turn cut short: wind down one whose prompt reached the CLI, else drop its worker
@@ -324,9 +330,7 @@ class Turns:
             async with asyncio.timeout_at(deadline):
                 while True:
                     message = await replies.next()
-                    ended = not isinstance(message, PermissionEvent) and await self._take(
-                        session, worker, message, began
-                    )
+                    ended = not isinstance(message, TurnEvent) and await self._take(session, worker, message, began)
                     if options.unread is not None:
                         await options.unread(message)
                     if ended:
@@ -335,12 +339,19 @@ class Turns:
             log.info("turn_unread_ended", session_id=session.id, error=repr(error))
         return False
 
-    def _open_approvals(
-        self, session: Session, worker: Worker, can_ask: bool, deadline: float
-    ) -> asyncio.Queue[PermissionEvent] | None:
-        """Route the worker's permission questions to this turn (options with ``ask_tools`` only)."""
-        if worker.gate is None:
+    def _open_events(
+        self, session: Session, worker: Worker, options: TurnOptions, deadline: float
+    ) -> asyncio.Queue[TurnEvent] | None:
+        """Route the worker's permission questions (``ask_tools``) and its client's calls (``functions``)
+        to this turn; None when there can be neither."""
+        if worker.gate is None and not options.functions:
             return None
+        events: asyncio.Queue[TurnEvent] = asyncio.Queue()
+        if options.functions:
+            session.client_calls = ClientCalls(session.public_id, events)
+            worker.client_tools.open(session.client_calls.ask)
+        if worker.gate is None:
+            return events
         if session.approvals is None:
             session.approvals = Approvals(
                 session.public_id,
@@ -350,16 +361,20 @@ class Turns:
                 self.config.server.PERMISSION_TIMEOUT_SECONDS,
                 self.telemetry,
             )
-        events = session.approvals.open_turn(can_ask, deadline)
+        session.approvals.open_turn(events, options.can_ask, deadline)
         worker.gate.open(session.approvals.ask)
         return events
 
     @staticmethod
-    def _close_approvals(session: Session, worker: Worker) -> None:
+    def _close_events(session: Session, worker: Worker) -> None:
+        worker.client_tools.close()
         if worker.gate is not None:
             worker.gate.close()
         if session.approvals is not None:
             session.approvals.close_turn()
+        if session.client_calls is not None:
+            session.client_calls.close()
+            session.client_calls = None
 
     def _count_connection_error(self, session: Session) -> None:
         session.metrics.connection_errors += 1
@@ -367,8 +382,7 @@ class Turns:
 
     async def _wind_down(self, session: Session, worker: Worker, began: float, leftover: Message | None = None) -> None:
         """Interrupt the running turn and drain it; discard the worker if it will not stop."""
-        if session.approvals is not None:
-            session.approvals.interrupt()  # a call waiting for its user would hold the CLI back
+        release_waiting(session)  # a call waiting for its user or its client would hold the CLI back
         try:
             async with asyncio.timeout(INTERRUPT_GRACE_SECONDS):
                 # Read while the interrupt is on its way: its answer comes after what the CLI already
@@ -411,10 +425,17 @@ def _count_turn(session: Session, worker: Worker, prompt: Content, command: str 
 
 
 async def stop_turn(session: Session, worker: Worker) -> None:
-    """Interrupt a session's running turn: first deny what waits for its user, so the CLI can stop."""
+    """Interrupt a session's running turn: first end what waits for its user or client, so the CLI can stop."""
+    release_waiting(session)
+    await interrupt_worker(worker)
+
+
+def release_waiting(session: Session) -> None:
+    """Deny the session's pending permission requests and fail its client's waiting calls (a turn stops)."""
     if session.approvals is not None:
         session.approvals.interrupt()
-    await interrupt_worker(worker)
+    if session.client_calls is not None:
+        session.client_calls.close("The turn was interrupted before the client returned this call's result.")
 
 
 async def interrupt_worker(worker: Worker) -> None:

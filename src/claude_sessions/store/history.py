@@ -45,7 +45,7 @@ def transcript_entries(conversation_id: str, cwd: Path, turns: Sequence[Turn]) -
                 "type": "message",
                 "role": "assistant",
                 "model": "imported",
-                "content": [{"type": "text", "text": content}],
+                "content": [{"type": "text", "text": content}] if isinstance(content, str) else content,
                 "stop_reason": "end_turn",
                 "stop_sequence": None,
                 "usage": {"input_tokens": 0, "output_tokens": 0},

@@ -34,6 +34,7 @@ from claude_sessions.config import SessionConfig
 from claude_sessions.content import Content
 from claude_sessions.errors import WorkerStartError
 from claude_sessions.gateway.relay import Grant
+from claude_sessions.workers.client_tools import SERVER, ClientTools
 from claude_sessions.workers.permission_gate import PermissionGate
 
 log = structlog.get_logger("claude_sessions.worker")
@@ -85,6 +86,8 @@ class Worker:
     helpers: list[psutil.Process] = field(default_factory=list)
     #: Where its CLI asks about tool calls (options with ``ask_tools`` only): the turn holding it.
     gate: PermissionGate | None = None
+    #: The functions a turn's client offers (OpenAI's function calling), listed by its CLI.
+    client_tools: ClientTools = field(default_factory=ClientTools)
 
     @property
     def fingerprint(self) -> str:
@@ -157,6 +160,13 @@ class Worker:
         gate = PermissionGate() if config.ask_tools else None
         if gate is not None:
             options = dataclasses.replace(options, can_use_tool=gate.can_use_tool)
+        client_tools = ClientTools()
+        options = dataclasses.replace(
+            options,
+            mcp_servers={SERVER: client_tools.config},
+            allowed_tools=[*options.allowed_tools, f"mcp__{SERVER}"],  # they run on the client, never here
+            env={**options.env, "ENABLE_TOOL_SEARCH": "false"},  # else the model sees their names, not their schemas
+        )
         client = ClaudeSDKClient(options)
         began = time.perf_counter()
         try:
@@ -171,7 +181,8 @@ class Worker:
             if isinstance(error, Exception):
                 raise WorkerStartError(f"CLI could not start: {error}") from error
             raise
-        worker = cls(config=config, client=client, process=_process_of(client), grant=grant, gate=gate)
+        process = _process_of(client)
+        worker = cls(config=config, client=client, process=process, grant=grant, gate=gate, client_tools=client_tools)
         worker.helpers = _descendants(worker.process)
         log.debug("worker_connected", worker=worker.id, pid=worker.pid, seconds=round(time.perf_counter() - began, 3))
         return worker

@@ -210,10 +210,9 @@ def test_each_error_class_is_the_clients_own(alice: openai.OpenAI, server: Serve
     assert bad.value.param == "model" and bad.value.status_code == 400
     refusals: list[tuple[dict[str, Any], str]] = [
         ({"n": 2}, "n"),
-        (
-            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}], "tool_choice": "auto"},
-            "tools",
-        ),
+        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+        ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools.0.function.name"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "g"}, "tool_choice"),
         ({"modalities": ["text", "audio"]}, "modalities"),
     ]
     for extra, param in refusals:
@@ -223,7 +222,7 @@ def test_each_error_class_is_the_clients_own(alice: openai.OpenAI, server: Serve
     tool = [*hello, {"role": "assistant", "content": "ok"}, {"role": "tool", "content": "42", "tool_call_id": "t"}]
     with pytest.raises(openai.BadRequestError) as refused:
         create(alice, model="sonnet", messages=tool)
-    assert refused.value.param == "messages.2.role" and "'tool'; it must be one of 'system'" in refused.value.message
+    assert refused.value.param == "messages.2.tool_call_id" and "answers no open call" in refused.value.message
     with pytest.raises(openai.BadRequestError):
         create(alice, model="sonnet", messages=[])
     with pytest.raises(openai.NotFoundError):

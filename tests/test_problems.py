@@ -48,11 +48,12 @@ def test_a_union_is_told_as_its_choices() -> None:
     assert told(MessageBody, {}) == [("content", "content is required")]
 
 
-def test_a_tool_message_is_told_which_roles_there_are() -> None:
-    body = {"model": "sonnet", "messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}
+def test_a_function_message_is_told_which_roles_there_are() -> None:
+    body = {"model": "sonnet", "messages": [{"role": "user", "content": "a"}, {"role": "function", "content": "b"}]}
     ((param, message),) = told(ChatCompletionBody, body)
     assert param == "messages.1.role"
-    assert message == "messages.1.role is 'tool'; it must be one of 'system', 'developer', 'user' or 'assistant'"
+    roles = "'system', 'developer', 'user', 'assistant' or 'tool'"
+    assert message == f"messages.1.role is 'function'; it must be one of {roles}"
 
 
 def test_bad_json_is_about_the_body_not_a_position() -> None:

@@ -213,6 +213,8 @@ class ServerConfig(_Section):
     TOOLS_ASK: str = Field("", validation_alias="TOOLS_ASK")
     #: How long an asked call waits for its answer before it is denied.
     PERMISSION_TIMEOUT_SECONDS: float = Field(300.0, gt=0, validation_alias="PERMISSION_TIMEOUT_SECONDS")
+    #: How long a turn waits for its OpenAI client's tool results before its calls get error results.
+    OPENAI_TOOL_TIMEOUT_SECONDS: float = Field(300.0, gt=0, validation_alias="OPENAI_TOOL_TIMEOUT_SECONDS")
     PERMISSION_MODES_ALLOWED: str = Field("default,plan", validation_alias="PERMISSION_MODES_ALLOWED")
     SLASH_COMMANDS_ALLOWED: str = Field("compact", validation_alias="SLASH_COMMANDS_ALLOWED")
     #: The models a session may name (the OpenAI endpoint's /v1/models); default: the CLI's aliases.

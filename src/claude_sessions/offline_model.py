@@ -45,8 +45,9 @@ _HANG = "[[hang]]"
 _BIG = re.compile(r"\[\[big:(\d{1,5})\]\]")
 _BIG_WORD = "\U0001d465" * 256  # 1 KiB of UTF-8: a mathematical italic x, outside the BMP
 
-#: Test control: the last user text asks the model to call a tool: ``[[tool:Name:{json input}]]``.
-TOOL_MARKER = re.compile(r"\[\[tool:(\w+):(?=\{)")
+#: Test control: the last user text asks the model to call a tool: ``[[tool:Name:{json input}]]``; a name
+#: an MCP server offers (``mcp__client__Name``) is called by its own name too.
+TOOL_MARKER = re.compile(r"\[\[tool:([\w-]+):(?=\{)")
 
 
 def count_tokens(text: str) -> int:
@@ -233,15 +234,28 @@ def _tool_calls(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The tools the model should call at once: asked for in the last user text, not yet answered.
 
     A prompt may ride with the tool_result of the call before it (the CLI sends a StructuredOutput
-    call's result with the next prompt): a marker in that prompt's own text is a new request.
+    call's result with the next prompt): a marker in that prompt's own text is a new request. With no
+    prompt, a marker in the results asks for the next round (a client's function answering with one).
     """
     messages = body.get("messages") or []
     last = messages[-1].get("content") if messages else None
     if isinstance(last, list) and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in last):
         texts = [str(b.get("text", "")) for b in last if isinstance(b, dict) and b.get("type") == "text"]
         prompts = [text for text in texts if not text.startswith("<system-reminder>")]
-        return tool_markers(prompts[-1]) if prompts else []
-    return tool_markers(last_user_text(body))
+        results = "\n".join(_text_of(b.get("content")) for b in last if isinstance(b, dict) and "tool_use_id" in b)
+        asked = tool_markers(prompts[-1] if prompts else results)
+    else:
+        asked = tool_markers(last_user_text(body))
+    offered = [str(tool.get("name")) for tool in body.get("tools") or [] if isinstance(tool, dict)]
+    return [(_offered_name(name, offered), given) for name, given in asked]
+
+
+def _offered_name(name: str, offered: list[str]) -> str:
+    """A tool asked for by its own name: an MCP server's (``mcp__client__f`` for ``f``) when one such is offered."""
+    if name in offered:
+        return name
+    served = [tool for tool in offered if tool.startswith("mcp__") and tool.endswith(f"__{name}")]
+    return served[0] if len(served) == 1 else name
 
 
 def build_app(model: OfflineModel) -> Starlette:
@@ -271,7 +285,8 @@ def build_app(model: OfflineModel) -> Starlette:
             content = [
                 {
                     "type": "tool_use",
-                    "id": f"toolu_offline_{entry.seq}" + (f"_{i}" if i else ""),
+                    "id": f"toolu_offline_{entry.seq}"
+                    + (f"n{i}" if i else ""),  # a "_1" suffix: the CLI loses its result
                     "name": name,
                     "input": given,
                 }

@@ -51,6 +51,7 @@ from claude_sessions.http.forwarding import FORWARDED_HEADER, Forwarder, forward
 from claude_sessions.http.redaction import RedactingMiddleware, Redactor
 from claude_sessions.http.sessions import workspace_of
 from claude_sessions.sessions.handler import ClaudeHandler
+from claude_sessions.sessions.parked_turns import ParkedTurns
 
 __all__ = ["create_app"]
 
@@ -297,7 +298,8 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     authenticator = Authenticator(server, handler.registry.keys)
     retry_after = max(1, min(60, round(config.session_manager.CLEANUP_INTERVAL * 60)))
     lifecycle = Lifecycle(handler)
-    service = Service(handler, authenticator, lifecycle, retry_after)
+    parked = ParkedTurns(server.OPENAI_TOOL_TIMEOUT_SECONDS)
+    service = Service(handler, authenticator, lifecycle, parked, retry_after)
     mark = forwarding_mark(server)
     forwarder = Forwarder(
         handler.holder_of, config.cluster.LEASE_SECONDS, config.optimization.MESSAGE_TIMEOUT, retry_after, mark
@@ -316,6 +318,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
         try:
             yield
         finally:
+            await parked.close()  # their turns end before the handler closes their sessions
             await handler.close()
             await forwarder.close()
 

@@ -45,6 +45,7 @@ from claude_sessions.http.auth import Authenticator, Principal
 from claude_sessions.http.problems import problems
 from claude_sessions.http.redaction import PRINCIPAL_STATE, SESSION_KEY_STATE
 from claude_sessions.sessions.handler import ClaudeHandler
+from claude_sessions.sessions.parked_turns import ParkedTurns
 from claude_sessions.sessions.session import Session, session_key
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.keys import KeyStore
@@ -113,6 +114,8 @@ class Service:
     handler: ClaudeHandler
     authenticator: Authenticator
     lifecycle: Lifecycle
+    #: Turns waiting for their OpenAI client's tool results, on this node.
+    parked: ParkedTurns
     #: Seconds a client should wait before retrying a 429 or a 503.
     retry_after: int = field(default=1)
 

@@ -16,10 +16,10 @@ Refused with 400 naming the ``param``: ``n`` > 1, ``tools`` / ``functions``, ima
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 
 from claude_sessions.config import ServerConfig, SessionConfig
-from claude_sessions.content import Content
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import (
     ApiError,
@@ -41,13 +40,25 @@ from claude_sessions.http.common import (
     user_limits,
 )
 from claude_sessions.http.openai_answers import Completion, chunks, openai_response
-from claude_sessions.http.openai_content import invalid, text_content, user_content
+from claude_sessions.http.openai_content import invalid
+from claude_sessions.http.openai_history import ChatMessage, Conversation, conversation_of
+from claude_sessions.http.openai_tools import (
+    CONTINUE,
+    ToolSpec,
+    TurnEnd,
+    client_functions,
+    with_hint,
+)
 from claude_sessions.http.problems import problems
 from claude_sessions.http.sessions import workspace_of
 from claude_sessions.http.streaming import TurnStream
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
+from claude_sessions.sessions.handler import ClaudeHandler
+from claude_sessions.sessions.parked_turns import Parked
+from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
 from claude_sessions.sessions.turn_options import TurnOptions
+from claude_sessions.sessions.turns import held_elsewhere
 from claude_sessions.store.history import Turn, history_digest
 
 router = APIRouter(tags=["openai"])
@@ -100,15 +111,6 @@ SURFACE = Surface(openai_response, validation_error)
 # -- bodies ---------------------------------------------------------------------------
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    role: Literal["system", "developer", "user", "assistant"] = Field(
-        description="tool and function messages are not supported (no tools are offered here)"
-    )
-    content: str | list[dict[str, Any]] | None = None
-
-
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
@@ -128,9 +130,13 @@ class ChatCompletionBody(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, description="at most 1: one conversation answers once")
-    tools: list[Any] | None = Field(None, description="not supported: the session's tools are Claude Code's own")
-    functions: list[Any] | None = Field(None, description="not supported, as tools")
-    tool_choice: Any = Field(None, description='"none" lets tools come along unused; any other is refused with them')
+    tools: list[ToolSpec] | None = Field(
+        None, max_length=128, description="the client's functions, offered to the model"
+    )
+    functions: list[Any] | None = Field(None, description="OpenAI's deprecated form: not supported (use tools)")
+    tool_choice: Any = Field(
+        None, description='"none" offers no function; "required" or a named one is asked for in words (see docs)'
+    )
     audio: dict[str, Any] | None = None
     modalities: list[str] | None = None
     response_format: dict[str, Any] | None = None
@@ -143,9 +149,8 @@ def _refuse_unsupported(body: ChatCompletionBody, server: ServerConfig) -> None:
         raise invalid("model", f"model {body.model!r} is not offered here; GET /v1/models lists {names}")
     if body.n is not None and body.n > 1:
         raise invalid("n", "n > 1 is not supported: one conversation answers once")
-    for name in ("tools", "functions"):  # with tool_choice "none" they are offered to no one: answered as text
-        if getattr(body, name) and body.tool_choice != "none":
-            raise invalid(name, f"{name} are not supported (but with tool_choice none): the tools are Claude Code's")
+    if body.functions and body.tool_choice != "none":  # with tool_choice "none" they are offered to no one
+        raise invalid("functions", "functions (OpenAI's deprecated form) are not supported: send them as tools")
     if body.audio or "audio" in (body.modalities or []):
         raise invalid("audio" if body.audio else "modalities", "audio is not supported")
     output_schema(body.response_format)  # 400 for one not offered
@@ -177,24 +182,6 @@ def output_schema(response_format: dict[str, Any] | None) -> str | None:
     return schema
 
 
-def _conversation(body: ChatCompletionBody, image_max_bytes: int) -> tuple[str | None, list[Turn], Content]:
-    """(system prompt, earlier turns, the new user message) of a request."""
-    system: list[str] = []
-    turns: list[Turn] = []
-    for index, message in enumerate(body.messages):
-        if message.role in ("system", "developer"):
-            system.append(text_content(message.content, index))
-        elif message.role == "assistant":
-            turns.append(("assistant", text_content(message.content, index)))
-        else:
-            turns.append(("user", user_content(message.content, index, image_max_bytes)))
-    last = turns[-1] if turns else None
-    if last is None or last[0] != "user" or (isinstance(last[1], str) and not last[1].strip()):
-        raise invalid("messages", "messages: the last message must be a non-empty user message")
-    *earlier, (_, prompt) = turns
-    return ("\n\n".join(system) or None), earlier, prompt
-
-
 # -- the session a request continues ----------------------------------------------------
 
 
@@ -209,35 +196,65 @@ async def _session_for(
     service: ServiceDep,
     principal: Principal,
     body: ChatCompletionBody,
-    conversation: tuple[str | None, list[Turn], Content],
+    conversation: Conversation,
     explicit: str | None,
-) -> tuple[Session, str]:
-    """The session to run the turn on, and the digest of the history it now continues."""
-    system, earlier, _ = conversation
-    digest = history_digest(_tenant(principal), system, body.model, earlier)
+) -> tuple[Session, Parked | None]:
+    """The session to run the turn on, and its turn waiting for the request's tool results, if one does.
+
+    Results no turn here waits for: their session's node has it (the request is forwarded there),
+    or none does, and a new session holds the whole history, the results included.
+    """
+    digest = history_digest(_tenant(principal), conversation.system, body.model, conversation.earlier)
+    session = None
     if explicit is not None:
-        return await service.own_session(request, principal, explicit), digest
-    if earlier:
-        for session in await service.manager.listing(principal.tenant):
-            # The same end user's only: the tenant's own key continues the tenant's own sessions.
-            if session.metadata.get("history_digest") == digest and session.config.user == principal.user:
-                return session, digest
+        session = await service.own_session(request, principal, explicit)
+    elif conversation.earlier:
+        session = await _holding(service, principal, digest)
+    if session is not None and conversation.results:
+        waiting = service.parked.waiting(session)
+        if waiting is not None and waiting != conversation.answered:
+            missing = ", ".join(sorted(waiting - conversation.answered)) or "none"
+            raise invalid("messages", f"messages: the tool messages must answer every call of the turn ({missing})")
+        parked = service.parked.take(session)
+        if parked is not None:
+            return session, parked
+        holder = await service.handler.holder_of(session.id)
+        if holder is not None and not is_forwarded(request):
+            raise held_elsewhere(session.id, holder)
+        if explicit is not None:
+            raise ApiError(409, "no_waiting_turn", f"no turn of session {explicit!r} waits for these tool results")
+        session = None
+    return session or await _new_session(service, principal, body, conversation, digest), None
+
+
+async def _holding(service: ServiceDep, principal: Principal, digest: str) -> Session | None:
+    """The session of this tenant (the same end user's only) whose conversation is exactly this history."""
+    for session in await service.manager.listing(principal.tenant):
+        if session.metadata.get("history_digest") == digest and session.config.user == principal.user:
+            return session
+    return None
+
+
+async def _new_session(
+    service: ServiceDep, principal: Principal, body: ChatCompletionBody, conversation: Conversation, digest: str
+) -> Session:
+    """A session whose CLI resumes the history (tool results not answered here included) as earlier turns."""
     root = service.config.runtime.workspace_root
     server = service.config.server
     model = server.resolve_model(body.model)
     cwd = workspace_of(root, principal, None)
-    options = SessionConfig(system_prompt=system, model=model, cwd=cwd, user=principal.user)
+    options = SessionConfig(system_prompt=conversation.system, model=model, cwd=cwd, user=principal.user)
     key = await service.handler.create_session(
         None,
         resolve_options(options, server),
         {"history_digest": digest},
         owner=principal.tenant,
         owner_limit=server.TENANT_MAX_SESSIONS if principal.tenant is not None else None,
-        history=earlier,
+        history=conversation.turns if conversation.results else conversation.earlier,
         origin="openai",
         user_limit=user_limits(principal, server).max_sessions,
     )
-    return service.manager.get(key), digest
+    return service.manager.get(key)
 
 
 # -- routes -----------------------------------------------------------------------------
@@ -279,44 +296,64 @@ async def chat_completions(
         if principal.user is not None:
             raise ApiError(403, "forbidden", "user: the key or X-End-User names another user")
         principal = acting_for(principal, body.user, "user")
-    conversation = _conversation(body, service.config.server.IMAGE_MAX_BYTES)
-    system, earlier, prompt = conversation
-    session, _ = await _session_for(request, service, principal, body, conversation, x_session_id)
-    tenant = _tenant(principal)
-
-    def digest_of(reply: str) -> str:
-        return history_digest(tenant, system, body.model, [*earlier, ("user", prompt), ("assistant", reply)])
-
+    conversation = conversation_of(body.messages, service.config.server.IMAGE_MAX_BYTES)
+    functions = client_functions(body.tools, body.tool_choice)
     schema = output_schema(body.response_format)
+    session, parked = await _session_for(request, service, principal, body, conversation, x_session_id)
+    tenant, turns = _tenant(principal), conversation.turns
+
+    def digest_of(reply: Turn) -> str:
+        return history_digest(tenant, conversation.system, body.model, [*turns, reply])
+
     completion = Completion(session, body.model, digest_of, structured=schema is not None)
+    if parked is not None:  # the results go to the CLI waiting for them: the same turn goes on
+        for call_id, result in conversation.results:
+            ClaudeHandler.answer_tool_call(session, call_id, result)
+        turn = parked.turn
+    else:
+        # No one here can answer a permission request: an asked call is denied at once, the model reads why.
+        limits = user_limits(principal, service.config.server)
+        options = TurnOptions(can_ask=False, limits=limits, output_schema=schema, functions=functions)
+        prompt = with_hint(conversation.prompt or CONTINUE, body.tool_choice, functions)
+        turn = service.handler.send_message(session, prompt, forwarded=is_forwarded(request), options=options)
+    return await _answer(service, body, completion, turn)
+
+
+async def _answer(
+    service: ServiceDep, body: ChatCompletionBody, completion: Completion, turn: AsyncGenerator[Reply, None]
+) -> Response:
+    """The completion of a turn (new or continued): whole, or streamed; it ends at the turn's end or
+    its client's calls (the turn then waits, parked)."""
+    session = completion.session
+    end = TurnEnd(service.parked, service.manager, completion, turn)
     headers = {"X-Session-ID": session.public_id}
-    # No one here can answer a tool call the session asks about: it is denied at once, the model reads why.
-    limits = user_limits(principal, service.config.server)
-    options = TurnOptions(can_ask=False, limits=limits, output_schema=schema)
-    turn = service.handler.send_message(session, prompt, forwarded=is_forwarded(request), options=options)
     if not body.stream:
-        async with contextlib.aclosing(turn):
+        try:
             async for message in turn:
                 completion.take(message)
+                if completion.calls_ready:
+                    break
+        finally:
+            await end()
         await service.manager.save(session)
         return JSONResponse(completion.answer(), headers=headers)
-    first: list[str] = []
+    first: list[dict[str, Any]] = []
     try:  # until the first words or the end: a model error still answers with its status
         async for message in turn:
             first += completion.take(message)
-            if first or completion.result is not None:
+            if first or completion.result is not None or completion.calls_ready:
                 break
     except BaseException:
-        await turn.aclose()
+        await end()
         raise
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     deadline = time.monotonic() + service.config.optimization.MESSAGE_TIMEOUT
     return TurnStream(
-        chunks(completion, turn, first, include_usage),
+        chunks(completion, turn, first, include_usage, end),
         deadline=deadline,
         headers=headers,
         sep="\n",
         ping=15,
         shutdown_grace_period=service.config.optimization.DESTROY_TIMEOUT,
-        background=BackgroundTask(turn.aclose),  # as the sessions route: freed even if the stream never starts
+        background=BackgroundTask(end),  # as the sessions route: freed even if the stream never starts
     )

@@ -1,17 +1,18 @@
 """OpenAI's shapes of a turn: the completion, its stream of chunks, and its errors.
 
 :class:`Completion` follows one turn's SDK messages and tells them as a chat completion; with a
-``response_format``, the content is the structured output's JSON, whole, when the turn ends.
+``response_format``, the content is the structured output's JSON, whole, when the turn ends. When
+the model calls the client's functions, the completion ends with them (``tool_calls``) once every
+call of the model's message is here: the message's stream says how many it makes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from claude_agent_sdk import AssistantMessage, ResultMessage, StreamEvent, TextBlock
@@ -19,10 +20,14 @@ from fastapi.responses import JSONResponse
 
 from claude_sessions.errors import ClaudeSessionsError
 from claude_sessions.http.common import ApiError, api_error
+from claude_sessions.http.openai_tools import assistant_turn
 from claude_sessions.http.streaming import dumps
 from claude_sessions.observability.metrics import SessionMetrics, model_error
+from claude_sessions.sessions.client_calls import ClientToolCall
 from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
+from claude_sessions.store.history import Turn
+from claude_sessions.workers.client_tools import PREFIX
 
 _TYPES = {
     400: "invalid_request_error",
@@ -67,29 +72,61 @@ def _text_delta(message: Reply) -> str | None:
     return None
 
 
-def _finish_reason(result: ResultMessage | None) -> str:
-    return "length" if result is not None and result.subtype == "error_max_turns" else "stop"
+def _client_call_started(message: Reply) -> bool:
+    """The model's message starts a call of a client function (a ``tool_use`` block named ``mcp__client__*``)."""
+    if not (isinstance(message, StreamEvent) and message.event.get("type") == "content_block_start"):
+        return False
+    block = message.event.get("content_block") or {}
+    return block.get("type") == "tool_use" and str(block.get("name", "")).startswith(PREFIX)
 
 
 class Completion:
-    """One turn of a session, told as an OpenAI completion."""
+    """One turn of a session (or the part of it up to its client's calls), told as an OpenAI completion."""
 
-    def __init__(self, session: Session, model: str, digest_of: Any, *, structured: bool = False) -> None:
+    def __init__(
+        self, session: Session, model: str, digest_of: Callable[[Turn], str], *, structured: bool = False
+    ) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.session, self.model = session, model
         self.before = dataclasses.replace(session.metrics)
         self.text: list[str] = []
         self.result: ResultMessage | None = None
+        #: The model's calls of the client's functions, as they reached the turn.
+        self.calls: list[ClientToolCall] = []
         self._digest_of = digest_of
         #: Deltas of the message being generated were taken: its whole form adds nothing.
         self._streamed = False
         #: A ``response_format`` asked for JSON: the content is the structured output, at the end.
         self.structured = structured
+        #: Client calls the model's current message makes, and whether that message is whole.
+        self._expected, self._whole = 0, False
 
-    def take(self, message: Reply) -> list[str]:
-        """Follow one SDK message; the new text it brings. A model error raises (502), and so does
-        an answer that does not fit the asked schema."""
+    @property
+    def calls_ready(self) -> bool:
+        """Every client call of the model's message is here: the completion ends with them."""
+        return bool(self.calls) and self._whole and len(self.calls) >= self._expected
+
+    def take(self, message: Reply) -> list[dict[str, Any]]:
+        """Follow one SDK message; the deltas it adds (text, a tool call). A model error raises (502),
+        and so does an answer that does not fit the asked schema."""
+        if isinstance(message, ClientToolCall):
+            self.calls.append(message)
+            deltas: list[dict[str, Any]] = [{"tool_calls": [{"index": len(self.calls) - 1, **_tool_call(message)}]}]
+        else:
+            deltas = [{"content": text} for text in self._take_message(message)]
+        if self.calls_ready:
+            calls = [(call.call_id, call.name, call.input) for call in self.calls]
+            self.session.metadata["history_digest"] = self._digest_of(assistant_turn("".join(self.text), calls))
+        return deltas
+
+    def _take_message(self, message: Reply) -> list[str]:
+        if isinstance(message, StreamEvent):
+            kind = message.event.get("type")
+            if kind == "message_start":
+                self._expected, self._whole = 0, False
+            self._expected += _client_call_started(message)
+            self._whole = self._whole or kind == "message_stop"
         texts = [] if self.structured else self._texts(message)
         if isinstance(message, ResultMessage):
             if (failed := model_error(message)) is not None:
@@ -97,9 +134,14 @@ class Completion:
             self.result = message
             if self.structured:
                 texts = [self._structured(message)]
-            self.session.metadata["history_digest"] = self._digest_of("".join([*self.text, *texts]))
+            self.session.metadata["history_digest"] = self._digest_of(("assistant", "".join([*self.text, *texts])))
         self.text += texts
         return texts
+
+    def finish_reason(self) -> str:
+        if self.calls_ready:
+            return "tool_calls"
+        return "length" if self.result is not None and self.result.subtype == "error_max_turns" else "stop"
 
     @staticmethod
     def _structured(result: ResultMessage) -> str:
@@ -131,13 +173,20 @@ class Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(self.text), "refusal": None},
-                    "finish_reason": _finish_reason(self.result),
+                    "message": self._message(),
+                    "finish_reason": self.finish_reason(),
                     "logprobs": None,
                 }
             ],
             "usage": self.usage(),
         }
+
+    def _message(self) -> dict[str, Any]:
+        text = "".join(self.text)
+        if not self.calls:
+            return {"role": "assistant", "content": text, "refusal": None}
+        calls = [_tool_call(call) for call in self.calls]
+        return {"role": "assistant", "content": text or None, "refusal": None, "tool_calls": calls}
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {
@@ -149,19 +198,35 @@ class Completion:
         }
 
 
+def _tool_call(call: ClientToolCall) -> dict[str, Any]:
+    return {"id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
 async def chunks(
-    completion: Completion, turn: AsyncGenerator[Reply, None], first: list[str], include_usage: bool
+    completion: Completion,
+    turn: AsyncIterator[Reply],
+    first: list[dict[str, Any]],
+    include_usage: bool,
+    settle: Callable[[], Awaitable[None]],
 ) -> AsyncIterator[dict[str, str]]:
-    """SSE data of a streamed completion, ending with ``[DONE]`` (or an error object)."""
+    """SSE data of a streamed completion, ending with ``[DONE]`` (or an error object).
+
+    ``settle`` ends the turn's part in it: parks a turn waiting for its client's results, closes any other.
+    """
     try:
-        async with contextlib.aclosing(turn):
+        try:
             yield {"data": dumps(completion.chunk({"role": "assistant", "content": ""}))}
-            for text in first:
-                yield {"data": dumps(completion.chunk({"content": text}))}
-            async for message in turn:
-                for text in completion.take(message):
-                    yield {"data": dumps(completion.chunk({"content": text}))}
-        yield {"data": dumps(completion.chunk({}, _finish_reason(completion.result)))}
+            for delta in first:
+                yield {"data": dumps(completion.chunk(delta))}
+            while not completion.calls_ready:  # a turn waiting for its client's results sends nothing more
+                message = await anext(turn, None)
+                if message is None:
+                    break
+                for delta in completion.take(message):
+                    yield {"data": dumps(completion.chunk(delta))}
+        finally:
+            await settle()
+        yield {"data": dumps(completion.chunk({}, completion.finish_reason()))}
         if include_usage:
             yield {"data": dumps({**completion.chunk({}), "choices": [], "usage": completion.usage()})}
         yield {"data": "[DONE]"}

@@ -370,3 +370,24 @@ def test_a_key_made_on_one_node_works_on_every_node_and_its_revocation_reaches_t
                 assert time.monotonic() - revoked_at < 1.0, "a node still took the revoked key"
                 time.sleep(0.02)
             user.close()
+
+
+def test_an_openai_tool_round_started_on_one_node_is_continued_through_another(
+    cluster: Cluster, model: OfflineModel
+) -> None:
+    """The waiting turn lives on its holder; the client's next request, sent to another node, is forwarded there."""
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    messages: list[dict[str, Any]] = [{"role": "user", "content": '[[tool:get_weather:{"city": "Oslo"}]]'}]
+    first, other = cluster.node(0).client("alice"), cluster.node(1).client("alice")
+    answer = first.post("/v1/chat/completions", json={"model": "sonnet", "messages": messages, "tools": [weather]})
+    assert answer.status_code == 200, answer.text
+    message, session = answer.json()["choices"][0]["message"], answer.headers["x-session-id"]
+    (made,) = message["tool_calls"]
+    messages += [message, {"role": "tool", "tool_call_id": made["id"], "content": "cold"}]
+    requests_before = len(model.message_requests())
+    answer = other.post("/v1/chat/completions", json={"model": "sonnet", "messages": messages, "tools": [weather]})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-session-id"] == session
+    assert "cold" in answer.json()["choices"][0]["message"]["content"]
+    assert len(model.message_requests()) == requests_before + 1  # the same turn went on: one model call
+    assert cluster.node(1).cli_worker_pids() == set()  # nothing ran on the node it was sent to

@@ -23,6 +23,7 @@ from claude_agent_sdk import (
     SystemMessage,
     ToolUseBlock,
     create_sdk_mcp_server,
+    project_key_for_directory,
 )
 from claude_agent_sdk import tool as sdk_tool
 from claude_agent_sdk._internal.sdk_mcp_bridge import SdkMcpBridge
@@ -30,6 +31,7 @@ from mcp.server import Server
 from mcp.types import CallToolResult, ListToolsResult, TextContent, Tool
 
 from claude_sessions.offline_model import OfflineModel
+from claude_sessions.store.history import transcript_entries
 from conftest import Options
 from helpers import ask, connected, result_of, tool
 
@@ -210,6 +212,54 @@ async def test_set_servers_adds_an_sdk_server_to_a_live_cli_and_lists_every_sdk_
     assert (shelf.listed, extra.listed) == (2, 1)  # at the next turn, the untouched server too
     assert sorted(init_tools(after)) == ["mcp__extra__three", "mcp__shelf__one"]
     assert [result_text(r) for r in tool_results(model)] == ["ran three"]
+
+
+async def test_parallel_calls_results_both_reach_the_model_unless_one_id_is_the_other_with_a_suffix(
+    options: Options, model: OfflineModel
+) -> None:
+    """Two Glob calls in one answer; the offline model's ids were ``toolu_x`` and ``toolu_x_1``, and the CLI
+    then sent the model "[Tool result missing due to internal error]" for the second: ids now differ otherwise."""
+    async with connected(options(allowed_tools=["Glob"])) as client:
+        await ask(client, tool("Glob", pattern="*.py") + " " + tool("Glob", pattern="*.txt"))
+    results = tool_results(model)
+    assert len(results) == 2 and all(result_text(r) == "No files found" for r in results)
+
+
+async def test_a_resumed_transcript_keeps_tool_use_and_results_but_a_prompt_of_results_is_dropped(
+    options: Options, model: OfflineModel, cli_env: dict[str, str]
+) -> None:
+    """Why a history ending in tool results the server never saw is imported whole, then continued by a
+    prompt of words: the CLI takes no tool_result blocks as a prompt, and answers a dangling tool_use itself."""
+    workspace = Path(options().cwd or "")
+    use = {"type": "tool_use", "id": "call_a1", "name": "Glob", "input": {"pattern": "*"}}
+    whole = [
+        ("user", "find files"),
+        ("assistant", [use]),
+        ("user", [{"type": "tool_result", "tool_use_id": "call_a1", "content": "a.txt"}]),
+    ]
+    for turns, prompt in (
+        (whole, "go on"),
+        (whole[:2], [{"type": "tool_result", "tool_use_id": "call_a1", "content": "a.txt"}]),
+    ):
+        conversation = str(uuid.uuid4())
+        folder = Path(cli_env["CLAUDE_CONFIG_DIR"]) / "projects" / project_key_for_directory(workspace)
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = transcript_entries(conversation, workspace, turns)  # type: ignore[arg-type]
+        (folder / f"{conversation}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+        model.requests.clear()
+
+        async def composed(content: Any = prompt) -> Any:
+            yield {"type": "user", "message": {"role": "user", "content": content}, "parent_tool_use_id": None}
+
+        async with connected(options(resume=conversation, allowed_tools=["Glob"])) as client:
+            await client.query(composed())
+            [m async for m in client.receive_response()]
+        shown = json.dumps(model.message_requests()[-1].body["messages"])
+        assert '"id": "call_a1"' in shown
+        if prompt == "go on":  # the CLI answers for the model before the new prompt: "No response requested."
+            assert '"content": "a.txt"' in shown and "No response requested." in shown and "go on" in shown
+        else:  # the result sent as a prompt is lost; the CLI calls the call interrupted
+            assert "a.txt" not in shown and "Tool call interrupted" in shown
 
 
 def offered(request: Any) -> dict[str, dict[str, Any]]:

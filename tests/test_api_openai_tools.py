@@ -180,6 +180,23 @@ def test_parallel_calls_come_in_one_completion_and_go_back_in_one_model_call(
     assert sorted(result_text(r) for r in tool_results(model)) == ["hot", "noon"]
 
 
+def test_a_call_after_one_of_the_clis_own_tools_in_the_same_answer_comes_in_the_next_completion(
+    alice: openai.OpenAI, model: OfflineModel, tmp_path: Path
+) -> None:
+    """The CLI runs its Write (not read-only) after the first call and before the second: no waiting on both."""
+    write = call("Write", file_path=str(tmp_path / "w.txt"), content="x")
+    messages: Messages = [{"role": "user", "content": call("get_weather", city="Oslo") + write + call("get_time")}]
+    choice, session = complete(alice, messages, tools=[WEATHER, TIME])
+    assert [c.function.name for c in choice.message.tool_calls] == ["get_weather"]
+    messages += answered(choice.message, ["rain"])
+    choice, again = complete(alice, messages, tools=[WEATHER, TIME])
+    assert again == session and [c.function.name for c in choice.message.tool_calls] == ["get_time"]
+    messages += answered(choice.message, ["noon"])
+    choice, _ = complete(alice, messages, tools=[WEATHER, TIME])
+    assert choice.finish_reason == "stop" and len(model.message_requests()) == 2
+    assert sorted(result_text(r) for r in tool_results(model) if not r.get("is_error")) == ["noon", "rain"]
+
+
 def test_a_result_may_lead_to_another_round_of_calls(alice: openai.OpenAI, model: OfflineModel) -> None:
     messages: Messages = [{"role": "user", "content": call("get_time")}]
     choice, session = complete(alice, messages, tools=[WEATHER, TIME])

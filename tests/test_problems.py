@@ -70,7 +70,7 @@ def test_our_own_validators_words_pass_without_pydantics_prefix() -> None:
 
 def test_a_keys_tenant_user_and_expiry_are_told_what_they_may_be() -> None:
     found = dict(told(CreateKeyBody, {"tenant": "a b", "user": ".hidden", "expires_at": "2026-12-31T10:00:00"}))
-    assert found["tenant"] == "tenant must be a tenant name: 1 to 64 letters, digits, '_' or '-'"
+    assert found["tenant"] == "tenant must be a name of 1 to 64 letters, digits, '_' or '-'"
     assert "not starting with '.'" in found["user"] and "with its offset" in found["expires_at"]
     ((_, message),) = told(CreateKeyBody, {"tenant": "x", "expires_at": "tomorrow"})
     assert message == "expires_at must be an RFC 3339 date and time, such as 2026-12-31T23:59:00Z"

@@ -98,3 +98,11 @@ def text_of(content: Content) -> str:
     if isinstance(content, str):
         return content
     return "\n".join(block["text"] for block in content if block.get("type") == "text")
+
+
+def slash_command(prompt: str) -> str | None:
+    """The CLI command a message starts with (``"/model x"`` -> ``"model"``), or None."""
+    text = prompt.lstrip()
+    if not text.startswith("/"):
+        return None
+    return text[1:].split(maxsplit=1)[0] if text[1:].strip() else ""

@@ -10,8 +10,11 @@ Accepted and ignored (the CLI decides): ``temperature``, ``top_p``, ``max_tokens
 ``max_completion_tokens``, ``presence_penalty``, ``frequency_penalty``, ``stop``, ``seed``,
 ``logit_bias``, ``logprobs``, ``top_logprobs``, ``parallel_tool_calls``, ``metadata``, ``store``,
 ``service_tier``, ``reasoning_effort``. ``response_format`` ``json_schema`` and ``json_object`` run the
-turn on a CLI started with that schema (structured output); ``user`` is the end user.
-Refused with 400 naming the ``param``: ``n`` > 1, ``tools`` / ``functions``, images, audio.
+turn on a CLI started with that schema (structured output); ``user`` is the end user. ``tools`` are the
+client's functions, offered to the session's CLI: a completion may end with their calls, and the
+next request's ``tool`` messages continue the waiting turn (:mod:`.openai_tools`).
+Refused with 400 naming the ``param``: ``n`` > 1, ``functions`` (but with ``tool_choice`` ``"none"``),
+images by URL, audio.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ class OpenAIErrorBody(BaseModel):
 
 
 _DESCRIPTIONS = {
-    400: "Invalid request: a field, or a feature not offered (n > 1, tools, images, audio); `param` names it.",
+    400: "Invalid request: a field, or a feature not offered (n > 1, functions, audio); `param` names it.",
     401: "Missing or unknown API key.",
     403: "The key is bound to another end user than X-End-User or the body's user names.",
     404: "X-Session-ID names no session of this tenant (or of this end user).",
@@ -133,7 +136,7 @@ class ChatCompletionBody(BaseModel):
     tools: list[ToolSpec] | None = Field(
         None, max_length=128, description="the client's functions, offered to the model"
     )
-    functions: list[Any] | None = Field(None, description="OpenAI's deprecated form: not supported (use tools)")
+    functions: list[Any] | None = Field(None, description="OpenAI's deprecated form: refused but with tool_choice none")
     tool_choice: Any = Field(
         None, description='"none" offers no function; "required" or a named one is asked for in words (see docs)'
     )

@@ -72,14 +72,6 @@ def _text_delta(message: Reply) -> str | None:
     return None
 
 
-def _client_call_started(message: Reply) -> bool:
-    """The model's message starts a call of a client function (a ``tool_use`` block named ``mcp__client__*``)."""
-    if not (isinstance(message, StreamEvent) and message.event.get("type") == "content_block_start"):
-        return False
-    block = message.event.get("content_block") or {}
-    return block.get("type") == "tool_use" and str(block.get("name", "")).startswith(PREFIX)
-
-
 class Completion:
     """One turn of a session (or the part of it up to its client's calls), told as an OpenAI completion."""
 
@@ -99,12 +91,18 @@ class Completion:
         self._streamed = False
         #: A ``response_format`` asked for JSON: the content is the structured output, at the end.
         self.structured = structured
-        #: Client calls the model's current message makes, and whether that message is whole.
-        self._expected, self._whole = 0, False
+        #: Client calls the model's current message makes before any tool of the CLI's own, whether one
+        #: of those came after them, and whether the message is whole (none is being generated).
+        self._expected, self._run_over, self._whole = 0, False, True
 
     @property
     def calls_ready(self) -> bool:
-        """Every client call of the model's message is here: the completion ends with them."""
+        """The client calls the CLI runs at once are here: the completion ends with them.
+
+        The CLI runs the calls of one answer together, but one of its own tools that is not read-only
+        waits for those before it, and the calls after it for it: such later calls come in the next
+        completion (a call still waiting in the turn is its first event).
+        """
         return bool(self.calls) and self._whole and len(self.calls) >= self._expected
 
     def take(self, message: Reply) -> list[dict[str, Any]]:
@@ -122,11 +120,7 @@ class Completion:
 
     def _take_message(self, message: Reply) -> list[str]:
         if isinstance(message, StreamEvent):
-            kind = message.event.get("type")
-            if kind == "message_start":
-                self._expected, self._whole = 0, False
-            self._expected += _client_call_started(message)
-            self._whole = self._whole or kind == "message_stop"
+            self._follow(message.event)
         texts = [] if self.structured else self._texts(message)
         if isinstance(message, ResultMessage):
             if (failed := model_error(message)) is not None:
@@ -137,6 +131,18 @@ class Completion:
             self.session.metadata["history_digest"] = self._digest_of(("assistant", "".join([*self.text, *texts])))
         self.text += texts
         return texts
+
+    def _follow(self, event: dict[str, Any]) -> None:
+        """Count the client calls of the model's message from its stream."""
+        kind, block = event.get("type"), event.get("content_block") or {}
+        if kind == "message_start":
+            self._expected, self._run_over, self._whole = 0, False, False
+        elif kind == "content_block_start" and block.get("type") == "tool_use":
+            if str(block.get("name", "")).startswith(PREFIX):
+                self._expected += not self._run_over
+            elif self._expected:
+                self._run_over = True
+        self._whole = self._whole or kind == "message_stop"
 
     def finish_reason(self) -> str:
         if self.calls_ready:

@@ -26,7 +26,8 @@ PATTERNS: dict[str, str] = {
     ),
     rf"^{_TOOL_NAME.pattern}$": "a tool name or rule such as 'Read' or 'Bash(git log:*)'",
     _MODEL_NAME: "a model name such as 'sonnet' or 'claude-sonnet-4-5'",
-    rf"^{_TENANT.pattern}$": "a tenant name: 1 to 64 letters, digits, '_' or '-'",
+    # A tenant's name, and a function's (the OpenAI endpoint's tools and calls): the same pattern.
+    rf"^{_TENANT.pattern}$": "a name of 1 to 64 letters, digits, '_' or '-'",
     rf"^{END_USER.pattern}$": "an end user's id: up to 128 letters, digits and '._@-', not starting with '.'",
 }
 

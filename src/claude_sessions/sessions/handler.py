@@ -24,7 +24,7 @@ from prometheus_client import generate_latest
 
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
-from claude_sessions.content import Content, check_content
+from claude_sessions.content import Content, check_content, slash_command
 from claude_sessions.errors import (
     ConfigError,
     HandlerClosedError,
@@ -44,7 +44,7 @@ from claude_sessions.sessions.permissions import Behavior, PermissionRequest, Sc
 from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
 from claude_sessions.sessions.turn_options import TurnOptions
-from claude_sessions.sessions.turns import Turns, slash_command, stop_turn
+from claude_sessions.sessions.turns import Turns, stop_turn
 from claude_sessions.sessions.worker_events import WorkerEvents, worker_pool
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.history import Turn

@@ -427,7 +427,11 @@ def _count_turn(session: Session, worker: Worker, prompt: Content, command: str 
 async def stop_turn(session: Session, worker: Worker) -> None:
     """Interrupt a session's running turn: first end what waits for its user or client, so the CLI can stop."""
     release_waiting(session)
-    await interrupt_worker(worker)
+    try:
+        async with asyncio.timeout(INTERRUPT_GRACE_SECONDS):
+            await worker.client.interrupt()
+    except Exception as error:
+        log.info("interrupt_failed", worker=worker.id, error=repr(error))
 
 
 def release_waiting(session: Session) -> None:
@@ -438,22 +442,6 @@ def release_waiting(session: Session) -> None:
         session.client_calls.close("The turn was interrupted before the client returned this call's result.")
 
 
-async def interrupt_worker(worker: Worker) -> None:
-    try:
-        async with asyncio.timeout(INTERRUPT_GRACE_SECONDS):
-            await worker.client.interrupt()
-    except Exception as error:
-        log.info("interrupt_failed", worker=worker.id, error=repr(error))
-
-
 def held_elsewhere(session_id: str, holder: Holder) -> SessionHeldElsewhereError:
     message = f"session {session_id!r} runs on node {holder.node_id}"
     return SessionHeldElsewhereError(message, session_id, holder.node_id, holder.url)
-
-
-def slash_command(prompt: str) -> str | None:
-    """The CLI command a message starts with (``"/model x"`` -> ``"model"``), or None."""
-    text = prompt.lstrip()
-    if not text.startswith("/"):
-        return None
-    return text[1:].split(maxsplit=1)[0] if text[1:].strip() else ""

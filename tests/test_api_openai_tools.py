@@ -128,7 +128,7 @@ def test_the_official_clients_tool_loop_continues_the_waiting_turn(alice: openai
     assert again == session and choice.finish_reason == "stop" and "sunny, 21 C" in choice.message.content
     assert len(model.message_requests()) == 2  # one model call: the waiting turn went on, nothing replayed
     (result,) = tool_results(model)
-    assert result["tool_use_id"] == "toolu_offline_0" and result_text(result) == "sunny, 21 C"
+    assert result["tool_use_id"].startswith("toolu_offline_") and result_text(result) == "sunny, 21 C"
 
     messages += [{"role": "assistant", "content": choice.message.content}, {"role": "user", "content": "thanks"}]
     choice, later = complete(alice, messages, tools=[WEATHER])

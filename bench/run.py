@@ -5,7 +5,7 @@ median, p95 and the ratio. Prints the figures tables, writes bench/results/lates
 and latest.md, draws bench/results/latest.png, and puts the same tables in
 docs/benchmarks.md between its figures markers.
 
-    python bench/run.py [--quick] [--cluster | --approval | --keys]
+    python bench/run.py [--quick] [--cluster | --approval | --keys | --tools]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import approval_scenarios as approval
 import cluster_scenarios as cluster
 import keys_scenarios as keys
 import scenarios
+import tool_rounds
 from claude_sessions.observability.logs import configure_logging
 from claude_sessions.offline_model import OfflineModel
 from common import Comparison, offline_environment
@@ -45,6 +46,11 @@ async def run_approval(quick: bool) -> dict[str, Any]:
 async def run_keys(quick: bool) -> dict[str, Any]:
     """Only the run-time keys benchmark: authentication's cost, in process and over HTTP."""
     return {"keys": await keys.run_all(quick)}
+
+
+async def run_tools(quick: bool, model: OfflineModel) -> dict[str, Any]:
+    """Only OpenAI function calling's tool rounds: a continuation's model calls and time, vs a plain follow-up."""
+    return {"tools": await tool_rounds.run_all(quick, model)}
 
 
 async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[str, Any]:
@@ -67,6 +73,7 @@ async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[
         "comparisons": [c.as_dict() for c in comparisons],
         "approval": approval_steps,
         "keys": await keys.run_all(quick),
+        "tools": await tool_rounds.run_all(quick, model),
         "concurrency": await scenarios.concurrency([1, 10] if quick else [1, 10, 50], 10),
         "memory": await scenarios.memory([10] if quick else [10, 50]),
         "maintenance": await scenarios.maintenance_cost([1_000] if quick else [1_000, 10_000, 100_000]),
@@ -102,7 +109,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *approval.markdown(results["approval"])]
     if "keys" in results:
         lines += ["", *keys.markdown(results["keys"])]
-    if "cluster" not in results:  # a tool-approval-only or keys-only run
+    if "tools" in results:
+        lines += ["", *tool_rounds.markdown(results["tools"])]
+    if "cluster" not in results:  # a tool-approval-only, keys-only or tools-only run
         return "\n".join(lines).strip() + "\n"
     clustered = results["cluster"]
     cluster_lines = [f"Cluster benchmarks skipped: {clustered['skipped']}"] if "skipped" in clustered else []
@@ -214,6 +223,7 @@ def main() -> None:
     only.add_argument("--cluster", action="store_true", help="only the cluster benchmarks (needs PostgreSQL)")
     only.add_argument("--approval", action="store_true", help="only tool approval: prints its figures, writes nothing")
     only.add_argument("--keys", action="store_true", help="only run-time keys' auth cost: prints, writes nothing")
+    only.add_argument("--tools", action="store_true", help="only OpenAI tool rounds: prints, writes nothing")
     args = parser.parse_args()
     configure_logging("WARNING")
     console = Console(width=140)
@@ -223,13 +233,15 @@ def main() -> None:
             results = asyncio.run(run_approval(args.quick))
         elif args.keys:
             results = asyncio.run(run_keys(args.quick))
+        elif args.tools:
+            results = asyncio.run(run_tools(args.quick, server.model))
         else:
             results = asyncio.run(run_all(args.quick, server.model, args.cluster))
     results["machine"] = machine()
     results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["seconds"] = round(time.monotonic() - began, 1)
     console.print(Markdown(markdown(results)))
-    if args.approval or args.keys:
+    if args.approval or args.keys or args.tools:
         print(markdown(results))  # as is, for docs/benchmarks.md
         console.print(f"{results['machine']}; {results['seconds']} s; nothing written")
         return

@@ -17,7 +17,7 @@ from claude_sessions.errors import LeaseLostError
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.store.archive import FileArchive, StoreArchive, TranscriptArchive
 from claude_sessions.store.postgres import PostgresRegistry
-from claude_sessions.store.records import SessionRecord
+from claude_sessions.store.records import Lease, SessionRecord
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/{}"
 
@@ -51,7 +51,8 @@ async def archive(
     request: pytest.FixtureRequest, tmp_path: Path, database: str, registry: PostgresRegistry
 ) -> AsyncIterator[TranscriptArchive]:
     files = FileArchive(tmp_path / "projects")
-    made = files if request.param == "files" else StoreArchive(PostgresTranscriptStore(database), files, registry)
+    store = PostgresTranscriptStore(database)
+    made = files if request.param == "files" else StoreArchive(store, files, registry, tmp_path / "spill")
     await made.open()
     yield made
     await made.close()
@@ -96,7 +97,7 @@ async def held(store: FlakyStore, tmp_path: Path, registry: PostgresRegistry) ->
     """The store's archive on node a, which holds session "s" (fence 1)."""
     record = SessionRecord("s", None, SessionConfig(), {}, SessionMetrics(), None, False)
     assert await registry.create(record, 10, None, hold=True) == "created"
-    return StoreArchive(store, FileArchive(tmp_path / "projects"), registry)
+    return StoreArchive(store, FileArchive(tmp_path / "projects"), registry, tmp_path / "spill")
 
 
 def worker_mirror(archive: StoreArchive, token: str) -> SessionStore:
@@ -130,7 +131,7 @@ async def test_a_worker_whose_lease_moved_cannot_write_the_conversation(
     try:
         await asyncio.sleep(1.1)  # node a is paused: its heartbeat lapses
         await other.nodes.heartbeat("http://b", 0, "up")
-        assert await other.claim("s") == 2
+        assert await other.claim("s") == Lease(2, True)
         with pytest.raises(LeaseLostError):
             await mirror.append(key, said("after the pause"))
     finally:
@@ -176,3 +177,35 @@ async def test_a_refused_batch_is_the_sdks_to_retry_and_a_sessions_next_worker_w
     second = worker_mirror(held, "second-worker")
     await second.append(key, said("newer"))  # waits behind the older batch
     assert await stored(store, key) == ["hi", "older", "newer"]
+
+
+async def test_batches_kept_back_survive_the_nodes_death_and_a_restart_writes_them_unless_the_session_moved(
+    database: str, store: FlakyStore, held: StoreArchive, registry: PostgresRegistry, tmp_path: Path
+) -> None:
+    mirror = worker_mirror(held, "worker-token")
+    key, moved = conversation_key(), conversation_key()
+    await mirror.append(key, said("one"))
+    store.down = True
+    await mirror.append(key, said("two"))  # the database is away; then the node is killed (nothing runs after)
+    assert [p.name for p in (tmp_path / "spill").iterdir()] == [f"{key['session_id']}.json"]
+    store.down = False
+    restarted = PostgresRegistry(database, "a2", 60.0)  # the same data directory, a new node
+    await restarted.open()
+    try:
+        again = StoreArchive(store, FileArchive(tmp_path / "projects"), restarted, tmp_path / "spill")
+        await again.open()
+        await again.catch_up()  # its first heartbeat: nobody took session "s" since
+        assert await stored(store, key) == ["one", "two"] and not list((tmp_path / "spill").iterdir())
+
+        store.down = True
+        await mirror.append(moved, said("lost"))  # kept by the first run again
+        store.down = False
+        await registry.nodes.leave()  # node a is gone for good
+        assert await restarted.claim("s") == Lease(2, True)  # another node took it meanwhile
+        third = StoreArchive(store, FileArchive(tmp_path / "projects"), restarted, tmp_path / "spill")
+        await third.open()
+        await third.catch_up()
+        assert await stored(store, moved) == []  # written under a lease that moved: never written
+    finally:
+        await restarted.close()
+    held.forget("worker-token")

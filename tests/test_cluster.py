@@ -391,3 +391,81 @@ def test_an_openai_tool_round_started_on_one_node_is_continued_through_another(
     assert "cold" in answer.json()["choices"][0]["message"]["content"]
     assert len(model.message_requests()) == requests_before + 1  # the same turn went on: one model call
     assert cluster.node(1).cli_worker_pids() == set()  # nothing ran on the node it was sent to
+
+
+def test_a_message_through_another_node_waits_out_a_killed_holder_and_is_answered_without_an_error(
+    cluster: Cluster, model: OfflineModel
+) -> None:
+    n1, n2 = cluster.node(0).client("alice"), cluster.node(1).client("alice")
+    assert n1.post("/v1/sessions", json={"session_id": "w"}).status_code == 201
+    assert "[user message 1 " in say(n1, "w", "the word is fig").json()["text"]
+    cluster.kill(0)
+    began = time.monotonic()
+    reply = say(n2, "w", "which word?")  # once: no 503, no retry
+    took = time.monotonic() - began
+    assert reply.status_code == 200, reply.text
+    assert "[user message 2 " in reply.json()["text"] and "fig" in model.message_requests()[-1].user_texts[0]
+    assert took < LEASE + 10, took  # the lease, then one resume
+    assert n2.get("/v1/sessions/w").json()["metrics"]["message_count"] == 2
+
+
+def test_a_paused_holder_is_waited_out_by_a_forwarded_message_that_then_runs_here(
+    cluster: Cluster, model: OfflineModel
+) -> None:
+    holder = cluster.node(0)
+    n1, n2 = holder.client("alice"), cluster.node(1).client("alice")
+    assert n1.post("/v1/sessions", json={"session_id": "z"}).status_code == 201
+    assert say(n1, "z", "one").status_code == 200
+    os.kill(holder.process.pid, signal.SIGSTOP)
+    try:
+        reply = say(n2, "z", "two")  # sent to the paused node first; its lease lapses; served here
+        assert reply.status_code == 200 and "[user message 2 " in reply.json()["text"], reply.text
+    finally:
+        os.kill(holder.process.pid, signal.SIGCONT)
+    assert n2.get("/v1/sessions/z").json()["metrics"]["message_count"] == 2
+
+
+def test_a_stream_waiting_for_a_dead_holders_lease_hears_comments_then_its_answer(
+    tmp_path: Path, offline_server: OfflineModelServer, database: str
+) -> None:
+    lease = 10.0  # past the first keepalive (4 s)
+    with running_cluster(tmp_path, offline_server.base_url, database, count=2, lease=lease) as cluster:
+        n1, n2 = cluster.node(0).client("alice"), cluster.node(1).client("alice")
+        assert n1.post("/v1/sessions", json={"session_id": "k"}).status_code == 201
+        assert say(n1, "k", "one").status_code == 200
+        cluster.kill(0)
+        with n2.stream("POST", "/v1/sessions/k/messages", json={"content": "two"}, timeout=60) as response:
+            assert response.status_code == 200
+            lines = list(response.iter_lines())
+        assert ": waiting for the node holding this session" in lines
+        events = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+        assert events[-1] == "result" and "error" not in events, lines[-6:]
+
+
+def test_a_turn_cut_by_its_nodes_death_runs_once_when_sent_again_with_its_key(
+    cluster: Cluster, model: OfflineModel
+) -> None:
+    """The dead node's half turn (its prompt in the shared transcript) is rolled back at the takeover."""
+    n1, n2 = cluster.node(0).client("alice"), cluster.node(1).client("alice")
+    assert n1.post("/v1/sessions", json={"session_id": "once"}).status_code == 201
+    assert say(n1, "once", "first").status_code == 200
+    key = {"Idempotency-Key": "message-2"}
+
+    def cut_short() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            say(n1, "once", "[[slow:3]] second", **key)
+
+    cutting = threading.Thread(target=cut_short, daemon=True)
+    cutting.start()
+    deadline = time.monotonic() + 10
+    while not any("second" in " ".join(r.user_texts) for r in model.message_requests()):
+        assert time.monotonic() < deadline, "the second message never reached the model"
+        time.sleep(0.05)
+    cluster.kill(0)  # mid-turn: the model is still answering
+    cutting.join(10)
+    reply = say(n2, "once", "[[slow:3]] second", **key)  # the client's retry, through another node
+    assert reply.status_code == 200, reply.text
+    assert say(n2, "once", "third").status_code == 200
+    texts = [t for t in model.message_requests()[-1].user_texts if not t.startswith("<system-reminder>")]
+    assert [t for t in texts if "second" in t] == ["[[slow:3]] second"], texts  # once, in its place
+    assert n2.get("/v1/sessions/once").json()["metrics"]["message_count"] == 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from claude_sessions.sessions.conversations import chat_messages
+from claude_sessions.sessions.conversations import chat_messages, unfinished_from
 
 
 def entry(kind: str, content: Any, message_id: str | None = None) -> dict[str, Any]:
@@ -47,3 +47,15 @@ def test_a_plain_string_and_a_failed_tool_read_as_they_were() -> None:
         {"role": "user", "content": "hello"},
         {"role": "user", "content": "", "tool_results": [{"tool_use_id": "t2", "content": "denied", "is_error": True}]},
     ]
+
+
+def test_the_unfinished_turn_begins_at_the_last_prompt_without_a_final_answer() -> None:
+    prompt = {"type": "user", "message": {"role": "user", "content": "hi"}}
+    answer = {"type": "assistant", "message": {"role": "assistant", "stop_reason": "end_turn", "content": []}}
+    call = {"type": "assistant", "message": {"role": "assistant", "stop_reason": "tool_use", "content": []}}
+    result = {"type": "user", "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}}
+    reminder = {"type": "user", "isMeta": True, "message": {"role": "user", "content": "note"}}
+    assert unfinished_from([prompt, answer]) is None
+    assert unfinished_from([prompt, answer, prompt]) == 2
+    assert unfinished_from([prompt, answer, prompt, call, result, reminder]) == 2
+    assert unfinished_from([prompt, call]) == 0 and unfinished_from([]) is None

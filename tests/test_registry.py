@@ -18,7 +18,7 @@ from claude_sessions import SessionConfig
 from claude_sessions.errors import BudgetExceededError, DatabaseUnavailableError, RateLimitedError
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.store.postgres import PostgresRegistry
-from claude_sessions.store.records import Holder, SessionRecord, Spend
+from claude_sessions.store.records import Holder, Lease, SessionRecord, Spend
 from claude_sessions.store.registry import Registry
 from claude_sessions.store.spend import Limits
 from claude_sessions.store.sqlite import _MIGRATIONS, SqliteRegistry
@@ -103,20 +103,20 @@ async def test_a_lease_moves_only_from_a_stale_or_draining_holder_and_fences_the
 ) -> None:
     a, b = await make_registry("a", 1.0), await make_registry("b", 1.0)
     await a.create(record("s"), 10, None, hold=True)
-    assert await a.claim("s") == 1  # its own lease: same token
+    assert await a.claim("s") == Lease(1, True)  # its own lease: same token (held since its create)
     assert await b.claim("s") == Holder("a", "http://a") and await b.holder("s") == Holder("a", "http://a")
     assert await a.holder("s") is None  # not held by another node
     assert await a.save(record("s", fence=1, metrics=SessionMetrics(message_count=1)))
     await asyncio.sleep(1.1)  # a's heartbeat lapses (say it was paused)
     await b.nodes.heartbeat("http://b", 0, "up")
-    assert await b.claim("s") == 2
+    assert await b.claim("s") == Lease(2, False)  # no turn was left running
     assert not await a.save(record("s", fence=1, metrics=SessionMetrics(message_count=99)))  # fenced out
     assert (await b.get("s")).metrics.message_count == 1  # type: ignore[union-attr]
     assert await a.held() == {} and await b.held() == {"s": 2}
     await a.nodes.heartbeat("http://a", 0, "up")  # back from the pause: still not its lease
     assert await a.claim("s") == Holder("b", "http://b")
     await b.nodes.heartbeat("http://b", 0, "draining")
-    assert await a.claim("s") == 3  # a draining node's sessions move at once
+    assert await a.claim("s") == Lease(3, False)  # a draining node's sessions move at once
     await a.release("s", 2)  # an old token releases nothing
     assert await a.held() == {"s": 3}
     await a.release("s", 3)
@@ -130,10 +130,10 @@ async def test_a_node_that_leaves_frees_its_leases_and_a_restart_frees_its_prede
     a, b = await make_registry("a", 60.0), await make_registry("b", 60.0)
     await a.create(record("s"), 10, None, hold=True)
     await a.nodes.leave()
-    assert await b.claim("s") == 2
+    assert await b.claim("s") == Lease(2, True)  # its creator left before it was ever saved
     a2 = await make_registry("a2", 60.0)
     await b.nodes.join("owner-b")  # as b's successor on the same data directory: b is dead
-    assert await a2.claim("s") == 3
+    assert await a2.claim("s") == Lease(3, True)
     assert {n.node_id for n in await a2.nodes.listing()} == {"a2"}
 
 

@@ -302,7 +302,12 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     service = Service(handler, authenticator, lifecycle, parked, retry_after)
     mark = forwarding_mark(server)
     forwarder = Forwarder(
-        handler.holder_of, config.cluster.LEASE_SECONDS, config.optimization.MESSAGE_TIMEOUT, retry_after, mark
+        handler.holder_of,
+        lambda: handler.node.url,
+        config.cluster.LEASE_SECONDS,
+        config.optimization.MESSAGE_TIMEOUT,
+        retry_after,
+        mark,
     )
 
     # Spares are warmed with exactly the options sessions will ask for: each key

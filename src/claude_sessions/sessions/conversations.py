@@ -69,6 +69,25 @@ class Conversations:
         conversation = session.conversation(self.project_of(session.config))
         return session.recorded and conversation is not None and not await self.archive.exists(conversation)
 
+    async def roll_back_unfinished(self, session: Session) -> bool:
+        """Drop the turn a dead node left unfinished (its prompt, and what followed it with no final
+        answer) from the session's transcript; whether there was one. Its caller, never told the
+        answer, sends it again: it then runs once. A conversation it began goes whole."""
+        conversation = session.conversation(self.project_of(session.config))
+        if conversation is None:
+            return False
+        entries = await self.archive.entries(conversation)
+        cut = unfinished_from(entries)
+        if cut is None:
+            return False
+        log.info("unfinished_turn_rolled_back", session_id=session.id, entries=len(entries) - cut)
+        if cut == 0:
+            await self.archive.delete(self.archive.name(conversation))
+            session.claude_session_id, session.recorded = None, False
+        else:
+            await self.archive.truncate(conversation, cut)
+        return True
+
     async def conversation_to_resume(self, session: Session) -> str | None:
         """The conversation a new worker must continue, if any.
 
@@ -81,6 +100,22 @@ class Conversations:
         log.info("conversation_never_recorded", session_id=session.id, claude_session_id=session.claude_session_id)
         session.claude_session_id = None
         return None
+
+
+def unfinished_from(entries: list[dict[str, Any]]) -> int | None:
+    """Where the last turn began, if no final answer (``end_turn``) came after its prompt."""
+    for index in range(len(entries) - 1, -1, -1):
+        entry = entries[index]
+        message = entry.get("message") or {}
+        if entry.get("type") == "assistant" and message.get("stop_reason") == "end_turn":
+            return None
+        if entry.get("type") == "user" and not entry.get("isMeta") and not _is_command(entry):
+            content = message.get("content")
+            if isinstance(content, str) or not any(
+                isinstance(b, dict) and b.get("type") == "tool_result" for b in content or []
+            ):
+                return index
+    return None
 
 
 def _is_command(entry: dict[str, Any]) -> bool:

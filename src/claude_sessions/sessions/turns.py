@@ -166,7 +166,8 @@ class Turns:
         """Take the session's lease for this turn, or send the caller to the live node holding it.
 
         A CLI this node kept from an older lease (another node ran turns since) holds
-        a stale conversation: it is dropped and the conversation resumed afresh.
+        a stale conversation: it is dropped and the conversation resumed afresh. A turn left
+        running under the lease (its node died mid-turn) is rolled back: the caller's retry runs it once.
         """
         elsewhere = session.holder not in (None, self.registry.node_id)
         if elsewhere and session.holder_url and not forwarded:
@@ -181,11 +182,19 @@ class Turns:
             if forwarded:  # sent here as its holder, but it moved on meanwhile
                 raise SessionBusyError(f"session {session.public_id!r} is moving between nodes; retry")
             raise held_elsewhere(session.id, claim)
-        if claim != session.fence:  # another node ran turns since: what this node held is stale
+        if claim.fence != session.fence or claim.unfinished:  # another node ran turns since: ours is stale
             session.approvals = None  # grants for the session are the holder's, not kept across a move
             if session.worker is not None:
                 await self._drop_worker(session, session.worker)
-        session.fence, session.holder = claim, self.registry.node_id
+        session.fence, session.holder = claim.fence, self.registry.node_id
+        if claim.unfinished:
+            await self._roll_back(session)
+
+    async def _roll_back(self, session: Session) -> None:
+        """Undo a turn that never ended (its CLI or its node died): neither its count nor its messages
+        (those the transcript got before the end) stay."""
+        session.metrics.message_count = max(0, session.metrics.message_count - 1)
+        await self.manager.conversations.roll_back_unfinished(session)
 
     async def _bind(self, session: Session, options: SessionConfig) -> Worker:
         """The session's worker for a turn with ``options`` (its own, and this turn's output schema);
@@ -286,6 +295,7 @@ class Turns:
             self._count_connection_error(session)
             await replies.aclose()
             await self._drop_worker(session, worker)
+            await self._roll_back(session)  # a retry of the message then runs it once
             raise WorkerDiedError(f"the CLI process of session {session.public_id!r} failed: {error}") from error
         finally:
             # Abandoned by the caller (closed generator, cancelled stream): the shield lets the

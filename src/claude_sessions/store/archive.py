@@ -22,14 +22,13 @@ from claude_agent_sdk import SessionKey, SessionListSubkeysKey, SessionStore, Se
 
 from claude_sessions.errors import DatabaseUnavailableError, LeaseLostError
 from claude_sessions.store.registry import Registry
+from claude_sessions.store.spill import Batch, Lease, Spill
 from claude_sessions.store.transcripts import UNAVAILABLE, PostgresTranscriptStore
 
 log = structlog.get_logger("claude_sessions.archive")
 
 #: (project key, claude session id)
 Conversation = tuple[str, str]
-#: (session key, fencing token) a worker writes for; None: no session's (a spare, a warm-up).
-Lease = tuple[str, int] | None
 
 
 class TranscriptArchive(ABC):
@@ -65,6 +64,10 @@ class TranscriptArchive(ABC):
     @abstractmethod
     async def write(self, conversation: Conversation, entries: list[dict[str, Any]]) -> None:
         """Store a whole new transcript (an imported history the CLI will resume)."""
+
+    @abstractmethod
+    async def truncate(self, conversation: Conversation, keep: int) -> None:
+        """Keep only the transcript's first ``keep`` entries (a dead turn's are dropped)."""
 
     @abstractmethod
     def name(self, conversation: Conversation) -> str:
@@ -122,6 +125,9 @@ class FileArchive(TranscriptArchive):
         text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries)
         await asyncio.to_thread(_write, self.path(conversation), text)
 
+    async def truncate(self, conversation: Conversation, keep: int) -> None:
+        await self.write(conversation, (await self.entries(conversation))[:keep])
+
     def name(self, conversation: Conversation) -> str:
         return str(self.path(conversation))
 
@@ -134,15 +140,13 @@ class FileArchive(TranscriptArchive):
 
 #: What an unreachable database raises, through the registry or straight from the store.
 _OUTAGE = (DatabaseUnavailableError, *UNAVAILABLE)
-#: One batch the SDK mirrored: the lease it was written under, where it goes, what it holds.
-_Batch = tuple[Lease, SessionKey, list[SessionStoreEntry]]
 
 
 class _Conversation:
     """The batches of one conversation not in the store yet, oldest first, written one at a time."""
 
     def __init__(self) -> None:
-        self.waiting: list[_Batch] = []
+        self.waiting: list[Batch] = []
         self.lock = asyncio.Lock()
         #: Writers holding or awaiting the lock: it is forgotten only when none is left.
         self.users = 0
@@ -170,12 +174,22 @@ class WriteBehind:
     Kept batches are written first, in order, on the conversation's next write or at the
     node's next heartbeat (``catch_up``), whichever worker wrote them (a session's
     next worker waits behind its last one's). Any other error is the SDK's to retry or
-    report, as without us.
+    report, as without us. Kept batches are on disk too (:class:`Spill`): a restart writes
+    what the node's previous run kept, unless another node took the session since.
     """
 
-    def __init__(self, store: PostgresTranscriptStore, registry: Registry) -> None:
-        self._store, self._registry = store, registry
+    def __init__(self, store: PostgresTranscriptStore, registry: Registry, spill: Spill) -> None:
+        self._store, self._registry, self._spill = store, registry, spill
         self._conversations: dict[str, _Conversation] = {}
+        #: Leases of batches a previous run of this node kept: written if no other node took the session since.
+        self._inherited: set[tuple[str, int]] = set()
+
+    def restore(self) -> None:
+        """Take up what a previous run of this node kept on disk."""
+        for name, batches in self._spill.left().items():
+            self._conversations.setdefault(name, _Conversation()).waiting[:0] = batches
+            self._inherited |= {lease for lease, _, _ in batches if lease is not None}
+            log.info("transcript_spill_found", conversation=name, batches=len(batches))
 
     async def write(self, lease: Lease, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
         name = key["session_id"]
@@ -190,6 +204,7 @@ class WriteBehind:
                     conversation.waiting.remove(batch)
                 raise
             finally:
+                self._spill.keep(name, conversation.waiting)
                 self._forget_if_done(name, conversation)
         if lease is not None and lease in lost:
             raise LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
@@ -210,6 +225,7 @@ class WriteBehind:
                     log.error("transcript_batch_refused", error=repr(error))
                     continue
                 finally:
+                    self._spill.keep(name, conversation.waiting)
                     self._forget_if_done(name, conversation)
             for lease in lost:
                 log.warning("transcript_write_refused", session_id=lease[0], reason="another node holds it now")
@@ -233,7 +249,8 @@ class WriteBehind:
             while conversation.waiting:
                 lease, key, entries = conversation.waiting[0]
                 if lease is not None and lease not in held:
-                    if not await self._registry.holds(*lease):
+                    still = self._registry.unmoved if lease in self._inherited else self._registry.holds
+                    if not await still(*lease):
                         conversation.waiting = [batch for batch in conversation.waiting if batch[0] != lease]
                         lost.append(lease)
                         continue
@@ -273,11 +290,11 @@ class FencedMirror:
 class StoreArchive(TranscriptArchive):
     """A :class:`PostgresTranscriptStore` shared by every node; local files are the CLI's scratch copies."""
 
-    def __init__(self, store: PostgresTranscriptStore, files: FileArchive, registry: Registry) -> None:
+    def __init__(self, store: PostgresTranscriptStore, files: FileArchive, registry: Registry, spill: Path) -> None:
         self.store = store
         self._files = files
         self._mirrors: dict[str, FencedMirror] = {}
-        self.writes = WriteBehind(store, registry)
+        self.writes = WriteBehind(store, registry, Spill(spill))
 
     def mirror_for(self, worker_token: str) -> SessionStore:
         mirror = self._mirrors[worker_token] = FencedMirror(self.store, self.writes)
@@ -311,6 +328,11 @@ class StoreArchive(TranscriptArchive):
             {"project_key": project, "session_id": claude_id}, cast(list[SessionStoreEntry], entries)
         )
 
+    async def truncate(self, conversation: Conversation, keep: int) -> None:
+        project, claude_id = conversation
+        await self.store.truncate(claude_id, project, keep)
+        await self._files.delete(self._files.name(conversation))  # this node's copy, if any: the store's is whole
+
     def name(self, conversation: Conversation) -> str:
         project, claude_id = conversation
         return f"{project}/{claude_id}"
@@ -322,6 +344,7 @@ class StoreArchive(TranscriptArchive):
 
     async def open(self) -> None:
         await self.store.open()
+        self.writes.restore()  # written at the next heartbeat's catch-up
 
     async def close(self) -> None:
         await self.store.close()

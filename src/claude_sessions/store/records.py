@@ -88,6 +88,15 @@ class KeyRecord:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """A session's lease, taken: its fencing token, and whether a turn was left running under it
+    (its holder died mid-turn, or this node before a restart): that turn never ended."""
+
+    fence: int
+    unfinished: bool
+
+
+@dataclass(frozen=True)
 class Holder:
     """The live node that runs a session's CLI, and where to reach it."""
 

@@ -27,7 +27,7 @@ from claude_sessions.errors import ClusterModeError
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.store.keys import KeyStore
 from claude_sessions.store.ledgers import NodeStore, ReplyStore, RetiredTranscripts, WorkerLedger
-from claude_sessions.store.records import CreateOutcome, Holder, SessionRecord, Transaction
+from claude_sessions.store.records import CreateOutcome, Holder, Lease, SessionRecord, Transaction
 from claude_sessions.store.spend import SpendStore
 
 T = TypeVar("T")
@@ -261,8 +261,9 @@ class Registry(ABC):
 
     # -- leases --------------------------------------------------------------------------
 
-    async def claim(self, key: str) -> int | Holder | None:
-        """Take a session's lease: its fencing token, or the live node that holds it, or None if gone.
+    async def claim(self, key: str) -> Lease | Holder | None:
+        """Take a session's lease (its fencing token; whether a turn was left running), or the live
+        node that holds it, or None if gone.
 
         A lease is free when nobody holds it, or its holder's heartbeat is stale, or
         the holder is draining. Taking it from another node raises the token.
@@ -270,11 +271,12 @@ class Registry(ABC):
         async with self.transaction() as tx:
             rows = await tx.run(
                 "UPDATE sessions SET fence = CASE WHEN holder = ? THEN fence ELSE fence + 1 END, holder = ?"
-                f" WHERE key = ? AND (holder IS NULL OR holder = ? OR holder NOT IN ({_LIVE_NODES})) RETURNING fence",
+                f" WHERE key = ? AND (holder IS NULL OR holder = ? OR holder NOT IN ({_LIVE_NODES}))"
+                " RETURNING fence, busy",
                 (self.node_id, self.node_id, key, self.node_id, self._fresh_since()),
             )
             if rows:
-                return int(rows[0][0])
+                return Lease(int(rows[0][0]), bool(rows[0][1]))
             rows = await tx.run(
                 "SELECT s.holder, n.url FROM sessions s LEFT JOIN nodes n ON n.node_id = s.holder WHERE s.key = ?",
                 (key,),
@@ -297,6 +299,12 @@ class Registry(ABC):
             rows = await tx.run(
                 "SELECT 1 FROM sessions WHERE key = ? AND holder = ? AND fence = ?", (key, self.node_id, fence)
             )
+        return bool(rows)
+
+    async def unmoved(self, key: str, fence: int) -> bool:
+        """Whether no node took ``key`` since ``fence`` (what a restarted node's kept writes need)."""
+        async with self.transaction() as tx:
+            rows = await tx.run("SELECT 1 FROM sessions WHERE key = ? AND fence = ?", (key, fence))
         return bool(rows)
 
     async def release(self, key: str, fence: int) -> None:

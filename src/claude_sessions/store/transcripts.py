@@ -276,6 +276,16 @@ class PostgresTranscriptStore(SessionStore):
             )
             return {(p, s) for p, s in await cur.fetchall()}
 
+    async def truncate(self, session_id: str, project_key: str, keep: int) -> None:
+        """Keep the main transcript's first ``keep`` entries (a turn its dead node left unfinished goes)."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "DELETE FROM transcript_entries WHERE session_id = %s AND project_key = %s AND subpath = ''"
+                " AND seq IN (SELECT seq FROM transcript_entries WHERE session_id = %s AND project_key = %s"
+                " AND subpath = '' ORDER BY seq OFFSET %s)",
+                (session_id, project_key, session_id, project_key, keep),
+            )
+
     async def purge(self, session_id: str, *, project_key: str | None = None) -> int:
         """Delete a whole conversation (main and subagent transcripts); how many entries went.
 

@@ -469,3 +469,18 @@ def test_a_turn_cut_by_its_nodes_death_runs_once_when_sent_again_with_its_key(
     texts = [t for t in model.message_requests()[-1].user_texts if not t.startswith("<system-reminder>")]
     assert [t for t in texts if "second" in t] == ["[[slow:3]] second"], texts  # once, in its place
     assert n2.get("/v1/sessions/once").json()["metrics"]["message_count"] == 3
+
+
+def test_a_recorded_turn_sent_again_with_its_key_after_its_holders_death_is_answered_from_the_record(
+    cluster: Cluster, model: OfflineModel
+) -> None:
+    n1, n2, n3 = (cluster.node(i).client("alice") for i in range(3))
+    assert n1.post("/v1/sessions", json={"session_id": "kept"}).status_code == 201
+    first = say(n2, "kept", "remember plum", **{"Idempotency-Key": "k1"})  # forwarded to node 0, recorded
+    assert first.status_code == 200
+    calls = len(model.message_requests())
+    cluster.kill(0)
+    again = say(n3, "kept", "remember plum", **{"Idempotency-Key": "k1"})
+    assert again.status_code == 200 and again.json()["text"] == first.json()["text"]
+    assert len(model.message_requests()) == calls  # not run again
+    assert n3.get("/v1/sessions/kept").json()["metrics"]["message_count"] == 1

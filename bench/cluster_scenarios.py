@@ -143,9 +143,10 @@ async def forwarding(rounds: int, workspace: Path) -> Comparison:
 
 
 async def takeover(rounds: int, workspace: Path) -> dict[str, Any]:
-    """From ``kill -9`` of the holder to the conversation's next answer through another node."""
+    """From ``kill -9`` of the holder to the conversation's next answer through another node, as the
+    client sees it: one request, no retry (the node waits the lease out); any other answer is an error."""
     times: list[float] = []
-    refusals = 0
+    errors = 0
     async with database() as dsn:
         env = _node_env(dsn, workspace)
         async with served("survivor", **env) as survivor, httpx.AsyncClient(timeout=60) as client:
@@ -157,14 +158,14 @@ async def takeover(rounds: int, workspace: Path) -> dict[str, Any]:
                     victim.process.kill()
                     await victim.process.wait()
                     began = time.perf_counter()
-                    while (reply := await _say(client, survivor.url, f"t{i}", "which word?")).status_code == 503:
-                        refusals += 1
-                        await asyncio.sleep(0.05)
-                    reply.raise_for_status()
+                    reply = await _say(client, survivor.url, f"t{i}", "which word?")
+                    if reply.status_code != 200:
+                        errors += 1
+                        continue
                     times.append(time.perf_counter() - began)
             async with served("victim", **env):
                 pass
-    return {"lease_s": LEASE, "takeover": summary(times), "retries_503": refusals / rounds}
+    return {"lease_s": LEASE, "takeover": summary(times), "errors": errors}
 
 
 async def create_storm(per_node: int, limit: int, workspace: Path) -> dict[str, Any]:
@@ -275,9 +276,10 @@ def markdown(results: dict[str, Any]) -> list[str]:
         f"| turn via the holder / forwarded from another node (p50, p95) "
         f"| {f['baseline']['median_ms']:.1f} / {f['ours']['median_ms']:.1f} ms "
         f"({f['baseline']['p95_ms']:.1f} / {f['ours']['p95_ms']:.1f}) | {f['target']} |",
-        f"| takeover: `kill -9` of the holder to the next answer via another node, lease {t['lease_s']:.0f} s "
-        f"| {t['takeover']['median_ms'] / 1000:.2f} s median, {t['takeover']['p95_ms'] / 1000:.2f} s worst of "
-        f"{t['takeover']['n']} | lease + one resume |",
+        f"| takeover: `kill -9` of the holder to the next answer via another node (one request, no retry), "
+        f"lease {t['lease_s']:.0f} s | {t['takeover']['median_ms'] / 1000:.2f} s median, "
+        f"{t['takeover']['p95_ms'] / 1000:.2f} s worst of {t['takeover']['n']}, {t['errors']} errors "
+        f"| lease + one resume, 0 errors |",
         f"| create storm: {s['attempted']} creates at once on 3 nodes, limit {s['limit']} "
         f"| {s['created']} created, {s['refused_429']} refused (429), {s['other']} other; "
         f"{s['creates_per_s']:.1f} creates/s (each spawns a CLI) | exactly the limit |",

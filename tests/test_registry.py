@@ -17,6 +17,7 @@ import pytest
 from claude_sessions import SessionConfig
 from claude_sessions.errors import BudgetExceededError, DatabaseUnavailableError, RateLimitedError
 from claude_sessions.observability.metrics import SessionMetrics
+from claude_sessions.observability.usage_series import BUCKET_SECONDS, points, window_start
 from claude_sessions.store.postgres import PostgresRegistry
 from claude_sessions.store.records import Holder, Lease, SessionRecord, Spend
 from claude_sessions.store.registry import Registry
@@ -267,3 +268,47 @@ async def test_an_end_users_limits_hold_beside_its_tenants(make_registry: MakeRe
     (tenant,) = await registry.spend.usage("acme", noon)
     (user,) = await registry.spend.usage("acme", noon, user="ana")
     assert tenant.today.cost_usd == user.today.cost_usd == 1.0 and await registry.spend.usage("acme", noon, "bob") == []
+
+
+# The console's last hour: every node's charges, per minute.
+
+NOW = 1_000_000 * BUCKET_SECONDS + 30.0
+
+
+async def test_each_minute_of_the_hour_is_a_point_oldest_first_empty_ones_included(
+    make_registry: MakeRegistry,
+) -> None:
+    registry = await make_registry("a", 15.0)
+    await registry.spend.charge(("alice", None), NOW - BUCKET_SECONDS, 0.25, 15, 1)
+    await registry.spend.charge(("alice", None), NOW, 0.5, 1, 1, errors=1)
+    await registry.spend.charge(("alice", None), NOW, 0.0, 2, 1)
+    laid_out = points(await registry.spend.minutes(window_start(NOW), "alice", None), NOW)
+    assert len(laid_out) == 60 and [p["start"] for p in laid_out] == sorted(p["start"] for p in laid_out)
+    assert laid_out[-1]["start"] == 1_000_000 * BUCKET_SECONDS
+    assert laid_out[-2] == {"start": 999_999 * BUCKET_SECONDS, "turns": 1, "tokens": 15, "cost": 0.25, "errors": 0}
+    assert laid_out[-1] == {"start": 1_000_000 * BUCKET_SECONDS, "turns": 2, "tokens": 3, "cost": 0.5, "errors": 1}
+    assert all(p["turns"] == 0 for p in laid_out[:-2])
+
+
+async def test_every_nodes_charges_are_one_series_seen_by_tenant_end_user_or_everyone(
+    make_registry: MakeRegistry,
+) -> None:
+    a, b = await make_registry("a", 15.0), await make_registry("b", 15.0)
+    await a.spend.charge(("acme", None), NOW, 0.1, 1, 1)  # the tenant's own turn, on node a
+    await b.spend.charge(("acme", "ana"), NOW, 0.2, 2, 1)  # its end user's, on node b
+    await b.spend.charge(("acme", "bob"), NOW, 0.0, 4, 0)  # calls of a turn that never finished
+    await a.spend.charge(("zeta", None), NOW, 0.4, 8, 1)
+
+    async def last(tenant: str | None, user: str | None = None) -> dict[str, object]:
+        return points(await b.spend.minutes(window_start(NOW), tenant, user), NOW)[-1]
+
+    assert (await last("acme"))["tokens"] == 7 and (await last("acme"))["turns"] == 2
+    assert (await last("acme", "ana"))["tokens"] == 2 and (await last("acme", "cy"))["turns"] == 0
+    assert (await last(None))["tokens"] == 15 and (await last("zeta"))["cost"] == 0.4
+
+
+async def test_minutes_past_two_hours_are_deleted_by_the_next_charge(make_registry: MakeRegistry) -> None:
+    registry = await make_registry("a", 15.0)
+    await registry.spend.charge(("alice", None), NOW, 0.1, 1, 1)
+    await registry.spend.charge(("alice", None), NOW + 121 * BUCKET_SECONDS, 0.1, 1, 1)
+    assert list(await registry.spend.minutes(0.0, "alice", None)) == [int(NOW // 60) + 121]

@@ -25,7 +25,7 @@ from claude_sessions.http.common import Admin, Caller, ServiceDep, acting_for, e
 from claude_sessions.http.sessions import SessionObject
 from claude_sessions.http.streaming import session_json
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
-from claude_sessions.observability.usage_series import BUCKET_SECONDS
+from claude_sessions.observability.usage_series import BUCKET_SECONDS, WINDOW_MINUTES
 from claude_sessions.sessions.handler import ClaudeHandler
 
 router = APIRouter()
@@ -91,7 +91,7 @@ class UsagePoint(BaseModel):
 
 
 class UsageSeriesAnswer(BaseModel):
-    """Per-minute usage over the last hour on this node, oldest minute first, empty minutes included."""
+    """Per-minute usage over the last hour on every node, oldest minute first, empty minutes included."""
 
     bucket_seconds: int
     minutes: int
@@ -201,12 +201,12 @@ async def pool(principal: Caller, service: ServiceDep) -> dict[str, Any]:
     },
 )
 async def usage_timeseries(principal: Caller, service: ServiceDep) -> dict[str, Any]:
-    """What the console charts: the last hour, minute by minute, as this node counted it."""
-    series, view = service.handler.usage_series, _view(principal)
+    """What the console charts: the last hour, minute by minute, as every node counted it."""
+    view = _view(principal)
     return {
         "bucket_seconds": BUCKET_SECONDS,
-        "minutes": series.minutes,
-        "points": series.points(view, everyone=view is None, user=principal.user),
+        "minutes": WINDOW_MINUTES,
+        "points": await service.handler.usage_series(view, principal.user if view is not None else None),
     }
 
 

@@ -15,7 +15,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from claude_sessions.observability.metrics import TurnUsage
-from claude_sessions.observability.usage_series import UsageSeries
 
 DEFAULT_TENANT = "default"
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the output
@@ -74,16 +73,13 @@ class Telemetry:
             buckets=_WAIT_BUCKETS,
             registry=r,
         )
-        #: Turns, tokens and spend per minute over the last hour, by tenant (the console's charts).
-        self.series = UsageSeries()
 
     def watch(self, read: Callable[[], LiveState]) -> None:
         """Export gauges computed by ``read`` at every scrape."""
         self.registry.register(_LiveCollector(read))
 
-    def turn_finished(self, owner: str | None, usage: TurnUsage, seconds: float, user: str | None = None) -> None:
-        """A turn's figures: Prometheus by tenant only (never a user: unbounded), the series by user too."""
-        self.series.turn(owner, usage, user)
+    def turn_finished(self, owner: str | None, usage: TurnUsage, seconds: float) -> None:
+        """A turn's figures: Prometheus by tenant only (never a user: unbounded)."""
         tenant = owner or DEFAULT_TENANT
         self.messages.labels(tenant).inc()
         self.turn_seconds.labels(tenant).observe(seconds)
@@ -91,9 +87,8 @@ class Telemetry:
         if usage.api_error:
             self.api_errors.labels(tenant).inc()
 
-    def usage(self, owner: str | None, usage: TurnUsage, user: str | None = None) -> None:
+    def usage(self, owner: str | None, usage: TurnUsage) -> None:
         """Tokens and spend the gateway metered for a turn that never finished."""
-        self.series.billed(owner, usage, user)
         self._spent(owner or DEFAULT_TENANT, usage)
 
     def _spent(self, tenant: str, usage: TurnUsage) -> None:

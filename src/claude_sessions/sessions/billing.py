@@ -25,8 +25,8 @@ from claude_sessions.workers.worker import Worker
 
 log = structlog.get_logger("claude_sessions.handler")
 
-#: A charge as the registry takes it: (tenant, end user), when, cost, tokens, turns.
-Charge = tuple[Payer, float, float, int, int]
+#: A charge as the registry takes it: (tenant, end user), when, cost, tokens, turns, model errors.
+Charge = tuple[Payer, float, float, int, int, int]
 
 
 class Billing:
@@ -62,14 +62,14 @@ class Billing:
         session.metrics.last_turn_ms = round(seconds * 1000, 3)
         usage = worker.grant.take() + TurnUsage(api_error=is_api_error(result))
         add_usage(session.metrics, usage)
-        self.telemetry.turn_finished(session.owner, usage, seconds, session.config.user)
+        self.telemetry.turn_finished(session.owner, usage, seconds)
         await self._charge(session, usage, 1, worker.grant.tally)
 
     async def bill_unfinished(self, session: Session, worker: Worker) -> None:
         """Calls of a turn that never finished (its CLI died or was killed) were billed all the same."""
         usage = worker.grant.take()
         add_usage(session.metrics, usage)
-        self.telemetry.usage(session.owner, usage, session.config.user)
+        self.telemetry.usage(session.owner, usage)
         if usage.cost or any(usage.tokens().values()):
             await self._charge(session, usage, 0, worker.grant.tally)
 
@@ -77,7 +77,8 @@ class Billing:
         """Add spend to the tenant's day (and its end user's) in the registry (what budgets and
         ``/v1/usage`` read); ``tally`` metered it, and counts it as charged once written."""
         payer = (session.tenant, session.config.user)
-        self._uncharged.append((tally, (payer, self.clock(), usage.cost, sum(usage.tokens().values()), turns)))
+        charge = (payer, self.clock(), usage.cost, sum(usage.tokens().values()), turns, int(usage.api_error))
+        self._uncharged.append((tally, charge))
         await self.write_pending()
 
     async def write_pending(self) -> None:

@@ -34,7 +34,7 @@ from claude_sessions.errors import (
 )
 from claude_sessions.gateway.relay import ModelGateway, credentials_of
 from claude_sessions.observability.telemetry import DEFAULT_TENANT, LiveState, Telemetry
-from claude_sessions.observability.usage_series import UsageSeries
+from claude_sessions.observability.usage_series import points, window_start
 from claude_sessions.offline_model import OfflineModelServer, loopback_env
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.lending import Lender, PooledClient
@@ -333,10 +333,11 @@ class ClaudeHandler:
         every tenant, across nodes."""
         return await self.registry.spend.usage(tenant, self.clock(), user)
 
-    @property
-    def usage_series(self) -> UsageSeries:
-        """This node's turns, tokens and spend per minute over the last hour (the console's charts)."""
-        return self.telemetry.series
+    async def usage_series(self, tenant: str | None, user: str | None = None) -> list[dict[str, Any]]:
+        """Turns, tokens and spend per minute over the last hour, every node's (the console's charts): a
+        tenant's (with ``user``, that end user's), or (None) everyone's."""
+        now = self.clock()
+        return points(await self.registry.spend.minutes(window_start(now), tenant, user), now)
 
     def prometheus_text(self) -> bytes:
         """The Prometheus exposition of this node's telemetry."""

@@ -24,7 +24,7 @@ from claude_sessions.errors import DatabaseUnavailableError
 from claude_sessions.store.keys import KEYS_AND_USERS_SCHEMA
 from claude_sessions.store.records import Transaction
 from claude_sessions.store.registry import Registry
-from claude_sessions.store.spend import USAGE_SCHEMA
+from claude_sessions.store.spend import USAGE_MINUTES_SCHEMA, USAGE_SCHEMA
 from claude_sessions.store.transcripts import TRANSCRIPT_TABLE, UNAVAILABLE
 
 log = structlog.get_logger("claude_sessions.registry")
@@ -90,6 +90,8 @@ UPDATE sessions SET origin = 'openai' WHERE metadata::json ->> 'origin' = 'opena
 """,
     # Keys made at run time, and end users: sessions, turn starts and spend say whose they are.
     KEYS_AND_USERS_SCHEMA,
+    # The console's last hour, per minute, as every node adds to it.
+    USAGE_MINUTES_SCHEMA,
 ]
 
 

@@ -35,6 +35,26 @@ CREATE TABLE turn_starts (
 CREATE INDEX turn_starts_tenant_at ON turn_starts (tenant, at);
 """
 
+#: Turns, tokens, spend and model errors per minute, by tenant and end user ('' the tenant's own): the
+#: console's last hour, the same whichever node ran the turns (both backends).
+USAGE_MINUTES_SCHEMA = """
+CREATE TABLE usage_minutes (
+    tenant TEXT NOT NULL,
+    end_user TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    cost DOUBLE PRECISION NOT NULL DEFAULT 0,
+    tokens BIGINT NOT NULL DEFAULT 0,
+    turns BIGINT NOT NULL DEFAULT 0,
+    errors BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (tenant, end_user, minute)
+);
+CREATE INDEX usage_minutes_minute ON usage_minutes (minute);
+"""
+#: One minute's (cost, tokens, turns, model errors).
+Figures = tuple[float, int, int, int]
+#: Minutes kept: the console's hour, and as much again.
+MINUTES_KEPT = 120
+
 
 class SpendStore:
     """Admits turns within a tenant's limits and adds up what they cost, per UTC day."""
@@ -82,10 +102,18 @@ class SpendStore:
                 raise RateLimitedError(f"{who} started {per_minute} turns in the last minute", retry)
         return None if daily_usd is None else daily_usd - spent
 
-    async def charge(self, payer: Payer, now: float, cost: float, tokens: int, turns: int) -> None:
-        """Add spend (and finished turns) to a tenant's day, and to its end user's."""
+    async def charge(self, payer: Payer, now: float, cost: float, tokens: int, turns: int, errors: int = 0) -> None:
+        """Add spend (and finished turns) to a tenant's day, to its end user's, and to the minute's."""
         name, end_user = payer
+        minute = int(now // 60)
         async with self.db.transaction() as tx:
+            await tx.run(
+                "INSERT INTO usage_minutes (tenant, end_user, minute, cost, tokens, turns, errors)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, end_user, minute) DO UPDATE SET"
+                f" {_ADDED.format(table='usage_minutes')}, errors = usage_minutes.errors + excluded.errors",
+                (name, end_user or "", minute, cost, tokens, turns, errors),
+            )
+            await tx.run("DELETE FROM usage_minutes WHERE minute < ?", (minute - MINUTES_KEPT,))
             await tx.run(
                 "INSERT INTO usage (tenant, day, cost, tokens, turns) VALUES (?, ?, ?, ?, ?)"
                 f" ON CONFLICT (tenant, day) DO UPDATE SET {_ADDED.format(table='usage')}",
@@ -97,6 +125,22 @@ class SpendStore:
                     f" ON CONFLICT (tenant, end_user, day) DO UPDATE SET {_ADDED.format(table='user_usage')}",
                     (name, end_user, _day(now), cost, tokens, turns),
                 )
+
+    async def minutes(self, since: float, tenant: str | None, user: str | None) -> dict[int, Figures]:
+        """(cost, tokens, turns, errors) per minute from ``since`` on: every tenant's (None), one's, or
+        one end user's of it."""
+        where, params = "", tuple[str, ...]()
+        if tenant is not None:
+            where, params = " AND tenant = ?", (tenant,)
+            if user is not None:
+                where, params = where + " AND end_user = ?", (tenant, user)
+        async with self.db.transaction() as tx:
+            rows = await tx.run(
+                "SELECT minute, sum(cost), sum(tokens), sum(turns), sum(errors) FROM usage_minutes"
+                f" WHERE minute >= ?{where} GROUP BY minute",
+                (int(since // 60), *params),
+            )
+        return {int(m): (float(c), int(k), int(t), int(e)) for m, c, k, t, e in rows}
 
     async def usage(self, tenant: str | None, now: float, user: str | None = None) -> list[TenantUsage]:
         """Spend, tokens and turns today and this month (UTC), for one tenant or (None) every one; with

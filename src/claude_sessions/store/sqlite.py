@@ -16,7 +16,7 @@ from typing import Any
 from claude_sessions.store.keys import KEYS_AND_USERS_SCHEMA
 from claude_sessions.store.records import Transaction
 from claude_sessions.store.registry import Registry
-from claude_sessions.store.spend import USAGE_SCHEMA
+from claude_sessions.store.spend import USAGE_MINUTES_SCHEMA, USAGE_SCHEMA
 
 #: Schema versions in order; ``PRAGMA user_version`` says how many a database has had.
 _MIGRATIONS = [
@@ -87,6 +87,8 @@ UPDATE sessions SET origin = 'openai' WHERE json_extract(metadata, '$.origin') =
 """,
     # Keys made at run time, and end users: sessions, turn starts and spend say whose they are.
     KEYS_AND_USERS_SCHEMA,
+    # The console's last hour, per minute, as every node adds to it.
+    USAGE_MINUTES_SCHEMA,
 ]
 
 

@@ -312,3 +312,16 @@ async def test_minutes_past_two_hours_are_deleted_by_the_next_charge(make_regist
     await registry.spend.charge(("alice", None), NOW, 0.1, 1, 1)
     await registry.spend.charge(("alice", None), NOW + 121 * BUCKET_SECONDS, 0.1, 1, 1)
     assert list(await registry.spend.minutes(0.0, "alice", None)) == [int(NOW // 60) + 121]
+
+
+async def test_after_an_outage_no_lease_lapses_by_the_heartbeats_it_kept_from_the_database(
+    make_registry: MakeRegistry,
+) -> None:
+    a, b = await make_registry("a", 1.0), await make_registry("b", 1.0)
+    await b.create(record("s"), 10, None, hold=True)
+    assert isinstance(await b.claim("s"), Lease)
+    await asyncio.sleep(1.3)  # the database was away: b could not beat (nor could a)
+    a.pause_leases(1.5)  # a is back and knows for how long it was away
+    assert await a.claim("s") == Holder("b", "http://b") and await a.holder("s") == Holder("b", "http://b")
+    a.pause_leases(0.0)  # b never came back: its lease lapses as usual
+    assert await a.claim("s") == Lease(2, True)

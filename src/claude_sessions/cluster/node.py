@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -46,6 +47,8 @@ class Node:
         self._live_workers, self._keep, self._hand_over = live_workers, keep, hand_over
         self._task: asyncio.Task[None] | None = None
         self.database_ok = True
+        #: When a beat last reached the database.
+        self._reached_at = time.time()
 
     @property
     def node_id(self) -> str:
@@ -55,15 +58,17 @@ class Node:
         """Renew this node's leases, drop CLIs it no longer holds, write what an outage held back."""
         try:
             await self.registry.nodes.heartbeat(self.url, self._live_workers(), self.status)
+            if not self.database_ok:  # no node could beat meanwhile: a live holder is not taken from for it
+                away = time.time() - self._reached_at
+                self.registry.pause_leases(away)
+                log.info("database_available", away_s=round(away, 1))
             await self._keep()
         except DatabaseUnavailableError as error:
             if self.database_ok:
                 log.warning("database_unavailable", error=str(error))
             self.database_ok = False
             return
-        if not self.database_ok:
-            log.info("database_available")
-        self.database_ok = True
+        self.database_ok, self._reached_at = True, time.time()
 
     def start(self) -> None:
         if self._task is None:

@@ -287,6 +287,15 @@ class FencedMirror:
         return await self._store.list_subkeys(key)
 
 
+@contextlib.asynccontextmanager
+async def _reached() -> AsyncIterator[None]:
+    """A store call a request waits for: the database away is its 503 (``DatabaseUnavailableError``), not a 500."""
+    try:
+        yield
+    except UNAVAILABLE as error:
+        raise DatabaseUnavailableError(f"the transcript store did not answer: {type(error).__name__}") from error
+
+
 class StoreArchive(TranscriptArchive):
     """A :class:`PostgresTranscriptStore` shared by every node; local files are the CLI's scratch copies."""
 
@@ -312,25 +321,31 @@ class StoreArchive(TranscriptArchive):
 
     async def exists(self, conversation: Conversation) -> bool:
         project, claude_id = conversation
-        return await self.store.exists(claude_id, project_key=project)
+        async with _reached():
+            return await self.store.exists(claude_id, project_key=project)
 
     async def missing(self, conversations: Iterable[Conversation]) -> set[Conversation]:
         wanted = list(conversations)
-        return await self.store.missing(wanted) if wanted else set()
+        async with _reached():
+            return await self.store.missing(wanted) if wanted else set()
 
     async def entries(self, conversation: Conversation) -> list[dict[str, Any]]:
         project, claude_id = conversation
-        return [dict(e) for e in await self.store.load({"project_key": project, "session_id": claude_id}) or []]
+        async with _reached():
+            found = await self.store.load({"project_key": project, "session_id": claude_id})
+        return [dict(e) for e in found or []]
 
     async def write(self, conversation: Conversation, entries: list[dict[str, Any]]) -> None:
         project, claude_id = conversation
-        await self.store.append(
-            {"project_key": project, "session_id": claude_id}, cast(list[SessionStoreEntry], entries)
-        )
+        async with _reached():
+            await self.store.append(
+                {"project_key": project, "session_id": claude_id}, cast(list[SessionStoreEntry], entries)
+            )
 
     async def truncate(self, conversation: Conversation, keep: int) -> None:
         project, claude_id = conversation
-        await self.store.truncate(claude_id, project, keep)
+        async with _reached():
+            await self.store.truncate(claude_id, project, keep)
         await self._files.delete(self._files.name(conversation))  # this node's copy, if any: the store's is whole
 
     def name(self, conversation: Conversation) -> str:
@@ -339,7 +354,8 @@ class StoreArchive(TranscriptArchive):
 
     async def delete(self, name: str) -> None:
         project, _, claude_id = name.rpartition("/")
-        await self.store.purge(claude_id, project_key=project)
+        async with _reached():
+            await self.store.purge(claude_id, project_key=project)
         await self._files.delete(self._files.name((project, claude_id)))  # this node's copy, if any
 
     async def open(self) -> None:

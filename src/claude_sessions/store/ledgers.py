@@ -43,9 +43,11 @@ class NodeStore:
             )
 
     async def leave(self) -> None:
-        """This node stops: its leases are free at once (a killed node's lapse with its heartbeat)."""
+        """This node stops: its leases are free at once (a killed node's lapse with its heartbeat), and its
+        CLIs, all ended, leave no record (one whose removal an outage refused included)."""
         async with self.db.transaction() as tx:
             await tx.run("DELETE FROM nodes WHERE node_id = ?", (self.db.node_id,))
+            await tx.run("DELETE FROM workers WHERE owner = ?", (self.mark,))
 
     async def forget(self, unseen_since: float) -> None:
         async with self.db.transaction() as tx:

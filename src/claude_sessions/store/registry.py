@@ -86,6 +86,8 @@ class Registry(ABC):
 
     def __init__(self, node_id: str, lease_seconds: float) -> None:
         self.node_id = node_id
+        #: An outage's length, discounted from others' heartbeats until ``_paused_until`` (``pause_leases``).
+        self._paused, self._paused_until = 0.0, 0.0
         self.lease_seconds = lease_seconds
         self.closed = False
         #: The small stores behind this front, over the same transactions.
@@ -121,7 +123,14 @@ class Registry(ABC):
         """Whether this node runs the deployment's maintenance now (one node at a time)."""
 
     def _fresh_since(self) -> float:
-        return time.time() - self.lease_seconds
+        """Heartbeats since then are live: the lease, and for a while after an outage its length too."""
+        now = time.time()
+        return now - self.lease_seconds - (self._paused if now < self._paused_until else 0.0)
+
+    def pause_leases(self, seconds: float) -> None:
+        """The database was away for ``seconds``: no node could renew its leases then, so none lapsed by it.
+        For a lease after this, another node's heartbeat that old still counts (they beat again meanwhile)."""
+        self._paused, self._paused_until = seconds, time.time() + self.lease_seconds
 
     # -- sessions ----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(BIN)/uv sync 
 # Our own code (installed editable) compiled too, for the same reason.
 COMPILE := $(BIN)/python -m compileall -q src tests
 
-.PHONY: install demo serve offline-model test test-fast lint bench upgrade clean
+.PHONY: install demo serve offline-model test test-fast lint bench chaos upgrade clean
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,13 @@ test-fast: lint
 bench: install
 	$(SYNC) --extra bench
 	cd bench && ../$(BIN)/python run.py
+
+# Three nodes behind HAProxy on a private PostgreSQL, clients talking through a fault every few
+# seconds (docs/benchmarks.md#chaos-soak); its last line says what was lost, doubled, reordered,
+# forked or leaked, all 0. Needs root (PostgreSQL runs as its own user), PostgreSQL and haproxy.
+MINUTES ?= 1
+chaos: install
+	cd bench && ../$(BIN)/python chaos.py --minutes $(MINUTES)
 
 # The deliberate step: the newest versions pyproject.toml allows, into uv.lock, then the whole suite.
 upgrade: install

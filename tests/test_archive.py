@@ -18,6 +18,7 @@ from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.store.archive import FileArchive, StoreArchive, TranscriptArchive
 from claude_sessions.store.postgres import PostgresRegistry
 from claude_sessions.store.records import Lease, SessionRecord
+from claude_sessions.store.transcripts import Guard
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/{}"
 
@@ -76,13 +77,13 @@ class FlakyStore(PostgresTranscriptStore):
     down = False
     refuse_next = False
 
-    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry], guard: Guard | None = None) -> None:
         if self.down:
             raise psycopg.OperationalError("connection refused")
         if self.refuse_next:
             self.refuse_next = False
             raise psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
-        await super().append(key, entries)
+        await super().append(key, entries, guard)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from starlette.background import BackgroundTask
 
 from claude_sessions.config import _ASKED_TOOL, _TOOL_NAME, SessionConfig
 from claude_sessions.content import MAX_IMAGES, MEDIA_TYPES
+from claude_sessions.errors import DatabaseUnavailableError
 from claude_sessions.http.auth import Principal
 from claude_sessions.http.common import (
     PUBLIC_ID,
@@ -410,8 +411,12 @@ async def send_message(
     else:
 
         async def keep(turn_messages: list[dict[str, Any]]) -> None:
-            if idempotency_key:
+            if not idempotency_key:
+                return
+            try:
                 await handler.keep_reply(session.id, idempotency_key, request_key(body.content), turn_messages)
+            except DatabaseUnavailableError:  # the turn ran: its answer goes out, only a replay of it is lost
+                log.warning("reply_not_kept", session_id=session.id, reason="database unavailable")
 
         record = TurnRecord(session, keep)
         # A turn its caller leaves while a request waits runs on: its answer is kept for the key all the same.

@@ -23,7 +23,7 @@ from claude_agent_sdk import SessionKey, SessionListSubkeysKey, SessionStore, Se
 from claude_sessions.errors import DatabaseUnavailableError, LeaseLostError
 from claude_sessions.store.registry import Registry
 from claude_sessions.store.spill import Batch, Lease, Spill
-from claude_sessions.store.transcripts import UNAVAILABLE, PostgresTranscriptStore
+from claude_sessions.store.transcripts import UNAVAILABLE, Guard, PostgresTranscriptStore
 
 log = structlog.get_logger("claude_sessions.archive")
 
@@ -237,26 +237,29 @@ class WriteBehind:
         if not conversation.waiting and conversation.users <= 1 and self._conversations.get(name) is conversation:
             del self._conversations[name]
 
+    def _guard(self, lease: Lease) -> Guard | None:
+        """What a batch's write checks in its own transaction: its lease is still this node's (or, for a
+        batch a previous run of this node kept, that nobody took the session since)."""
+        if lease is None:
+            return None
+        return (lease[0], None if lease in self._inherited else self._registry.node_id, lease[1])
+
     async def _write(self, conversation: _Conversation) -> list[tuple[str, int]]:
         """Write the waiting batches in order: the leases found lost (their batches are dropped).
 
         An unreachable database keeps every batch for the next try; any other error drops
         the batch the store refused and is raised.
         """
-        held: set[tuple[str, int]] = set()
         lost: list[tuple[str, int]] = []
         try:
             while conversation.waiting:
                 lease, key, entries = conversation.waiting[0]
-                if lease is not None and lease not in held:
-                    still = self._registry.unmoved if lease in self._inherited else self._registry.holds
-                    if not await still(*lease):
-                        conversation.waiting = [batch for batch in conversation.waiting if batch[0] != lease]
-                        lost.append(lease)
-                        continue
-                    held.add(lease)
                 try:
-                    await self._store.append(key, entries)
+                    await self._store.append(key, entries, self._guard(lease))
+                except LeaseLostError:  # another node holds the session now: nothing of this lease is written
+                    conversation.waiting = [batch for batch in conversation.waiting if batch[0] != lease]
+                    lost.append(cast(tuple[str, int], lease))
+                    continue
                 except _OUTAGE:
                     raise
                 except Exception:

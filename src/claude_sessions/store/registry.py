@@ -302,20 +302,6 @@ class Registry(ABC):
             )
         return Holder(rows[0][0], rows[0][1]) if rows else None
 
-    async def holds(self, key: str, fence: int) -> bool:
-        """Whether this node still holds ``key`` under ``fence``."""
-        async with self.transaction() as tx:
-            rows = await tx.run(
-                "SELECT 1 FROM sessions WHERE key = ? AND holder = ? AND fence = ?", (key, self.node_id, fence)
-            )
-        return bool(rows)
-
-    async def unmoved(self, key: str, fence: int) -> bool:
-        """Whether no node took ``key`` since ``fence`` (what a restarted node's kept writes need)."""
-        async with self.transaction() as tx:
-            rows = await tx.run("SELECT 1 FROM sessions WHERE key = ? AND fence = ?", (key, fence))
-        return bool(rows)
-
     async def release(self, key: str, fence: int) -> None:
         """Let go of a lease (the CLI was released); a newer holder's lease is left alone."""
         async with self.transaction() as tx:

@@ -33,7 +33,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Json
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from claude_sessions.errors import ConfigError
+from claude_sessions.errors import ConfigError, LeaseLostError
 
 #: One row per stored main transcript; the PostgreSQL registry reads it for orphan detection.
 TRANSCRIPT_TABLE = "transcript_sessions"
@@ -93,6 +93,12 @@ _STAMP_SESSION = f"""
     WHERE session_id = %s AND project_key = %s
 """
 
+
+#: A write under a session's lease: the lease must still be the one it was made under (row shared-locked,
+#: so a claim of the session waits for the write or the write sees the claim).
+_GUARD = "SELECT 1 FROM sessions WHERE key = %s AND fence = %s AND (%s::text IS NULL OR holder = %s) FOR SHARE"
+#: (session key, its holder (None: any), fence) a transcript write is made under.
+Guard = tuple[str, str | None, int]
 
 #: What a database that is down, restarting or cut off raises (the registry's and the store's).
 UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, TimeoutError, OSError)
@@ -168,8 +174,13 @@ class PostgresTranscriptStore(SessionStore):
 
     # -- SessionStore -------------------------------------------------------------
 
-    async def append(self, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
-        """Store a batch in order, skipping entries whose ``uuid`` this transcript already has."""
+    async def append(self, key: SessionKey, entries: list[SessionStoreEntry], guard: Guard | None = None) -> None:
+        """Store a batch in order, skipping entries whose ``uuid`` this transcript already has.
+
+        ``guard`` (session key, holder or None, fence): written only while that session's lease is
+        still that one, checked in the same transaction (a claim waits for it, or it sees the claim);
+        else :class:`LeaseLostError`. The service's sessions table is in the same database.
+        """
         if not entries:
             return
         session_id, project_key, subpath = _parts(key)
@@ -177,13 +188,21 @@ class PostgresTranscriptStore(SessionStore):
         lines = [json.dumps(entry) for entry in entries]
         insert = (session_id, project_key, subpath, uuids, lines)
         async with self._connection() as conn:
-            if subpath:
+            if subpath and guard is None:
                 # Subagent transcripts have no summary: one statement, one round trip.
                 await conn.execute(_INSERT_ENTRIES, insert)
                 return
             # Main transcript: one transaction in two round trips (lock and read the
             # summary; then insert, fold, commit), so racing appends cannot lose a fold.
             async with _pipelined_transaction(conn):
+                if guard is not None:
+                    session_key, holder, fence = guard
+                    cur = await conn.execute(_GUARD, (session_key, fence, holder, holder))
+                    if await cur.fetchone() is None:
+                        raise LeaseLostError(f"session {session_key!r} moved to another node: transcript write refused")
+                if subpath:
+                    await conn.execute(_INSERT_ENTRIES, insert)
+                    return
                 cur = await conn.execute(_LOCK_SESSION, (session_id, project_key))
                 row = await cur.fetchone()
                 assert row is not None

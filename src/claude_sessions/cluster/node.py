@@ -55,32 +55,55 @@ class Node:
         return self.registry.node_id
 
     async def beat(self) -> None:
-        """Renew this node's leases, drop CLIs it no longer holds, write what an outage held back."""
+        """Renew this node's leases, then drop CLIs it no longer holds and write what an outage held back."""
+        if await self._renew():
+            await self._kept()
+
+    async def _renew(self) -> bool:
+        """The heartbeat alone (what keeps this node's leases); whether it reached the database."""
         try:
             await self.registry.nodes.heartbeat(self.url, self._live_workers(), self.status)
-            if not self.database_ok:  # no node could beat meanwhile: a live holder is not taken from for it
-                away = time.time() - self._reached_at
-                self.registry.pause_leases(away)
-                log.info("database_available", away_s=round(away, 1))
-            await self._keep()
         except DatabaseUnavailableError as error:
             if self.database_ok:
                 log.warning("database_unavailable", error=str(error))
             self.database_ok = False
-            return
+            return False
+        if not self.database_ok:  # no node could beat meanwhile: a live holder is not taken from for it
+            away = time.time() - self._reached_at
+            self.registry.pause_leases(away)
+            log.info("database_available", away_s=round(away, 1))
         self.database_ok, self._reached_at = True, time.time()
+        return True
+
+    async def _kept(self) -> None:
+        try:
+            await self._keep()
+        except DatabaseUnavailableError as error:
+            log.warning("keep_deferred", error=str(error))
+        except Exception:  # the next beat tries again
+            log.exception("keep_failed")
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="claude-sessions-heartbeat")
 
     async def _loop(self) -> None:
-        while True:
-            try:
-                await self.beat()
-            except Exception:  # one bad beat must not stop the next
-                log.exception("heartbeat_failed")
-            await asyncio.sleep(self.interval)
+        """Beat on a clock of its own: the work after a beat never delays the next one (a late heartbeat
+        lets another node take a live node's sessions)."""
+        keeping: asyncio.Task[None] | None = None
+        try:
+            while True:
+                try:
+                    if await self._renew() and (keeping is None or keeping.done()):
+                        keeping = asyncio.get_running_loop().create_task(self._kept())
+                except Exception:  # one bad beat must not stop the next
+                    log.exception("heartbeat_failed")
+                await asyncio.sleep(self.interval)
+        finally:
+            if keeping is not None and not keeping.done():
+                keeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await keeping
 
     async def drain(self) -> int:
         """Stop taking sessions: the other nodes take this node's on their next message, at once."""

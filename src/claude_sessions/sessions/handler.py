@@ -254,7 +254,7 @@ class ClaudeHandler:
         if session.closed:  # destroyed while its worker was starting
             await self.session_manager.give_back(worker)
         else:
-            session.bind(worker)
+            self.turns.attach(session, worker)
             session.metrics.touch()  # inactivity counts from when the session is ready, not from the request
             await manager.save(session)
         self.telemetry.sessions_created.labels(tenant).inc()

@@ -224,11 +224,16 @@ class Turns:
         except WorkerStartError:
             self._count_connection_error(session)
             raise
-        session.bind(worker)
-        self.archive.fence(worker.grant.token, (session.id, session.fence))
+        self.attach(session, worker)
         if session.claude_session_id is not None:
             log.info("session_resumed", session_id=session.id, claude_session_id=session.claude_session_id)
         return worker
+
+    def attach(self, session: Session, worker: Worker) -> None:
+        """Make ``worker`` the session's CLI here, its transcript writes fenced by the session's lease (a
+        write made after another node took the session is refused, never stored beside its conversation)."""
+        session.bind(worker)
+        self.archive.fence(worker.grant.token, (session.id, session.fence))
 
     async def acquire(self, config: SessionConfig, resume: str | None = None) -> Worker:
         """A worker within ``CP_MAX_LIVE``; past it, the least recently used idle session here gives its up."""

@@ -303,6 +303,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     mark = forwarding_mark(server)
     forwarder = Forwarder(
         handler.holder_of,
+        handler.node_alive,
         lambda: handler.node.url,
         config.cluster.LEASE_SECONDS,
         config.optimization.MESSAGE_TIMEOUT,

@@ -73,6 +73,7 @@ class Forwarder:
     def __init__(
         self,
         holder_of: Callable[[str], Awaitable[Holder | None]],
+        node_alive: Callable[[str], Awaitable[bool]],
         own_url: Callable[[], str],
         lease_seconds: float,
         turn_seconds: float,
@@ -80,6 +81,8 @@ class Forwarder:
         mark: str,
     ) -> None:
         self._holder_of, self._own_url, self._lease_seconds = holder_of, own_url, lease_seconds
+        #: Whether a node still beats (a holder that let the session go while answering is not gone).
+        self._node_alive = node_alive
         self._turn_seconds = turn_seconds
         self._mark = mark  # FORWARDED_HEADER's value: the other node knows it came from a node
         # No read timeout beyond the turn's own: the holder bounds every turn.
@@ -153,8 +156,7 @@ class Forwarder:
         )
         try:
             while not (await asyncio.wait({sending}, timeout=self._lease_seconds / 3))[0]:
-                holder = await self._holder_of(held.session_key) if watch else None
-                if watch and (holder is None or holder.node_id != held.node_id):
+                if watch and not await self._node_alive(held.node_id):
                     raise _HolderGone("its lease lapsed while it was awaited")
             return sending.result()
         except (aiohttp.ClientError, TimeoutError, OSError) as error:

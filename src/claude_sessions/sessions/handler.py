@@ -328,6 +328,10 @@ class ClaudeHandler:
         """The live node running a session's CLI, if another does."""
         return await self.registry.holder(key)
 
+    async def node_alive(self, node_id: str) -> bool:
+        """Whether a node's heartbeat is fresh (it has not left, died or stopped beating)."""
+        return any(node.node_id == node_id and node.status != "down" for node in await self.registry.nodes.listing())
+
     async def usage(self, tenant: str | None, user: str | None = None) -> list[TenantUsage]:
         """Spend, tokens and turns today and this month, for a tenant (or its end ``user``) or (None)
         every tenant, across nodes."""

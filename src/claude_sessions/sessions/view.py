@@ -109,7 +109,9 @@ class SessionView:
 
     async def give_back(self, worker: Worker, *, reuse: bool = True, graceful: bool = True) -> None:
         """Return a session's worker to the pool: reset and kept (``reuse``), or closed. The one
-        way a worker a session held goes back; unbind it first (``Session.unbind``)."""
+        way a worker a session held goes back; unbind it first (``Session.unbind``). What it writes from
+        now on (its reset) is no session's: no longer fenced by the one it served."""
+        self.archive.fence(worker.grant.token, None)
         if reuse:
             await self.pool.release(worker)
         else:
@@ -117,6 +119,7 @@ class SessionView:
 
     def give_back_soon(self, worker: Worker) -> None:
         """``give_back`` from synchronous code, in the background (the pool's shutdown awaits it)."""
+        self.archive.fence(worker.grant.token, None)
         self.pool.release_soon(worker)
 
     async def fetch(self, key: str) -> Session:

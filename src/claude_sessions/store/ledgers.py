@@ -55,7 +55,7 @@ class NodeStore:
 
     async def listing(self) -> list[NodeRecord]:
         """Every node that has not left; a stale heartbeat reads ``down`` whatever the node last said."""
-        fresh = time.time() - self.db.lease_seconds
+        fresh = self.db.fresh_since()
         async with self.db.transaction() as tx:
             rows = await tx.run("SELECT node_id, url, last_seen, live_workers, status FROM nodes ORDER BY started_at")
         return [

@@ -145,5 +145,9 @@ class Database(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
 
+    def fresh_since(self) -> float:
+        """Heartbeats since then are live (the lease; after an outage, its length too)."""
+        ...
+
     async def lock_tenant(self, tx: Transaction, tenant: str) -> None:
         """Hold, until ``tx`` ends, the lock that makes one tenant's turn admissions exact."""

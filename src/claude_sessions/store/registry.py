@@ -122,7 +122,7 @@ class Registry(ABC):
     async def lead(self) -> bool:
         """Whether this node runs the deployment's maintenance now (one node at a time)."""
 
-    def _fresh_since(self) -> float:
+    def fresh_since(self) -> float:
         """Heartbeats since then are live: the lease, and for a while after an outage its length too."""
         now = time.time()
         return now - self.lease_seconds - (self._paused if now < self._paused_until else 0.0)
@@ -192,7 +192,7 @@ class Registry(ABC):
 
     async def get(self, key: str) -> SessionRecord | None:
         async with self.transaction() as tx:
-            rows = await tx.run(f"{_SELECT} WHERE s.key = ?", (self._fresh_since(), key))
+            rows = await tx.run(f"{_SELECT} WHERE s.key = ?", (self.fresh_since(), key))
         return _record(rows[0]) if rows else None
 
     async def sessions(self, owner: str | None = None, *, everyone: bool = False) -> list[SessionRecord]:
@@ -205,7 +205,7 @@ class Registry(ABC):
             else ("WHERE s.owner = ?", (owner,))
         )
         async with self.transaction() as tx:
-            rows = await tx.run(f"{_SELECT} {where} ORDER BY s.last_activity, s.key", (self._fresh_since(), *params))
+            rows = await tx.run(f"{_SELECT} {where} ORDER BY s.last_activity, s.key", (self.fresh_since(), *params))
         return [_record(row) for row in rows]
 
     async def count(self) -> int:
@@ -251,7 +251,7 @@ class Registry(ABC):
             rows = await tx.run(
                 f"SELECT key FROM sessions WHERE last_activity < ?"
                 f" AND NOT (busy = 1 AND holder IN ({_LIVE_NODES})) ORDER BY last_activity",
-                (idle_before, self._fresh_since()),
+                (idle_before, self.fresh_since()),
             )
         return [key for (key,) in rows]
 
@@ -264,7 +264,7 @@ class Registry(ABC):
                 f"SELECT key, {self.cwd_sql}, claude_session_id FROM sessions WHERE recorded = 1 AND orphaned = 0"
                 f" AND claude_session_id IS NOT NULL AND NOT (busy = 1 AND holder IN ({_LIVE_NODES}))"
                 f"{self.unstored_sql}",
-                (self._fresh_since(),),
+                (self.fresh_since(),),
             )
         return [(key, cwd, claude_id) for key, cwd, claude_id in rows]
 
@@ -282,7 +282,7 @@ class Registry(ABC):
                 "UPDATE sessions SET fence = CASE WHEN holder = ? THEN fence ELSE fence + 1 END, holder = ?"
                 f" WHERE key = ? AND (holder IS NULL OR holder = ? OR holder NOT IN ({_LIVE_NODES}))"
                 " RETURNING fence, busy",
-                (self.node_id, self.node_id, key, self.node_id, self._fresh_since()),
+                (self.node_id, self.node_id, key, self.node_id, self.fresh_since()),
             )
             if rows:
                 return Lease(int(rows[0][0]), bool(rows[0][1]))
@@ -298,7 +298,7 @@ class Registry(ABC):
             rows = await tx.run(
                 f"SELECT n.node_id, n.url FROM sessions s JOIN nodes n ON n.node_id = s.holder"
                 f" WHERE s.key = ? AND s.holder <> ? AND s.holder IN ({_LIVE_NODES})",
-                (key, self.node_id, self._fresh_since()),
+                (key, self.node_id, self.fresh_since()),
             )
         return Holder(rows[0][0], rows[0][1]) if rows else None
 

@@ -112,7 +112,11 @@ class Forwarder:
     async def _answer(self, request: Request, held: SessionHeldElsewhereError, body: bytes) -> aiohttp.ClientResponse:
         """The holder's answer; a gone holder's lease is waited out and the request sent where the session is then."""
         try:
-            return await self._send(request, held, body, watch=True)
+            answer = await self._send(request, held, body, watch=True)
+            if answer.status != 503 or b'"shutting_down"' not in await answer.read():
+                return answer
+            answer.release()  # the holder began draining: it hands the session over, served where it goes
+            log.info("forward_holder_draining", node_id=held.node_id)
         except _HolderGone as gone:
             log.warning("forward_holder_gone", node_id=held.node_id, reason=str(gone))
         holder = await self._lapsed(held)

@@ -24,166 +24,32 @@ if one of the last five is not 0 (the scratch folder is kept: node logs, ``model
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
-import glob
 import itertools
 import json
-import os
 import random
-import re
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
-import psycopg
 
-from claude_sessions.offline_model import OfflineModelServer, loopback_env
+from chaos_checks import check_conversations, marks, runs, stop_and_count_leaks
+from chaos_cluster import LEASE, Cluster, running, say
+from claude_sessions.offline_model import OfflineModelServer
 
-LEASE = 3.0
-ADMIN_KEY = "key-admin"
 SLOW = 1.5  # seconds a slow turn's model call waits: a CLI to kill mid-turn
-MARK = re.compile(r"\bc(\d+)-m(\d+)\b")
-SCRIPT = str(Path(sys.executable).with_name("claude-sessions"))
-HAPROXY_CFG = Path(__file__).resolve().parent.parent / "deploy" / "haproxy.cfg"
 KINDS = ("kill9_node", "sigstop_node", "sigterm_node", "restart_postgres", "kill9_cli")
 #: Refusals no retry changes: the request itself is wrong (a bug of this soak's).
 FINAL = (" invalid_request", " unauthorized", " forbidden")
-LEFT_ROWS = """SELECT 'nodes', node_id, status FROM nodes
-UNION ALL SELECT 'sessions held', key, holder FROM sessions WHERE holder IS NOT NULL
-UNION ALL SELECT 'workers', owner, pid::text FROM workers"""
-
-
-def say(line: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
-
-
-def free_port(rng: random.Random) -> int:
-    """A port below the kernel's ephemeral range: a node restarted on it finds it still free."""
-    while True:
-        with socket.socket() as s, contextlib.suppress(OSError):
-            s.bind(("127.0.0.1", port := rng.randrange(30_000, 32_700)))
-            return port
-
-
-class Postgres:
-    """A PostgreSQL server of its own (``initdb``, ``pg_ctl`` as the postgres user), to restart at will."""
-
-    def __init__(self, root: Path, port: int) -> None:
-        self.root, self.port = root, port
-        root.mkdir()
-        shutil.chown(root, "postgres", "postgres")
-        self._run("initdb", "-A", "trust", "-U", "postgres")
-
-    def _run(self, tool: str, *args: str) -> None:
-        found = shutil.which(tool) or max(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"), default=tool)
-        command = ["runuser", "-u", "postgres", "--", found, "-D", str(self.root / "data"), *args]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-o", options, "-l", str(self.root / "log"), "-w", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-m", "fast", "-w", "stop")
-
-    def url(self, name: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
-
-
-@dataclass
-class Node:
-    """One ``claude-sessions serve``: its data directory and port stay across restarts."""
-
-    root: Path
-    port: int
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with (self.root / "server.log").open("ab") as log:
-            log.write(f"--- started {time.strftime('%H:%M:%S')} ---\n".encode())
-            log.flush()
-            command = [SCRIPT, "serve", "--online", "--port", str(self.port)]
-            self.process = process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log)
-        deadline, admin = time.monotonic() + 90, {"Authorization": f"Bearer {ADMIN_KEY}"}
-        while process.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{self.port}/v1/health", headers=admin, timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.root.name} did not start: see {self.root / 'server.log'}")
-
-    def signal(self, sig: int) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-
-    def stop(self, sig: int) -> bool:
-        """Signal it and wait up to a minute for it to exit; False (and killed) if it did not."""
-        self.signal(sig)
-        try:
-            return self.process is None or self.process.wait(60) is not None
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            return False
-
-    def descendants(self) -> list[psutil.Process]:
-        with contextlib.suppress(psutil.Error, AttributeError):
-            return list(psutil.Process(self.process.pid).children(recursive=True))  # type: ignore[union-attr]
-        return []
-
-
-@dataclass
-class Cluster:
-    nodes: list[Node]
-    postgres: Postgres
-    workspace: Path
-    #: Every process a node started, by (pid, start time): all must be gone at the end.
-    seen: set[tuple[int, float]] = field(default_factory=set)
-
-    def sample(self) -> None:
-        for process in (p for node in self.nodes for p in node.descendants()):
-            with contextlib.suppress(psutil.Error):
-                self.seen.add((process.pid, process.create_time()))
-
-    def clis_of(self, tenant: str) -> list[psutil.Process]:
-        """The CLIs working in ``tenant``'s folder (so serving its conversation), on every node."""
-        found = []
-        for process in (p for node in self.nodes for p in node.descendants()):
-            with contextlib.suppress(psutil.Error):
-                cli = "_bundled/claude" in " ".join(process.cmdline())
-                if cli and Path(process.cwd()).is_relative_to(self.workspace / tenant):
-                    found.append(process)
-        return found
-
-    def sample_until(self, stop: threading.Event) -> None:
-        while not stop.wait(0.3):
-            self.sample()
-
-    def left_alive(self, timeout: float = 15.0) -> list[int]:
-        deadline = time.monotonic() + timeout
-        while (alive := [pid for pid, began in self.seen if _running(pid, began)]) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return alive
-
-
-def _running(pid: int, began: float) -> bool:
-    with contextlib.suppress(psutil.Error):
-        process = psutil.Process(pid)
-        return bool(process.create_time() == began and process.status() != psutil.STATUS_ZOMBIE)
-    return False
 
 
 @dataclass
@@ -314,173 +180,6 @@ class Faults:
                 done[kind] += 1
                 say(f"fault {kind} {target} ({time.monotonic() - began:.1f} s)")
         return done
-
-
-def node_env(root: Path, model_url: str, dsn: str, workspace: Path, clients: int) -> dict[str, str]:
-    """The environment tests/cluster.py's nodes get, each client a tenant, limits off, turns bounded to 60 s."""
-    prefixes = ("SM_", "CP_", "OPT_", "API_KEYS", "ADMIN_", "CLAUDE_SESSIONS_", "CLUSTER_", "TENANT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)} | loopback_env(model_url)
-    env |= {"CLAUDE_CONFIG_DIR": str(root / "claude"), "CLAUDE_SESSIONS_DATA_DIR": str(root / "data")}
-    env |= {"WORKSPACE_ROOT": str(workspace), "CLAUDE_SESSIONS_DATABASE_URL": dsn, "CLUSTER_LEASE_SECONDS": str(LEASE)}
-    env |= {"API_KEYS": ",".join(f"c{i}:key-c{i}" for i in range(clients)), "ADMIN_API_KEY": ADMIN_KEY}
-    return env | {"CP_MIN_SIZE": "0", "LIMITS": os.environ.get("LIMITS", "off"), "OPT_MESSAGE_TIMEOUT": "60"}
-
-
-@contextlib.contextmanager
-def running(scratch: Path, rng: random.Random, model_url: str, clients: int) -> Iterator[tuple[Cluster, str]]:
-    """PostgreSQL, three nodes and HAProxy; whatever is left of them is ended afterwards."""
-    postgres = Postgres(scratch / "pg", free_port(rng))
-    postgres.start()
-    cluster = Cluster([], postgres, scratch / "workspaces")
-    balancer: subprocess.Popen[bytes] | None = None
-    try:
-        with psycopg.connect(postgres.url("postgres"), autocommit=True) as admin:
-            admin.execute("CREATE DATABASE chaos")
-        cluster.workspace.mkdir()
-        for i in range(3):
-            (root := scratch / f"node{i}").mkdir()
-            env = node_env(root, model_url, postgres.url("chaos"), cluster.workspace, clients)
-            cluster.nodes.append(Node(root, free_port(rng), env))
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            list(pool.map(Node.start, cluster.nodes))
-        balancer, base_url = start_haproxy(cluster, scratch, rng)
-        yield cluster, base_url
-    finally:
-        if balancer is not None:
-            balancer.terminate()
-        for node in cluster.nodes:
-            node.signal(signal.SIGCONT)
-            node.signal(signal.SIGKILL)
-        for pid in cluster.left_alive(timeout=0):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.CalledProcessError):
-            postgres.stop()
-
-
-def start_haproxy(cluster: Cluster, scratch: Path, rng: random.Random) -> tuple[subprocess.Popen[bytes], str]:
-    """``deploy/haproxy.cfg`` in front of the nodes; its URL once every node answers through it."""
-    port = free_port(rng)
-    nodes = {f"NODE{i + 1}": f"127.0.0.1:{node.port}" for i, node in enumerate(cluster.nodes)}
-    command = [shutil.which("haproxy") or "/usr/sbin/haproxy", "-db", "-f", str(HAPROXY_CFG)]
-    with (scratch / "haproxy.log").open("wb") as log:
-        process = subprocess.Popen(
-            command, env=os.environ | nodes | {"LISTEN": f"127.0.0.1:{port}"}, stdout=log, stderr=log
-        )
-    base_url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 15
-    while process.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(httpx.TransportError):  # 401 from each node: the health checks let all in
-            if {httpx.get(f"{base_url}/v1/models", timeout=2).status_code for _ in range(6)} == {401}:
-                return process, base_url
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("haproxy did not start")
-
-
-def marks(texts: list[str]) -> list[tuple[int, int]]:
-    """The (client, message) numbers in these texts, in order."""
-    return [(int(c), int(m)) for text in texts for c, m in MARK.findall(text)]
-
-
-def model_views(requests: list[list[str]]) -> tuple[dict[int, list[list[int]]], int]:
-    """Each conversation's messages in each model request (oldest request first); requests mixing two."""
-    views: dict[int, list[list[int]]] = {}
-    mixed = 0
-    for texts in requests:
-        found = marks(texts)
-        if len(owners := sorted({c for c, _ in found})) > 1:
-            mixed += 1
-            say(f"FINDING forked: one model request holds conversations {owners}: {found}")
-        for owner in owners:
-            views.setdefault(owner, []).append([m for c, m in found if c == owner])
-    return views, mixed
-
-
-def forks(name: str, seen: list[list[int]]) -> int:
-    """Requests whose messages are no prefix of the next longer one's: the conversation ran two ways."""
-    found = 0
-    for shorter, longer in itertools.pairwise(sorted(seen, key=len)):
-        if longer[: len(shorter)] != shorter:
-            found += 1
-            say(f"FINDING forked {name}: {runs(shorter)} | {runs(longer)}")
-    return found
-
-
-def defects(name: str, where: str, seq: list[int], acked: list[int]) -> tuple[int, int, int]:
-    """(lost, duplicated, reordered) of one view of a conversation against its acknowledged messages."""
-    counts = Counter(seq)
-    lost = [n for n in acked if counts[n] == 0]
-    twice = {n: c for n, c in counts.items() if c > 1}
-    early = [(a, b) for a, b in itertools.pairwise(dict.fromkeys(seq)) if b < a]
-    for label, what in (("lost", lost), ("duplicated", twice), ("reordered", early)):
-        if what:
-            say(f"FINDING {label} {name} ({where}): {what}; {where} has {runs(seq)}")
-    return len(lost), sum(c - 1 for c in twice.values()), len(early)
-
-
-def runs(seq: list[int]) -> str:
-    """``1 2 3 5 5 6`` as ``1-3 5 5-6``."""
-    cuts = [i for i in range(1, len(seq)) if seq[i] != seq[i - 1] + 1]
-    spans = [seq[a:b] for a, b in itertools.pairwise([0, *cuts, len(seq)])]
-    return " ".join(f"{s[0]}-{s[-1]}" if len(s) > 1 else str(s[0]) for s in spans if s)
-
-
-def transcript(client: Client) -> tuple[list[int], int]:
-    """The conversation's messages as the API has them, and its ``message_count`` (read again while it settles)."""
-    deadline, seq, count = time.monotonic() + 30, list[int](), -1
-    with client.http() as http:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError, KeyError, ValueError):
-                entries = http.get(f"/v1/sessions/{client.session_id}/history").json()["messages"]
-                seq = [m for _, m in marks([_text(e["message"]["content"]) for e in entries if e["type"] == "user"])]
-                count = int(http.get(f"/v1/sessions/{client.session_id}").json()["metrics"]["message_count"])
-                if set(client.acked) <= set(seq):
-                    break
-            time.sleep(0.5)
-    return seq, count
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "\n".join(str(b.get("text", "")) for b in content or [] if isinstance(b, dict) and b.get("type") == "text")
-
-
-def check_conversations(clients: list[Client], requests: list[list[str]]) -> dict[str, int]:
-    views, mixed = model_views(requests)
-    totals = Counter({"lost": 0, "duplicated": 0, "reordered": 0, "forked": mixed})
-    for client in clients:
-        name, seen = client.session_id, views.get(client.index, [])
-        modelled = max(seen, key=len, default=[])
-        history, count = transcript(client)
-        held = len(set(client.acked) | (set(client.given_up) & set(modelled)))
-        if count != held:
-            say(f"FINDING message_count {name}: {count}, the conversation holds {held} messages")
-        by_model = defects(name, "model", modelled, client.acked)
-        by_api = defects(name, "history", history, client.acked)
-        totals["lost"] += max(by_model[0], by_api[0], held - count)
-        totals["duplicated"] += max(by_model[1], by_api[1], count - held)
-        totals["reordered"] += max(by_model[2], by_api[2])
-        totals["forked"] += forks(name, seen)
-    return dict(totals)
-
-
-def stop_and_count_leaks(cluster: Cluster) -> int:
-    """Every node stopped with SIGTERM: what they left (processes, rows), each counted once."""
-    cluster.sample()
-    for node in cluster.nodes:
-        node.signal(signal.SIGCONT)
-    for index, node in enumerate(cluster.nodes):
-        if not node.stop(signal.SIGTERM):
-            say(f"FINDING node{index} did not stop within a minute of SIGTERM: killed")
-    for pid in (alive := cluster.left_alive()):
-        with contextlib.suppress(psutil.Error):
-            say(f"FINDING leaked process {pid}: {' '.join(psutil.Process(pid).cmdline())[:160]}")
-            os.kill(pid, signal.SIGKILL)
-    with psycopg.connect(cluster.postgres.url("chaos"), autocommit=True) as db:
-        rows = db.execute(LEFT_ROWS).fetchall()
-    for row in rows:
-        say(f"FINDING leaked row: {row}")
-    return len(alive) + len(rows)
 
 
 def soak(args: argparse.Namespace, rng: random.Random, scratch: Path) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import Any
 import openai
 from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
 
-from claude_sessions.offline_model import OfflineModel
+from claude_sessions.offline_model import WEATHER, OfflineModel
 from common import probe_log, serve_probed, served_by, summary
 from scenarios import USER_PAUSE
 
@@ -55,14 +55,6 @@ LAUNCHER = [
 ]
 TAG = re.compile(r"tr:\d+:[a-z]+")
 Messages = list[dict[str, Any]]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 #: The marker the offline model answers with a call of the client's ``get_weather``.
 CALL = f"[[tool:get_weather:{json.dumps({'city': 'Paris'})}]]"
 

@@ -7,11 +7,12 @@ import json
 import struct
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import openai
 import psutil
 import pytest
 from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ClaudeSDKClient, Message, ResultMessage, TextBlock
@@ -22,6 +23,9 @@ from claude_sessions.offline_model import OfflineModel, loopback_env
 from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
 from claude_sessions.workers.sandbox import bubblewrap_usable
+
+if TYPE_CHECKING:  # server_process imports this module
+    from server_process import ServerProcess
 
 
 def cli_processes() -> list[psutil.Process]:
@@ -191,3 +195,38 @@ async def ask(client: ClaudeSDKClient, prompt: str) -> list[Message]:
     """One turn of a bare SDK client: every message, to its result."""
     await client.query(prompt)
     return [m async for m in client.receive_response()]
+
+
+def tool_results(model: OfflineModel) -> list[dict[str, Any]]:
+    """Every tool_result block the CLI sent the model, oldest first."""
+    return [
+        block
+        for request in model.message_requests()
+        for block in (request.body.get("messages") or [{}])[-1].get("content") or []
+        if isinstance(block, dict) and block.get("type") == "tool_result"
+    ]
+
+
+def result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content or [])
+
+
+def client_for(server: ServerProcess, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def openai_tenant(server: ServerProcess, tenant: str) -> Iterator[openai.OpenAI]:
+    """A tenant's ``openai`` client for a fixture; the sessions it made, ordinary ones, are deleted afterwards."""
+    from server_process import KEYS  # not at the top: server_process imports this module
+
+    yield client_for(server, KEYS[tenant])
+    with server.client(tenant) as http:
+        for session in http.get("/v1/sessions").json()["sessions"]:
+            http.delete(f"/v1/sessions/{session['session_id']}")
+
+
+def create(client: openai.OpenAI, **body: Any) -> Any:
+    """``chat.completions.create`` with plain dicts (the client's typed overloads want its TypedDicts)."""
+    completions: Any = client.chat.completions
+    return completions.create(**body)

@@ -16,7 +16,7 @@ import pydantic
 import pytest
 
 from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from helpers import image_block, images_seen, png, wait_no_cli
+from helpers import client_for, create, image_block, images_seen, openai_tenant, png, wait_no_cli
 from server_process import KEYS, ServerProcess, start_server
 
 Messages = list[dict[str, Any]]
@@ -39,30 +39,14 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
     assert wait_no_cli() == []
 
 
-def client_for(server: ServerProcess, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=60)
-
-
 @pytest.fixture
 def alice(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    yield client_for(server, KEYS["alice"])
-    with server.client("alice") as http:  # sessions made here are ordinary ones: deleted the same way
-        for session in http.get("/v1/sessions").json()["sessions"]:
-            http.delete(f"/v1/sessions/{session['session_id']}")
+    yield from openai_tenant(server, "alice")
 
 
 @pytest.fixture
 def bob(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    yield client_for(server, KEYS["bob"])
-    with server.client("bob") as http:
-        for session in http.get("/v1/sessions").json()["sessions"]:
-            http.delete(f"/v1/sessions/{session['session_id']}")
-
-
-def create(client: openai.OpenAI, **body: Any) -> Any:
-    """``chat.completions.create`` with plain dicts (the client's typed overloads want its TypedDicts)."""
-    completions: Any = client.chat.completions
-    return completions.create(**body)
+    yield from openai_tenant(server, "bob")
 
 
 def ask(client: openai.OpenAI, messages: Messages, **extra: Any) -> tuple[str, str]:

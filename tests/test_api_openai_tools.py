@@ -18,19 +18,11 @@ from langchain_core.tools import tool as langchain_tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from claude_sessions.offline_model import OfflineModel, OfflineModelServer
-from helpers import wait_no_cli
+from claude_sessions.offline_model import WEATHER, OfflineModel, OfflineModelServer
+from helpers import create, openai_tenant, result_text, tool_results, wait_no_cli
 from server_process import KEYS, ServerProcess, start_server
 
 Messages = list[dict[str, Any]]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 
 
@@ -49,30 +41,14 @@ def server(offline_server: OfflineModelServer, tmp_path_factory: pytest.TempPath
     assert wait_no_cli() == []
 
 
-def client_for(server: ServerProcess, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=60)
-
-
 @pytest.fixture
 def alice(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    yield client_for(server, KEYS["alice"])
-    with server.client("alice") as http:
-        for session in http.get("/v1/sessions").json()["sessions"]:
-            http.delete(f"/v1/sessions/{session['session_id']}")
+    yield from openai_tenant(server, "alice")
 
 
 @pytest.fixture
 def bob(server: ServerProcess) -> Iterator[openai.OpenAI]:
-    yield client_for(server, KEYS["bob"])
-    with server.client("bob") as http:
-        for session in http.get("/v1/sessions").json()["sessions"]:
-            http.delete(f"/v1/sessions/{session['session_id']}")
-
-
-def create(client: openai.OpenAI, **body: Any) -> Any:
-    """``chat.completions.create`` with plain dicts (the client's typed overloads want its TypedDicts)."""
-    completions: Any = client.chat.completions
-    return completions.create(**body)
+    yield from openai_tenant(server, "bob")
 
 
 def complete(client: openai.OpenAI, messages: Messages, **extra: Any) -> tuple[Any, str]:
@@ -95,21 +71,6 @@ def answered(message: Any, results: list[str]) -> Messages:
         assistant,
         *({"role": "tool", "tool_call_id": c["id"], "content": r} for c, r in zip(calls, results, strict=True)),
     ]
-
-
-def tool_results(model: OfflineModel) -> list[dict[str, Any]]:
-    """Every tool_result block the CLI sent the model, oldest first."""
-    return [
-        block
-        for request in model.message_requests()
-        for block in (request.body.get("messages") or [{}])[-1].get("content") or []
-        if isinstance(block, dict) and block.get("type") == "tool_result"
-    ]
-
-
-def result_text(block: dict[str, Any]) -> str:
-    content = block.get("content")
-    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content or [])
 
 
 def test_the_official_clients_tool_loop_continues_the_waiting_turn(alice: openai.OpenAI, model: OfflineModel) -> None:

@@ -25,7 +25,7 @@ from claude_sessions import (
     WorkerDiedError,
 )
 from claude_sessions.offline_model import OfflineModel
-from claude_sessions.sessions.turns import INTERRUPT_GRACE_SECONDS
+from claude_sessions.sessions.turn_events import INTERRUPT_GRACE_SECONDS
 from claude_sessions.workers.workspaces import session_cwd
 from conftest import MakeHandler
 from helpers import (

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from claude_sessions.sessions.client_calls import ClientCalls, ClientToolCall
 from claude_sessions.sessions.parked_turns import ParkedTurns
@@ -33,47 +36,51 @@ def turn_of(session: FakeSession, seen: list[Any]) -> AsyncGenerator[Reply, None
     return run()
 
 
-async def parked_call(turn: AsyncGenerator[Reply, None]) -> ClientToolCall:
+@dataclass
+class Waiting:
+    """A turn stopped at its first call, not parked yet; ``seen``: what its calls were answered."""
+
+    session: Any
+    turn: AsyncGenerator[Reply, None]
+    call: ClientToolCall
+    seen: list[Any]
+
+    def park(self, timeout: float) -> ParkedTurns:
+        parked = ParkedTurns(timeout=timeout)
+        parked.park(self.session, self.turn, frozenset({self.call.call_id}))
+        return parked
+
+
+@pytest.fixture
+async def waiting() -> Waiting:
+    session, seen = FakeSession(), list[Any]()
+    turn = turn_of(session, seen)
     call = await anext(turn)
     assert isinstance(call, ClientToolCall)
-    return call
+    return Waiting(session, turn, call, seen)
 
 
-async def test_a_turn_no_one_takes_gets_error_results_for_every_call_and_runs_to_its_end() -> None:
-    session: Any = FakeSession()
-    seen: list[Any] = []
-    turn = turn_of(session, seen)
-    call = await parked_call(turn)
-    parked = ParkedTurns(timeout=0.1)
-    parked.park(session, turn, frozenset({call.call_id}))
-    assert parked.waiting(session) == frozenset({call.call_id})
+async def test_a_turn_no_one_takes_gets_error_results_for_every_call_and_runs_to_its_end(waiting: Waiting) -> None:
+    parked = waiting.park(timeout=0.1)
+    assert parked.waiting(waiting.session) == frozenset({waiting.call.call_id})
     await asyncio.sleep(0.5)
     expected = "The client did not return this call's result within 0.1 s."
-    assert seen == [(expected, True), (expected, True)] and parked.waiting(session) is None
+    assert waiting.seen == [(expected, True), (expected, True)] and parked.waiting(waiting.session) is None
 
 
-async def test_a_taken_turn_is_not_run_out_and_is_the_takers_to_continue() -> None:
-    session: Any = FakeSession()
-    seen: list[Any] = []
-    turn = turn_of(session, seen)
-    call = await parked_call(turn)
-    parked = ParkedTurns(timeout=0.1)
-    parked.park(session, turn, frozenset({call.call_id}))
-    taken = parked.take(session)
-    assert taken is not None and taken.turn is turn and parked.take(session) is None
+async def test_a_taken_turn_is_not_run_out_and_is_the_takers_to_continue(waiting: Waiting) -> None:
+    parked = waiting.park(timeout=0.1)
+    taken = parked.take(waiting.session)
+    assert taken is not None and taken.turn is waiting.turn and parked.take(waiting.session) is None
     await asyncio.sleep(0.3)
-    assert seen == []  # the timer is off: the taker answers
-    session.client_calls.answer(call.call_id, "one")
-    assert isinstance(await anext(turn), ClientToolCall) and seen == [("one", False)]
-    await turn.aclose()
+    assert waiting.seen == []  # the timer is off: the taker answers
+    waiting.session.client_calls.answer(waiting.call.call_id, "one")
+    assert isinstance(await anext(waiting.turn), ClientToolCall) and waiting.seen == [("one", False)]
+    await waiting.turn.aclose()
 
 
-async def test_closing_runs_out_every_parked_turn() -> None:
-    session: Any = FakeSession()
-    seen: list[Any] = []
-    turn = turn_of(session, seen)
-    call = await parked_call(turn)
-    parked = ParkedTurns(timeout=60)
-    parked.park(session, turn, frozenset({call.call_id}))
+async def test_closing_runs_out_every_parked_turn(waiting: Waiting) -> None:
+    parked = waiting.park(timeout=60)
     await parked.close()
-    assert [text for text, _ in seen] == ["The server shut down before the client returned this call's result."] * 2
+    expected = "The server shut down before the client returned this call's result."
+    assert [text for text, _ in waiting.seen] == [expected] * 2

@@ -138,6 +138,25 @@ async def test_a_node_that_leaves_frees_its_leases_and_a_restart_frees_its_prede
     assert {n.node_id for n in await a2.nodes.listing()} == {"a2"}
 
 
+async def test_a_node_is_live_exactly_when_the_listing_shows_it_up_or_draining(make_registry: MakeRegistry) -> None:
+    a, b, c = [await make_registry(name, 1.0) for name in ("a", "b", "c")]
+    await b.nodes.heartbeat("http://b", 0, "down")
+    await c.nodes.heartbeat("http://c", 0, "draining")
+
+    async def live() -> dict[str, bool]:
+        listed = {n.node_id: n.status != "down" for n in await a.nodes.listing()}
+        assert {n: await a.nodes.node_live(n) for n in listed} == listed  # the listing's count of liveness
+        return listed
+
+    assert await live() == {"a": True, "b": False, "c": True}
+    assert not await a.nodes.node_live("never-seen")
+    await asyncio.sleep(1.1)  # every heartbeat lapses
+    await a.nodes.heartbeat("http://a", 0, "up")
+    assert await live() == {"a": True, "b": False, "c": False}
+    await a.nodes.leave()
+    assert not await b.nodes.node_live("a") and await live() == {"b": False, "c": False}
+
+
 async def test_expired_skips_sessions_mid_turn_on_a_live_node(make_registry: MakeRegistry) -> None:
     a = await make_registry("a", 60.0)
     old = SessionMetrics(last_activity=1000.0)

@@ -33,26 +33,11 @@ from mcp.types import CallToolResult, ListToolsResult, TextContent, Tool
 from claude_sessions.offline_model import OfflineModel
 from claude_sessions.store.history import transcript_entries
 from conftest import Options
-from helpers import ask, connected, result_of, tool
+from helpers import ask, connected, result_of, result_text, tool, tool_results
 
 
 def transcripts(config_dir: Path) -> list[Path]:
     return sorted((config_dir / "projects").glob("*/*.jsonl"))
-
-
-def tool_results(model: OfflineModel) -> list[dict[str, Any]]:
-    """Every tool_result block the CLI sent the model, oldest first."""
-    return [
-        block
-        for request in model.message_requests()
-        for block in (request.body.get("messages") or [{}])[-1].get("content") or []
-        if isinstance(block, dict) and block.get("type") == "tool_result"
-    ]
-
-
-def result_text(block: dict[str, Any]) -> str:
-    content = block.get("content")
-    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content or [])
 
 
 class Shelf:

@@ -48,6 +48,16 @@ _BIG_WORD = "\U0001d465" * 256  # 1 KiB of UTF-8: a mathematical italic x, outsi
 #: Test control: the last user text asks the model to call a tool: ``[[tool:Name:{json input}]]``; a name
 #: an MCP server offers (``mcp__client__Name``) is called by its own name too.
 TOOL_MARKER = re.compile(r"\[\[tool:([\w-]+):(?=\{)")
+#: An OpenAI function a client may offer, which ``[[tool:get_weather:{"city": ...}]]`` has the model call:
+#: the tests' and benchmarks' one example.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 def count_tokens(text: str) -> int:

@@ -113,7 +113,7 @@ class Forwarder:
         """The holder's answer; a gone holder's lease is waited out and the request sent where the session is then."""
         try:
             answer = await self._send(request, held, body, watch=True)
-            if answer.status != 503 or b'"shutting_down"' not in await answer.read():
+            if answer.status != 503 or not holder_draining(await answer.read()):
                 return answer
             answer.release()  # the holder began draining: it hands the session over, served where it goes
             log.info("forward_holder_draining", node_id=held.node_id)
@@ -253,6 +253,16 @@ def expects_stream(request: Request, body: bytes) -> bool:
         with contextlib.suppress(ValueError):
             return json.loads(body).get("stream") is True
     return False
+
+
+def holder_draining(body: bytes) -> bool:
+    """Whether a holder's 503 body is its ``shutting_down`` refusal (it began draining): our error's ``type``,
+    or on the OpenAI endpoint its ``code`` (``type`` there is OpenAI's own). Any other body, JSON or not, is not."""
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):  # not JSON (a proxy's page, say), or JSON but no object
+        return False
+    return isinstance(error, dict) and "shutting_down" in (error.get("type"), error.get("code"))
 
 
 def _error_event(body: bytes, path: str) -> bytes:

@@ -13,14 +13,13 @@ import re
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 import structlog
 from claude_agent_sdk import ClaudeSDKClient
-from prometheus_client import generate_latest
 
 from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
@@ -34,23 +33,24 @@ from claude_sessions.errors import (
 )
 from claude_sessions.gateway.relay import ModelGateway, credentials_of
 from claude_sessions.observability.telemetry import DEFAULT_TENANT, LiveState, Telemetry
-from claude_sessions.observability.usage_series import points, window_start
 from claude_sessions.offline_model import OfflineModelServer, loopback_env
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.lending import Lender, PooledClient
 from claude_sessions.sessions.maintenance import Maintenance, maintenance_pass
 from claude_sessions.sessions.manager import ClaudeCodeSessionManager
+from claude_sessions.sessions.node_services import NodeServices
 from claude_sessions.sessions.permissions import Behavior, PermissionRequest, Scope
 from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
+from claude_sessions.sessions.turn_events import stop_turn
 from claude_sessions.sessions.turn_options import TurnOptions
-from claude_sessions.sessions.turns import Turns, stop_turn
+from claude_sessions.sessions.turns import Turns
 from claude_sessions.sessions.worker_events import WorkerEvents, worker_pool
 from claude_sessions.store.backends import open_registry
 from claude_sessions.store.history import Turn
-from claude_sessions.store.records import Holder, NodeRecord, Origin, TenantUsage
+from claude_sessions.store.records import Origin
 from claude_sessions.workers.containment import Containment
-from claude_sessions.workers.pool import StartWorker
+from claude_sessions.workers.pool import StartWorker, WorkerPool
 from claude_sessions.workers.processes import DataDirLock, data_dir_mark, end_stray_processes
 from claude_sessions.workers.sandbox import check_host, sandbox_on
 from claude_sessions.workers.worker import Worker
@@ -61,7 +61,7 @@ log = structlog.get_logger("claude_sessions.handler")
 SESSION_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
-class ClaudeHandler:
+class ClaudeHandler(NodeServices):
     """Creates sessions, runs their turns and keeps the machinery healthy."""
 
     def __init__(self, config: SystemConfig | None = None, *, start_worker: StartWorker = Worker.start) -> None:
@@ -69,8 +69,7 @@ class ClaudeHandler:
         self.config = config or SystemConfig.from_env()
         check_host(self.config)
         self.telemetry = Telemetry()
-        #: The wall clock budgets count days and minutes by (tests move it).
-        self.clock: Callable[[], float] = time.time
+        self.clock = time.time
         runtime = self.config.runtime
         self._data_dir_lock = DataDirLock(runtime.DATA_DIR.resolve())
         self.registry, self.archive = open_registry(self.config, uuid.uuid4().hex[:12])
@@ -90,21 +89,7 @@ class ClaudeHandler:
             timeout=self.config.optimization.CLI_API_TIMEOUT,
             permits_model=self.config.server.permits_model,
         )
-        self.pool = worker_pool(
-            self.config,
-            WorkerEvents(
-                self.gateway,
-                self.registry,
-                self.archive,
-                self.telemetry,
-                tenant_of=lambda session: tenant_of(session, self.config),
-                project_of=lambda session: self.session_manager.conversations.project_of(session),
-                mark=self._mark,
-                containment=self.containment,
-                let_go=lambda worker: self.session_manager.let_go_dead(worker),
-            ),
-            start_worker,
-        )
+        self.pool = self._worker_pool(start_worker)
         self.session_manager = ClaudeCodeSessionManager(
             self.config, self.pool, self.registry, self.archive, self.telemetry
         )
@@ -127,6 +112,24 @@ class ClaudeHandler:
         self.maintenance = Maintenance(self.config.session_manager.CLEANUP_INTERVAL * 60, self.run_maintenance)
         self._started: asyncio.Task[None] | None = None
         self._closed = False
+
+    def _worker_pool(self, start_worker: StartWorker) -> WorkerPool:
+        """The pool, told of its workers' events here (the session manager, made after it, is read late)."""
+        return worker_pool(
+            self.config,
+            WorkerEvents(
+                self.gateway,
+                self.registry,
+                self.archive,
+                self.telemetry,
+                tenant_of=lambda session: tenant_of(session, self.config),
+                project_of=lambda session: self.session_manager.conversations.project_of(session),
+                mark=self._mark,
+                containment=self.containment,
+                let_go=lambda worker: self.session_manager.let_go_dead(worker),
+            ),
+            start_worker,
+        )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -302,76 +305,6 @@ class ClaudeHandler:
     async def _return_pooled_client(self, client: ClaudeSDKClient) -> None:
         """Take back a lent client: reset with ``/clear`` and pooled, or closed."""
         await self.lender.take_back(client)
-
-    # -- what the HTTP API serves besides turns -------------------------------------
-
-    def warm(self, configs: Sequence[SessionConfig]) -> None:
-        """Keep spares warm for these options (each tenant's, say) instead of the default ones."""
-        self.pool.warm_configs = list(configs)
-
-    def serve_at(self, url: str) -> None:
-        """Where the other nodes reach this one (``CLAUDE_SESSIONS_NODE_URL``, else the server's address)."""
-        self.node.url = url
-
-    @property
-    def gateway_url(self) -> str:
-        return self.gateway.base_url
-
-    async def stored_reply(self, key: str, idempotency_key: str) -> tuple[str, list[dict[str, Any]]] | None:
-        """The turn kept under an Idempotency-Key: (the request it answered, its messages), if any."""
-        return await self.registry.replies.get(key, idempotency_key)
-
-    async def keep_reply(self, key: str, idempotency_key: str, request: str, messages: list[dict[str, Any]]) -> None:
-        await self.registry.replies.save(key, idempotency_key, request, messages)
-
-    async def holder_of(self, key: str) -> Holder | None:
-        """The live node running a session's CLI, if another does."""
-        return await self.registry.holder(key)
-
-    async def node_alive(self, node_id: str) -> bool:
-        """Whether a node's heartbeat is fresh (it has not left, died or stopped beating)."""
-        return any(node.node_id == node_id and node.status != "down" for node in await self.registry.nodes.listing())
-
-    async def usage(self, tenant: str | None, user: str | None = None) -> list[TenantUsage]:
-        """Spend, tokens and turns today and this month, for a tenant (or its end ``user``) or (None)
-        every tenant, across nodes."""
-        return await self.registry.spend.usage(tenant, self.clock(), user)
-
-    async def usage_series(self, tenant: str | None, user: str | None = None) -> list[dict[str, Any]]:
-        """Turns, tokens and spend per minute over the last hour, every node's (the console's charts): a
-        tenant's (with ``user``, that end user's), or (None) everyone's."""
-        now = self.clock()
-        return points(await self.registry.spend.minutes(window_start(now), tenant, user), now)
-
-    def prometheus_text(self) -> bytes:
-        """The Prometheus exposition of this node's telemetry."""
-        return generate_latest(self.telemetry.registry)
-
-    async def nodes(self) -> list[NodeRecord]:
-        return await self.registry.nodes.listing()
-
-    def problems(self) -> list[str]:
-        """Why this node is not fully healthy, as far as it knows without asking the network."""
-        reasons = []
-        if self.config.connection_pool.MIN_SIZE and not self.pool.status()["healthy_connections"]:
-            reasons.append("pool has no healthy worker")
-        if self.session_manager.is_full():
-            reasons.append("session limit reached")
-        if not self.maintenance.is_running:
-            reasons.append("maintenance task is not running")
-        return reasons
-
-    async def hand_over(self) -> int:
-        """Drain: the other nodes take this node's idle sessions at once, its busy ones as their turns end."""
-        return await self.node.drain()
-
-    def busy_sessions(self) -> list[Session]:
-        return [s for s in self.session_manager.sessions() if s.is_busy]
-
-    async def end_stuck_turns(self, sessions: Sequence[Session]) -> None:
-        """Close the workers of turns that did not stop when interrupted (their streams end in an error)."""
-        stuck = [s.worker for s in sessions if s.is_busy and s.worker is not None]
-        await asyncio.gather(*(self.session_manager.give_back(w, reuse=False) for w in stuck), return_exceptions=True)
 
     # -- turns ------------------------------------------------------------------
 

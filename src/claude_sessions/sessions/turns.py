@@ -35,10 +35,17 @@ from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.observability.metrics import model_error
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
-from claude_sessions.sessions.client_calls import ClientCalls, ClientToolCall
+from claude_sessions.sessions.client_calls import ClientToolCall
 from claude_sessions.sessions.permissions import Approvals
 from claude_sessions.sessions.replies import Replies, Reply, TurnEvent
 from claude_sessions.sessions.session import Session, learn_conversation, title_of
+from claude_sessions.sessions.turn_events import (
+    INTERRUPT_GRACE_SECONDS,
+    close_events,
+    open_events,
+    release_waiting,
+    stop_turn,
+)
 from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.archive import TranscriptArchive
@@ -46,12 +53,9 @@ from claude_sessions.store.records import Holder
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
-from claude_sessions.workers.workspaces import session_cwd, tenant_of
+from claude_sessions.workers.workspaces import tenant_of
 
 log = structlog.get_logger("claude_sessions.handler")
-
-#: How long an interrupted turn may take to wind down before its worker is discarded.
-INTERRUPT_GRACE_SECONDS = 5.0
 
 
 class Turns:
@@ -261,7 +265,7 @@ class Turns:
         settled = False  # the turn ended, or its worker was dealt with
         asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
         _count_turn(session, worker, prompt, command)
-        events = self._open_events(session, worker, options, deadline)
+        events = open_events(session, worker, options, deadline, self.config, self.telemetry)
         replies = Replies(worker.client.receive_response(), events)
         loop = asyncio.get_running_loop()
         try:
@@ -306,13 +310,28 @@ class Turns:
             # Abandoned by the caller (closed generator, cancelled stream): the shield lets the
             # turn end before the session is free again.
             with anyio.CancelScope(shield=True):
-                abandoned = not settled and worker is session.worker and worker.is_alive()
-                if abandoned and asked and session.approvals is not None and session.approvals.pending:
-                    abandoned = not await self._finish_unread(session, worker, replies, (deadline, began), options)
-                await replies.aclose()
-                if abandoned:
-                    await self._cut_short(session, worker, began, asked, replies)
-                self._close_events(session, worker)
+                await self._leave(session, worker, replies, (deadline, began), options, settled=settled, asked=asked)
+
+    async def _leave(
+        self,
+        session: Session,
+        worker: Worker,
+        replies: Replies,
+        times: tuple[float, float],
+        options: TurnOptions,
+        *,
+        settled: bool,
+        asked: bool,
+    ) -> None:
+        """A turn's end however it came: one its caller abandoned runs on unread while a call waits for its
+        user, else is cut short; its events are closed."""
+        abandoned = not settled and worker is session.worker and worker.is_alive()
+        if abandoned and asked and session.approvals is not None and session.approvals.pending:
+            abandoned = not await self._finish_unread(session, worker, replies, times, options)
+        await replies.aclose()
+        if abandoned:
+            await self._cut_short(session, worker, times[1], asked, replies)
+        close_events(session, worker)
 
     async def _cut_short(self, session: Session, worker: Worker, began: float, asked: bool, replies: Replies) -> None:
         """End a turn cut short: wind down one whose prompt reached the CLI, else drop its worker
@@ -353,43 +372,6 @@ class Turns:
         except (Exception, StopAsyncIteration) as error:
             log.info("turn_unread_ended", session_id=session.id, error=repr(error))
         return False
-
-    def _open_events(
-        self, session: Session, worker: Worker, options: TurnOptions, deadline: float
-    ) -> asyncio.Queue[TurnEvent] | None:
-        """Route the worker's permission questions (``ask_tools``) and its client's calls (``functions``)
-        to this turn; None when there can be neither."""
-        if worker.gate is None and not options.functions:
-            return None
-        events: asyncio.Queue[TurnEvent] = asyncio.Queue()
-        if options.functions:
-            session.client_calls = ClientCalls(session.public_id, events)
-            worker.client_tools.open(session.client_calls.ask)
-        if worker.gate is None:
-            return events
-        if session.approvals is None:
-            session.approvals = Approvals(
-                session.public_id,
-                session.tenant,
-                frozenset(session.config.ask_tools),
-                session_cwd(session.config, self.config),
-                self.config.server.PERMISSION_TIMEOUT_SECONDS,
-                self.telemetry,
-            )
-        session.approvals.open_turn(events, options.can_ask, deadline)
-        worker.gate.open(session.approvals.ask)
-        return events
-
-    @staticmethod
-    def _close_events(session: Session, worker: Worker) -> None:
-        worker.client_tools.close()
-        if worker.gate is not None:
-            worker.gate.close()
-        if session.approvals is not None:
-            session.approvals.close_turn()
-        if session.client_calls is not None:
-            session.client_calls.close()
-            session.client_calls = None
 
     def _count_connection_error(self, session: Session) -> None:
         session.metrics.connection_errors += 1
@@ -437,24 +419,6 @@ def _count_turn(session: Session, worker: Worker, prompt: Content, command: str 
     session.metrics.message_count += 1
     if session.title is None and command is None:  # a CLI command is no title
         session.title = title_of(prompt)
-
-
-async def stop_turn(session: Session, worker: Worker) -> None:
-    """Interrupt a session's running turn: first end what waits for its user or client, so the CLI can stop."""
-    release_waiting(session)
-    try:
-        async with asyncio.timeout(INTERRUPT_GRACE_SECONDS):
-            await worker.client.interrupt()
-    except Exception as error:
-        log.info("interrupt_failed", worker=worker.id, error=repr(error))
-
-
-def release_waiting(session: Session) -> None:
-    """Deny the session's pending permission requests and fail its client's waiting calls (a turn stops)."""
-    if session.approvals is not None:
-        session.approvals.interrupt()
-    if session.client_calls is not None:
-        session.client_calls.close("The turn was interrupted before the client returned this call's result.")
 
 
 def held_elsewhere(session_id: str, holder: Holder) -> SessionHeldElsewhereError:

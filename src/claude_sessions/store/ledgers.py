@@ -63,6 +63,16 @@ class NodeStore:
             for node_id, url, seen, live, status in rows
         ]
 
+    async def node_live(self, node_id: str) -> bool:
+        """Whether ``listing`` would show the node other than ``down``: one row, not every node's (a forward
+        asks this while it waits on a holder)."""
+        async with self.db.transaction() as tx:
+            rows = await tx.run(
+                "SELECT 1 FROM nodes WHERE node_id = ? AND status <> 'down' AND last_seen > ?",
+                (node_id, self.db.fresh_since()),
+            )
+        return bool(rows)
+
 
 class WorkerLedger:
     """The CLI processes a node started, by its data directory's mark (column ``owner``): a crash leaves none behind."""

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+
+import pytest
 
 from claude_sessions.workers.host_view import view_args
 
@@ -33,3 +36,23 @@ def test_etc_is_copied_without_what_others_cannot_read_and_without_secrets(tmp_p
     (etc / "hosts").chmod(0o644)
     again = Path(view_args(tmp_path / "cache", etc)[-4])
     assert again != copy and (again / "hosts").exists()  # a changed /etc: a new copy
+
+
+def test_a_file_removed_while_etc_is_copied_is_left_out_and_the_copy_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A package manager at work replaces files in /etc (``*.dpkg-new``) under a starting server."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("passwd", "fuse.conf.dpkg-new"):
+        (etc / name).write_text(name)
+    copy2 = shutil.copy2
+
+    def removed_meanwhile(source: str, target: str) -> object:
+        if source.endswith(".dpkg-new"):
+            Path(source).unlink()
+        return copy2(source, target)
+
+    monkeypatch.setattr(shutil, "copy2", removed_meanwhile)
+    copy = Path(view_args(tmp_path / "cache", etc)[-4])
+    assert sorted(p.name for p in copy.iterdir()) == ["passwd"]

@@ -11,6 +11,7 @@ to the host's is seen by commands after the next start.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -54,13 +55,21 @@ def readable_copy(etc: Path, cache: Path) -> Path:
         return copy
     cache.mkdir(mode=0o700, parents=True, exist_ok=True)
     partial = cache / f".etc-{uuid.uuid4().hex}"
-    shutil.copytree(etc, partial, symlinks=True, ignore=left_out, ignore_dangling_symlinks=True)
+    shutil.copytree(
+        etc, partial, symlinks=True, ignore=left_out, ignore_dangling_symlinks=True, copy_function=_copy_if_there
+    )
     partial.chmod(0o755)
     try:
         partial.rename(copy)
     except OSError:  # another server made it meanwhile
         shutil.rmtree(partial, ignore_errors=True)
     return copy
+
+
+def _copy_if_there(source: str, target: str) -> None:
+    """A file a package manager removes while the copy runs is left out, not a failed start."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.copy2(source, target)
 
 
 def _unreadable(etc: Path) -> Callable[[str, list[str]], set[str]]:

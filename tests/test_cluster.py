@@ -263,6 +263,46 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
         database.remove()
 
 
+def test_a_turn_finished_in_an_outage_survives_its_nodes_kill_9_and_is_written_at_the_restart(
+    tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
+) -> None:
+    """The transcript batches and the session record the outage held back are on the node's disk."""
+    database = PrivatePostgres()
+    env = {"OPT_CREATE_TIMEOUT": "2"}
+    spill = tmp_path / "node0" / "data" / "spill"
+    try:
+        database.start()
+        with running_cluster(tmp_path, offline_server.base_url, database.url(), count=1, env=env) as cluster:
+            alice = cluster.node(0).client("alice")
+            created, _ = retry_until_ok(lambda: alice.post("/v1/sessions", json={"session_id": "kept"}), timeout=30)
+            assert created.status_code == 201
+            assert say(alice, "kept", "the word is kiwi").status_code == 200
+            with alice.stream("POST", "/v1/sessions/kept/messages", json={"content": "[[slow:2]] go on"}) as stream:
+                events = sse(stream)
+                assert next(events)[0] == "system"
+                database.stop()
+                assert [kind for kind, _ in events][-1] == "result"  # answered: the caller saw it end
+            kept = settled(lambda: sorted(p.parent.name for p in spill.glob("*/*.json")), lambda k: len(k) == 2)
+            assert kept == ["sessions", "transcripts"]
+            cluster.kill(0)
+            database.start()
+            cluster.nodes[0] = start_node(
+                tmp_path / "node0", offline_server.base_url, database.url(), cluster.workspace, LEASE, env
+            )
+            assert list(spill.glob("*/*.json")) == []  # written before the node answered
+            alice = cluster.node(0).client("alice")
+            metrics = alice.get("/v1/sessions/kept").json()["metrics"]
+            assert metrics["message_count"] == 2
+            reply = say(alice, "kept", "which word?")
+            assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"], reply.text
+            said = " ".join(model.message_requests()[-1].user_texts)  # whole, not rolled back: once each, in order
+            places = [said.find(text) for text in ("the word is kiwi", "[[slow:2]] go on", "which word?")]
+            assert -1 < places[0] < places[1] < places[2] and said.count("go on") == 1, said
+            assert alice.get("/v1/sessions/kept").json()["metrics"]["message_count"] == 3
+    finally:
+        database.remove()
+
+
 def test_one_node_at_a_time_runs_the_clusters_maintenance(
     tmp_path: Path, offline_server: OfflineModelServer, database: str
 ) -> None:

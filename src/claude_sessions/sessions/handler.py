@@ -146,6 +146,7 @@ class ClaudeHandler(NodeServices):
         self.config.runtime.workspace_root.mkdir(parents=True, exist_ok=True)
         await self.registry.open()
         await self.archive.open()
+        await self.session_manager.unsaved.write_left(self.registry)  # after the transcripts it counts
         # CLI processes an earlier run on this data directory recorded, read before this run records its own.
         earlier = await self.registry.pids.take(self._mark)
         await self.registry.nodes.join(self._mark)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -10,10 +11,17 @@ import structlog
 
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.manager import ClaudeCodeSessionManager
+from claude_sessions.store.archive import TranscriptArchive
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.pool import WorkerPool
 
 log = structlog.get_logger("claude_sessions.maintenance")
+
+
+#: How long a turn submitted with an Idempotency-Key can be replayed.
+REPLAY_SECONDS = 24 * 3600.0
+#: A node unseen this long is forgotten by the maintenance leader.
+FORGET_NODES_SECONDS = 86400.0
 
 
 class Maintenance:
@@ -72,7 +80,7 @@ async def maintenance_pass(
     if await registry.lead():
         inactive = await manager.cleanup_inactive_sessions()
         orphans = await manager.detect_orphaned_sessions()
-        purged = await manager.purge_retired(retention_days)
+        purged = await purge_retired(registry, manager.archive, retention_days)
     else:
         await manager.reap_unowned()
     released = await manager.release_idle_workers()
@@ -90,3 +98,14 @@ async def maintenance_pass(
         workers_spawned=spawned,
     )
     return {"inactive": inactive, "orphaned": orphans, "released": released, "retired": retired, "spawned": spawned}
+
+
+async def purge_retired(registry: Registry, archive: TranscriptArchive, retention_days: float) -> int:
+    """Delete removed sessions' transcripts past their retention; forget old replies and nodes."""
+    now = time.time()
+    names = await registry.retired.take(retired_before=now - retention_days * 86400)
+    for name in names:
+        await archive.delete(name)
+    await registry.replies.forget(older_than=now - REPLAY_SECONDS)
+    await registry.nodes.forget(unseen_since=now - FORGET_NODES_SECONDS)
+    return len(names)

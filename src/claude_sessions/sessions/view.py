@@ -31,6 +31,7 @@ from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.conversations import Conversations
 from claude_sessions.sessions.health import health_report
 from claude_sessions.sessions.session import Session, public_id, session_key, tenant_of_key, title_of
+from claude_sessions.sessions.unsaved import UnsavedRecords
 from claude_sessions.store.archive import TranscriptArchive
 from claude_sessions.store.history import Turn, transcript_entries
 from claude_sessions.store.records import CreateOutcome, Origin, SessionRecord
@@ -40,12 +41,6 @@ from claude_sessions.workers.worker import Worker
 from claude_sessions.workers.workspaces import session_cwd
 
 log = structlog.get_logger("claude_sessions.manager")
-
-
-#: How long a turn submitted with an Idempotency-Key can be replayed.
-REPLAY_SECONDS = 24 * 3600.0
-#: A node unseen this long is forgotten by the maintenance leader.
-FORGET_NODES_SECONDS = 86400.0
 
 
 class SessionView:
@@ -69,7 +64,7 @@ class SessionView:
         self._closing = False
         self.conversations = Conversations(config, archive)
         #: Sessions whose last write found the database away: written again when it is back.
-        self.unsaved: set[Session] = set()
+        self.unsaved = UnsavedRecords(config.runtime.DATA_DIR.resolve() / "spill" / "sessions")
 
     # -- the view --------------------------------------------------------------------
 
@@ -218,11 +213,13 @@ class SessionView:
         """
         if session.closed or self._closing:
             return
+        record = session.record()
+        if ending:
+            record = dataclasses.replace(record, busy=False)
         try:
-            record = session.record()
-            saved = await self.registry.save(dataclasses.replace(record, busy=False) if ending else record)
+            saved = await self.registry.save(record)
         except DatabaseUnavailableError:
-            self.unsaved.add(session)
+            self.unsaved.add(session, record)
             log.warning("session_save_deferred", session_id=session.id)
             return
         self.unsaved.discard(session)
@@ -235,7 +232,10 @@ class SessionView:
         raise LeaseLostError(f"session {session.public_id!r} moved to another node")
 
     async def save_unsaved(self) -> None:
-        for session in list(self.unsaved):
+        for session in self.unsaved:
+            if session.closed:
+                self.unsaved.discard(session)
+                continue
             try:
                 await self.save(session)
             except LeaseLostError:
@@ -324,16 +324,6 @@ class SessionView:
         return session.unbind()
 
     # -- cleanup (the cluster's: run by one node at a time) ------------------------------
-
-    async def purge_retired(self, retention_days: float) -> int:
-        """Delete removed sessions' transcripts past their retention; forget old replies and nodes."""
-        now = time.time()
-        names = await self.registry.retired.take(retired_before=now - retention_days * 86400)
-        for name in names:
-            await self.archive.delete(name)
-        await self.registry.replies.forget(older_than=now - REPLAY_SECONDS)
-        await self.registry.nodes.forget(unseen_since=now - FORGET_NODES_SECONDS)
-        return len(names)
 
     async def cleanup_inactive_sessions(self) -> list[str]:
         """Remove sessions idle longer than ``SM_TIMEOUT_MINUTES``; release their workers."""

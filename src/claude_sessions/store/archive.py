@@ -20,10 +20,11 @@ from typing import Any, cast
 import structlog
 from claude_agent_sdk import SessionKey, SessionListSubkeysKey, SessionStore, SessionStoreEntry
 
-from claude_sessions.errors import DatabaseUnavailableError, LeaseLostError
+from claude_sessions.errors import DatabaseUnavailableError
 from claude_sessions.store.registry import Registry
-from claude_sessions.store.spill import Batch, Lease, Spill
-from claude_sessions.store.transcripts import UNAVAILABLE, Guard, PostgresTranscriptStore
+from claude_sessions.store.spill import Spill
+from claude_sessions.store.transcripts import UNAVAILABLE, PostgresTranscriptStore
+from claude_sessions.store.write_behind import Lease, WriteBehind
 
 log = structlog.get_logger("claude_sessions.archive")
 
@@ -138,140 +139,6 @@ class FileArchive(TranscriptArchive):
         """Nothing to let go of."""
 
 
-#: What an unreachable database raises, through the registry or straight from the store.
-_OUTAGE = (DatabaseUnavailableError, *UNAVAILABLE)
-
-
-class _Conversation:
-    """The batches of one conversation not in the store yet, oldest first, written one at a time."""
-
-    def __init__(self) -> None:
-        self.waiting: list[Batch] = []
-        self.lock = asyncio.Lock()
-        #: Writers holding or awaiting the lock: it is forgotten only when none is left.
-        self.users = 0
-
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        self.users += 1
-        try:
-            async with self.lock:
-                yield
-        finally:
-            self.users -= 1
-
-
-class WriteBehind:
-    """Every transcript write of this node, fenced by its lease, in order per conversation, and
-    never lost to a database outage.
-
-    A node paused past its lease wakes with its CLI still answering; the batches the
-    SDK mirrors then are refused (the SDK reports them as a ``MirrorErrorMessage``),
-    so the conversation another node continues never gets the stale node's entries.
-
-    A batch the database cannot take (down, restarting) is kept, not failed: the SDK
-    would drop it after three tries, leaving a hole in the middle of the conversation.
-    Kept batches are written first, in order, on the conversation's next write or at the
-    node's next heartbeat (``catch_up``), whichever worker wrote them (a session's
-    next worker waits behind its last one's). Any other error is the SDK's to retry or
-    report, as without us. Kept batches are on disk too (:class:`Spill`): a restart writes
-    what the node's previous run kept, unless another node took the session since.
-    """
-
-    def __init__(self, store: PostgresTranscriptStore, registry: Registry, spill: Spill) -> None:
-        self._store, self._registry, self._spill = store, registry, spill
-        self._conversations: dict[str, _Conversation] = {}
-        #: Leases of batches a previous run of this node kept: written if no other node took the session since.
-        self._inherited: set[tuple[str, int]] = set()
-
-    def restore(self) -> None:
-        """Take up what a previous run of this node kept on disk."""
-        for name, batches in self._spill.left().items():
-            self._conversations.setdefault(name, _Conversation()).waiting[:0] = batches
-            self._inherited |= {lease for lease, _, _ in batches if lease is not None}
-            log.info("transcript_spill_found", conversation=name, batches=len(batches))
-
-    async def write(self, lease: Lease, key: SessionKey, entries: list[SessionStoreEntry]) -> None:
-        name = key["session_id"]
-        conversation = self._conversations.setdefault(name, _Conversation())
-        batch = (lease, key, entries)
-        async with conversation.turn():
-            conversation.waiting.append(batch)
-            try:
-                lost = await self._write(conversation)
-            except Exception:
-                if batch in conversation.waiting:  # the SDK retries it, or reports it: not kept twice
-                    conversation.waiting.remove(batch)
-                raise
-            finally:
-                self._spill.keep(name, conversation.waiting)
-                self._forget_if_done(name, conversation)
-        if lease is not None and lease in lost:
-            raise LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
-
-    async def catch_up(self) -> None:
-        """Write what waits, conversation by conversation; stop at the first sign the database is still away.
-
-        A conversation being written right now is left to its writer, which writes what waits
-        first: the heartbeat never waits behind a transcript write.
-        """
-        for name, conversation in list(self._conversations.items()):
-            if conversation.lock.locked():
-                continue
-            async with conversation.turn():
-                try:
-                    lost = await self._write(conversation)
-                except Exception as error:
-                    log.error("transcript_batch_refused", error=repr(error))
-                    continue
-                finally:
-                    self._spill.keep(name, conversation.waiting)
-                    self._forget_if_done(name, conversation)
-            for lease in lost:
-                log.warning("transcript_write_refused", session_id=lease[0], reason="another node holds it now")
-            if conversation.waiting:
-                return
-
-    def _forget_if_done(self, name: str, conversation: _Conversation) -> None:
-        """Only conversations with batches waiting (or writers queued) are kept."""
-        if not conversation.waiting and conversation.users <= 1 and self._conversations.get(name) is conversation:
-            del self._conversations[name]
-
-    def _guard(self, lease: Lease) -> Guard | None:
-        """What a batch's write checks in its own transaction: its lease is still this node's (or, for a
-        batch a previous run of this node kept, that nobody took the session since)."""
-        if lease is None:
-            return None
-        return (lease[0], None if lease in self._inherited else self._registry.node_id, lease[1])
-
-    async def _write(self, conversation: _Conversation) -> list[tuple[str, int]]:
-        """Write the waiting batches in order: the leases found lost (their batches are dropped).
-
-        An unreachable database keeps every batch for the next try; any other error drops
-        the batch the store refused and is raised.
-        """
-        lost: list[tuple[str, int]] = []
-        try:
-            while conversation.waiting:
-                lease, key, entries = conversation.waiting[0]
-                try:
-                    await self._store.append(key, entries, self._guard(lease))
-                except LeaseLostError:  # another node holds the session now: nothing of this lease is written
-                    conversation.waiting = [batch for batch in conversation.waiting if batch[0] != lease]
-                    lost.append(cast(tuple[str, int], lease))
-                    continue
-                except _OUTAGE:
-                    raise
-                except Exception:
-                    conversation.waiting.pop(0)
-                    raise
-                conversation.waiting.pop(0)
-        except _OUTAGE as error:
-            waiting = sum(len(entries) for _, _, entries in conversation.waiting)
-            log.warning("transcript_mirror_waiting", entries=waiting, error=type(error).__name__)
-        return lost
-
-
 class FencedMirror:
     """The store as one worker's CLI writes to it (the SDK's ``session_store``), under the lease
     of the session it serves now (:class:`WriteBehind` does the writing)."""
@@ -363,7 +230,8 @@ class StoreArchive(TranscriptArchive):
 
     async def open(self) -> None:
         await self.store.open()
-        self.writes.restore()  # written at the next heartbeat's catch-up
+        self.writes.restore()
+        await self.writes.catch_up()  # before the node serves: its restored records must not claim a missing turn
 
     async def close(self) -> None:
         await self.store.close()

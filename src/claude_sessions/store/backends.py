@@ -22,4 +22,4 @@ def open_registry(config: SystemConfig, node_id: str) -> tuple[Registry, Transcr
     timeout = min(DATABASE_TIMEOUT, config.optimization.CREATE_TIMEOUT)
     store = PostgresTranscriptStore(dsn, min_size=0, timeout=timeout)
     registry = PostgresRegistry(dsn, node_id, lease, timeout=timeout)
-    return registry, StoreArchive(store, files, registry, config.runtime.DATA_DIR.resolve() / "spill")
+    return registry, StoreArchive(store, files, registry, config.runtime.DATA_DIR.resolve() / "spill" / "transcripts")

@@ -10,7 +10,7 @@ SYNC := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(BIN)/uv sync 
 # Our own code (installed editable) compiled too, for the same reason.
 COMPILE := $(BIN)/python -m compileall -q src tests
 
-.PHONY: install demo serve offline-model test test-fast lint bench chaos upgrade clean
+.PHONY: install demo serve offline-model test test-fast lint bench chaos image upgrade clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,10 @@ bench: install
 MINUTES ?= 1
 chaos: install
 	cd bench && ../$(BIN)/python chaos.py --minutes $(MINUTES)
+
+# The container image (deploy/Containerfile), built with podman and checked: run as root.
+image:
+	deploy/image/build.sh
 
 # The deliberate step: the newest versions pyproject.toml allows, into uv.lock, then the whole suite.
 upgrade: install

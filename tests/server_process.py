@@ -113,8 +113,9 @@ class ServerProcess:
                 child.kill()
 
 
-def start_server(tmp: Path, model_url: str, *, offline: bool = False, **env: str) -> ServerProcess:
-    """Start the server against ``model_url`` and wait until it answers.
+def start_server(tmp: Path, model_url: str, *, offline: bool = False, ready: bool = True, **env: str) -> ServerProcess:
+    """Start the server against ``model_url`` and wait until it is ready (its pool warm), or only
+    until it answers (``ready=False``).
 
     ``offline`` runs the server's own in-process offline model instead (``--offline``).
     """
@@ -142,7 +143,7 @@ def start_server(tmp: Path, model_url: str, *, offline: bool = False, **env: str
     while True:
         assert process.poll() is None, log_path.read_text()
         try:
-            if httpx.get(f"{server.base_url}/v1/health", headers=bearer(ADMIN_KEY), timeout=2).status_code == 200:
+            if httpx.get(f"{server.base_url}/{'readyz' if ready else 'livez'}", timeout=2).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

@@ -241,7 +241,11 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
                 assert int(answer.headers["Retry-After"]) >= 1
             health = alice.get("/v1/health")
             assert health.status_code == 200 and "database unavailable" in health.json()["reasons"]
+            probe = f"{cluster.node(0).base_url}/readyz"  # out of rotation from the next heartbeat on
+            unready = settled(lambda: httpx.get(probe), lambda r: r.status_code == 503, timeout=LEASE + 2)
+            assert unready.json() == {"status": "not_ready", "reasons": ["registry_unavailable"]}
             database.start()
+            assert settled(lambda: httpx.get(probe), lambda r: r.status_code == 200, timeout=LEASE + 5).is_success
             answer, _ = retry_until_ok(lambda: alice.get("/v1/sessions/kept"), timeout=30)
             deadline = time.monotonic() + 10  # the turn that ended in the outage is written when the database is back
             while answer.json()["metrics"]["message_count"] != 2 and time.monotonic() < deadline:

@@ -37,6 +37,8 @@ ERRORS = {
 }
 #: The OpenAI-compatible surface answers errors in OpenAI's shape.
 OPENAI = {("post", "/v1/chat/completions"), ("get", "/v1/models")}
+#: The probes: no key, and only the node's own state (``/readyz``'s 503 lists reasons, not an error).
+PROBES = {("get", "/livez"): {200}, ("get", "/readyz"): {200, 503}}
 SUCCESS = {
     ("post", "/v1/sessions"): 201,
     ("post", "/v1/admin/keys"): 201,
@@ -58,7 +60,10 @@ def test_every_route_declares_each_error_status_with_the_error_shape(
 ) -> None:
     schema = schema_of(monkeypatch, tmp_path)
     routes = {(method, path): op for path, item in schema["paths"].items() for method, op in item.items()}
-    assert set(routes) == set(ERRORS)
+    assert set(routes) == set(ERRORS) | set(PROBES)
+    for probe, statuses in PROBES.items():
+        assert {int(status) for status in routes.pop(probe)["responses"]} == statuses
+        assert "security" not in schema["paths"][probe[1]]["get"]
     for route, operation in routes.items():
         statuses = {int(status) for status in operation["responses"]}
         assert statuses == ERRORS[route] | {SUCCESS.get(route, 200)}, route

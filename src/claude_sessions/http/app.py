@@ -12,6 +12,7 @@ shutdown, redaction for tenants), the error handlers and the OpenAPI schema.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import re
@@ -33,7 +34,7 @@ from starlette.types import Message as AsgiMessage
 
 from claude_sessions.config import ServerConfig, SessionConfig
 from claude_sessions.errors import ClaudeSessionsError, SessionHeldElsewhereError
-from claude_sessions.http import console, keys, openai, operations, permissions, sessions
+from claude_sessions.http import console, keys, openai, operations, permissions, probes, sessions
 from claude_sessions.http.auth import Authenticator
 from claude_sessions.http.common import (
     FORWARDED_STATE,
@@ -93,7 +94,7 @@ class RequestContext:
         status = 0
         length = headers.get(b"content-length", b"")
         refusal: JSONResponse | None = None
-        if self.lifecycle.draining:
+        if self.lifecycle.draining and scope["path"] not in probes.PATHS:
             refusal = _surface(scope["path"]).render(shutting_down(self.retry_after))
         elif length.isdigit() and int(length) > self.max_body:
             too_large = ApiError(413, "body_too_large", f"request body exceeds {self.max_body} bytes")
@@ -130,7 +131,8 @@ class RequestContext:
 
     @staticmethod
     def _log(scope: Scope, request_id: str, status: int, began: float) -> None:
-        log.info(
+        """One line per request; a probe's (every few seconds, from every kubelet) only at debug level."""
+        (log.debug if scope["path"] in probes.PATHS else log.info)(
             "http_request",
             method=scope["method"],
             path=scope["path"],
@@ -288,6 +290,12 @@ def _state_the_policy(app: FastAPI, server: ServerConfig) -> None:
 # -- the application ----------------------------------------------------------------
 
 
+def _log_failed_start(warming: asyncio.Task[None]) -> None:
+    """A pool that could not warm leaves the node unready, and says why."""
+    if not warming.cancelled() and (error := warming.exception()) is not None:
+        log.error("pool_warm_up_failed", error=repr(error))
+
+
 def create_app(handler: ClaudeHandler) -> FastAPI:
     """The HTTP API serving ``handler``; the app starts and closes it.
 
@@ -320,7 +328,9 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         AppStatus.should_exit = False
-        await handler.start()
+        await handler.open()
+        warming = asyncio.get_running_loop().create_task(handler.start())  # /readyz: pool_warming until done
+        warming.add_done_callback(_log_failed_start)
         try:
             yield
         finally:
@@ -343,6 +353,7 @@ def create_app(handler: ClaudeHandler) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(permissions.router)
     app.include_router(keys.router)
+    app.include_router(probes.router)
     app.include_router(operations.router)
     app.include_router(openai.router)
     app.include_router(console.router)

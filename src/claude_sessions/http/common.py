@@ -47,6 +47,7 @@ from claude_sessions.http.redaction import PRINCIPAL_STATE, SESSION_KEY_STATE
 from claude_sessions.sessions.handler import ClaudeHandler
 from claude_sessions.sessions.parked_turns import ParkedTurns
 from claude_sessions.sessions.session import Session, session_key
+from claude_sessions.sessions.turn_events import INTERRUPT_GRACE_SECONDS
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.keys import KeyStore
 from claude_sessions.store.records import UserLimits
@@ -56,8 +57,6 @@ log = structlog.get_logger("claude_sessions.api")
 #: A public session id: the library's ``[A-Za-z0-9._-]{1,128}``, anchored, and not
 #: made of dots only (``.`` and ``..`` read as folders to every path-handling tool).
 PUBLIC_ID = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"
-#: How long a running turn may take to wind down after it was interrupted at shutdown.
-INTERRUPT_GRACE_SECONDS = 5.0
 
 
 # -- the service ------------------------------------------------------------------
@@ -71,8 +70,19 @@ class Lifecycle:
 
     def __init__(self, handler: ClaudeHandler) -> None:
         self.handler = handler
+        #: A signal came: readiness fails from now on, while the sessions are handed over.
+        self.stopping = False
         self.draining = False
         self.in_flight = 0
+
+    def not_ready(self) -> list[str]:
+        """Why this node should get no new requests (``/readyz``): empty when it should."""
+        reasons = ["draining"] if self.stopping else []
+        if not self.handler.node.database_ok:
+            reasons.append("registry_unavailable")
+        if self.handler.warming:
+            reasons.append("pool_warming")
+        return reasons
 
     async def drain(self, timeout: float) -> None:
         """Refuse new requests; let running ones end within ``timeout``, then stop their turns.
@@ -84,6 +94,7 @@ class Lifecycle:
         """
         # The other nodes take this node's idle sessions at once. Only then does the gate
         # close: a peer that read this node as the holder a moment ago still gets its answer.
+        self.stopping = True
         try:
             await self.handler.hand_over()
         finally:

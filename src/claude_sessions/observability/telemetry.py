@@ -22,6 +22,8 @@ _TURN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _CONNECT_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30)
 #: A person reads the request and answers: seconds to minutes (``PERMISSION_TIMEOUT_SECONDS``).
 _WAIT_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+#: A worker's states (``WorkerState``, a layer above): each is exported, 0 too.
+WORKER_STATES = ("connecting", "idle", "bound", "lent", "resetting", "closing", "closed")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class LiveState:
 
     sessions: Tally[tuple[str, str]]  # (tenant, state) -> count
     workers: Tally[str]  # state -> count
+    live_workers: int  # CLI processes alive or starting: what ``max_workers`` caps
+    max_workers: int  # the pool's ceiling on live CLIs (``CP_MAX_LIVE``, else ``SM_MAX_SESSIONS``)
+    max_idle_workers: int  # idle CLIs kept at most (``CP_MAX_SIZE``)
+    database_up: bool  # this node's last heartbeat reached the database
 
 
 class Telemetry:
@@ -113,6 +119,15 @@ class _LiveCollector(Collector):
             sessions.add_metric([tenant, session_state], count)
         yield sessions
         workers = GaugeMetricFamily("claude_sessions_pool_workers", "CLI workers by state.", labels=["state"])
-        for worker_state, count in sorted(state.workers.items()):
-            workers.add_metric([worker_state], count)
+        # Every state, 0 too: a series that vanished would leave alerts and the autoscaler blind.
+        for worker_state in sorted({*WORKER_STATES, *state.workers}):
+            workers.add_metric([worker_state], state.workers[worker_state])
         yield workers
+        yield _gauge("pool_live_workers", "CLI processes alive or starting.", state.live_workers)
+        yield _gauge("pool_max_workers", "CLI processes this node may run at once.", state.max_workers)
+        yield _gauge("pool_max_idle_workers", "Idle CLI workers kept at most.", state.max_idle_workers)
+        yield _gauge("database_up", "Whether this node's last heartbeat reached the database.", state.database_up)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"claude_sessions_{name}", doc, value=value)

@@ -110,6 +110,7 @@ class ClaudeHandler(NodeServices):
         self.session_manager.load_now()
         self.telemetry.watch(self._live_state)
         self.maintenance = Maintenance(self.config.session_manager.CLEANUP_INTERVAL * 60, self.run_maintenance)
+        self._opened: asyncio.Task[None] | None = None
         self._started: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -133,15 +134,28 @@ class ClaudeHandler(NodeServices):
 
     # -- lifecycle -------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Warm the pool and start maintenance; runs once, callers share it."""
+    async def open(self) -> None:
+        """Open the stores, join the cluster, start the heartbeat: what a request needs. Runs once,
+        callers share it; the server listens after it, while the pool warms."""
         if self._closed:
             raise HandlerClosedError("handler is closed")
+        if self._opened is None:
+            self._opened = asyncio.get_running_loop().create_task(self._open())
+        await asyncio.shield(self._opened)
+
+    async def start(self) -> None:
+        """:meth:`open`, then warm the pool and start maintenance; runs once, callers share it."""
+        await self.open()
         if self._started is None:
-            self._started = asyncio.get_running_loop().create_task(self._start())
+            self._started = asyncio.get_running_loop().create_task(self._warm())
         await asyncio.shield(self._started)
 
-    async def _start(self) -> None:
+    @property
+    def warming(self) -> bool:
+        """The pool's first spares are not up yet (:meth:`start` has not finished)."""
+        return self._started is None or not self._started.done()
+
+    async def _open(self) -> None:
         self.config.runtime.config_dir.mkdir(parents=True, exist_ok=True)
         self.config.runtime.workspace_root.mkdir(parents=True, exist_ok=True)
         await self.registry.open()
@@ -151,6 +165,8 @@ class ClaudeHandler(NodeServices):
         earlier = await self.registry.pids.take(self._mark)
         await self.registry.nodes.join(self._mark)
         ended = await asyncio.to_thread(end_stray_processes, earlier, self._mark)
+        if ended:
+            log.info("stray_cli_ended", pids=ended)
         if self._offline_model is not None:
             await asyncio.to_thread(self._offline_model.start)
             url = self._offline_model.base_url
@@ -160,13 +176,14 @@ class ClaudeHandler(NodeServices):
         await self.session_manager.refresh()
         await self.node.beat()
         self.node.start()
+
+    async def _warm(self) -> None:
         spares = await self.pool.fill()
         self.maintenance.start()
         log.info(
             "handler_started",
             warm_workers=spares,
             sessions=len(self.session_manager),
-            stray_cli_ended=ended,
             max_sessions=self.config.session_manager.MAX_SESSIONS,
         )
 
@@ -176,8 +193,9 @@ class ClaudeHandler(NodeServices):
             return
         self._closed = True
         await self.maintenance.stop()
-        if self._started is not None and not self._started.done():
-            self._started.cancel()
+        for starting in (self._opened, self._started):
+            if starting is not None and not starting.done():
+                starting.cancel()
         self.lender.lent.clear()  # the pool closes them with every other worker
         await self.node.stop()
         count = await self.session_manager.close()
@@ -383,6 +401,10 @@ class ClaudeHandler(NodeServices):
         return LiveState(
             sessions=Counter((s.tenant, s.state) for s in sessions),
             workers=Counter(w.state.value for w in self.pool.workers()),
+            live_workers=self.pool.live_count(),
+            max_workers=self.pool.max_live,
+            max_idle_workers=self.pool.limits.MAX_SIZE,
+            database_up=self.node.database_ok,
         )
 
     # -- maintenance -------------------------------------------------------------

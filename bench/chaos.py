@@ -43,7 +43,7 @@ import httpx
 import psutil
 
 from chaos_checks import check_conversations, marks, runs, stop_and_count_leaks
-from chaos_cluster import LEASE, Cluster, running, say
+from chaos_cluster import LEASE, Cluster, missing_tools, running, say
 from claude_sessions.offline_model import OfflineModelServer
 
 SLOW = 1.5  # seconds a slow turn's model call waits: a CLI to kill mid-turn
@@ -219,7 +219,10 @@ def main() -> int:
     parser.add_argument("--faults", default=",".join(KINDS), help=f"which, comma-separated: {','.join(KINDS)}")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
-    assert set(args.faults.split(",")) <= set(KINDS), f"--faults: some of {KINDS}"
+    if not set(args.faults.split(",")) <= set(KINDS):
+        parser.error(f"--faults: some of {','.join(KINDS)}")
+    if missing := missing_tools():
+        parser.exit(2, f"chaos: needs {'; '.join(missing)}\n")
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     say(f"chaos soak: {args.minutes} min, {args.clients} clients, a fault every ~{args.interval} s, seed {seed}")
     scratch = Path(tempfile.mkdtemp(prefix="claude-sessions-chaos-"))

@@ -209,3 +209,14 @@ def start_haproxy(cluster: Cluster, scratch: Path, rng: random.Random) -> tuple[
         time.sleep(0.2)
     process.kill()
     raise RuntimeError("haproxy did not start")
+
+
+def missing_tools() -> list[str]:
+    """What the soak needs of the machine and does not find: root, PostgreSQL's binaries, haproxy."""
+    missing = [] if os.geteuid() == 0 else ["root (PostgreSQL runs as its own user)"]
+    for tool in ("initdb", "pg_ctl"):
+        if not (shutil.which(tool) or glob.glob(f"/usr/lib/postgresql/*/bin/{tool}")):
+            missing.append(f"{tool} (Debian: apt-get install postgresql)")
+    if not (shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists()):
+        missing.append("haproxy (Debian: apt-get install haproxy)")
+    return missing

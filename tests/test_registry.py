@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -344,3 +345,57 @@ async def test_after_an_outage_no_lease_lapses_by_the_heartbeats_it_kept_from_th
     assert await a.claim("s") == Holder("b", "http://b") and await a.holder("s") == Holder("b", "http://b")
     a.pause_leases(0.0)  # b never came back: its lease lapses as usual
     assert await a.claim("s") == Lease(2, True)
+
+
+async def _registries(database: str, lease: float, **a_options: Any) -> tuple[PostgresRegistry, PostgresRegistry]:
+    a, b = PostgresRegistry(database, "a", lease, **a_options), PostgresRegistry(database, "b", lease)
+    for registry in (a, b):
+        await registry.open()
+        await registry.nodes.join(f"owner-{registry.node_id}")
+        await registry.nodes.heartbeat(f"http://{registry.node_id}", 0, "up")
+    return a, b
+
+
+async def test_calls_kept_waiting_by_the_database_take_no_lease_the_wait_let_lapse(database: str) -> None:
+    """A restart of PostgreSQL shorter than a call's bound leaves calls waiting, not failing, and no
+    node beats meanwhile: the first call through must still see a live holder, not take its session
+    (the chaos soak saw a forward give a live holder up so, and its message run a second time)."""
+    a, b = await _registries(database, 1.0, max_size=1)
+    try:
+        await b.create(record("s"), 10, None, hold=True)
+
+        async def away() -> None:  # a's calls wait for the database: its one connection is taken
+            async with a.transaction():
+                await asyncio.sleep(1.3)
+
+        outage = asyncio.create_task(away())
+        await asyncio.sleep(0.05)
+        assert await a.holder("s") == Holder("b", "http://b")  # b's heartbeat is 1.3 s old now
+        assert await a.claim("s") == Holder("b", "http://b") and await a.nodes.node_live("b")
+        await outage
+        await asyncio.sleep(1.1)  # a lease after the database is back, b has not beaten: it is dead
+        assert await a.claim("s") == Lease(2, True)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_calls_that_failed_for_an_outage_pause_the_leases_once_one_gets_through(database: str) -> None:
+    a, b = await _registries(database, 1.0, max_size=1, timeout=0.4)
+    try:
+        await b.create(record("s"), 10, None, hold=True)
+
+        async def away() -> None:
+            async with asyncio.timeout(5), a._pool.connection():  # under the registry: no call of a's waits here
+                await asyncio.sleep(1.3)
+
+        outage = asyncio.create_task(away())
+        await asyncio.sleep(0.05)
+        with pytest.raises(DatabaseUnavailableError):
+            await a.holder("s")
+        await outage
+        assert await a.holder("s") == Holder("b", "http://b")
+        assert await b.claim("s") == Lease(1, True)
+    finally:
+        await a.close()
+        await b.close()

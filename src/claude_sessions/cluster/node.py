@@ -68,10 +68,8 @@ class Node:
                 log.warning("database_unavailable", error=str(error))
             self.database_ok = False
             return False
-        if not self.database_ok:  # no node could beat meanwhile: a live holder is not taken from for it
-            away = time.time() - self._reached_at
-            self.registry.pause_leases(away)
-            log.info("database_available", away_s=round(away, 1))
+        if not self.database_ok:  # no node could beat meanwhile: the registry paused the leases for it
+            log.info("database_available", away_s=round(time.time() - self._reached_at, 1))
         self.database_ok, self._reached_at = True, time.time()
         return True
 

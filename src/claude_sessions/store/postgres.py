@@ -166,11 +166,17 @@ class PostgresRegistry(Registry):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
+        call = self._call_began()  # how long it waits tells an outage (``Registry._call_reached``)
         try:
-            async with asyncio.timeout(self.timeout), self._pool.connection() as conn, conn.transaction():
-                yield _PostgresTransaction(conn)
+            async with asyncio.timeout(self.timeout), self._pool.connection() as conn:
+                self._call_reached(call)
+                async with conn.transaction():
+                    yield _PostgresTransaction(conn)
         except UNAVAILABLE as error:
+            self._call_failed(call)
             raise DatabaseUnavailableError(f"the database did not answer: {type(error).__name__}") from error
+        finally:
+            self._call_ended(call)
 
     async def _lock_creates(self, tx: Transaction) -> None:
         await tx.run("SELECT pg_advisory_xact_lock(?)", (_CREATE_LOCK,))

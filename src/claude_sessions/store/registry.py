@@ -13,6 +13,7 @@ A lease lasts as long as its holder's heartbeat is fresh and the holder is ``up`
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from abc import ABC, abstractmethod
@@ -44,6 +45,9 @@ _SELECT = (
 )
 #: The nodes whose leases hold: heartbeat fresh (the first parameter: the oldest fresh time) and up.
 _LIVE_NODES = "SELECT node_id FROM nodes WHERE status = 'up' AND last_seen > ?"
+
+#: A call kept this long from the database (a connection is at hand in milliseconds) saw it away.
+OUTAGE_SECONDS = 0.5
 
 
 @lru_cache(maxsize=1024)
@@ -88,6 +92,11 @@ class Registry(ABC):
         self.node_id = node_id
         #: An outage's length, discounted from others' heartbeats until ``_paused_until`` (``pause_leases``).
         self._paused, self._paused_until = 0.0, 0.0
+        #: When each call not at the database yet began (``_call_began``), and the first that failed since
+        #: the last one got through: how long the database was away when it is back.
+        self._calls = itertools.count()
+        self._waiting: dict[int, float] = {}
+        self._away_since: float | None = None
         self.lease_seconds = lease_seconds
         self.closed = False
         #: The small stores behind this front, over the same transactions.
@@ -125,12 +134,44 @@ class Registry(ABC):
     def fresh_since(self) -> float:
         """Heartbeats since then are live: the lease, and for a while after an outage its length too."""
         now = time.time()
-        return now - self.lease_seconds - (self._paused if now < self._paused_until else 0.0)
+        return now - self.lease_seconds - self._active_pause(now)
 
     def pause_leases(self, seconds: float) -> None:
         """The database was away for ``seconds``: no node could renew its leases then, so none lapsed by it.
         For a lease after this, another node's heartbeat that old still counts (they beat again meanwhile)."""
         self._paused, self._paused_until = seconds, time.time() + self.lease_seconds
+
+    # -- outages, as this node's own calls see them (a backend with waits calls these) -------------
+
+    def _call_began(self) -> tuple[int, float]:
+        call = (next(self._calls), time.time())
+        self._waiting[call[0]] = call[1]
+        return call
+
+    def _call_reached(self, call: tuple[int, float]) -> None:
+        """``call`` got a connection. If it, or a call still waiting, was kept from the database past
+        ``OUTAGE_SECONDS``, or one failed since the last got through, the database was away (a restart
+        shorter than a call's bound leaves calls waiting, not failing): nobody could beat meanwhile,
+        and the other nodes' pools come back later than this one's. Leases are paused before this
+        call reads any heartbeat, so a live holder is not taken from for the outage: a heartbeat
+        that was fresh when the database went away counts for a whole lease after it is back."""
+        self._waiting.pop(call[0], None)
+        now = time.time()
+        began = min(call[1], *self._waiting.values(), self._away_since or call[1])
+        self._away_since = None
+        away = now - began
+        if away > OUTAGE_SECONDS and away + self.lease_seconds > self._active_pause(now):
+            self.pause_leases(away + self.lease_seconds)
+
+    def _call_failed(self, call: tuple[int, float]) -> None:
+        """``call`` found the database away: the outage began by its start."""
+        self._away_since = call[1] if self._away_since is None else min(self._away_since, call[1])
+
+    def _call_ended(self, call: tuple[int, float]) -> None:
+        self._waiting.pop(call[0], None)
+
+    def _active_pause(self, now: float) -> float:
+        return self._paused if now < self._paused_until else 0.0
 
     # -- sessions ----------------------------------------------------------------------
 

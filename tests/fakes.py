@@ -86,3 +86,13 @@ class FakeStarts:
 
     def alive(self) -> list[FakeWorker]:
         return [w for w in self.started if w.is_alive()]
+
+
+class Clock:
+    """A clock moved by hand (``now``), for time-driven policy: the pool's ``demand.clock``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -14,6 +14,7 @@ from claude_sessions import SessionConfig, WorkerStartError
 from claude_sessions.offline_model import OfflineModel
 from claude_sessions.workers.worker import WorkerState
 from conftest import MakeHandler
+from fakes import Clock
 from helpers import pids_of, reply_text, turn, wait_no_cli, worker_pid
 
 
@@ -201,15 +202,17 @@ async def test_a_worker_closed_during_its_reset_is_not_pooled(make_handler: Make
     assert wait_no_cli({worker.pid}) == []
 
 
-async def test_spares_follow_only_the_latest_option_sets(make_handler: MakeHandler) -> None:
-    handler = await make_handler(connection_pool={"MIN_SIZE": 2, "MAX_SIZE": 4})  # spares for 2 option sets
+async def test_spares_follow_only_the_option_sets_seen_within_the_minute(make_handler: MakeHandler) -> None:
+    handler = await make_handler(connection_pool={"MIN_SIZE": 1, "MAX_SIZE": 4})
     pool = handler.pool
-    configs = [SessionConfig(system_prompt=name) for name in ("a", "b", "c")]
-    for config in configs:
-        await handler.create_session(config=config)
-        while pool._tasks:  # let the top-ups finish
-            await asyncio.gather(*list(pool._tasks))
-    spares = [w.fingerprint for w in pool.workers() if w.state is WorkerState.IDLE]
-    assert configs[0].fingerprint not in spares  # the oldest demand gave its spares back
-    assert configs[2].fingerprint in spares  # so the newest found room for its own
-    assert len(spares) <= 4
+    clock = pool.demand.clock = Clock()
+    custom = SessionConfig(system_prompt="a")
+    await handler.create_session(config=custom)
+    while pool._tasks:  # let the top-up finish
+        await asyncio.gather(*list(pool._tasks))
+    (spare,) = [w for w in pool.workers() if w.state is WorkerState.IDLE and w.fingerprint == custom.fingerprint]
+    clock.now += 61
+    await pool.fill()
+    assert wait_no_cli({spare.pid}) == [] and spare.state is WorkerState.CLOSED
+    fingerprints = [w.fingerprint for w in pool.workers() if w.state is WorkerState.IDLE]
+    assert fingerprints == [SessionConfig().fingerprint]  # the default options keep CP_MIN_SIZE

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from claude_sessions import CapacityError, ClaudeHandler, SystemConfig, WorkerStartError
+from claude_sessions import CapacityError, ClaudeHandler, SessionConfig, SystemConfig, WorkerStartError
 from claude_sessions.workers.worker import WorkerState
-from fakes import FakeStarts, FakeWorker
+from fakes import Clock, FakeStarts, FakeWorker
 
 FastHandler = Callable[..., Awaitable[ClaudeHandler]]
 
@@ -176,3 +176,70 @@ async def test_a_create_that_finds_no_room_in_time_is_refused(fast_handler: Fast
         with pytest.raises(CapacityError, match="mid-turn"):
             await handler.create_session("refused")
     assert "refused" not in handler.session_manager and len(starts.started) == 1
+
+
+async def settled(handler: ClaudeHandler) -> None:
+    """Until the pool's background top-ups are done."""
+    while handler.pool._tasks:
+        await asyncio.gather(*list(handler.pool._tasks))
+
+
+def spares_of(handler: ClaudeHandler, config: SessionConfig) -> set[str]:
+    return {w.id for w in handler.pool.workers() if w.state is WorkerState.IDLE and w.fingerprint == config.fingerprint}
+
+
+async def test_a_burst_is_met_by_as_many_spares_until_a_minute_passes(
+    fast_handler: FastHandler, starts: FakeStarts
+) -> None:
+    handler = await fast_handler(MIN_SIZE=1, MAX_SIZE=6)
+    clock = handler.pool.demand.clock = Clock()
+    bursty = SessionConfig(system_prompt="bursty")
+    await asyncio.gather(*(handler.create_session(f"a{i}", bursty) for i in range(5)))
+    await settled(handler)
+    ready = spares_of(handler, bursty)
+    assert len(ready) == 5
+    started, starts.gate = len(starts.started), asyncio.Event()  # a start now would hold its create
+    clock.now += 10
+    second = await asyncio.gather(*(handler.create_session(f"b{i}", bursty) for i in range(5)))
+    assert {worker_of(handler, s).id for s in second} == ready and len(starts.started) == started
+    starts.gate.set()  # the top-ups the second burst asked for
+    await settled(handler)
+    assert len(spares_of(handler, bursty)) == 5
+    clock.now += 61  # the bursts are a minute old: their spares go, the default options keep theirs
+    report = await handler.run_maintenance()
+    assert spares_of(handler, bursty) == set() and len(spares_of(handler, SessionConfig())) == 1
+    assert report["released"] == [] and report["spawned"] == 0
+
+
+async def test_spares_stay_within_max_size_and_the_live_cap(fast_handler: FastHandler, starts: FakeStarts) -> None:
+    handler = await fast_handler(MIN_SIZE=1, MAX_SIZE=3, MAX_LIVE=8)
+    handler.pool.demand.clock = Clock()
+    bursty = SessionConfig(system_prompt="bursty")
+    await asyncio.gather(*(handler.create_session(f"a{i}", bursty) for i in range(5)))
+    await settled(handler)
+    assert handler.pool.idle_count == 3  # 1 default + 2 bursty: CP_MAX_SIZE
+    await handler.create_session("c", bursty)
+    await settled(handler)
+    assert handler.pool.live_count() == 8 and handler.pool.idle_count == 2  # 6 sessions: the cap leaves 2
+
+
+async def test_without_room_for_the_spares_the_least_recently_used_idle_session_lets_go(
+    fast_handler: FastHandler, starts: FakeStarts
+) -> None:
+    handler = await fast_handler(MIN_SIZE=1, MAX_SIZE=2, MAX_LIVE=3)
+    clock = handler.pool.demand.clock = Clock()
+    older = await handler.create_session("older")
+    await settled(handler)
+    newer = await handler.create_session("newer")
+    await settled(handler)
+    handler.session_manager.get(older).metrics.last_activity -= 10
+    assert handler.pool.live_count() == 3 and handler.pool.idle_count == 1  # 2 arrivals: 2 wanted, 1 fits
+    given_up = worker_of(handler, older)
+    report = await handler.run_maintenance()
+    assert report["released"] == [older] and not given_up.is_alive()
+    assert handler.session_manager.get(newer).worker is not None
+    assert handler.pool.idle_count == 2 and handler.pool.live_count() == 3
+    clock.now += 61  # the demand is gone: room again, and the clock's bound (5 minutes) is far
+    report = await handler.run_maintenance()
+    assert report["released"] == [] and handler.session_manager.get(newer).worker is not None
+    assert handler.pool.idle_count == 1

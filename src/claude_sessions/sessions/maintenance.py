@@ -72,6 +72,8 @@ async def maintenance_pass(
 
     Inactive and orphan cleanup and retention run on one node at a time (the
     registry's leader lock); idle release, stray CLIs, pool health and refill on each.
+    Idle release is by the clock, and by pressure: idle sessions give up the slots the
+    spares demand calls for lack under ``CP_MAX_LIVE`` (``spare_shortfall``), least recently used first.
     """
     inactive: list[str] = []
     orphans: list[str] = []
@@ -83,7 +85,7 @@ async def maintenance_pass(
         purged = await purge_retired(registry, manager.archive, retention_days)
     else:
         await manager.reap_unowned()
-    released = await manager.release_idle_workers()
+    released = await manager.release_idle_workers(needed=pool.spare_shortfall())
     retired = await pool.health_check()
     spawned = await pool.fill()
     log.info(

@@ -240,17 +240,12 @@ class Turns:
         self.archive.fence(worker.grant.token, (session.id, session.fence))
 
     async def acquire(self, config: SessionConfig, resume: str | None = None) -> Worker:
-        """A worker within ``CP_MAX_LIVE``; past it, the least recently used idle session here gives its up."""
-        return await self.pool.acquire(config, resume, make_room=self._free_an_idle_sessions_worker)
+        """A worker within ``CP_MAX_LIVE``; past it, the least recently used idle session here gives its up
+        (``release_idle_workers``, as maintenance's under pressure)."""
+        return await self.pool.acquire(config, resume, make_room=self._make_room)
 
-    async def _free_an_idle_sessions_worker(self) -> bool:
-        victim = self.manager.least_recently_used_worker()
-        if victim is None:
-            return False
-        worker = await self.manager.let_go(victim)
-        if worker is not None:
-            await self.manager.give_back(worker, reuse=False)
-        return True
+    async def _make_room(self) -> bool:
+        return bool(await self.manager.release_idle_workers(needed=1))
 
     async def _turn(
         self, session: Session, worker: Worker, prompt: Content, command: str | None, options: TurnOptions

@@ -36,6 +36,7 @@ from claude_sessions.store.archive import TranscriptArchive
 from claude_sessions.store.history import Turn, transcript_entries
 from claude_sessions.store.records import CreateOutcome, Origin, SessionRecord
 from claude_sessions.store.registry import Registry
+from claude_sessions.workers.demand import release_order
 from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
 from claude_sessions.workers.workspaces import session_cwd
@@ -376,16 +377,23 @@ class SessionView:
 
     # -- this node's workers -----------------------------------------------------------
 
-    async def release_idle_workers(self) -> list[str]:
-        """Give back the workers of sessions idle ``SM_IDLE_RELEASE_MINUTES``; they stay registered."""
-        threshold = self.config.session_manager.IDLE_RELEASE_MINUTES * 60
-        now = time.time()
-        idle = [s for s in self._sessions.values() if s.worker is not None and s.has_expired(threshold, now)]
-        workers = [w for w in [await self.let_go(s) for s in idle] if w is not None]
-        await asyncio.gather(*(self.give_back(w) for w in workers))
-        if idle:
-            log.info("idle_workers_released", count=len(idle), session_ids=[s.id for s in idle])
-        return [s.id for s in idle]
+    async def release_idle_workers(self, needed: int = 0) -> list[str]:
+        """Let idle sessions' workers go (:func:`release_order`); they stay registered. Idle release by
+        the clock and by pressure, in one place: maintenance's, and an acquire's at ``CP_MAX_LIVE`` (``needed=1``).
+
+        The ``needed`` least recently used are closed, their slots wanted now; any other idle
+        ``SM_IDLE_RELEASE_MINUTES`` is given back reset, for the pool to keep or close.
+        """
+        idle = {s.id: s for s in self._sessions.values() if s.worker is not None and not s.is_busy}
+        last_active = {key: session.metrics.last_activity for key, session in idle.items()}
+        limit = self.config.session_manager.IDLE_RELEASE_MINUTES * 60
+        close, pool = release_order(last_active, time.time(), limit, needed)
+        let_go = [(await self.let_go(idle[key]), key in close) for key in close + pool]
+        await asyncio.gather(*(self.give_back(w, reuse=not closed) for w, closed in let_go if w is not None))
+        released = close + pool
+        if released:
+            log.info("idle_workers_released", count=len(released), for_room=len(close), session_ids=released)
+        return released
 
     async def release_all_idle(self) -> int:
         """Draining: hand every session not mid-turn over to the other nodes at once."""
@@ -407,11 +415,6 @@ class SessionView:
                     self._lost(session)
             elif held[session.id] != session.fence:
                 self._lost(session)
-
-    def least_recently_used_worker(self) -> Session | None:
-        """The least recently active session here with a worker and no turn running (None if all are)."""
-        candidates = [s for s in self._sessions.values() if s.worker is not None and not s.is_busy]
-        return min(candidates, key=lambda s: s.metrics.last_activity) if candidates else None
 
     async def close(self) -> int:
         """Shut down: close every CLI process and give up the leases; sessions stay registered."""

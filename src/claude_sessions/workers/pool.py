@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from claude_agent_sdk import ClaudeAgentOptions
 from claude_sessions.config import ConnectionPoolConfig, OptimizationConfig, SessionConfig
 from claude_sessions.errors import CapacityError, WorkerStartError
 from claude_sessions.gateway.relay import Grant
+from claude_sessions.workers.demand import Demand, Target, excess, shortfall
 from claude_sessions.workers.worker import Worker, WorkerState
 
 log = structlog.get_logger("claude_sessions.pool")
@@ -54,7 +55,8 @@ class PoolEvents(Protocol):
 class WorkerPool:
     """Hands out connected workers and takes them back.
 
-    ``CP_MIN_SIZE`` spares for the default options are kept ready; at most
+    Spares are sized by the recent bursts of new conversations per option set
+    (:class:`Demand`), at least ``CP_MIN_SIZE`` for the warm ones; at most
     ``CP_MAX_SIZE`` idle workers are kept, and at most ``max_live`` processes
     live at all; a returned worker is reset with ``/clear`` and kept only if it
     is alive, young and little used enough.
@@ -84,8 +86,8 @@ class WorkerPool:
         self._events = events
         #: How a CLI is started: ``Worker.start``; tests pass a fake to check the pool's logic alone.
         self._start_worker = start_worker
-        #: Option sets acquired lately, most recent last: only these get spares on demand.
-        self._demand: OrderedDict[str, SessionConfig] = OrderedDict()
+        #: New conversations per option set lately: what sizes the spares (tests give it a fake clock).
+        self.demand = Demand()
         #: Bumped by ``shutdown``: a CLI that finishes connecting afterwards closes itself.
         self._generation = 0
         #: Set, then replaced, whenever a live slot may have come free: what waiting acquires wait on.
@@ -99,10 +101,6 @@ class WorkerPool:
 
     def workers(self) -> list[Worker]:
         return list(self._workers.values())
-
-    def _is_warm(self, fingerprint: str) -> bool:
-        """Whether spares of these options are kept from the start (``warm_configs``)."""
-        return any(config.fingerprint == fingerprint for config in self.warm_configs)
 
     def _is_reusable(self, worker: Worker) -> bool:
         return worker.is_healthy() and not self.is_expired(worker)
@@ -118,11 +116,6 @@ class WorkerPool:
         """Past ``CP_MAX_AGE_MINUTES`` or ``CP_MAX_USES``: retire it at the next chance."""
         return worker.has_expired(self.limits.MAX_AGE_MINUTES * 60, self.limits.MAX_USES)
 
-    @property
-    def demand_limit(self) -> int:
-        """How many option sets get spares on demand: ``CP_MAX_SIZE`` idle workers shared out."""
-        return max(1, self.limits.MAX_SIZE // max(1, self.limits.MIN_SIZE))
-
     # -- taking and returning ---------------------------------------------
 
     async def acquire(
@@ -131,11 +124,14 @@ class WorkerPool:
         """A worker bound to the caller: a warm one when possible, else a new one.
 
         A worker resuming a conversation is always new: a live process cannot switch to
-        another existing conversation. At ``CP_MAX_LIVE``, the idle pool's oldest worker is
+        another existing conversation; any other acquire is a new conversation's arrival, which
+        sizes the spares (:class:`Demand`). At ``CP_MAX_LIVE``, the idle pool's oldest worker is
         closed, else ``make_room`` frees one held outside the pool; when neither can, the
         caller waits, queued until a worker closes or a turn ends, up to ``OPT_CREATE_TIMEOUT``,
         then :class:`CapacityError`.
         """
+        if resume is None:
+            self.demand.arrive(config)
         deadline = asyncio.get_running_loop().time() + self.timeouts.CREATE_TIMEOUT
         while True:
             worker = self._take_idle(config.fingerprint) if resume is None else None
@@ -147,7 +143,7 @@ class WorkerPool:
         if worker is None:
             worker = await self._spawn(config, resume)
         worker.state = WorkerState.BOUND
-        self.refill_soon(config)
+        self.refill_soon()
         return worker
 
     async def _wait_for_room(self, deadline: float) -> None:
@@ -268,8 +264,7 @@ class WorkerPool:
         if queue is not None and worker in queue:
             queue.remove(worker)
         await self._close(worker, graceful=False)
-        if self._is_warm(worker.fingerprint) or worker.fingerprint in self._demand:
-            await self.fill(worker.config)
+        await self.fill(surplus=False)
 
     async def _close(self, worker: Worker, graceful: bool = True) -> None:
         if worker.state in (WorkerState.CLOSING, WorkerState.CLOSED):
@@ -291,17 +286,56 @@ class WorkerPool:
 
     # -- keeping it warm and healthy ----------------------------------------
 
-    async def fill(self, config: SessionConfig | None = None) -> int:
-        """Spawn spares up to ``CP_MIN_SIZE`` for ``config`` (default: every warm config).
+    async def fill(self, surplus: bool = True) -> int:
+        """Bring the spares to their targets (``Demand.targets``): close the idle workers of option sets
+        unseen within the window and, with ``surplus``, those beyond their target too; then start
+        the missing ones. Returns how many were started.
 
-        Spares follow demand: every acquire tops up its own options, within the
-        ``CP_MAX_SIZE`` bound on idle workers. Returns how many were spawned.
+        Maintenance closes the surplus; an acquire's top-up does not (a worker just given back
+        stays until the next pass). ``CP_MIN_SIZE=0`` turns spares off: none is started or closed.
         """
-        if config is None:
-            return sum(await asyncio.gather(*(self.fill(warm) for warm in self.warm_configs)))
+        if not self.limits.MIN_SIZE:
+            return 0
+        targets = self._targets()
+        await self._trim(targets, surplus)
+        return sum(await asyncio.gather(*(self._top_up(config, spares) for config, spares in targets)))
+
+    def _targets(self, capacity: int | None = None) -> list[Target]:
+        """Spares per option set within ``capacity``; by default ``CP_MAX_SIZE`` and what ``max_live``
+        leaves beside the workers in use."""
+        if capacity is None:
+            capacity = min(self.limits.MAX_SIZE, self.max_live - (len(self._workers) - self.idle_count))
+        return self.demand.targets(self.warm_configs, self.limits.MIN_SIZE, max(0, capacity))
+
+    def spare_shortfall(self) -> int:
+        """Live slots that the spares demand calls for lack under ``max_live``: how many idle sessions'
+        workers maintenance closes (the least recently used first) before it fills."""
+        if not self.limits.MIN_SIZE:
+            return 0
+        free = self.max_live - self.live_count()
+        return shortfall(self._targets(self.limits.MAX_SIZE), self._idle_counts(), self._spawning, free)
+
+    def _idle_counts(self) -> dict[str, int]:
+        return {fingerprint: len(queue) for fingerprint, queue in self._idle.items()}
+
+    async def _trim(self, targets: list[Target], surplus: bool) -> None:
+        """Close the idle workers ``excess`` names, the least recently pooled first: each holds a process's memory."""
+        closing = [
+            self._idle[fp].popleft()
+            for fp, count in excess(targets, self._idle_counts(), surplus).items()
+            for _ in range(count)
+        ]
+        if closing:
+            log.info("pool_spares_closed", count=len(closing))
+        await asyncio.gather(*(self._close(worker) for worker in closing))
+
+    async def _top_up(self, config: SessionConfig, target: int) -> int:
+        """Start spares of ``config`` up to ``target``, within ``CP_MAX_SIZE`` idle and ``max_live`` live
+        (a worker starting for a caller counts as one: the last to start tops up the rest)."""
         fingerprint = config.fingerprint
-        missing = self.limits.MIN_SIZE - len(self._idle.get(fingerprint, ())) - self._spawning.get(fingerprint, 0)
-        missing = min(missing, self.limits.MAX_SIZE - self.idle_count, self.max_live - self.live_count())
+        missing = target - len(self._idle.get(fingerprint, ())) - self._spawning.get(fingerprint, 0)
+        room = self.limits.MAX_SIZE - self.idle_count - sum(self._spawning.values())
+        missing = min(missing, room, self.max_live - self.live_count())
         if missing <= 0:
             return 0
         self._reserve(fingerprint, missing)
@@ -330,18 +364,11 @@ class WorkerPool:
         worker.state = WorkerState.IDLE
         self._idle.setdefault(worker.fingerprint, deque()).append(worker)
 
-    def refill_soon(self, config: SessionConfig) -> None:
-        """Top up spares for ``config``; only the ``demand_limit`` latest option sets keep theirs."""
-        if not self.limits.MIN_SIZE or config.output_schema is not None:  # a schema's: one turn's, no spares
-            return
-        self._demand[config.fingerprint] = config
-        self._demand.move_to_end(config.fingerprint)
-        while len(self._demand) > self.demand_limit:
-            stale, _ = self._demand.popitem(last=False)
-            if not self._is_warm(stale):
-                for worker in self._idle.pop(stale, ()):
-                    self._spawn_task(self._close(worker))
-        self._spawn_task(self.fill(config))
+    def refill_soon(self) -> None:
+        """``fill`` without its surplus, in the background: after each acquire, so a burst's spares
+        are back before the next one."""
+        if self.limits.MIN_SIZE:
+            self._spawn_task(self.fill(surplus=False))
 
     async def health_check(self) -> int:
         """Retire idle workers that died or expired; returns how many."""
@@ -375,7 +402,7 @@ class WorkerPool:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._idle.clear()
-        self._demand.clear()
+        self.demand.clear()
         await asyncio.gather(*(self._close(w) for w in list(self._workers.values())))
         deadline = time.monotonic() + self.timeouts.CREATE_TIMEOUT + self.timeouts.DESTROY_TIMEOUT
         while (any(self._spawning.values()) or self._workers) and time.monotonic() < deadline:

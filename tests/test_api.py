@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 import claude_sessions
@@ -251,6 +253,38 @@ def test_health_pool_and_request_ids(alice: httpx.Client, admin: httpx.Client, s
     time.sleep(0.2)
     access = [e for e in server.log_lines() if e.get("event") == "http_request" and e.get("request_id") == "trace-123"]
     assert access and access[0]["status"] == 200 and access[0]["tenant"] == "alice"
+
+
+def test_the_admin_sees_each_workers_memory_a_tenant_does_not(
+    alice: httpx.Client, admin: httpx.Client, server: ServerProcess
+) -> None:
+    assert alice.post("/v1/sessions", json={"session_id": "weighed"}).status_code == 201
+    try:
+        assert alice.post("/v1/sessions/weighed/messages?stream=false", json={"content": "hi"}).status_code == 200
+        resident_before = {pid: _tree_rss(pid) for pid in server.cli_worker_pids()}
+        connections = admin.get("/v1/pool").json()["connections"]
+        resident = {pid: max(rss, _tree_rss(pid)) for pid, rss in resident_before.items()}
+        live = [c for c in connections if c["pid"] in resident]
+        assert live, (connections, resident)  # the session's worker at least
+        for connection in live:
+            # PSS divides the pages the CLIs (and libc's other users) share: below the resident size.
+            assert isinstance(connection["pss_bytes"], int), connection
+            assert 0 < connection["pss_bytes"] < resident[connection["pid"]], (connection, resident)
+        tenants = alice.get("/v1/pool").json()["connections"]
+        assert tenants and all("pid" not in c and "pss_bytes" not in c for c in tenants)
+    finally:
+        assert alice.delete("/v1/sessions/weighed").status_code == 204
+
+
+def _tree_rss(pid: int) -> int:
+    """The resident size of a process and its descendants, summed (0 once it is gone)."""
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += process.memory_info().rss
+    return total
 
 
 def test_openapi_schema_is_served(server: ServerProcess) -> None:

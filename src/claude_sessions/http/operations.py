@@ -1,8 +1,8 @@
 """The service surface of the HTTP API: health, pool, usage over time, metrics, admin views.
 
 ``/v1/health``, ``/v1/pool`` and ``/v1/usage/timeseries`` answer a tenant with its own
-sessions, workers and totals only (and no pids); the admin and the keyless operator
-see everything.
+sessions, workers and totals only (and no pids, nor a worker's memory); the admin and the
+keyless operator see everything.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from claude_sessions.http.streaming import session_json
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.observability.usage_series import BUCKET_SECONDS, WINDOW_MINUTES
 from claude_sessions.sessions.handler import ClaudeHandler
+from claude_sessions.workers.memory import add_pss
 
 router = APIRouter()
 
@@ -34,6 +35,12 @@ router = APIRouter()
 class Connection(BaseModel):
     id: str
     pid: int | None = Field(None, description="the admin's view only")
+    pss_bytes: int | None = Field(
+        None,
+        description="the admin's view only: the proportional set size (PSS) of the worker's CLI and the processes "
+        "it started, shared pages divided among their sharers, so these add up across workers; null when it "
+        "cannot be read",
+    )
     state: str
     age_seconds: float
     uses: int
@@ -188,7 +195,11 @@ async def health(principal: Caller, service: ServiceDep) -> dict[str, Any]:
     responses={200: {"model": PoolStatus, "description": "The worker pool." + _TENANT_VIEW}, **error_responses(401)},
 )
 async def pool(principal: Caller, service: ServiceDep) -> dict[str, Any]:
-    return service.handler.get_pool_status(_workspace(service.handler, principal))
+    status = service.handler.get_pool_status(_workspace(service.handler, principal))
+    # Each worker's memory, in the views that show pids: read here only (a millisecond or so a
+    # worker, off the event loop), never for a scrape or the health report.
+    await asyncio.to_thread(add_pss, status["connections"])
+    return status
 
 
 @router.get(

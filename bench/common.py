@@ -25,6 +25,10 @@ from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ClaudeSDKClie
 from claude_sessions import ClaudeHandler, SystemConfig
 from claude_sessions.config import ConnectionPoolConfig
 from claude_sessions.offline_model import OfflineModelServer, loopback_env
+from claude_sessions.workers.memory import Footprint, tree_footprint
+
+#: Bytes in a mebibyte: the benchmarks' memory unit (printed as MB).
+MB = 2**20
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
@@ -119,14 +123,16 @@ async def managed_turn(handler: ClaudeHandler, session_id: str, prompt: str) -> 
     return first, time.perf_counter() - began
 
 
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            continue
-    return total / 2**20
+def footprint(pid: int) -> Footprint:
+    """RSS, PSS and USS of ``pid`` and every process it started; a process that cannot be read fails the run.
+
+    Report PSS for a total (it adds up across processes) and USS plus the shared part (RSS - USS)
+    for one process, never RSS summed: it counts each shared page once per process mapping it.
+    """
+    figures = tree_footprint(pid)
+    if figures is None:
+        raise RuntimeError(f"the memory of process {pid} and its descendants cannot be read (no PSS here?)")
+    return figures
 
 
 def cli_pids() -> list[int]:

@@ -5,7 +5,7 @@ median, p95 and the ratio. Prints the figures tables, writes bench/results/lates
 and latest.md, draws bench/results/latest.png, and puts the same tables in
 docs/benchmarks.md between its figures markers.
 
-    python bench/run.py [--quick] [--cluster | --approval | --keys | --tools]
+    python bench/run.py [--quick] [--cluster | --approval | --keys | --tools | --memory]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import cluster_scenarios as cluster
 import keys_scenarios as keys
 import scenarios
 import tool_rounds
+import workload
 from claude_sessions.observability.logs import configure_logging
 from claude_sessions.offline_model import OfflineModel
 from common import Comparison, offline_environment
@@ -77,6 +78,7 @@ async def run_all(quick: bool, model: OfflineModel, only_cluster: bool) -> dict[
         "concurrency": await scenarios.concurrency([1, 10] if quick else [1, 10, 50], 10),
         "memory": await scenarios.memory([10] if quick else [10, 50]),
         "maintenance": await scenarios.maintenance_cost([1_000] if quick else [1_000, 10_000, 100_000]),
+        "workload": await workload.for_bench(),  # the short profile, quick or not
         "cluster": clustered,
     }
 
@@ -111,7 +113,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *keys.markdown(results["keys"])]
     if "tools" in results:
         lines += ["", *tool_rounds.markdown(results["tools"])]
-    if "cluster" not in results:  # a tool-approval-only, keys-only or tools-only run
+    if "cluster" not in results:  # a tool-approval-only, keys-only, tools-only or memory-only run
+        if "memory" in results:
+            lines += ["", *memory_lines(results["memory"])]
         return "\n".join(lines).strip() + "\n"
     clustered = results["cluster"]
     cluster_lines = [f"Cluster benchmarks skipped: {clustered['skipped']}"] if "skipped" in clustered else []
@@ -129,21 +133,30 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['sessions']} | {r['bare_turns_per_s']:.1f} ({r['bare_p95_ms']:.0f}) "
             f"| {r['ours_turns_per_s']:.1f} ({r['ours_p95_ms']:.0f}) | {r['throughput_ratio']:.3f} |"
         )
-    lines += [
-        "",
-        "| sessions | live: process + CLIs | idle (workers released) | turn, live session | first turn after release |",
-        "|---|---|---|---|---|",
-    ]
-    for r in results["memory"]:
-        lines.append(
-            f"| {r['sessions']} | {r['live_total_mb']:.0f} MB ({r['live_per_session_mb']:.0f} MB each) "
-            f"| {r['idle_total_mb']:.0f} MB (~{r['idle_per_session_kb']:.0f} KB each) "
-            f"| {r['live_turn']['median_ms']:.0f} ms | {r['first_turn_after_release']['median_ms']:.0f} ms |"
-        )
+    lines += ["", *memory_lines(results["memory"])]
     lines += ["", "| registered sessions (no processes) | maintenance pass, median of 5 | slowest |", "|---|---|---|"]
     for r in results["maintenance"]:
         lines.append(f"| {r['sessions']:,} | {r['pass_ms']:.1f} ms | {r['slowest_pass_ms']:.1f} ms |")
+    if "workload" in results:
+        lines += ["", *workload.markdown(results["workload"])]
     return "\n".join([*lines, "", *cluster_lines]) + "\n"
+
+
+def memory_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The memory table: PSS totals (they add up across processes), a live CLI's unique and shared parts."""
+    lines = [
+        "| sessions | live, PSS: process + CLIs | a live CLI: unique (USS) + shared (RSS - USS) "
+        "| idle (workers released), PSS | turn, live session | first turn after release |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['sessions']} | {r['live_pss_mb']:.0f} MB ({r['live_pss_per_session_mb']:.0f} MB each) "
+            f"| {r['cli_uss_mb']:.0f} MB + {r['cli_shared_mb']:.0f} MB shared "
+            f"| {r['idle_pss_mb']:.0f} MB (~{r['idle_pss_per_session_kb']:.0f} KB each) "
+            f"| {r['live_turn']['median_ms']:.0f} ms | {r['first_turn_after_release']['median_ms']:.0f} ms |"
+        )
+    return lines
 
 
 def figures_section(results: dict[str, Any], quick: bool) -> str:
@@ -206,10 +219,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     mem = results["memory"]
     pairs(
         axes[2],
-        "RSS MB (process + CLIs) by sessions",
+        "PSS MB (process + CLIs) by sessions",
         [str(r["sessions"]) for r in mem],
-        ("live sessions", [r["live_total_mb"] for r in mem]),
-        ("idle (released)", [r["idle_total_mb"] for r in mem]),
+        ("live sessions", [r["live_pss_mb"] for r in mem]),
+        ("idle (released)", [r["idle_pss_mb"] for r in mem]),
     )
     fig.suptitle(f"claude-sessions benchmarks — {results['machine']}", fontsize=9)
     fig.tight_layout()
@@ -224,6 +237,7 @@ def main() -> None:
     only.add_argument("--approval", action="store_true", help="only tool approval: prints its figures, writes nothing")
     only.add_argument("--keys", action="store_true", help="only run-time keys' auth cost: prints, writes nothing")
     only.add_argument("--tools", action="store_true", help="only OpenAI tool rounds: prints, writes nothing")
+    only.add_argument("--memory", action="store_true", help="only memory, live vs released: prints, writes nothing")
     args = parser.parse_args()
     configure_logging("WARNING")
     console = Console(width=140)
@@ -235,13 +249,15 @@ def main() -> None:
             results = asyncio.run(run_keys(args.quick))
         elif args.tools:
             results = asyncio.run(run_tools(args.quick, server.model))
+        elif args.memory:
+            results = {"memory": asyncio.run(scenarios.memory([10] if args.quick else [10, 50]))}
         else:
             results = asyncio.run(run_all(args.quick, server.model, args.cluster))
     results["machine"] = machine()
     results["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["seconds"] = round(time.monotonic() - began, 1)
     console.print(Markdown(markdown(results)))
-    if args.approval or args.keys or args.tools:
+    if args.approval or args.keys or args.tools or args.memory:
         print(markdown(results))  # as is, for docs/benchmarks.md
         console.print(f"{results['machine']}; {results['seconds']} s; nothing written")
         return

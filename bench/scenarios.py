@@ -22,14 +22,15 @@ from claude_sessions.gateway.relay import ModelGateway
 from claude_sessions.offline_model import OfflineModel
 from claude_sessions.workers.worker import Worker
 from common import (
+    MB,
     Comparison,
     bare_client,
     bare_turn,
     cli_pids,
+    footprint,
     free_port,
     make_handler,
     managed_turn,
-    rss_mb,
     served,
     summary,
 )
@@ -419,29 +420,40 @@ async def _first_text_delta(response: httpx.Response) -> float:
 
 
 async def memory(levels: list[int]) -> list[dict[str, Any]]:
-    """6. RSS of this process plus every CLI, live vs idle (released) sessions; resume latency."""
+    """6. Memory of this process and every process it started, live vs idle (released) sessions; resume latency.
+
+    Totals are PSS: shared pages divided among their sharers, so they add up across processes
+    (summed RSS would count the CLI runtime's shared pages once per CLI). A live CLI (with the
+    processes it started) is given as its unique part (USS: what ending it frees) and the shared
+    part it maps (RSS - USS: held once for every CLI, not once each).
+    """
     rows = []
     me = os.getpid()
     for n in levels:
         handler = make_handler(min_size=0, max_size=0, max_sessions=n)
-        before = rss_mb([me])
+        before = footprint(me)
         ids = [await handler.create_session() for _ in range(n)]
         live_turn = [(await managed_turn(handler, s, "hello"))[1] for s in ids]
         live_turn = [(await managed_turn(handler, s, "again"))[1] for s in ids]
-        live = rss_mb([me, *cli_pids()])
+        live = footprint(me)
+        clis = [footprint(pid) for pid in cli_pids()]
         handler.config.session_manager.IDLE_RELEASE_MINUTES = 1e-9
         await handler.session_manager.release_idle_workers()
         await asyncio.sleep(0.5)
-        idle = rss_mb([me, *cli_pids()])
+        idle = footprint(me)
         resumed = [(await managed_turn(handler, s, "after release"))[1] for s in ids[: min(n, 10)]]
         await handler.close()
         rows.append(
             {
                 "sessions": n,
-                "live_total_mb": live,
-                "live_per_session_mb": (live - before) / n,
-                "idle_total_mb": idle,
-                "idle_per_session_kb": max(0.0, idle - before) * 1024 / n,
+                "live_clis": len(clis),
+                "live_pss_mb": live.pss / MB,
+                "live_pss_per_session_mb": (live.pss - before.pss) / MB / n,
+                "cli_uss_mb": statistics.mean(c.uss for c in clis) / MB,
+                "cli_shared_mb": statistics.mean(c.shared for c in clis) / MB,
+                "cli_pss_mb": statistics.mean(c.pss for c in clis) / MB,
+                "idle_pss_mb": idle.pss / MB,
+                "idle_pss_per_session_kb": max(0, idle.pss - before.pss) / 1024 / n,
                 "live_turn": summary(live_turn),
                 "first_turn_after_release": summary(resumed),
             }

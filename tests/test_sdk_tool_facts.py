@@ -129,8 +129,8 @@ async def test_mcp_tool_timeout_ends_a_waiting_sdk_tool_with_an_error_result(
 
     app = create_sdk_mcp_server("app", tools=[wait])
     env = {**cli_env, "MCP_TOOL_TIMEOUT": "2000"}  # milliseconds; below 1000 is ignored
-    started = time.monotonic()
     async with connected(options(env=env, mcp_servers={"app": app}, allowed_tools=["mcp__app__wait"])) as client:
+        started = time.monotonic()  # the turn, not the CLI's start (seconds on a loaded machine)
         messages = await ask(client, tool("mcp__app__wait", x="a"))
         took = time.monotonic() - started
         await asyncio.wait_for(cancelled.wait(), 5)  # the CLI cancels the handler

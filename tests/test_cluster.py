@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -214,97 +215,93 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_a_database_outage_answers_503_and_recovers_by_itself(
-    tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
-) -> None:
+@contextmanager
+def outage_mid_turn(
+    tmp_path: Path, model_url: str, env: dict[str, str], prompt: str
+) -> Iterator[tuple[PrivatePostgres, Cluster, httpx.Client]]:
+    """One node on a private PostgreSQL; session "kept" told a word, then PostgreSQL stopped while its
+    next turn (``prompt``) runs, and that turn answered. The server is removed afterwards."""
     database = PrivatePostgres()
-    wait = 2  # OPT_CREATE_TIMEOUT: how long a call waits for the database
-    env = {"OPT_CREATE_TIMEOUT": str(wait)}
     try:
         database.start()
-        with running_cluster(tmp_path, offline_server.base_url, database.url(), count=1, env=env) as cluster:
+        with running_cluster(tmp_path, model_url, database.url(), count=1, env=env) as cluster:
             alice = cluster.node(0).client("alice")
             # A CLI may take longer than the short OPT_CREATE_TIMEOUT to start on a busy machine: 503, retried.
             created, _ = retry_until_ok(lambda: alice.post("/v1/sessions", json={"session_id": "kept"}), timeout=30)
             assert created.status_code == 201
             assert say(alice, "kept", "the word is kiwi").status_code == 200
-            with alice.stream("POST", "/v1/sessions/kept/messages", json={"content": "[[slow:3]] go on"}) as stream:
+            with alice.stream("POST", "/v1/sessions/kept/messages", json={"content": prompt}) as stream:
                 events = sse(stream)
                 assert next(events)[0] == "system"
                 database.stop()
-                assert [kind for kind, _ in events][-1] == "result"  # the running turn finished
-            for method, path in (("POST", "/v1/sessions"), ("GET", "/v1/sessions/kept"), ("GET", "/v1/sessions")):
-                began = time.monotonic()
-                answer = alice.request(method, path, json={} if method == "POST" else None)
-                assert time.monotonic() - began < wait + 1
-                assert answer.status_code == 503 and answer.json()["error"]["type"] == "database_unavailable"
-                assert int(answer.headers["Retry-After"]) >= 1
-            health = alice.get("/v1/health")
-            assert health.status_code == 200 and "database unavailable" in health.json()["reasons"]
-            probe = f"{cluster.node(0).base_url}/readyz"  # out of rotation from the next heartbeat on
-            unready = settled(lambda: httpx.get(probe), lambda r: r.status_code == 503, timeout=LEASE + 2)
-            assert unready.json() == {"status": "not_ready", "reasons": ["registry_unavailable"]}
-            database.start()
-            assert settled(lambda: httpx.get(probe), lambda r: r.status_code == 200, timeout=LEASE + 5).is_success
-            answer, _ = retry_until_ok(lambda: alice.get("/v1/sessions/kept"), timeout=30)
-            deadline = time.monotonic() + 10  # the turn that ended in the outage is written when the database is back
-            while answer.json()["metrics"]["message_count"] != 2 and time.monotonic() < deadline:
-                time.sleep(0.2)
-                answer = alice.get("/v1/sessions/kept")
-            assert answer.json()["metrics"]["message_count"] == 2
-            reply = say(alice, "kept", "which word?")
-            assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"]
-            assert "kiwi" in model.message_requests()[-1].user_texts[0]
-
-            # The store has the turn that ended in the outage too, in its place: another node resumes it whole.
-            def said() -> list[str]:
-                history = alice.get("/v1/sessions/kept/history").json()["messages"]
-                return [m["message"]["content"] for m in history if m["type"] == "user"]
-
-            written = ["the word is kiwi", "[[slow:3]] go on", "which word?"]
-            assert settled(said, lambda s: s == written, timeout=3 * wait + 5) == written
+                assert [kind for kind, _ in events][-1] == "result"  # the running turn finished: answered
+            yield database, cluster, alice
     finally:
         database.remove()
+
+
+def test_a_database_outage_answers_503_and_recovers_by_itself(
+    tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
+) -> None:
+    wait = 2  # OPT_CREATE_TIMEOUT: how long a call waits for the database
+    env = {"OPT_CREATE_TIMEOUT": str(wait)}
+    with outage_mid_turn(tmp_path, offline_server.base_url, env, "[[slow:3]] go on") as (database, cluster, alice):
+        for method, path in (("POST", "/v1/sessions"), ("GET", "/v1/sessions/kept"), ("GET", "/v1/sessions")):
+            began = time.monotonic()
+            answer = alice.request(method, path, json={} if method == "POST" else None)
+            assert time.monotonic() - began < wait + 1
+            assert answer.status_code == 503 and answer.json()["error"]["type"] == "database_unavailable"
+            assert int(answer.headers["Retry-After"]) >= 1
+        health = alice.get("/v1/health")
+        assert health.status_code == 200 and "database unavailable" in health.json()["reasons"]
+        probe = f"{cluster.node(0).base_url}/readyz"  # out of rotation from the next heartbeat on
+        unready = settled(lambda: httpx.get(probe), lambda r: r.status_code == 503, timeout=LEASE + 2)
+        assert unready.json() == {"status": "not_ready", "reasons": ["registry_unavailable"]}
+        database.start()
+        assert settled(lambda: httpx.get(probe), lambda r: r.status_code == 200, timeout=LEASE + 5).is_success
+        answer, _ = retry_until_ok(lambda: alice.get("/v1/sessions/kept"), timeout=30)
+        deadline = time.monotonic() + 10  # the turn that ended in the outage is written when the database is back
+        while answer.json()["metrics"]["message_count"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            answer = alice.get("/v1/sessions/kept")
+        assert answer.json()["metrics"]["message_count"] == 2
+        reply = say(alice, "kept", "which word?")
+        assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"]
+        assert "kiwi" in model.message_requests()[-1].user_texts[0]
+
+        # The store has the turn that ended in the outage too, in its place: another node resumes it whole.
+        def said() -> list[str]:
+            history = alice.get("/v1/sessions/kept/history").json()["messages"]
+            return [m["message"]["content"] for m in history if m["type"] == "user"]
+
+        written = ["the word is kiwi", "[[slow:3]] go on", "which word?"]
+        assert settled(said, lambda s: s == written, timeout=3 * wait + 5) == written
 
 
 def test_a_turn_finished_in_an_outage_survives_its_nodes_kill_9_and_is_written_at_the_restart(
     tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
 ) -> None:
     """The transcript batches and the session record the outage held back are on the node's disk."""
-    database = PrivatePostgres()
     env = {"OPT_CREATE_TIMEOUT": "2"}
     spill = tmp_path / "node0" / "data" / "spill"
-    try:
+    with outage_mid_turn(tmp_path, offline_server.base_url, env, "[[slow:2]] go on") as (database, cluster, alice):
+        kept = settled(lambda: sorted(p.parent.name for p in spill.glob("*/*.json")), lambda k: len(k) == 2)
+        assert kept == ["sessions", "transcripts"]
+        cluster.kill(0)
         database.start()
-        with running_cluster(tmp_path, offline_server.base_url, database.url(), count=1, env=env) as cluster:
-            alice = cluster.node(0).client("alice")
-            created, _ = retry_until_ok(lambda: alice.post("/v1/sessions", json={"session_id": "kept"}), timeout=30)
-            assert created.status_code == 201
-            assert say(alice, "kept", "the word is kiwi").status_code == 200
-            with alice.stream("POST", "/v1/sessions/kept/messages", json={"content": "[[slow:2]] go on"}) as stream:
-                events = sse(stream)
-                assert next(events)[0] == "system"
-                database.stop()
-                assert [kind for kind, _ in events][-1] == "result"  # answered: the caller saw it end
-            kept = settled(lambda: sorted(p.parent.name for p in spill.glob("*/*.json")), lambda k: len(k) == 2)
-            assert kept == ["sessions", "transcripts"]
-            cluster.kill(0)
-            database.start()
-            cluster.nodes[0] = start_node(
-                tmp_path / "node0", offline_server.base_url, database.url(), cluster.workspace, LEASE, env
-            )
-            assert list(spill.glob("*/*.json")) == []  # written before the node answered
-            alice = cluster.node(0).client("alice")
-            metrics = alice.get("/v1/sessions/kept").json()["metrics"]
-            assert metrics["message_count"] == 2
-            reply = say(alice, "kept", "which word?")
-            assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"], reply.text
-            said = " ".join(model.message_requests()[-1].user_texts)  # whole, not rolled back: once each, in order
-            places = [said.find(text) for text in ("the word is kiwi", "[[slow:2]] go on", "which word?")]
-            assert -1 < places[0] < places[1] < places[2] and said.count("go on") == 1, said
-            assert alice.get("/v1/sessions/kept").json()["metrics"]["message_count"] == 3
-    finally:
-        database.remove()
+        cluster.nodes[0] = start_node(
+            tmp_path / "node0", offline_server.base_url, database.url(), cluster.workspace, LEASE, env
+        )
+        assert list(spill.glob("*/*.json")) == []  # written before the node answered
+        alice = cluster.node(0).client("alice")
+        metrics = alice.get("/v1/sessions/kept").json()["metrics"]
+        assert metrics["message_count"] == 2
+        reply = say(alice, "kept", "which word?")
+        assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"], reply.text
+        said = " ".join(model.message_requests()[-1].user_texts)  # whole, not rolled back: once each, in order
+        places = [said.find(text) for text in ("the word is kiwi", "[[slow:2]] go on", "which word?")]
+        assert -1 < places[0] < places[1] < places[2] and said.count("go on") == 1, said
+        assert alice.get("/v1/sessions/kept").json()["metrics"]["message_count"] == 3
 
 
 def test_one_node_at_a_time_runs_the_clusters_maintenance(

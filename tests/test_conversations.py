@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from claude_sessions.sessions.conversations import chat_messages, unfinished_from
+from claude_agent_sdk import AssistantMessage, ResultMessage, UserMessage
+
+from claude_sessions.config import SessionConfig
+from claude_sessions.sessions.conversations import answer_of, chat_messages, turn_in
+from claude_sessions.sessions.session import Session
 
 
 def entry(kind: str, content: Any, message_id: str | None = None) -> dict[str, Any]:
@@ -49,13 +53,36 @@ def test_a_plain_string_and_a_failed_tool_read_as_they_were() -> None:
     ]
 
 
-def test_the_unfinished_turn_begins_at_the_last_prompt_without_a_final_answer() -> None:
-    prompt = {"type": "user", "message": {"role": "user", "content": "hi"}}
+def test_a_turn_is_found_by_its_prompts_uuid_and_ended_only_by_its_final_answer() -> None:
+    def said(uuid: str) -> dict[str, Any]:
+        return {"type": "user", "uuid": uuid, "message": {"role": "user", "content": "hi"}}
+
     answer = {"type": "assistant", "message": {"role": "assistant", "stop_reason": "end_turn", "content": []}}
     call = {"type": "assistant", "message": {"role": "assistant", "stop_reason": "tool_use", "content": []}}
     result = {"type": "user", "message": {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}}
-    reminder = {"type": "user", "isMeta": True, "message": {"role": "user", "content": "note"}}
-    assert unfinished_from([prompt, answer]) is None
-    assert unfinished_from([prompt, answer, prompt]) == 2
-    assert unfinished_from([prompt, answer, prompt, call, result, reminder]) == 2
-    assert unfinished_from([prompt, call]) == 0 and unfinished_from([]) is None
+    assert turn_in([said("a"), answer, said("b"), call, result, answer], "b") == (2, True)
+    assert turn_in([said("a"), answer, said("b"), call, result], "b") == (2, False)
+    assert turn_in([said("a"), answer], "b") == (None, False)  # the prompt never reached the transcript
+    assert turn_in([said("a"), answer], None) == (None, False)
+
+
+def test_a_finished_turns_answer_is_its_messages_and_a_result_as_the_sdk_gives_them() -> None:
+    session = Session(id="s", config=SessionConfig(), claude_session_id="c")
+    session.metrics.total_cost = 0.25
+    prompt = {"type": "user", "uuid": "p", "message": {"role": "user", "content": "weather?"}}
+    use = {"type": "tool_use", "id": "t", "name": "Read", "input": {}}
+    entries: list[dict[str, Any]] = [
+        prompt,
+        {"type": "attachment", "uuid": "x"},
+        {"type": "assistant", "uuid": "a1", "message": {"role": "assistant", "model": "m", "content": [use]}},
+        entry("user", [{"type": "tool_result", "tool_use_id": "t", "content": "sun"}]),
+        {"type": "user", "isMeta": True, "message": {"role": "user", "content": "note"}},
+        {
+            "type": "assistant",
+            "message": {"role": "assistant", "model": "m", "content": [{"type": "text", "text": "Sunny."}]},
+        },
+    ]
+    *messages, result = answer_of(entries, session)
+    assert [type(m) for m in messages] == [AssistantMessage, UserMessage, AssistantMessage]
+    assert isinstance(result, ResultMessage) and result.result == "Sunny." and not result.is_error
+    assert (result.session_id, result.total_cost_usd, result.user_message_uuid) == ("c", 0.25, "p")

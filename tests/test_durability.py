@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -119,7 +120,7 @@ async def test_purge_deletes_the_transcript_and_retention_purges_later(
     assert not await handler.archive.exists(conversations[1])
 
 
-def test_kill_9_during_the_first_turn_keeps_the_conversation(
+def test_kill_9_during_the_first_turn_leaves_no_half_turn_and_its_retry_runs_once(
     offline_server: OfflineModelServer, model: OfflineModel, tmp_path: Path
 ) -> None:
     server = start_server(tmp_path, offline_server.base_url)
@@ -127,7 +128,8 @@ def test_kill_9_during_the_first_turn_keeps_the_conversation(
         assert alice.post("/v1/sessions", json={"session_id": "early"}).status_code == 201
         body = {"content": "[[slow:30]] remember the word kiwi"}
         with alice.stream("POST", "/v1/sessions/early/messages", json=body) as stream:
-            kind, _ = next(sse(stream))
+            events = sse(stream)  # kept: the stream stays open (a dropped reader would end the turn)
+            kind, _ = next(events)
             assert kind == "system"
             deadline = time.monotonic() + 10  # the CLI writes the transcript as it calls the model
             while not any("kiwi" in t.read_text() for t in (tmp_path / "claude" / "projects").glob("*/*.jsonl")):
@@ -139,15 +141,58 @@ def test_kill_9_during_the_first_turn_keeps_the_conversation(
     restarted = start_server(tmp_path, offline_server.base_url)
     try:
         with restarted.client("alice") as alice:
-            assert alice.get("/v1/sessions/early").json()["metrics"]["message_count"] == 1
+            assert alice.get("/v1/sessions/early").json()["metrics"]["message_count"] == 1  # as saved at its start
             model.requests.clear()
+            # The caller never had an answer and sends the message again: it runs once, the cut try is gone.
+            again = alice.post("/v1/sessions/early/messages?stream=false", json={"content": "remember the word kiwi"})
+            assert again.status_code == 200 and "You said: remember the word kiwi" in again.json()["text"]
             reply = alice.post("/v1/sessions/early/messages?stream=false", json={"content": "which word?"})
             assert reply.status_code == 200, reply.text
             assert "You said: which word?" in reply.json()["text"]
-            # The earlier prompt is in what the model saw: as message 1 of 2, or, when the stray CLI
-            # lived long enough to record its cut model call as an API error (which the CLI never
-            # sends), merged with the new prompt into one user message.
-            assert any("kiwi" in text for text in model.message_requests()[-1].user_texts)
+            seen = model.message_requests()[-1].user_texts
+            assert sum(t.count("kiwi") for t in seen) == 1 and not any("slow" in t for t in seen)
+            assert alice.get("/v1/sessions/early").json()["metrics"]["message_count"] == 2
+            assert alice.get("/v1/sessions/early").json()["state"] != "orphaned"
+        workers = restarted.cli_pids()
+    finally:
+        restarted.stop()
+    assert wait_no_cli(strays | workers) == []
+
+
+def test_a_turn_answered_before_its_node_died_is_given_to_its_retry_not_run_again(
+    offline_server: OfflineModelServer, model: OfflineModel, tmp_path: Path
+) -> None:
+    """Killed after the answer reached the transcript but before the turn's end was saved: the row
+    still says busy. The retry with the same Idempotency-Key is answered from the transcript."""
+    said = {"content": "remember the word kiwi"}
+    server = start_server(tmp_path, offline_server.base_url, CP_MIN_SIZE="0")
+    with server.client("alice") as alice:
+        assert alice.post("/v1/sessions", json={"session_id": "kept"}).status_code == 201
+        first = alice.post("/v1/sessions/kept/messages?stream=false", json=said, headers={"Idempotency-Key": "k1"})
+        assert first.status_code == 200
+        strays = server.cli_pids()
+        server.stop(signal.SIGKILL)
+    with sqlite3.connect(tmp_path / "data" / "sessions.db") as db:  # what a kill -9 before the end's save leaves
+        db.execute("UPDATE sessions SET busy = 1")
+        db.execute("DELETE FROM replies")  # and before its reply was kept
+
+    restarted = start_server(tmp_path, offline_server.base_url, CP_MIN_SIZE="0")
+    try:
+        with restarted.client("alice") as alice:
+            model.requests.clear()
+            headers = {"Idempotency-Key": "k1"}
+            with alice.stream("POST", "/v1/sessions/kept/messages", json=said, headers=headers) as stream:
+                events = list(sse(stream))  # recovered from the transcript
+            assert [kind for kind, _ in events][-2:] == ["assistant", "result"]
+            assert events[-2][1]["content"][0]["text"] == first.json()["text"]
+            again = alice.post("/v1/sessions/kept/messages?stream=false", json=said, headers=headers)
+            assert again.status_code == 200 and again.json()["text"] == first.json()["text"]  # kept for the key
+            assert again.json()["result"]["type"] == "result" and model.message_requests() == []
+            assert alice.get("/v1/sessions/kept").json()["metrics"]["message_count"] == 1
+            reply = alice.post("/v1/sessions/kept/messages?stream=false", json={"content": "which word?"})
+            assert reply.status_code == 200 and "You said: which word?" in reply.json()["text"]
+            assert sum(t.count("kiwi") for t in model.message_requests()[-1].user_texts) == 1
+            assert alice.get("/v1/sessions/kept").json()["metrics"]["message_count"] == 2
         workers = restarted.cli_pids()
     finally:
         restarted.stop()

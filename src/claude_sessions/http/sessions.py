@@ -420,7 +420,8 @@ async def send_message(
 
         record = TurnRecord(session, keep)
         # A turn its caller leaves while a request waits runs on: its answer is kept for the key all the same.
-        options = TurnOptions(limits=user_limits(principal, service.config.server), unread=record.add_unread)
+        limits = user_limits(principal, service.config.server)
+        options = TurnOptions(limits=limits, unread=record.add_unread, idempotency_key=idempotency_key)
         turn = handler.send_message(session, body.content, forwarded=is_forwarded(request), options=options)
         first = await anext(turn)  # errors before the first message keep their HTTP status
         messages = as_json(first, turn, record)

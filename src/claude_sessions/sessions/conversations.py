@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from claude_agent_sdk import project_key_for_directory
+from claude_agent_sdk import AssistantMessage, Message, ResultMessage, TextBlock, project_key_for_directory
+from claude_agent_sdk._internal.message_parser import parse_message
 
 from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.sessions.session import Session
@@ -69,24 +70,29 @@ class Conversations:
         conversation = session.conversation(self.project_of(session.config))
         return session.recorded and conversation is not None and not await self.archive.exists(conversation)
 
-    async def roll_back_unfinished(self, session: Session) -> bool:
-        """Drop the turn a dead node left unfinished (its prompt, and what followed it with no final
-        answer) from the session's transcript; whether there was one. Its caller, never told the
-        answer, sends it again: it then runs once. A conversation it began goes whole."""
+    async def settle_unfinished(self, session: Session, prompt: str | None) -> list[dict[str, Any]] | None:
+        """Settle a turn that never ended (its CLI or node died) by what its transcript holds (``prompt``:
+        the uuid its prompt carries there).
+
+        Its final answer there: the turn stands, and its entries from the prompt on are returned.
+        Otherwise what it wrote goes, its count with it: its caller, never told the answer, sends it
+        again and it runs once. A conversation it began goes whole.
+        """
         conversation = session.conversation(self.project_of(session.config))
-        if conversation is None:
-            return False
-        entries = await self.archive.entries(conversation)
-        cut = unfinished_from(entries)
-        if cut is None:
-            return False
-        log.info("unfinished_turn_rolled_back", session_id=session.id, entries=len(entries) - cut)
-        if cut == 0:
+        entries = await self.archive.entries(conversation) if conversation is not None and prompt else []
+        start, ended = turn_in(entries, prompt)
+        if start is not None and ended:
+            return entries[start:]
+        session.metrics.message_count = max(0, session.metrics.message_count - 1)
+        if start is None or conversation is None:  # the prompt never reached the transcript
+            return None
+        log.info("unfinished_turn_rolled_back", session_id=session.id, entries=len(entries) - start)
+        if not any(entry.get("type") in ("user", "assistant") for entry in entries[:start]):
             await self.archive.delete(self.archive.name(conversation))
             session.claude_session_id, session.recorded = None, False
         else:
-            await self.archive.truncate(conversation, cut)
-        return True
+            await self.archive.truncate(conversation, start)
+        return None
 
     async def conversation_to_resume(self, session: Session) -> str | None:
         """The conversation a new worker must continue, if any.
@@ -102,20 +108,41 @@ class Conversations:
         return None
 
 
-def unfinished_from(entries: list[dict[str, Any]]) -> int | None:
-    """Where the last turn began, if no final answer (``end_turn``) came after its prompt."""
-    for index in range(len(entries) - 1, -1, -1):
-        entry = entries[index]
-        message = entry.get("message") or {}
-        if entry.get("type") == "assistant" and message.get("stop_reason") == "end_turn":
-            return None
-        if entry.get("type") == "user" and not entry.get("isMeta") and not _is_command(entry):
-            content = message.get("content")
-            if isinstance(content, str) or not any(
-                isinstance(b, dict) and b.get("type") == "tool_result" for b in content or []
-            ):
-                return index
-    return None
+def turn_in(entries: list[dict[str, Any]], prompt: str | None) -> tuple[int | None, bool]:
+    """Where the turn whose prompt carries the uuid ``prompt`` begins in a transcript (None: its prompt
+    never reached it), and whether its final answer (``end_turn``) did."""
+    start = next((i for i, entry in enumerate(entries) if prompt and entry.get("uuid") == prompt), None)
+    ended = start is not None and any(
+        entry.get("type") == "assistant" and (entry.get("message") or {}).get("stop_reason") == "end_turn"
+        for entry in entries[start:]
+    )
+    return start, ended
+
+
+def answer_of(entries: list[dict[str, Any]], session: Session) -> list[Message]:
+    """A finished turn's answer as its caller would have read it (``entries``: its own, the prompt first):
+    the model's messages and the tools' results, parsed by the SDK's own parser, then a result. Its
+    spend was its dead holder's to record: the result gives the session's total as saved."""
+    replies = [
+        parse_message(entry)
+        for entry in entries[1:]
+        if entry.get("type") in ("user", "assistant") and not entry.get("isMeta") and not _is_command(entry)
+    ]
+    messages = [m for m in replies if m is not None]
+    said = [b.text for m in messages if isinstance(m, AssistantMessage) for b in m.content if isinstance(b, TextBlock)]
+    result = ResultMessage(
+        subtype="success",
+        duration_ms=0,
+        duration_api_ms=0,
+        is_error=False,
+        num_turns=sum(isinstance(m, AssistantMessage) for m in messages),
+        session_id=session.claude_session_id or "",
+        stop_reason="end_turn",
+        total_cost_usd=session.metrics.total_cost,
+        result=said[-1] if said else "",
+        user_message_uuid=entries[0].get("uuid"),
+    )
+    return [*messages, result]
 
 
 def _is_command(entry: dict[str, Any]) -> bool:

@@ -19,7 +19,7 @@ from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.sessions.client_calls import ClientCalls
 from claude_sessions.sessions.permissions import Approvals
 from claude_sessions.store.archive import Conversation
-from claude_sessions.store.records import Origin, SessionRecord
+from claude_sessions.store.records import Origin, RunningTurn, SessionRecord
 from claude_sessions.workers.worker import Worker
 
 #: How long a title may be: the first user message, shortened to fit a list's line.
@@ -79,6 +79,11 @@ class Session:
     approvals: Approvals | None = None
     #: The calls of its client's functions waiting for their results, while a turn offering them runs here.
     client_calls: ClientCalls | None = None
+    #: The turn running here, or the last one run (saved as it starts).
+    turn: RunningTurn | None = None
+    #: (its Idempotency-Key, its messages): a turn whose answer reached the transcript but whose end was
+    #: never saved (its CLI or node died). Its caller's retry gets it instead of a second run.
+    answer: tuple[str, list[Message]] | None = None
 
     def bind(self, worker: Worker) -> None:
         """Make ``worker`` this session's CLI on this node: the one place a binding is made."""
@@ -91,6 +96,11 @@ class Session:
             return None
         worker, self.worker = self.worker, None
         return worker
+
+    def take_answer(self, key: str | None) -> list[Message] | None:
+        """The kept answer, if it is for ``key``; a turn starting supersedes it either way."""
+        answer, self.answer = self.answer, None
+        return answer[1] if answer is not None and key is not None and answer[0] == key else None
 
     @property
     def is_busy(self) -> bool:
@@ -126,6 +136,7 @@ class Session:
             fence=self.fence,
             title=self.title,
             origin=self.origin,
+            turn=self.turn,
         )
 
     @classmethod

@@ -20,7 +20,8 @@ class TurnOptions:
     ``output_schema``: a JSON schema the answer must fit (``ResultMessage.structured_output``), on a
     CLI started with it. ``functions``: the caller's own functions, offered to the model beside the
     session's tools; each call is a :class:`ClientToolCall` of the turn, which waits for its result
-    (``ClaudeHandler.answer_tool_call``).
+    (``ClaudeHandler.answer_tool_call``). ``idempotency_key``: the caller's, saved as the turn starts:
+    should its node die after the answer reached the transcript, the retry with it gets that answer.
     """
 
     can_ask: bool = True
@@ -29,6 +30,7 @@ class TurnOptions:
     functions: tuple[ClientFunction, ...] = ()
     #: Told each message of the turn once its caller left it running unread (a request waited).
     unread: Callable[[Reply], Awaitable[None]] | None = None
+    idempotency_key: str | None = None
 
     def worker_config(self, session: SessionConfig) -> SessionConfig:
         """The options this turn's worker must run with: the session's, with this turn's schema (checked)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncGenerator
 
 import anyio
@@ -36,6 +37,7 @@ from claude_sessions.observability.metrics import model_error
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.client_calls import ClientToolCall
+from claude_sessions.sessions.conversations import answer_of
 from claude_sessions.sessions.permissions import Approvals
 from claude_sessions.sessions.replies import Replies, Reply, TurnEvent
 from claude_sessions.sessions.session import Session, learn_conversation, title_of
@@ -49,7 +51,7 @@ from claude_sessions.sessions.turn_events import (
 from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.archive import TranscriptArchive
-from claude_sessions.store.records import Holder
+from claude_sessions.store.records import Holder, RunningTurn
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
@@ -100,22 +102,20 @@ class Turns:
         try:
             async with session.turn_lock:
                 await self._claim(session, forwarded)
-                # tenant_of checks the cwd at every turn, live worker or not: a folder swapped for
-                # a symlink since must not move the session (ValueError). The tally is read before
-                # the day's rest: what is metered from here on, the tenant's other running turns
-                # included, counts against that rest (turns at once share it).
-                baseline = self.gateway.tally(tenant_of(session.config, self.config)).charged
-                budget = await self.billing.admit(session, options.limits)
-                session.metrics.touch()
-                worker = await self._bind(session, options.worker_config(session.config))
-                worker.grant.budget, worker.grant.baseline = budget, baseline
-                bound = True
+                answer = session.take_answer(options.idempotency_key)
+                if answer is not None:  # this very message ran, and its node died before saying so
+                    log.info("unfinished_turn_answered", session_id=session.id)
+                    turn = _replayed(answer)
+                else:
+                    worker = await self._prepare(session, options)
+                    bound = True
+                    turn = self._turn(session, worker, prompt, command, options)
                 try:
                     if session.closed:  # destroyed while its worker was being bound: no billed turn
                         raise SessionNotFoundError(f"session {session.public_id!r} not found")
                     # aclosing: an abandoned turn winds down before the lock is released.
-                    async with contextlib.aclosing(self._turn(session, worker, prompt, command, options)) as turn:
-                        async for message in turn:
+                    async with contextlib.aclosing(turn) as replies:
+                        async for message in replies:
                             yield message
                 finally:
                     with anyio.CancelScope(shield=True):
@@ -125,6 +125,19 @@ class Turns:
                 with anyio.CancelScope(shield=True):
                     await self._hand_back(session)
             self.pool.room_changed()  # the session's worker, idle again, may be given up for a waiter
+
+    async def _prepare(self, session: Session, options: TurnOptions) -> Worker:
+        """Admit the turn (budgets, rates) and bind the session's worker for it."""
+        # tenant_of checks the cwd at every turn, live worker or not: a folder swapped for
+        # a symlink since must not move the session (ValueError). The tally is read before
+        # the day's rest: what is metered from here on, the tenant's other running turns
+        # included, counts against that rest (turns at once share it).
+        baseline = self.gateway.tally(tenant_of(session.config, self.config)).charged
+        budget = await self.billing.admit(session, options.limits)
+        session.metrics.touch()
+        worker = await self._bind(session, options.worker_config(session.config))
+        worker.grant.budget, worker.grant.baseline = budget, baseline
+        return worker
 
     async def interrupt(self, session: Session, *, forwarded: bool) -> None:
         """Stop the running turn of a session (nothing happens when it is idle); its pending requests are denied."""
@@ -192,13 +205,17 @@ class Turns:
                 await self._drop_worker(session, session.worker)
         session.fence, session.holder = claim.fence, self.registry.node_id
         if claim.unfinished:
-            await self._roll_back(session)
+            session.turn = claim.turn
+            await self._settle(session)
 
-    async def _roll_back(self, session: Session) -> None:
-        """Undo a turn that never ended (its CLI or its node died): neither its count nor its messages
-        (those the transcript got before the end) stay."""
-        session.metrics.message_count = max(0, session.metrics.message_count - 1)
-        await self.manager.conversations.roll_back_unfinished(session)
+    async def _settle(self, session: Session) -> None:
+        """Settle a turn that never ended (its CLI or its node died) by its transcript: undone (count and
+        messages) if its answer is not all there, so that a retry runs it once; else kept, its answer
+        held for the retry with its Idempotency-Key."""
+        turn = session.turn
+        entries = await self.manager.conversations.settle_unfinished(session, turn.prompt if turn else None)
+        if entries is not None and turn is not None and turn.key is not None:
+            session.answer = (turn.key, answer_of(entries, session))
 
     async def _bind(self, session: Session, options: SessionConfig) -> Worker:
         """The session's worker for a turn with ``options`` (its own, and this turn's output schema);
@@ -259,7 +276,7 @@ class Turns:
         deadline = asyncio.get_running_loop().time() + self.config.optimization.MESSAGE_TIMEOUT
         settled = False  # the turn ended, or its worker was dealt with
         asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
-        _count_turn(session, worker, prompt, command)
+        running = _count_turn(session, worker, prompt, command, options.idempotency_key)
         events = open_events(session, worker, options, deadline, self.config, self.telemetry)
         replies = Replies(worker.client.receive_response(), events)
         loop = asyncio.get_running_loop()
@@ -267,7 +284,7 @@ class Turns:
             await self.manager.save(session)
             async with asyncio.timeout_at(deadline):
                 await worker.client_tools.offer(worker.client, options.functions)
-                await worker.ask(prompt, verbatim=command is None)
+                await worker.ask(prompt, verbatim=command is None, uuid=running.prompt)
             asked = True
             while not settled:
                 async with asyncio.timeout_at(deadline):
@@ -299,7 +316,7 @@ class Turns:
             self._count_connection_error(session)
             await replies.aclose()
             await self._drop_worker(session, worker)
-            await self._roll_back(session)  # a retry of the message then runs it once
+            await self._settle(session)  # a retry of the message then runs it once, or gets its answer
             raise WorkerDiedError(f"the CLI process of session {session.public_id!r} failed: {error}") from error
         finally:
             # Abandoned by the caller (closed generator, cancelled stream): the shield lets the
@@ -407,13 +424,21 @@ class Turns:
         await self.billing.bill_unfinished(session, worker)
 
 
-def _count_turn(session: Session, worker: Worker, prompt: Content, command: str | None) -> None:
-    """A turn starts on ``worker``: both count it; the session's first message is its title."""
+def _count_turn(session: Session, worker: Worker, prompt: Content, command: str | None, key: str | None) -> RunningTurn:
+    """A turn starts on ``worker``: both count it; the session's first message is its title. Its prompt
+    gets the uuid the CLI records it under (``session.turn``, saved before the prompt is sent)."""
+    turn = session.turn = RunningTurn(str(uuid.uuid4()), key)
     worker.uses += 1
     worker.grant.take()  # calls made between turns (none expected) are no turn's
     session.metrics.message_count += 1
     if session.title is None and command is None:  # a CLI command is no title
         session.title = title_of(prompt)
+    return turn
+
+
+async def _replayed(messages: list[Message]) -> AsyncGenerator[Reply, None]:
+    for message in messages:
+        yield message
 
 
 def held_elsewhere(session_id: str, holder: Holder) -> SessionHeldElsewhereError:

@@ -22,7 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from claude_sessions.errors import DatabaseUnavailableError
 from claude_sessions.store.keys import KEYS_AND_USERS_SCHEMA
-from claude_sessions.store.records import Transaction
+from claude_sessions.store.records import RUNNING_TURN_SCHEMA, Transaction
 from claude_sessions.store.registry import Registry
 from claude_sessions.store.spend import USAGE_MINUTES_SCHEMA, USAGE_SCHEMA
 from claude_sessions.store.transcripts import TRANSCRIPT_TABLE, UNAVAILABLE
@@ -92,6 +92,8 @@ UPDATE sessions SET origin = 'openai' WHERE metadata::json ->> 'origin' = 'opena
     KEYS_AND_USERS_SCHEMA,
     # The console's last hour, per minute, as every node adds to it.
     USAGE_MINUTES_SCHEMA,
+    # What a node taking over a turn that never ended needs to settle it.
+    RUNNING_TURN_SCHEMA,
 ]
 
 

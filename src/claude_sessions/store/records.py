@@ -21,6 +21,23 @@ CreateOutcome = Literal["created", "exists", "global", "tenant", "user"]
 NodeStatus = Literal["up", "draining", "down"]
 
 
+#: The columns naming a session's running turn (added after the first schema; the same SQL for both backends).
+RUNNING_TURN_SCHEMA = """
+ALTER TABLE sessions ADD COLUMN turn_prompt TEXT;
+ALTER TABLE sessions ADD COLUMN turn_key TEXT;
+"""
+
+
+@dataclass(frozen=True)
+class RunningTurn:
+    """A turn as its start was saved: the uuid its prompt carries in the transcript, and the caller's
+    ``Idempotency-Key``. A node taking over a turn that never ended learns from them whether its
+    answer reached the transcript, and which retry that answer is for."""
+
+    prompt: str
+    key: str | None = None
+
+
 @dataclass(frozen=True)
 class SessionRecord:
     """A session as stored: enough to list it and to resume its conversation anywhere."""
@@ -44,6 +61,8 @@ class SessionRecord:
     #: The first user message, shortened: what a list shows for the session.
     title: str | None = None
     origin: Origin = "sessions"
+    #: The turn running, or the last one run (saved when it starts).
+    turn: RunningTurn | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,8 @@ class Lease:
 
     fence: int
     unfinished: bool
+    #: The turn last started under the lease (None: none saved since the column exists).
+    turn: RunningTurn | None = None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from claude_sessions.errors import ClusterModeError
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.store.keys import KeyStore
 from claude_sessions.store.ledgers import NodeStore, ReplyStore, RetiredTranscripts, WorkerLedger
-from claude_sessions.store.records import CreateOutcome, Holder, Lease, SessionRecord, Transaction
+from claude_sessions.store.records import CreateOutcome, Holder, Lease, RunningTurn, SessionRecord, Transaction
 from claude_sessions.store.spend import SpendStore
 
 T = TypeVar("T")
@@ -259,7 +259,7 @@ class Registry(ABC):
         async with self.transaction() as tx:
             await tx.run(
                 "UPDATE sessions SET metadata = ?, metrics = ?, claude_session_id = ?, orphaned = ?, recorded = ?,"
-                " busy = ?, last_activity = ?, title = ? WHERE key = ? AND fence = ?",
+                " busy = ?, last_activity = ?, title = ?, turn_prompt = ?, turn_key = ? WHERE key = ? AND fence = ?",
                 (
                     json.dumps(record.metadata),
                     json.dumps(asdict(record.metrics)),
@@ -269,6 +269,8 @@ class Registry(ABC):
                     int(record.busy),
                     record.metrics.last_activity,
                     record.title,
+                    record.turn.prompt if record.turn else None,
+                    record.turn.key if record.turn else None,
                     record.key,
                     record.fence,
                 ),
@@ -322,11 +324,12 @@ class Registry(ABC):
             rows = await tx.run(
                 "UPDATE sessions SET fence = CASE WHEN holder = ? THEN fence ELSE fence + 1 END, holder = ?"
                 f" WHERE key = ? AND (holder IS NULL OR holder = ? OR holder NOT IN ({_LIVE_NODES}))"
-                " RETURNING fence, busy",
+                " RETURNING fence, busy, turn_prompt, turn_key",
                 (self.node_id, self.node_id, key, self.node_id, self.fresh_since()),
             )
             if rows:
-                return Lease(int(rows[0][0]), bool(rows[0][1]))
+                fence, busy, prompt, idempotency_key = rows[0]
+                return Lease(int(fence), bool(busy), RunningTurn(prompt, idempotency_key) if prompt else None)
             rows = await tx.run(
                 "SELECT s.holder, n.url FROM sessions s LEFT JOIN nodes n ON n.node_id = s.holder WHERE s.key = ?",
                 (key,),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from claude_sessions.store.keys import KEYS_AND_USERS_SCHEMA
-from claude_sessions.store.records import Transaction
+from claude_sessions.store.records import RUNNING_TURN_SCHEMA, Transaction
 from claude_sessions.store.registry import Registry
 from claude_sessions.store.spend import USAGE_MINUTES_SCHEMA, USAGE_SCHEMA
 
@@ -89,6 +89,8 @@ UPDATE sessions SET origin = 'openai' WHERE json_extract(metadata, '$.origin') =
     KEYS_AND_USERS_SCHEMA,
     # The console's last hour, per minute, as every node adds to it.
     USAGE_MINUTES_SCHEMA,
+    # What a node taking over a turn that never ended needs to settle it.
+    RUNNING_TURN_SCHEMA,
 ]
 
 

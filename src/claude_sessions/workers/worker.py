@@ -41,6 +41,8 @@ log = structlog.get_logger("claude_sessions.worker")
 
 #: System messages a CLI sends between turns without doing anything (seen: at start-up).
 QUIET_NOTICES = frozenset({"ui_invalidate"})
+#: What a CLI sends after a turn whose prompt carried a ``uuid``: that prompt's lifecycle (``completed``).
+PROMPT_NOTICE = "command_lifecycle"
 #: Warm-up rounds (a turn the gateway answers, then ``/clear``) a spare has before it is
 #: pooled. A CLI's code gets faster over its first conversations, not only its first
 #: turn: measured, a fresh spare's first turn against a later one after 1 round was
@@ -117,7 +119,7 @@ class Worker:
     def settle(self) -> bool:
         """Drain what arrived while no turn was reading; False if the CLI acted on its own.
 
-        Anything but a repaint notice (a reply left unread, a turn the CLI started by
+        Anything but a repaint notice or a prompt's lifecycle (a reply left unread, a turn the CLI started by
         itself, the end of its output) would be taken for the next turn's replies, so
         such a worker must serve no further turn.
         """
@@ -131,8 +133,9 @@ class Worker:
                 return True
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 return False
-            if not (message.get("type") == "system" and message.get("subtype") in QUIET_NOTICES):
-                log.warning("worker_acted_unasked", worker=self.id, message_type=message.get("type"))
+            kind = message.get("type")
+            if not (kind == PROMPT_NOTICE or (kind == "system" and message.get("subtype") in QUIET_NOTICES)):
+                log.warning("worker_acted_unasked", worker=self.id, message_type=kind)
                 self.reusable = False
                 return False
 
@@ -187,23 +190,23 @@ class Worker:
         log.debug("worker_connected", worker=worker.id, pid=worker.pid, seconds=round(time.perf_counter() - began, 3))
         return worker
 
-    async def ask(self, prompt: Content, verbatim: bool) -> None:
+    async def ask(self, prompt: Content, verbatim: bool, uuid: str | None = None) -> None:
         """Send a user message (text, or text and image blocks); ``verbatim`` makes the CLI take it as plain text.
 
         Marked ``client_composed``, a message is never dispatched as a CLI command
-        nor expanded (``@/path`` would make the CLI read a file of the host).
+        nor expanded (``@/path`` would make the CLI read a file of the host). ``uuid`` is the id the
+        CLI gives the prompt's transcript entry: how a turn is found there after its node died.
         """
-        if not verbatim and isinstance(prompt, str):
-            await self.client.query(prompt)
-            return
+        message: dict[str, Any] = {
+            "type": "user",
+            "message": {"role": "user", "content": prompt},
+            "parent_tool_use_id": None,
+        }
+        message.update({"client_composed": True} if verbatim else {})
+        message.update({"uuid": uuid} if uuid else {})
 
         async def composed() -> AsyncIterator[dict[str, Any]]:
-            yield {
-                "type": "user",
-                "message": {"role": "user", "content": prompt},
-                "parent_tool_use_id": None,
-                "client_composed": True,
-            }
+            yield message
 
         await self.client.query(composed())
 

@@ -18,7 +18,7 @@ import structlog
 
 from claude_sessions.observability.metrics import SessionMetrics
 from claude_sessions.sessions.session import Session
-from claude_sessions.store.records import SessionRecord
+from claude_sessions.store.records import RunningTurn, SessionRecord
 from claude_sessions.store.registry import Registry
 from claude_sessions.store.spill import Spill
 
@@ -40,8 +40,10 @@ class UnsavedRecords:
         self._spill.keep(_file_name(session.id), [_state(record)])
 
     def discard(self, session: Session) -> None:
-        self._sessions.discard(session)
-        self._spill.keep(_file_name(session.id), [])
+        """The session's record was saved: what waited for the database goes (nothing to do on most saves)."""
+        if session in self._sessions:
+            self._sessions.discard(session)
+            self._spill.keep(_file_name(session.id), [])
 
     async def write_left(self, registry: Registry) -> int:
         """Save what a previous run of this node could not; how many were saved.
@@ -79,6 +81,7 @@ def _state(record: SessionRecord) -> dict[str, Any]:
         "recorded": record.recorded,
         "busy": record.busy,
         "title": record.title,
+        "turn": dataclasses.asdict(record.turn) if record.turn else None,
     }
 
 
@@ -93,4 +96,5 @@ def _with_state(record: SessionRecord, state: dict[str, Any]) -> SessionRecord:
         recorded=bool(state["recorded"]),
         busy=bool(state["busy"]),
         title=state["title"],
+        turn=RunningTurn(**state["turn"]) if state.get("turn") else None,
     )

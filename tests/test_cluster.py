@@ -215,12 +215,35 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class StreamedTurn(threading.Thread):
+    """A turn's SSE events, read in the background: its result may wait for the database."""
+
+    def __init__(self, client: httpx.Client, session_id: str, content: str, key: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.session_id, self.content, self.key = client, session_id, content, key
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def run(self) -> None:
+        url, body = f"/v1/sessions/{self.session_id}/messages", {"content": self.content}
+        headers = {"Idempotency-Key": self.key}
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            self.client,
+            self.client.stream("POST", url, json=body, headers=headers) as stream,
+        ):
+            self.events.extend(sse(stream))  # one at a time, as they come
+
+    def kinds(self) -> list[str]:
+        return [kind for kind, _ in self.events]
+
+
 @contextmanager
 def outage_mid_turn(
     tmp_path: Path, model_url: str, env: dict[str, str], prompt: str
-) -> Iterator[tuple[PrivatePostgres, Cluster, httpx.Client]]:
+) -> Iterator[tuple[PrivatePostgres, Cluster, httpx.Client, StreamedTurn]]:
     """One node on a private PostgreSQL; session "kept" told a word, then PostgreSQL stopped while its
-    next turn (``prompt``) runs, and that turn answered. The server is removed afterwards."""
+    next turn (``prompt``, key ``k-go``) runs. The model's answer reaches its caller; the result
+    waits for the transcript to be stored. The server is removed afterwards."""
     database = PrivatePostgres()
     try:
         database.start()
@@ -230,12 +253,17 @@ def outage_mid_turn(
             created, _ = retry_until_ok(lambda: alice.post("/v1/sessions", json={"session_id": "kept"}), timeout=30)
             assert created.status_code == 201
             assert say(alice, "kept", "the word is kiwi").status_code == 200
-            with alice.stream("POST", "/v1/sessions/kept/messages", json={"content": prompt}) as stream:
-                events = sse(stream)
-                assert next(events)[0] == "system"
-                database.stop()
-                assert [kind for kind, _ in events][-1] == "result"  # the running turn finished: answered
-            yield database, cluster, alice
+            turn = StreamedTurn(cluster.node(0).client("alice"), "kept", prompt, "k-go")
+            turn.start()
+            settled(turn.kinds, lambda kinds: "system" in kinds)
+            database.stop()
+            settled(turn.kinds, lambda kinds: "assistant" in kinds, timeout=15)
+            spill = tmp_path / "node0" / "data" / "spill"  # what the database could not take is kept here
+            kept = settled(lambda: sorted(p.parent.name for p in spill.glob("*/*.json")), lambda k: len(k) == 2, 30)
+            assert kept == ["sessions", "transcripts"]  # the transcript batch, then the record of the turn's end
+            time.sleep(2 * float(env["OPT_CREATE_TIMEOUT"]))  # an Idempotency-Key's reply would not be kept either
+            assert turn.is_alive() and "result" not in turn.kinds()  # an answer seen is an answer stored
+            yield database, cluster, alice, turn
     finally:
         database.remove()
 
@@ -245,7 +273,8 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
 ) -> None:
     wait = 2  # OPT_CREATE_TIMEOUT: how long a call waits for the database
     env = {"OPT_CREATE_TIMEOUT": str(wait)}
-    with outage_mid_turn(tmp_path, offline_server.base_url, env, "[[slow:3]] go on") as (database, cluster, alice):
+    prompt = "[[slow:3]] go on"
+    with outage_mid_turn(tmp_path, offline_server.base_url, env, prompt) as (database, cluster, alice, turn):
         for method, path in (("POST", "/v1/sessions"), ("GET", "/v1/sessions/kept"), ("GET", "/v1/sessions")):
             began = time.monotonic()
             answer = alice.request(method, path, json={} if method == "POST" else None)
@@ -258,6 +287,8 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
         unready = settled(lambda: httpx.get(probe), lambda r: r.status_code == 503, timeout=LEASE + 2)
         assert unready.json() == {"status": "not_ready", "reasons": ["registry_unavailable"]}
         database.start()
+        turn.join(timeout=30)
+        assert turn.kinds()[-1] == "result"  # once its transcript is stored
         assert settled(lambda: httpx.get(probe), lambda r: r.status_code == 200, timeout=LEASE + 5).is_success
         answer, _ = retry_until_ok(lambda: alice.get("/v1/sessions/kept"), timeout=30)
         deadline = time.monotonic() + 10  # the turn that ended in the outage is written when the database is back
@@ -275,33 +306,40 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
             history = alice.get("/v1/sessions/kept/history").json()["messages"]
             return [m["message"]["content"] for m in history if m["type"] == "user"]
 
-        written = ["the word is kiwi", "[[slow:3]] go on", "which word?"]
+        written = ["the word is kiwi", prompt, "which word?"]
         assert settled(said, lambda s: s == written, timeout=3 * wait + 5) == written
 
 
-def test_a_turn_finished_in_an_outage_survives_its_nodes_kill_9_and_is_written_at_the_restart(
+def test_a_turn_answered_in_an_outage_survives_its_nodes_kill_9_and_its_retry_gets_the_answer(
     tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
 ) -> None:
-    """The transcript batches and the session record the outage held back are on the node's disk."""
+    """The transcript batches and the session record the outage held back are on the node's disk; the
+    node dies before the turn's result went out, so its caller sends it again, with its key."""
     env = {"OPT_CREATE_TIMEOUT": "2"}
     spill = tmp_path / "node0" / "data" / "spill"
-    with outage_mid_turn(tmp_path, offline_server.base_url, env, "[[slow:2]] go on") as (database, cluster, alice):
-        kept = settled(lambda: sorted(p.parent.name for p in spill.glob("*/*.json")), lambda k: len(k) == 2)
-        assert kept == ["sessions", "transcripts"]
+    prompt = "[[slow:2]] go on"
+    with outage_mid_turn(tmp_path, offline_server.base_url, env, prompt) as (database, cluster, alice, turn):
         cluster.kill(0)
+        turn.join(timeout=10)
+        assert "result" not in turn.kinds()  # never answered
         database.start()
         cluster.nodes[0] = start_node(
             tmp_path / "node0", offline_server.base_url, database.url(), cluster.workspace, LEASE, env
         )
         assert list(spill.glob("*/*.json")) == []  # written before the node answered
         alice = cluster.node(0).client("alice")
-        metrics = alice.get("/v1/sessions/kept").json()["metrics"]
-        assert metrics["message_count"] == 2
+        assert alice.get("/v1/sessions/kept").json()["metrics"]["message_count"] == 2
+        asked = len(model.message_requests())
+        again = alice.post(
+            "/v1/sessions/kept/messages?stream=false", json={"content": prompt}, headers={"Idempotency-Key": "k-go"}
+        )
+        assert again.status_code == 200 and "You said: [[slow:2]] go on" in again.json()["text"], again.text
+        assert len(model.message_requests()) == asked  # answered from the transcript, not run again
         # A resume: a CLI may take longer than the short OPT_CREATE_TIMEOUT to start on a busy machine (503, retried).
         reply, _ = retry_until_ok(lambda: say(alice, "kept", "which word?"), timeout=30)
         assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"], reply.text
         said = " ".join(model.message_requests()[-1].user_texts)  # whole, not rolled back: once each, in order
-        places = [said.find(text) for text in ("the word is kiwi", "[[slow:2]] go on", "which word?")]
+        places = [said.find(text) for text in ("the word is kiwi", prompt, "which word?")]
         assert -1 < places[0] < places[1] < places[2] and said.count("go on") == 1, said
         assert alice.get("/v1/sessions/kept").json()["metrics"]["message_count"] == 3
 

@@ -291,6 +291,9 @@ class Turns:
                     message = await replies.next()
                 if not isinstance(message, TurnEvent):
                     settled = await self._take(session, worker, message, began)
+                if settled and session.claude_session_id is not None:  # an answer seen is an answer stored
+                    async with asyncio.timeout_at(deadline):
+                        await self.archive.written(worker.grant.token, session.claude_session_id)
                 handed = loop.time()
                 yield message
                 if isinstance(message, ClientToolCall):  # the time its client takes is not the turn's

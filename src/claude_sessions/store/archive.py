@@ -52,6 +52,10 @@ class TranscriptArchive(ABC):
         """Write what an outage kept from the store (each heartbeat asks)."""
 
     @abstractmethod
+    async def written(self, worker_token: str, claude_session_id: str) -> None:
+        """Return once the transcript a worker's CLI wrote is in the store (a database away: when it is back)."""
+
+    @abstractmethod
     async def exists(self, conversation: Conversation) -> bool: ...
 
     @abstractmethod
@@ -104,6 +108,9 @@ class FileArchive(TranscriptArchive):
 
     async def catch_up(self) -> None:
         """The CLI wrote its files itself: nothing waits."""
+
+    async def written(self, worker_token: str, claude_session_id: str) -> None:
+        """The CLI's own files: written as it went."""
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -188,6 +195,10 @@ class StoreArchive(TranscriptArchive):
 
     async def catch_up(self) -> None:
         await self.writes.catch_up()
+
+    async def written(self, worker_token: str, claude_session_id: str) -> None:
+        mirror = self._mirrors.get(worker_token)
+        await self.writes.written(claude_session_id, mirror.lease if mirror is not None else None)
 
     async def exists(self, conversation: Conversation) -> bool:
         project, claude_id = conversation

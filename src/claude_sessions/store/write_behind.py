@@ -27,6 +27,10 @@ Batch = tuple[Lease, SessionKey, list[SessionStoreEntry]]
 _OUTAGE = (DatabaseUnavailableError, *UNAVAILABLE)
 
 
+#: How often a turn waiting for its transcript to be stored tries again.
+RETRY_SECONDS = 0.5
+
+
 class _Conversation:
     """The batches of one conversation not in the store yet, oldest first, written one at a time."""
 
@@ -108,19 +112,34 @@ class WriteBehind:
         for name, conversation in list(self._conversations.items()):
             if conversation.lock.locked():
                 continue
-            async with conversation.turn():
-                try:
-                    lost = await self._write(conversation)
-                except Exception as error:
-                    log.error("transcript_batch_refused", error=repr(error))
-                    continue
-                finally:
-                    self._spill.keep(name, _spilled(conversation.waiting))
-                    self._forget_if_done(name, conversation)
+            try:
+                lost = await self._flush(name, conversation)
+            except Exception as error:
+                log.error("transcript_batch_refused", error=repr(error))
+                continue
             for lease in lost:
                 log.warning("transcript_write_refused", session_id=lease[0], reason="another node holds it now")
             if conversation.waiting:
                 return
+
+    async def written(self, name: str, lease: Lease) -> None:
+        """Return once nothing of conversation ``name`` waits for the database, trying again every
+        ``RETRY_SECONDS``: a turn's answer goes out only then, so that an answer its caller saw is
+        never only on this node. :class:`LeaseLostError` if another node holds the session now."""
+        while (conversation := self._conversations.get(name)) is not None and conversation.waiting:
+            if lease is not None and lease in await self._flush(name, conversation):
+                raise LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
+            if conversation.waiting:
+                await asyncio.sleep(RETRY_SECONDS)
+
+    async def _flush(self, name: str, conversation: _Conversation) -> list[tuple[str, int]]:
+        """Write what waits of one conversation, in its turn; what is still kept goes to disk."""
+        async with conversation.turn():
+            try:
+                return await self._write(conversation)
+            finally:
+                self._spill.keep(name, _spilled(conversation.waiting))
+                self._forget_if_done(name, conversation)
 
     def _forget_if_done(self, name: str, conversation: _Conversation) -> None:
         """Only conversations with batches waiting (or writers queued) are kept."""

@@ -23,6 +23,7 @@ from claude_sessions.config import ConnectionPoolConfig, OptimizationConfig, Ses
 from claude_sessions.errors import CapacityError, WorkerStartError
 from claude_sessions.gateway.relay import Grant
 from claude_sessions.workers.demand import Demand, Target, excess, shortfall
+from claude_sessions.workers.start_gate import StartGate
 from claude_sessions.workers.worker import Worker, WorkerState
 
 log = structlog.get_logger("claude_sessions.pool")
@@ -88,6 +89,8 @@ class WorkerPool:
         self._start_worker = start_worker
         #: New conversations per option set lately: what sizes the spares (tests give it a fake clock).
         self.demand = Demand()
+        #: Callers' CLI starts before spares' (a start is CPU-bound).
+        self.gate = StartGate()
         #: Bumped by ``shutdown``: a CLI that finishes connecting afterwards closes itself.
         self._generation = 0
         #: Set, then replaced, whenever a live slot may have come free: what waiting acquires wait on.
@@ -205,7 +208,8 @@ class WorkerPool:
     async def _spawn(self, config: SessionConfig, resume: str | None = None) -> Worker:
         self._reserve(config.fingerprint, 1)
         try:
-            return await self._connect(config, resume)
+            async with self.gate.caller():
+                return await self._connect(config, resume)
         finally:
             self._reserve(config.fingerprint, -1)
 
@@ -360,7 +364,8 @@ class WorkerPool:
 
     async def _add_spare(self, config: SessionConfig) -> None:
         """A new CLI, its first turn already paid (``Worker.warm_up``), idle in the pool."""
-        worker = await self._connect(config, None, warm=True)
+        async with self.gate.spare():
+            worker = await self._connect(config, None, warm=True)
         worker.state = WorkerState.IDLE
         self._idle.setdefault(worker.fingerprint, deque()).append(worker)
 

@@ -63,7 +63,13 @@ def test_a_turn_is_found_by_its_prompts_uuid_and_ended_only_by_its_final_answer(
     assert turn_in([said("a"), answer, said("b"), call, result, answer], "b") == (2, True)
     assert turn_in([said("a"), answer, said("b"), call, result], "b") == (2, False)
     assert turn_in([said("a"), answer], "b") == (None, False)  # the prompt never reached the transcript
+    # A row that names no prompt, or a stale one (an older version saved the turn): the last prompt
+    # with no final answer after it.
+    reminder = {"type": "user", "isMeta": True, "message": {"role": "user", "content": "note"}}
     assert turn_in([said("a"), answer], None) == (None, False)
+    for named in (None, "a"):
+        assert turn_in([said("a"), answer, said("b"), call, result, reminder], named) == (2, False)
+    assert turn_in([said("a"), answer, said("b"), answer], "a") == (None, False)
 
 
 def test_a_finished_turns_answer_is_its_messages_and_a_result_as_the_sdk_gives_them() -> None:

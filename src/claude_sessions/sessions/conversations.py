@@ -79,12 +79,12 @@ class Conversations:
         again and it runs once. A conversation it began goes whole.
         """
         conversation = session.conversation(self.project_of(session.config))
-        entries = await self.archive.entries(conversation) if conversation is not None and prompt else []
+        entries = await self.archive.entries(conversation) if conversation is not None else []
         start, ended = turn_in(entries, prompt)
         if start is not None and ended:
             return entries[start:]
         session.metrics.message_count = max(0, session.metrics.message_count - 1)
-        if start is None or conversation is None:  # the prompt never reached the transcript
+        if start is None or conversation is None:  # nothing of it reached the transcript
             return None
         log.info("unfinished_turn_rolled_back", session_id=session.id, entries=len(entries) - start)
         if not any(entry.get("type") in ("user", "assistant") for entry in entries[:start]):
@@ -109,14 +109,38 @@ class Conversations:
 
 
 def turn_in(entries: list[dict[str, Any]], prompt: str | None) -> tuple[int | None, bool]:
-    """Where the turn whose prompt carries the uuid ``prompt`` begins in a transcript (None: its prompt
-    never reached it), and whether its final answer (``end_turn``) did."""
+    """Where the turn left running begins in a transcript (None: nothing of it is there), and whether
+    its final answer (``end_turn``) is there too.
+
+    It is found by the uuid its prompt carries (``prompt``). A row that names no prompt, or one
+    that a later prompt follows (saved by an older version), falls back to the last prompt with
+    no final answer after it.
+    """
     start = next((i for i, entry in enumerate(entries) if prompt and entry.get("uuid") == prompt), None)
-    ended = start is not None and any(
-        entry.get("type") == "assistant" and (entry.get("message") or {}).get("stop_reason") == "end_turn"
-        for entry in entries[start:]
+    if start is not None and not any(_is_prompt(entry) for entry in entries[start + 1 :]):
+        return start, any(_is_final(entry) for entry in entries[start:])
+    if prompt and start is None:
+        return None, False
+    for index in range(len(entries) - 1, -1, -1):
+        if _is_final(entries[index]):
+            return None, False
+        if _is_prompt(entries[index]):
+            return index, False
+    return None, False
+
+
+def _is_final(entry: dict[str, Any]) -> bool:
+    return entry.get("type") == "assistant" and (entry.get("message") or {}).get("stop_reason") == "end_turn"
+
+
+def _is_prompt(entry: dict[str, Any]) -> bool:
+    """A user's message (not a tool's result, a system note or a command the CLI ran itself)."""
+    if entry.get("type") != "user" or entry.get("isMeta") or _is_command(entry):
+        return False
+    content = (entry.get("message") or {}).get("content")
+    return isinstance(content, str) or not any(
+        isinstance(block, dict) and block.get("type") == "tool_result" for block in content or []
     )
-    return start, ended
 
 
 def answer_of(entries: list[dict[str, Any]], session: Session) -> list[Message]:
@@ -124,7 +148,7 @@ def answer_of(entries: list[dict[str, Any]], session: Session) -> list[Message]:
     the model's messages and the tools' results, parsed by the SDK's own parser, then a result. Its
     spend was its dead holder's to record: the result gives the session's total as saved."""
     replies = [
-        parse_message(entry)
+        _parsed(entry)
         for entry in entries[1:]
         if entry.get("type") in ("user", "assistant") and not entry.get("isMeta") and not _is_command(entry)
     ]
@@ -143,6 +167,15 @@ def answer_of(entries: list[dict[str, Any]], session: Session) -> list[Message]:
         user_message_uuid=entries[0].get("uuid"),
     )
     return [*messages, result]
+
+
+def _parsed(entry: dict[str, Any]) -> Message | None:
+    """An entry as the SDK's message; None for one it cannot read (skipped, never blocking the session)."""
+    try:
+        return parse_message(entry)
+    except Exception as error:
+        log.warning("transcript_entry_unreadable", uuid=entry.get("uuid"), error=repr(error))
+        return None
 
 
 def _is_command(entry: dict[str, Any]) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from claude_agent_sdk import AssistantMessage, Message, ResultMessage, SystemMessage
 
@@ -46,6 +46,14 @@ def tenant_of_key(key: str) -> str:
     return key.rpartition("/")[0] or DEFAULT_TENANT
 
 
+class KeptAnswer(NamedTuple):
+    """A turn's answer kept for the retry of its message: its Idempotency-Key, its prompt, its messages."""
+
+    key: str
+    prompt: Content
+    messages: list[Message]
+
+
 @dataclass(eq=False)
 class Session:
     """One logical conversation: options, metrics, and the worker it holds on this node, if any."""
@@ -81,9 +89,9 @@ class Session:
     client_calls: ClientCalls | None = None
     #: The turn running here, or the last one run (saved as it starts).
     turn: RunningTurn | None = None
-    #: (its Idempotency-Key, its messages): a turn whose answer reached the transcript but whose end was
-    #: never saved (its CLI or node died). Its caller's retry gets it instead of a second run.
-    answer: tuple[str, list[Message]] | None = None
+    #: A turn whose answer reached the transcript but not its caller (its CLI or node died, or the
+    #: database did not take the transcript in time). The retry with its key and prompt gets it.
+    answer: KeptAnswer | None = None
 
     def bind(self, worker: Worker) -> None:
         """Make ``worker`` this session's CLI on this node: the one place a binding is made."""
@@ -97,10 +105,12 @@ class Session:
         worker, self.worker = self.worker, None
         return worker
 
-    def take_answer(self, key: str | None) -> list[Message] | None:
-        """The kept answer, if it is for ``key``; a turn starting supersedes it either way."""
+    def take_answer(self, key: str | None, prompt: Content) -> KeptAnswer | None:
+        """The kept answer, if it is for this Idempotency-Key and prompt; a turn starting supersedes it either way."""
         answer, self.answer = self.answer, None
-        return answer[1] if answer is not None and key is not None and answer[0] == key else None
+        return (
+            answer if answer is not None and key is not None and (answer.key, answer.prompt) == (key, prompt) else None
+        )
 
     @property
     def is_busy(self) -> bool:

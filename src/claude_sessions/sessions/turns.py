@@ -14,6 +14,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncGenerator
+from typing import NoReturn
 
 import anyio
 import structlog
@@ -23,6 +24,7 @@ from claude_sessions.cluster.node import Node
 from claude_sessions.config import SessionConfig, SystemConfig
 from claude_sessions.content import Content
 from claude_sessions.errors import (
+    DatabaseUnavailableError,
     LeaseLostError,
     SessionBusyError,
     SessionHeldElsewhereError,
@@ -37,10 +39,10 @@ from claude_sessions.observability.metrics import model_error
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.client_calls import ClientToolCall
-from claude_sessions.sessions.conversations import answer_of
 from claude_sessions.sessions.permissions import Approvals
 from claude_sessions.sessions.replies import Replies, Reply, TurnEvent
-from claude_sessions.sessions.session import Session, learn_conversation, title_of
+from claude_sessions.sessions.session import KeptAnswer, Session, learn_conversation, title_of
+from claude_sessions.sessions.settling import Settling
 from claude_sessions.sessions.turn_events import (
     INTERRUPT_GRACE_SECONDS,
     close_events,
@@ -76,6 +78,7 @@ class Turns:
     ) -> None:
         self.config, self.manager, self.pool, self.gateway = config, manager, pool, gateway
         self.billing, self.telemetry, self.archive, self.node = billing, telemetry, archive, node
+        self.settling = Settling(manager.conversations, archive, config.optimization.MESSAGE_TIMEOUT)
 
     @property
     def registry(self) -> Registry:
@@ -98,17 +101,17 @@ class Turns:
         options = options or TurnOptions()
         if session.is_busy:
             raise SessionBusyError(f"session {session.public_id!r} is running a turn")
-        bound = False
+        claimed = False
         try:
             async with session.turn_lock:
                 await self._claim(session, forwarded)
-                answer = session.take_answer(options.idempotency_key)
-                if answer is not None:  # this very message ran, and its node died before saying so
+                claimed = True
+                answer = session.take_answer(options.idempotency_key, prompt)
+                if answer is not None:  # this very message ran, and its caller never had the answer
                     log.info("unfinished_turn_answered", session_id=session.id)
-                    turn = _replayed(answer)
+                    turn = self.settling.replayed(session, answer)
                 else:
                     worker = await self._prepare(session, options)
-                    bound = True
                     turn = self._turn(session, worker, prompt, command, options)
                 try:
                     if session.closed:  # destroyed while its worker was being bound: no billed turn
@@ -121,7 +124,7 @@ class Turns:
                     with anyio.CancelScope(shield=True):
                         await self._save_turn_end(session)
         finally:
-            if bound:
+            if claimed:
                 with anyio.CancelScope(shield=True):
                     await self._hand_back(session)
             self.pool.room_changed()  # the session's worker, idle again, may be given up for a waiter
@@ -201,21 +204,13 @@ class Turns:
             raise held_elsewhere(session.id, claim)
         if claim.fence != session.fence or claim.unfinished:  # another node ran turns since: ours is stale
             session.approvals = None  # grants for the session are the holder's, not kept across a move
+            session.answer = None
             if session.worker is not None:
                 await self._drop_worker(session, session.worker)
         session.fence, session.holder = claim.fence, self.registry.node_id
         if claim.unfinished:
             session.turn = claim.turn
-            await self._settle(session)
-
-    async def _settle(self, session: Session) -> None:
-        """Settle a turn that never ended (its CLI or its node died) by its transcript: undone (count and
-        messages) if its answer is not all there, so that a retry runs it once; else kept, its answer
-        held for the retry with its Idempotency-Key."""
-        turn = session.turn
-        entries = await self.manager.conversations.settle_unfinished(session, turn.prompt if turn else None)
-        if entries is not None and turn is not None and turn.key is not None:
-            session.answer = (turn.key, answer_of(entries, session))
+            await self.settling.settle(session)
 
     async def _bind(self, session: Session, options: SessionConfig) -> Worker:
         """The session's worker for a turn with ``options`` (its own, and this turn's output schema);
@@ -277,6 +272,7 @@ class Turns:
         settled = False  # the turn ended, or its worker was dealt with
         asked = False  # the whole prompt reached the CLI (else its input stream is in doubt)
         running = _count_turn(session, worker, prompt, command, options.idempotency_key)
+        answered: list[Message] = []  # kept for a retry should its transcript not be stored in time
         events = open_events(session, worker, options, deadline, self.config, self.telemetry)
         replies = Replies(worker.client.receive_response(), events)
         loop = asyncio.get_running_loop()
@@ -290,10 +286,11 @@ class Turns:
                 async with asyncio.timeout_at(deadline):
                     message = await replies.next()
                 if not isinstance(message, TurnEvent):
+                    answered.append(message)
                     settled = await self._take(session, worker, message, began)
-                if settled and session.claude_session_id is not None:  # an answer seen is an answer stored
-                    async with asyncio.timeout_at(deadline):
-                        await self.archive.written(worker.grant.token, session.claude_session_id)
+                if settled:
+                    kept = KeptAnswer(running.key, prompt, answered) if running.key is not None else None
+                    await self.settling.stored(session, deadline, kept)
                 handed = loop.time()
                 yield message
                 if isinstance(message, ClientToolCall):  # the time its client takes is not the turn's
@@ -302,13 +299,9 @@ class Turns:
                 raise failed  # after the turn's messages, the result included
         except TimeoutError:
             settled = True
-            session.metrics.timeouts += 1
-            self.telemetry.turn_timeouts.labels(session.tenant).inc()
-            await replies.aclose()
-            await self._cut_short(session, worker, began, asked, replies)
-            raise TurnTimeoutError(
-                f"turn exceeded {self.config.optimization.MESSAGE_TIMEOUT:g}s and was interrupted"
-            ) from None
+            await self._timed_out(session, worker, began, asked, replies)
+        except DatabaseUnavailableError:
+            raise  # the turn ended; only its transcript waits for the database (not the CLI's failure)
         except LeaseLostError:
             settled = True  # another node runs this conversation now: this CLI must stop at once
             await replies.aclose()
@@ -316,16 +309,34 @@ class Turns:
             raise
         except (ClaudeSDKError, StopAsyncIteration, OSError) as error:
             settled = True
-            self._count_connection_error(session)
             await replies.aclose()
-            await self._drop_worker(session, worker)
-            await self._settle(session)  # a retry of the message then runs it once, or gets its answer
+            await self._worker_failed(session, worker, min(deadline, loop.time() + INTERRUPT_GRACE_SECONDS))
             raise WorkerDiedError(f"the CLI process of session {session.public_id!r} failed: {error}") from error
         finally:
             # Abandoned by the caller (closed generator, cancelled stream): the shield lets the
             # turn end before the session is free again.
             with anyio.CancelScope(shield=True):
                 await self._leave(session, worker, replies, (deadline, began), options, settled=settled, asked=asked)
+
+    async def _timed_out(
+        self, session: Session, worker: Worker, began: float, asked: bool, replies: Replies
+    ) -> NoReturn:
+        """The turn's deadline passed: count it, cut the turn short, raise :class:`TurnTimeoutError`."""
+        session.metrics.timeouts += 1
+        self.telemetry.turn_timeouts.labels(session.tenant).inc()
+        await replies.aclose()
+        await self._cut_short(session, worker, began, asked, replies)
+        timeout = self.config.optimization.MESSAGE_TIMEOUT
+        raise TurnTimeoutError(f"turn exceeded {timeout:g}s and was interrupted") from None
+
+    async def _worker_failed(self, session: Session, worker: Worker, deadline: float) -> None:
+        """The CLI failed mid-turn: drop it, then settle the turn by what it wrote (stored first, up to
+        ``deadline``): a retry of the message runs it once, or gets its answer."""
+        self._count_connection_error(session)
+        await self._drop_worker(session, worker)
+        with contextlib.suppress(DatabaseUnavailableError):
+            await self.settling.stored(session, deadline, None)
+        await self.settling.settle(session)
 
     async def _leave(
         self,
@@ -437,11 +448,6 @@ def _count_turn(session: Session, worker: Worker, prompt: Content, command: str 
     if session.title is None and command is None:  # a CLI command is no title
         session.title = title_of(prompt)
     return turn
-
-
-async def _replayed(messages: list[Message]) -> AsyncGenerator[Reply, None]:
-    for message in messages:
-        yield message
 
 
 def held_elsewhere(session_id: str, holder: Holder) -> SessionHeldElsewhereError:

@@ -52,8 +52,9 @@ class TranscriptArchive(ABC):
         """Write what an outage kept from the store (each heartbeat asks)."""
 
     @abstractmethod
-    async def written(self, worker_token: str, claude_session_id: str) -> None:
-        """Return once the transcript a worker's CLI wrote is in the store (a database away: when it is back)."""
+    async def written(self, claude_session_id: str, lease: Lease) -> None:
+        """Return once what this node's CLIs wrote of a conversation is in the store (a database away:
+        when it is back); :class:`LeaseLostError` if another node took the session (``lease``) since."""
 
     @abstractmethod
     async def exists(self, conversation: Conversation) -> bool: ...
@@ -109,7 +110,7 @@ class FileArchive(TranscriptArchive):
     async def catch_up(self) -> None:
         """The CLI wrote its files itself: nothing waits."""
 
-    async def written(self, worker_token: str, claude_session_id: str) -> None:
+    async def written(self, claude_session_id: str, lease: Lease) -> None:
         """The CLI's own files: written as it went."""
 
     async def open(self) -> None:
@@ -196,9 +197,8 @@ class StoreArchive(TranscriptArchive):
     async def catch_up(self) -> None:
         await self.writes.catch_up()
 
-    async def written(self, worker_token: str, claude_session_id: str) -> None:
-        mirror = self._mirrors.get(worker_token)
-        await self.writes.written(claude_session_id, mirror.lease if mirror is not None else None)
+    async def written(self, claude_session_id: str, lease: Lease) -> None:
+        await self.writes.written(claude_session_id, lease)
 
     async def exists(self, conversation: Conversation) -> bool:
         project, claude_id = conversation

@@ -101,7 +101,7 @@ class WriteBehind:
                 self._spill.keep(name, _spilled(conversation.waiting))
                 self._forget_if_done(name, conversation)
         if lease is not None and lease in lost:
-            raise LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
+            raise _lost(lease)
 
     async def catch_up(self) -> None:
         """Write what waits, conversation by conversation; stop at the first sign the database is still away.
@@ -125,10 +125,16 @@ class WriteBehind:
     async def written(self, name: str, lease: Lease) -> None:
         """Return once nothing of conversation ``name`` waits for the database, trying again every
         ``RETRY_SECONDS``: a turn's answer goes out only then, so that an answer its caller saw is
-        never only on this node. :class:`LeaseLostError` if another node holds the session now."""
+        never only on this node. :class:`LeaseLostError` if another node holds the session now; a
+        batch the store refused for another reason is the SDK's to report, as in ``catch_up``."""
         while (conversation := self._conversations.get(name)) is not None and conversation.waiting:
-            if lease is not None and lease in await self._flush(name, conversation):
-                raise LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
+            try:
+                lost = await self._flush(name, conversation)
+            except Exception as error:
+                log.error("transcript_batch_refused", error=repr(error))
+                return
+            if lease is not None and lease in lost:
+                raise _lost(lease)
             if conversation.waiting:
                 await asyncio.sleep(RETRY_SECONDS)
 
@@ -179,6 +185,10 @@ class WriteBehind:
             waiting = sum(len(entries) for _, _, entries in conversation.waiting)
             log.warning("transcript_mirror_waiting", entries=waiting, error=type(error).__name__)
         return lost
+
+
+def _lost(lease: tuple[str, int]) -> LeaseLostError:
+    return LeaseLostError(f"session {lease[0]!r} moved to another node: transcript write refused")
 
 
 def _spilled(batches: list[Batch]) -> list[dict[str, Any]]:

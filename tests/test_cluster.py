@@ -310,6 +310,30 @@ def test_a_database_outage_answers_503_and_recovers_by_itself(
         assert settled(said, lambda s: s == written, timeout=3 * wait + 5) == written
 
 
+def test_an_answer_the_database_does_not_take_by_the_deadline_is_a_503_and_waits_for_its_retry(
+    tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
+) -> None:
+    env = {"OPT_CREATE_TIMEOUT": "2", "OPT_MESSAGE_TIMEOUT": "15"}
+    prompt = "[[slow:2]] go on"
+    with outage_mid_turn(tmp_path, offline_server.base_url, env, prompt) as (database, _cluster, alice, turn):
+        turn.join(timeout=30)  # the turn's deadline passes with the database still away
+        kind, data = turn.events[-1]
+        assert kind == "error" and data["error"]["type"] == "database_unavailable", turn.events[-1]
+        asked = len(model.message_requests())
+        database.start()
+        again, _ = retry_until_ok(  # 503s while the node finds the database back
+            lambda: alice.post(
+                "/v1/sessions/kept/messages?stream=false", json={"content": prompt}, headers={"Idempotency-Key": "k-go"}
+            ),
+            timeout=30,
+        )
+        assert again.status_code == 200 and "You said: [[slow:2]] go on" in again.json()["text"], again.text
+        assert len(model.message_requests()) == asked  # the kept answer, not a second run
+        reply, _ = retry_until_ok(lambda: say(alice, "kept", "which word?"), timeout=30)
+        assert reply.status_code == 200 and "[user message 3 " in reply.json()["text"], reply.text
+        assert alice.get("/v1/sessions/kept").json()["metrics"]["message_count"] == 3
+
+
 def test_a_turn_answered_in_an_outage_survives_its_nodes_kill_9_and_its_retry_gets_the_answer(
     tmp_path: Path, offline_server: OfflineModelServer, model: OfflineModel
 ) -> None:

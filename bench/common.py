@@ -31,11 +31,19 @@ from claude_sessions.workers.memory import Footprint, tree_footprint
 MB = 2**20
 
 
+def nearest_rank(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile of sorted figures, by nearest rank."""
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def summary(seconds: list[float]) -> dict[str, float]:
     """Median and p95 in milliseconds."""
     ordered = sorted(seconds)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {"median_ms": statistics.median(ordered) * 1000, "p95_ms": p95 * 1000, "n": len(ordered)}
+    return {
+        "median_ms": statistics.median(ordered) * 1000,
+        "p95_ms": nearest_rank(ordered, 0.95) * 1000,
+        "n": len(ordered),
+    }
 
 
 @dataclass
@@ -135,8 +143,15 @@ def footprint(pid: int) -> Footprint:
     return figures
 
 
+def is_cli(process: psutil.Process) -> bool:
+    """A Claude Code CLI (the SDK's bundled one); False for a process gone or unreadable."""
+    with contextlib.suppress(psutil.Error):
+        return "_bundled/claude" in " ".join(process.cmdline())
+    return False
+
+
 def cli_pids() -> list[int]:
-    return [p.pid for p in psutil.Process().children(recursive=True) if "_bundled/claude" in " ".join(p.cmdline())]
+    return [p.pid for p in psutil.Process().children(recursive=True) if is_cli(p)]
 
 
 @dataclass

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import statistics
-import sys
 import threading
 import time
 from collections import Counter
@@ -18,7 +17,8 @@ from typing import Any
 import httpx
 import psutil
 
-from common import Served, bare_client, bare_turn
+from chaos_cluster import say as progress
+from common import MB, Served, bare_client, bare_turn, is_cli, nearest_rank
 from workload_trace import Trace, User
 
 #: The one tenant every user of the HTTP sides belongs to (``API_KEYS``), and its key.
@@ -31,7 +31,7 @@ SAMPLE_EVERY = 1.0
 
 def say(line: str) -> None:
     """A progress line on stderr: the replay's phases, timed."""
-    print(f"{time.strftime('%H:%M:%S')} workload: {line}", file=sys.stderr, flush=True)
+    progress(f"workload: {line}")
 
 
 class TurnFailed(Exception):
@@ -61,10 +61,8 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     if not ordered:
         return {"n": 0}
 
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
-
-    return {"p50_ms": at(0.5), "p95_ms": at(0.95), "p99_ms": at(0.99), "n": len(ordered)}
+    p50, p95, p99 = (nearest_rank(ordered, q) * 1000 for q in (0.5, 0.95, 0.99))
+    return {"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "n": len(ordered)}
 
 
 def prompt(user: User, turn: int) -> str:
@@ -93,12 +91,6 @@ async def play(trace: Trace, converse: Callable[[User], Awaitable[None]], record
 
 
 # -- memory and CLIs -------------------------------------------------------------------
-
-
-def is_cli(process: psutil.Process) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return "_bundled/claude" in " ".join(process.cmdline())
-    return False
 
 
 def bare_clis() -> list[psutil.Process]:
@@ -145,7 +137,7 @@ class Sampler:
                 pss += process.memory_full_info().pss
                 if process.pid in clis and process.ppid() not in clis:
                     self.clis.add((process.pid, process.create_time()))
-        self.samples.append((pss / 2**20, self._registered()))
+        self.samples.append((pss / MB, self._registered()))
 
     @property
     def started(self) -> int:

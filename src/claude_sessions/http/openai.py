@@ -57,11 +57,11 @@ from claude_sessions.http.sessions import workspace_of
 from claude_sessions.http.streaming import TurnStream
 from claude_sessions.observability.telemetry import DEFAULT_TENANT
 from claude_sessions.sessions.handler import ClaudeHandler
+from claude_sessions.sessions.leases import held_elsewhere
 from claude_sessions.sessions.parked_turns import Parked
 from claude_sessions.sessions.replies import Reply
 from claude_sessions.sessions.session import Session
 from claude_sessions.sessions.turn_options import TurnOptions
-from claude_sessions.sessions.turns import held_elsewhere
 from claude_sessions.store.history import Turn, history_digest
 
 router = APIRouter(tags=["openai"])

@@ -198,7 +198,8 @@ async def pool(principal: Caller, service: ServiceDep) -> dict[str, Any]:
     status = service.handler.get_pool_status(_workspace(service.handler, principal))
     # Each worker's memory, in the views that show pids: read here only (a millisecond or so a
     # worker, off the event loop), never for a scrape or the health report.
-    await asyncio.to_thread(add_pss, status["connections"])
+    if any(connection.get("pid") is not None for connection in status["connections"]):
+        await asyncio.to_thread(add_pss, status["connections"])
     return status
 
 

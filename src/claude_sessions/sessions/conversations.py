@@ -62,7 +62,7 @@ class Conversations:
                 "message": entry.get("message"),
             }
             for entry in await self.archive.entries(conversation)
-            if entry.get("type") in ("user", "assistant") and not entry.get("isMeta") and not _is_command(entry)
+            if _is_message(entry)
         ]
 
     async def is_orphaned(self, session: Session) -> bool:
@@ -135,7 +135,7 @@ def _is_final(entry: dict[str, Any]) -> bool:
 
 def _is_prompt(entry: dict[str, Any]) -> bool:
     """A user's message (not a tool's result, a system note or a command the CLI ran itself)."""
-    if entry.get("type") != "user" or entry.get("isMeta") or _is_command(entry):
+    if entry.get("type") != "user" or not _is_message(entry):
         return False
     content = (entry.get("message") or {}).get("content")
     return isinstance(content, str) or not any(
@@ -147,11 +147,7 @@ def answer_of(entries: list[dict[str, Any]], session: Session) -> list[Message]:
     """A finished turn's answer as its caller would have read it (``entries``: its own, the prompt first):
     the model's messages and the tools' results, parsed by the SDK's own parser, then a result. Its
     spend was its dead holder's to record: the result gives the session's total as saved."""
-    replies = [
-        _parsed(entry)
-        for entry in entries[1:]
-        if entry.get("type") in ("user", "assistant") and not entry.get("isMeta") and not _is_command(entry)
-    ]
+    replies = [_parsed(entry) for entry in entries[1:] if _is_message(entry)]
     messages = [m for m in replies if m is not None]
     said = [b.text for m in messages if isinstance(m, AssistantMessage) for b in m.content if isinstance(b, TextBlock)]
     result = ResultMessage(
@@ -176,6 +172,11 @@ def _parsed(entry: dict[str, Any]) -> Message | None:
     except Exception as error:
         log.warning("transcript_entry_unreadable", uuid=entry.get("uuid"), error=repr(error))
         return None
+
+
+def _is_message(entry: dict[str, Any]) -> bool:
+    """Said by the user, the model or a tool: not a system note, nor a command the CLI ran itself."""
+    return entry.get("type") in ("user", "assistant") and not entry.get("isMeta") and not _is_command(entry)
 
 
 def _is_command(entry: dict[str, Any]) -> bool:

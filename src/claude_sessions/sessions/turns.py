@@ -27,7 +27,6 @@ from claude_sessions.errors import (
     DatabaseUnavailableError,
     LeaseLostError,
     SessionBusyError,
-    SessionHeldElsewhereError,
     SessionNotFoundError,
     SessionOrphanedError,
     TurnTimeoutError,
@@ -39,6 +38,7 @@ from claude_sessions.observability.metrics import model_error
 from claude_sessions.observability.telemetry import Telemetry
 from claude_sessions.sessions.billing import Billing
 from claude_sessions.sessions.client_calls import ClientToolCall
+from claude_sessions.sessions.leases import Leases
 from claude_sessions.sessions.permissions import Approvals
 from claude_sessions.sessions.replies import Replies, Reply, TurnEvent
 from claude_sessions.sessions.session import KeptAnswer, Session, learn_conversation, title_of
@@ -53,7 +53,7 @@ from claude_sessions.sessions.turn_events import (
 from claude_sessions.sessions.turn_options import TurnOptions
 from claude_sessions.sessions.view import SessionView
 from claude_sessions.store.archive import TranscriptArchive
-from claude_sessions.store.records import Holder, RunningTurn
+from claude_sessions.store.records import RunningTurn
 from claude_sessions.store.registry import Registry
 from claude_sessions.workers.pool import WorkerPool
 from claude_sessions.workers.worker import Worker
@@ -78,6 +78,7 @@ class Turns:
     ) -> None:
         self.config, self.manager, self.pool, self.gateway = config, manager, pool, gateway
         self.billing, self.telemetry, self.archive, self.node = billing, telemetry, archive, node
+        self.leases = Leases(manager)
         self.settling = Settling(manager.conversations, archive, config.optimization.MESSAGE_TIMEOUT)
 
     @property
@@ -156,12 +157,7 @@ class Turns:
         return session.approvals
 
     async def refuse_if_held_elsewhere(self, key: str, *, forwarded: bool) -> None:
-        """A session whose live CLI runs on another live node is acted on there (the API forwards)."""
-        if forwarded:
-            return
-        holder = await self.registry.holder(key)
-        if holder is not None:
-            raise held_elsewhere(key, holder)
+        await self.leases.refuse_if_held_elsewhere(key, forwarded=forwarded)
 
     async def _save_turn_end(self, session: Session) -> None:
         session.metrics.touch()
@@ -187,21 +183,9 @@ class Turns:
 
         A CLI this node kept from an older lease (another node ran turns since) holds
         a stale conversation: it is dropped and the conversation resumed afresh. A turn left
-        running under the lease (its node died mid-turn) is rolled back: the caller's retry runs it once.
+        running under the lease (its node died mid-turn) is settled by its transcript (:class:`Settling`).
         """
-        elsewhere = session.holder not in (None, self.registry.node_id)
-        if elsewhere and session.holder_url and not forwarded:
-            # Read a moment ago (``fetch``): a live node holds it. A claim could only say the same;
-            # should that node have let go since, it takes the forwarded turn itself.
-            raise held_elsewhere(session.id, Holder(str(session.holder), session.holder_url))
-        claim = await self.registry.claim(session.id)
-        if claim is None:
-            self.manager.get(session.id)  # the view still has it: gone since
-            raise SessionNotFoundError(f"session {session.public_id!r} not found")
-        if isinstance(claim, Holder):
-            if forwarded:  # sent here as its holder, but it moved on meanwhile
-                raise SessionBusyError(f"session {session.public_id!r} is moving between nodes; retry")
-            raise held_elsewhere(session.id, claim)
+        claim = await self.leases.claim(session, forwarded)
         if claim.fence != session.fence or claim.unfinished:  # another node ran turns since: ours is stale
             session.approvals = None  # grants for the session are the holder's, not kept across a move
             session.answer = None
@@ -448,8 +432,3 @@ def _count_turn(session: Session, worker: Worker, prompt: Content, command: str 
     if session.title is None and command is None:  # a CLI command is no title
         session.title = title_of(prompt)
     return turn
-
-
-def held_elsewhere(session_id: str, holder: Holder) -> SessionHeldElsewhereError:
-    message = f"session {session_id!r} runs on node {holder.node_id}"
-    return SessionHeldElsewhereError(message, session_id, holder.node_id, holder.url)

@@ -157,7 +157,8 @@ class Registry(ABC):
         that was fresh when the database went away counts for a whole lease after it is back."""
         self._waiting.pop(call[0], None)
         now = time.time()
-        began = min(call[1], *self._waiting.values(), self._away_since or call[1])
+        oldest = next(iter(self._waiting.values()), call[1])  # in order of their start: no scan
+        began = min(call[1], oldest, self._away_since or call[1])
         self._away_since = None
         away = now - began
         if away > OUTAGE_SECONDS and away + self.lease_seconds > self._active_pause(now):

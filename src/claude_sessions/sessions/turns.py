@@ -186,13 +186,16 @@ class Turns:
         running under the lease (its node died mid-turn) is settled by its transcript (:class:`Settling`).
         """
         claim = await self.leases.claim(session, forwarded)
-        if claim.fence != session.fence or claim.unfinished:  # another node ran turns since: ours is stale
+        moved = claim.fence != session.fence
+        if moved:  # another node, or this node's previous run, held it since: what we keep of it is stale
             session.approvals = None  # grants for the session are the holder's, not kept across a move
             session.answer = None
             if session.worker is not None:
                 await self._drop_worker(session, session.worker)
         session.fence, session.holder = claim.fence, self.registry.node_id
-        if claim.unfinished:
+        # Under an unchanged lease the running mark is this process's own turn, already settled here
+        # (its end's save waits for the database): only a turn left under another lease is settled.
+        if moved and claim.unfinished:
             session.turn = claim.turn
             await self.settling.settle(session)
 
